@@ -1,0 +1,299 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the daemon (`lb-user`).
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so that the
+//! kernel and user space agree on its bytes. Addresses are kept in network
+//! byte order as four `u32` words (IPv4 uses the first word, the rest are 0);
+//! ports are kept in network byte order too, exactly as they sit in a packet.
+#![no_std]
+
+/// Map names, shared so that the loader and the program cannot drift apart.
+pub mod maps {
+    pub const SERVICES: &str = "SERVICES";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const RING: &str = "RING";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const REVERSE_NAT: &str = "REVERSE_NAT";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "xlb";
+
+/// Most services (VIP, port, protocol) one daemon serves.
+pub const MAX_SERVICES: u32 = 256;
+/// Most backends over all services (slots in `BACKENDS`).
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default Maglev table size (prime).
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Largest Maglev table size accepted.
+pub const MAX_TABLE_SIZE: u32 = 1_048_573;
+/// Default conntrack capacity (flows).
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 1_048_576;
+/// A ring slot with this value has no backend: traffic is dropped (`no_backend`).
+pub const NO_BACKEND: u32 = u32::MAX;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// `Service::flags`: only the destination MAC is rewritten (direct server return).
+pub const SERVICE_F_DSR: u32 = 1;
+/// `Backend::flags`: the backend may carry traffic (configured, healthy).
+/// Established flows follow a backend only while this is set.
+pub const BACKEND_F_UP: u32 = 1;
+/// `SETTINGS[SETTING_FLAGS]`: some service uses NAT, so replies need the reverse lookup.
+pub const SETTINGS_F_NAT: u32 = 1;
+pub const SETTING_FLAGS: u32 = 0;
+pub const NUM_SETTINGS: u32 = 4;
+
+/// Key of `SERVICES`: what a packet is addressed to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Key of `VIP_ADDRS`: a VIP address with any port, used to decide whether a
+/// packet that cannot be parsed fully (fragment, extension header, truncated)
+/// was meant for xlb and must be dropped and counted, or belongs to the host.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Service {
+    /// Index into `SERVICE_STATS`.
+    pub id: u32,
+    /// First slot of this service's Maglev table in `RING`.
+    pub ring_offset: u32,
+    /// Maglev table size M (prime).
+    pub table_size: u32,
+    pub flags: u32,
+}
+
+/// Value of `BACKENDS`, indexed by backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    /// `Service::id` of the service this backend belongs to.
+    pub service: u32,
+    /// Changes every time the slot is given to a backend, so a conntrack
+    /// entry made for an earlier occupant of the slot is never followed.
+    pub generation: u32,
+    pub flags: u32,
+}
+
+/// Key of `CONNTRACK` (client -> VIP direction) and `REVERSE_NAT`
+/// (backend -> client direction).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    /// Network byte order.
+    pub sport: u16,
+    /// Network byte order.
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub backend: u32,
+    pub generation: u32,
+}
+
+/// Value of `REVERSE_NAT`: what to put back as the source of a reply.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatReverse {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    pub backend: u32,
+}
+
+/// Value of `BACKEND_STATS` (per CPU), indexed by backend slot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Value of `SERVICE_STATS` (per CPU), indexed by `Service::id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub packets: u64,
+    /// Packets that found a usable conntrack entry.
+    pub established: u64,
+    /// Flows picked by Maglev (new, or re-picked because their backend went away).
+    pub new_flows: u64,
+    /// Conntrack entries found pointing at a backend that is no longer usable.
+    pub repicked: u64,
+}
+
+/// Indices of `COUNTERS` (per CPU): drop reasons first, then events.
+pub mod counter {
+    /// Shorter than its headers claim, or shorter than a header.
+    pub const DROP_TRUNCATED: u32 = 0;
+    /// IPv4 fragment (or IPv6 fragment header) to a VIP address.
+    pub const DROP_FRAGMENT: u32 = 1;
+    /// IPv6 extension header (other than fragment) to a VIP address.
+    pub const DROP_IPV6_EXT: u32 = 2;
+    /// Inconsistent header: IPv4 IHL < 5, bad version, TCP data offset < 5, bad lengths.
+    pub const DROP_BAD_HEADER: u32 = 3;
+    /// The service has no usable backend.
+    pub const DROP_NO_BACKEND: u32 = 4;
+    /// Number of drop reasons (indices below this are drops).
+    pub const NUM_DROPS: u32 = 5;
+
+    /// VIP packet handed to the kernel: no route or neighbour for the backend yet.
+    pub const PASS_NO_ROUTE: u32 = 8;
+    /// VIP packet handed to the kernel: TTL/hop limit would expire (kernel answers ICMP).
+    pub const PASS_TTL: u32 = 9;
+    /// Reply from a backend rewritten back to the VIP (NAT).
+    pub const REPLY_NAT: u32 = 10;
+    /// Packets handed to the kernel untouched because they are not for a VIP.
+    pub const PASS_NOT_VIP: u32 = 11;
+    pub const NUM_COUNTERS: u32 = 16;
+
+    /// Prometheus `reason` label of each drop counter.
+    pub const DROP_NAMES: [&str; NUM_DROPS as usize] =
+        ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"];
+}
+
+/// Address words of an IPv4 address given as its four octets (network order).
+#[inline(always)]
+pub const fn addr_v4(octets: [u8; 4]) -> [u32; 4] {
+    [u32::from_ne_bytes(octets), 0, 0, 0]
+}
+
+/// Address words of an IPv6 address given as its sixteen octets (network order).
+#[inline(always)]
+pub const fn addr_v6(o: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+const HASH_SEED: u64 = 0x243f_6a88_85a3_08d3;
+const HASH_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[inline(always)]
+const fn mix(h: u64, w: u32) -> u64 {
+    (h ^ w as u64).wrapping_mul(HASH_MUL).rotate_left(29)
+}
+
+/// The flow hash: picks the Maglev slot of a new flow, `flow_hash(k) % M`.
+///
+/// Used by the XDP program and by `xlb explain`, so both always agree. It
+/// covers the whole 5-tuple in packet byte order; it is not symmetric (the
+/// reply direction never needs a Maglev pick).
+#[inline(always)]
+pub const fn flow_hash(k: &FlowKey) -> u32 {
+    let mut h = HASH_SEED;
+    h = mix(h, k.src[0]);
+    h = mix(h, k.src[1]);
+    h = mix(h, k.src[2]);
+    h = mix(h, k.src[3]);
+    h = mix(h, k.dst[0]);
+    h = mix(h, k.dst[1]);
+    h = mix(h, k.dst[2]);
+    h = mix(h, k.dst[3]);
+    h = mix(h, ((k.sport as u32) << 16) | k.dport as u32);
+    h = mix(h, k.proto as u32);
+    // murmur3's 64-bit finaliser: every input bit reaches every output bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipAddrKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for ServiceStats {}
+}
+
+// No implicit padding anywhere: the size is the sum of the fields.
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<Service>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
+const _: () = assert!(core::mem::size_of::<NatReverse>() == 24);
+const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(sport: u16) -> FlowKey {
+        FlowKey {
+            src: addr_v4([198, 18, 0, 1]),
+            dst: addr_v4([198, 18, 0, 10]),
+            sport: sport.to_be(),
+            dport: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn flow_hash_is_deterministic_and_spreads() {
+        assert_eq!(flow_hash(&key(40000)), flow_hash(&key(40000)));
+        // 4096 consecutive source ports over 7 buckets: each bucket within 15% of the mean.
+        let mut buckets = [0u32; 7];
+        for p in 0..4096u16 {
+            buckets[(flow_hash(&key(30000 + p)) % 7) as usize] += 1;
+        }
+        let mean = 4096.0 / 7.0;
+        for b in buckets {
+            assert!((b as f64 - mean).abs() < mean * 0.15, "bucket {b} vs mean {mean}");
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! STUB: Maglev table builder (being written).
