@@ -1,3 +1,6 @@
 //! xlb user space: configuration, Maglev tables, the XDP loader and the daemon.
+pub mod check;
 pub mod config;
+pub mod daemon;
+pub mod explain;
 pub mod maglev;

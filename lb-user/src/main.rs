@@ -1,1 +1,57 @@
-fn main() {}
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// xlb: a layer-4 load balancer whose data path is an XDP program.
+#[derive(Parser, Debug)]
+#[command(name = "xlb", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon: load and attach the XDP program, fill the maps, serve.
+    Run {
+        /// Configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration; print the plan, or every problem found.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Which backend a new flow would get, computed with the kernel's hash.
+    Explain {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Client address and port, e.g. 198.18.0.1:40000 or [2001:db8::1]:40000.
+        client: String,
+        /// VIP address and port, e.g. 198.18.0.10:80.
+        vip: String,
+        /// tcp or udp.
+        #[arg(default_value = "tcp")]
+        protocol: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let result = match cli.command {
+        Command::Run { config } => xlb::daemon::run(&config),
+        Command::Check { config } => xlb::check::run(&config),
+        Command::Explain { config, client, vip, protocol } => {
+            xlb::explain::run(&config, &client, &vip, &protocol)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
