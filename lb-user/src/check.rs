@@ -1,4 +1,158 @@
-//! STUB (being written).
-pub fn run(_config: &std::path::Path) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+//! `xlb check -c FILE`: validate a configuration and print the plan.
+
+use std::{fmt::Write as _, path::Path};
+
+use anyhow::anyhow;
+use lb_common::NO_BACKEND;
+
+use crate::{
+    config::{self, CheckKind, Config, ConfigError, Role, ServiceConfig},
+    maglev,
+};
+
+/// Loads and validates `config`; prints the plan, or fails with every problem.
+pub fn run(config: &Path) -> anyhow::Result<()> {
+    let cfg = load(config)?;
+    print!("{}", plan(&cfg, &config.display().to_string()));
+    Ok(())
+}
+
+/// Loads a configuration, turning a [`ConfigError`] into an error whose text
+/// is `invalid configuration FILE (N problems)` followed by one line per problem.
+pub fn load(path: &Path) -> anyhow::Result<Config> {
+    config::load(path).map_err(invalid)
+}
+
+fn invalid(e: ConfigError) -> anyhow::Error {
+    let n = e.problems.len();
+    let plural = if n == 1 { "" } else { "s" };
+    anyhow!("invalid configuration {} ({n} problem{plural})\n{e}", e.file)
+}
+
+/// Share of the table's slots each backend holds when every backend is up, in
+/// percent, indexed like `service.backends` (0 for the ones not serving).
+pub fn slot_shares(service: &ServiceConfig) -> Vec<f64> {
+    let table = maglev::service_table(service, &service.serving_when_all_up());
+    let mut counts = vec![0usize; service.backends.len()];
+    for entry in table.iter().filter(|&&e| e != NO_BACKEND) {
+        counts[*entry as usize] += 1;
+    }
+    counts.iter().map(|&c| 100.0 * c as f64 / table.len().max(1) as f64).collect()
+}
+
+/// The human-readable plan of a valid configuration.
+pub fn plan(cfg: &Config, file: &str) -> String {
+    let mut out = String::new();
+    let d = &cfg.daemon;
+    // Writing to a String cannot fail.
+    let _ = writeln!(out, "configuration {file}");
+    let _ = writeln!(out, "daemon:");
+    let _ = writeln!(out, "  interfaces:        {} (client side: {})", d.interfaces.join(", "), d.interfaces[0]);
+    let _ = writeln!(out, "  xdp_mode:          {}", d.xdp_mode.as_str());
+    let _ = writeln!(out, "  admin_socket:      {}", d.admin_socket.display());
+    let metrics = d.metrics.map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
+    let _ = writeln!(out, "  metrics:           {metrics}");
+    let _ = writeln!(out, "  conntrack_entries: {}", d.conntrack_entries);
+
+    for service in &cfg.services {
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "service {}: vip {} {}, forwarding {}, table_size {}, preempt {}",
+            service.name,
+            service.vip,
+            service.protocol.as_str(),
+            service.forwarding.as_str(),
+            service.table_size,
+            if service.preempt { "yes" } else { "no" },
+        );
+        let _ = writeln!(out, "  health: {}", health_summary(service));
+        let shares = slot_shares(service);
+        let serving = service.serving_when_all_up();
+        for (i, (backend, share)) in service.backends.iter().zip(&shares).enumerate() {
+            let note = if serving.contains(&i) {
+                ""
+            } else if backend.weight == 0 {
+                "  (weight 0: no new flows)"
+            } else if backend.role == Role::Backup {
+                "  (standby: takes new flows only while no primary is up)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  backend {:<24} {:<7} weight {:<5} slots {:>6.2}%{note}",
+                backend.address.to_string(),
+                backend.role.as_str(),
+                backend.weight,
+                share,
+            );
+        }
+    }
+    let _ = writeln!(out);
+    let n = cfg.services.len();
+    let b = cfg.backend_count();
+    let _ = writeln!(
+        out,
+        "configuration OK: {n} service{}, {b} backend{}",
+        if n == 1 { "" } else { "s" },
+        if b == 1 { "" } else { "s" }
+    );
+    out
+}
+
+fn health_summary(service: &ServiceConfig) -> String {
+    let h = &service.health;
+    let what = match h.check {
+        CheckKind::None => return "none (backends are always up)".to_owned(),
+        CheckKind::Tcp => "tcp connect".to_owned(),
+        CheckKind::Http => {
+            let host = h.host.as_ref().map_or_else(String::new, |host| format!(" Host: {host}"));
+            format!("http GET {}{host} expecting {}", h.path, h.expect_status)
+        }
+    };
+    format!(
+        "{what}, every {} ms, timeout {} ms, up after {} passed, down after {} failed",
+        h.interval_ms, h.timeout_ms, h.rise, h.fall
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_lists_backends_with_shares() {
+        let text = r#"
+[daemon]
+interfaces = ["eth0"]
+metrics = ""
+[[service]]
+name = "www"
+vip = "198.18.0.10:80"
+[[service.backend]]
+address = "198.18.1.11:80"
+weight = 1
+[[service.backend]]
+address = "198.18.1.12:80"
+weight = 3
+[[service.backend]]
+address = "198.18.1.13:80"
+role = "backup"
+"#;
+        let cfg = config::parse(text, "t.toml").expect("valid");
+        let shares = slot_shares(&cfg.services[0]);
+        assert!((shares[0] - 25.0).abs() < 0.5 && (shares[1] - 75.0).abs() < 0.5 && shares[2] == 0.0, "{shares:?}");
+        let plan = plan(&cfg, "t.toml");
+        for want in ["198.18.1.11:80", "198.18.1.12:80", "198.18.1.13:80", "standby", "metrics:           off", "configuration OK: 1 service, 3 backends"] {
+            assert!(plan.contains(want), "expected the plan to mention {want:?}:\n{plan}");
+        }
+    }
+
+    #[test]
+    fn invalid_error_counts_problems() {
+        let err = config::parse("[daemon]\ninterfaces = []\n", "bad.toml").unwrap_err();
+        let text = format!("{:#}", invalid(err));
+        assert!(text.starts_with("invalid configuration bad.toml (2 problems)\nbad.toml: "), "{text}");
+    }
 }

@@ -1,4 +1,79 @@
-//! STUB (being written).
-pub fn run(_config: &std::path::Path) -> anyhow::Result<()> {
-    anyhow::bail!("not yet implemented")
+//! `xlb run`: load, fill the maps, attach, then serve until SIGINT/SIGTERM.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{balancer::Balancer, config};
+
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    let cfg = config::load(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(serve(path, cfg))
+}
+
+async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
+    let mut bal = Balancer::load(&cfg)?;
+    bal.apply(&cfg)?;
+    // Maps are complete before the first packet can reach the program.
+    for iface in &cfg.daemon.interfaces {
+        let mode = bal.dp.attach(iface, cfg.daemon.xdp_mode)?;
+        log::info!("attached to {iface} ({mode} mode)");
+    }
+    warm_neighbours(&cfg);
+    for s in &bal.services {
+        log::info!(
+            "service {} {} {} {:?}: {} backends",
+            s.cfg.name,
+            s.cfg.protocol.as_str(),
+            s.cfg.vip,
+            s.cfg.forwarding,
+            s.backends.len()
+        );
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    log::info!("xlb running (pid {})", std::process::id());
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(path, &mut bal),
+        }
+    }
+    let ifaces: Vec<String> = bal.dp.attached().keys().cloned().collect();
+    drop(bal);
+    log::info!("detached from {}; bye", ifaces.join(", "));
+    Ok(())
+}
+
+/// SIGHUP: a valid config is applied; an invalid one is refused and the
+/// running one keeps serving.
+fn reload(path: &Path, bal: &mut Balancer) {
+    match config::load(path).map_err(anyhow::Error::from).and_then(|c| bal.apply(&c)) {
+        Ok(()) => log::info!("reloaded {}", path.display()),
+        Err(e) => log::error!("reload refused, still serving the previous configuration: {e:#}"),
+    }
+}
+
+/// Resolves each backend's link-layer address before traffic needs it: the
+/// XDP program forwards only to known neighbours (it hands the packet to the
+/// kernel otherwise, which DSR cannot use). A TCP connect makes the kernel
+/// resolve the neighbour; its result does not matter.
+fn warm_neighbours(cfg: &config::Config) {
+    for s in &cfg.services {
+        for b in &s.backends {
+            let addr = b.address;
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await;
+            });
+        }
+    }
 }

@@ -1,0 +1,529 @@
+use core::mem::{self, offset_of};
+
+use aya_ebpf::{
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    macros::{map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
+    EbpfContext,
+};
+use lb_common::{
+    counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, Service,
+    ServiceStats, VipAddrKey, VipKey, BACKEND_F_UP, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
+    FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
+    SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS,
+};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+    udp::UdpHdr,
+};
+
+use crate::csum;
+
+// ---------------------------------------------------------------- maps
+
+#[map]
+static SERVICES: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+/// Maglev tables of all services, one after the other; sized by the loader.
+#[map]
+static RING: Array<u32> = Array::with_max_entries(1, 0);
+/// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
+/// NAT flow may arrive on another CPU than the packet that made the entry.
+#[map]
+static CONNTRACK: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+/// backend -> client flows of NAT services: what to restore as the source.
+#[map]
+static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+#[map]
+static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+#[map]
+static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::NUM_COUNTERS, 0);
+#[map]
+static SETTINGS: Array<u32> = Array::with_max_entries(NUM_SETTINGS, 0);
+
+// ---------------------------------------------------------------- constants
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const VLAN_LEN: usize = 4;
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+/// IPv4 `frags` field (network order as loaded): MF flag and fragment offset.
+const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
+const IPV6_NEXT_FRAGMENT: u8 = 44;
+
+const MAX_HEADER_OFFSET: usize = 0x1ff;
+
+/// What a packet is refused for: an index of `COUNTERS`.
+type Reason = u32;
+
+// ---------------------------------------------------------------- accessors
+
+/// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None`
+/// when the packet is too short.
+#[inline(always)]
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
+    // Headers xlb reads end well before byte 512; the mask gives the verifier
+    // a bound for offsets the compiler spilled to the stack and reloaded.
+    let off = off & MAX_HEADER_OFFSET;
+    let start = ctx.data();
+    if start + off + mem::size_of::<T>() > ctx.data_end() {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+#[inline(always)]
+fn count(idx: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *c += 1 };
+    }
+}
+
+// ---------------------------------------------------------------- entry
+
+#[xdp]
+pub fn xlb(ctx: XdpContext) -> u32 {
+    match process_packet(&ctx) {
+        Ok(action) => action,
+        Err(reason) => {
+            count(reason);
+            xdp_action::XDP_DROP
+        }
+    }
+}
+
+/// What the parser learned about an IPv4/IPv6 TCP/UDP packet.
+struct Parsed {
+    /// Offset of the IP header.
+    l3: usize,
+    /// Offset of the TCP/UDP header.
+    l4: usize,
+    /// UDP over IPv4 without a checksum: it stays zero.
+    csum_none: bool,
+    /// IP total length (host order), for the FIB's MTU check.
+    ip_len: u16,
+    key: FlowKey,
+}
+
+#[inline(always)]
+fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
+    let Some(pkt) = parse(ctx)? else {
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let vip = VipKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        family: pkt.key.family,
+    };
+    match unsafe { SERVICES.get(&vip) } {
+        Some(svc) => forward_to_backend(ctx, &pkt, svc),
+        None => reply_or_pass(ctx, &pkt),
+    }
+}
+
+// ---------------------------------------------------------------- parse
+
+/// `Ok(None)`: not IPv4/IPv6 TCP/UDP, or not parseable and not for a VIP
+/// address: the kernel's business. `Err`: malformed and meant for a VIP.
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Option<Parsed>, Reason> {
+    let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
+        return Ok(None);
+    };
+    let mut l3 = EthHdr::LEN;
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        // One tag: TCI, then the encapsulated type.
+        let Some(inner) = ptr_at::<[u16; 2]>(ctx, EthHdr::LEN) else {
+            return Ok(None);
+        };
+        ether_type = u16::from_be(unsafe { (*inner)[1] });
+        l3 += VLAN_LEN;
+    }
+    match ether_type {
+        ETH_P_IP => parse_v4(ctx, l3),
+        ETH_P_IPV6 => parse_v6(ctx, l3),
+        _ => Ok(None),
+    }
+}
+
+/// A packet xlb cannot handle: refused and counted when its destination is
+/// a VIP address, left to the kernel otherwise.
+#[inline(always)]
+fn refuse(addr: [u32; 4], family: u8, reason: Reason) -> Result<Option<Parsed>, Reason> {
+    let key = VipAddrKey { addr, family, _pad: [0; 3] };
+    match unsafe { VIP_ADDRS.get(&key) } {
+        Some(_) => Err(reason),
+        None => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
+    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
+        return Ok(None);
+    };
+    let (vihl, proto, frags, tot_len, src, dst) = unsafe {
+        (
+            (*ip).vihl,
+            (*ip).proto,
+            *(ip as *const u8).add(offset_of!(Ipv4Hdr, frags)).cast::<u16>(),
+            u16::from_be_bytes((*ip).tot_len),
+            *(ip as *const u8).add(offset_of!(Ipv4Hdr, src_addr)).cast::<u32>(),
+            *(ip as *const u8).add(offset_of!(Ipv4Hdr, dst_addr)).cast::<u32>(),
+        )
+    };
+    let daddr = [dst, 0, 0, 0];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return Ok(None);
+    }
+    let ihl = ((vihl & 0x0f) as usize) << 2;
+    if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
+        return refuse(daddr, FAMILY_V4, counter::DROP_BAD_HEADER);
+    }
+    if u16::from_be(frags) & IPV4_MF_OR_OFFSET != 0 {
+        return refuse(daddr, FAMILY_V4, counter::DROP_FRAGMENT);
+    }
+    if (tot_len as usize) < ihl || ctx.data() + l3 + tot_len as usize > ctx.data_end() {
+        return refuse(daddr, FAMILY_V4, counter::DROP_TRUNCATED);
+    }
+    parse_l4(ctx, l3, l3 + ihl, proto, FAMILY_V4, [src, 0, 0, 0], daddr, tot_len)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
+    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
+        return Ok(None);
+    };
+    let (vcf0, next, payload_len, src, dst) = unsafe {
+        (
+            (*ip).vcf[0],
+            (*ip).next_hdr,
+            u16::from_be_bytes((*ip).payload_len),
+            *(ip as *const u8).add(offset_of!(Ipv6Hdr, src_addr)).cast::<[u32; 4]>(),
+            *(ip as *const u8).add(offset_of!(Ipv6Hdr, dst_addr)).cast::<[u32; 4]>(),
+        )
+    };
+    if next != PROTO_TCP && next != PROTO_UDP {
+        // Extension headers (and fragments) are refused for VIPs; ICMPv6 and
+        // anything else goes to the kernel.
+        return match next {
+            IPV6_NEXT_FRAGMENT => refuse(dst, FAMILY_V6, counter::DROP_FRAGMENT),
+            0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 => {
+                refuse(dst, FAMILY_V6, counter::DROP_IPV6_EXT)
+            }
+            _ => Ok(None),
+        };
+    }
+    if vcf0 >> 4 != 6 {
+        return refuse(dst, FAMILY_V6, counter::DROP_BAD_HEADER);
+    }
+    let l4 = l3 + Ipv6Hdr::LEN;
+    if ctx.data() + l4 + payload_len as usize > ctx.data_end() {
+        return refuse(dst, FAMILY_V6, counter::DROP_TRUNCATED);
+    }
+    let ip_len = payload_len.wrapping_add(Ipv6Hdr::LEN as u16);
+    parse_l4(ctx, l3, l4, next, FAMILY_V6, src, dst, ip_len)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn parse_l4(
+    ctx: &XdpContext,
+    l3: usize,
+    l4: usize,
+    proto: u8,
+    family: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    ip_len: u16,
+) -> Result<Option<Parsed>, Reason> {
+    let (ports, csum_none) = if proto == PROTO_TCP {
+        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
+            return refuse(dst, family, counter::DROP_TRUNCATED);
+        };
+        // Data offset: the high nibble of byte 12.
+        let doff = unsafe { *(tcp as *const u8).add(12) } >> 4;
+        if doff < 5 {
+            return refuse(dst, family, counter::DROP_BAD_HEADER);
+        }
+        (tcp as *const [u16; 2], false)
+    } else {
+        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4) else {
+            return refuse(dst, family, counter::DROP_TRUNCATED);
+        };
+        let none = family == FAMILY_V4 && unsafe { (*udp).check } == [0, 0];
+        (udp as *const [u16; 2], none)
+    };
+    let [sport, dport] = unsafe { *ports };
+    Ok(Some(Parsed {
+        l3,
+        l4,
+        csum_none,
+        ip_len,
+        key: FlowKey { src, dst, sport, dport, proto, family, _pad: [0; 2] },
+    }))
+}
+
+// ---------------------------------------------------------------- service path
+
+#[inline(always)]
+fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u32, Reason> {
+    let (idx, be, new_flow) = lookup_or_pick(pkt, svc)?;
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    if let Some(s) = BACKEND_STATS.get_ptr_mut(idx) {
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+            if new_flow {
+                (*s).new_flows += 1;
+            }
+        }
+    }
+    if svc.flags & SERVICE_F_DSR != 0 {
+        // Direct server return: the backend holds the VIP; only the MAC changes.
+        return forward(ctx, pkt.l3, pkt.key.family, &be.addr, &pkt.key.src, pkt.ip_len, false);
+    }
+    rewrite_dst(ctx, pkt, &be.addr, be.port)?;
+    forward(ctx, pkt.l3, pkt.key.family, &be.addr, &pkt.key.src, pkt.ip_len, true)
+}
+
+/// The flow's backend: its conntrack entry while that backend is still
+/// usable, otherwise a Maglev pick (which makes or replaces the entry).
+#[inline(always)]
+fn lookup_or_pick(pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, bool), Reason> {
+    let stats = SERVICE_STATS.get_ptr_mut(svc.id);
+    if let Some(s) = stats {
+        unsafe { (*s).packets += 1 };
+    }
+    if let Some(st) = unsafe { CONNTRACK.get(&pkt.key) } {
+        let idx = st.backend;
+        if let Some(be) = BACKENDS.get(idx) {
+            if be.flags & BACKEND_F_UP != 0 && be.generation == st.generation {
+                if let Some(s) = stats {
+                    unsafe { (*s).established += 1 };
+                }
+                return Ok((idx, *be, false));
+            }
+        }
+        if let Some(s) = stats {
+            unsafe { (*s).repicked += 1 };
+        }
+    }
+    // Maglev: ring[service][hash(flow) % M].
+    if svc.table_size == 0 {
+        return Err(counter::DROP_NO_BACKEND);
+    }
+    let slot = svc.ring_offset + flow_hash(&pkt.key) % svc.table_size;
+    let idx = match RING.get(slot) {
+        Some(i) if *i != NO_BACKEND => *i,
+        _ => return Err(counter::DROP_NO_BACKEND),
+    };
+    let be = match BACKENDS.get(idx) {
+        Some(b) if b.flags & BACKEND_F_UP != 0 => *b,
+        _ => return Err(counter::DROP_NO_BACKEND),
+    };
+    let state = FlowState { backend: idx, generation: be.generation };
+    // A full LRU evicts; an insert can only fail under memory pressure, and
+    // then the flow is simply picked again (same answer) at its next packet.
+    let _ = CONNTRACK.insert(&pkt.key, &state, 0);
+    if svc.flags & SERVICE_F_DSR == 0 {
+        let k = &pkt.key;
+        let reply = FlowKey {
+            src: be.addr,
+            dst: k.src,
+            sport: be.port,
+            dport: k.sport,
+            proto: k.proto,
+            family: k.family,
+            _pad: [0; 2],
+        };
+        let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx };
+        let _ = REVERSE_NAT.insert(&reply, &nat, 0);
+    }
+    if let Some(s) = stats {
+        unsafe { (*s).new_flows += 1 };
+    }
+    Ok((idx, be, true))
+}
+
+// ---------------------------------------------------------------- reply path
+
+#[inline(always)]
+fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
+    let nat = match SETTINGS.get(SETTING_FLAGS) {
+        Some(f) => *f & SETTINGS_F_NAT != 0,
+        None => false,
+    };
+    if nat {
+        if let Some(rev) = unsafe { REVERSE_NAT.get(&pkt.key) } {
+            let rev = *rev;
+            rewrite_src(ctx, pkt, &rev.vip, rev.vip_port)?;
+            count(counter::REPLY_NAT);
+            return forward(ctx, pkt.l3, pkt.key.family, &pkt.key.dst, &rev.vip, pkt.ip_len, true);
+        }
+    }
+    Ok(xdp_action::XDP_PASS)
+}
+
+// ---------------------------------------------------------------- rewrite
+
+/// NAT, client -> backend: destination address and port become the backend's.
+#[inline(always)]
+fn rewrite_dst(ctx: &XdpContext, pkt: &Parsed, addr: &[u32; 4], port: u16) -> Result<(), Reason> {
+    rewrite(ctx, pkt, true, &pkt.key.dst, pkt.key.dport, addr, port)
+}
+
+/// NAT, backend -> client: source address and port become the VIP's.
+#[inline(always)]
+fn rewrite_src(ctx: &XdpContext, pkt: &Parsed, addr: &[u32; 4], port: u16) -> Result<(), Reason> {
+    rewrite(ctx, pkt, false, &pkt.key.src, pkt.key.sport, addr, port)
+}
+
+/// Replaces the destination (`dst`) or source address and port, and updates
+/// the L3 and L4 checksums incrementally. Every pointer derives from one
+/// bounds-checked header pointer, with constant offsets.
+#[inline(always)]
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    dst: bool,
+    old_addr: &[u32; 4],
+    old_port: u16,
+    new_addr: &[u32; 4],
+    new_port: u16,
+) -> Result<(), Reason> {
+    let (l4, check_off) = if pkt.key.proto == PROTO_TCP {
+        let t = ptr_at::<TcpHdr>(ctx, pkt.l4).ok_or(counter::DROP_TRUNCATED)?;
+        (t as *mut u8, offset_of!(TcpHdr, check))
+    } else {
+        let u = ptr_at::<UdpHdr>(ctx, pkt.l4).ok_or(counter::DROP_TRUNCATED)?;
+        (u as *mut u8, offset_of!(UdpHdr, check))
+    };
+    // Source port first, destination port second, in TCP and UDP alike.
+    let ports = l4 as *mut [u16; 2];
+    let check = unsafe { l4.add(check_off) } as *mut u16;
+    let udp = pkt.key.proto == PROTO_UDP;
+    if pkt.key.family == FAMILY_V4 {
+        let h = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(counter::DROP_TRUNCATED)?;
+        let off = if dst { offset_of!(Ipv4Hdr, dst_addr) } else { offset_of!(Ipv4Hdr, src_addr) };
+        unsafe {
+            let a = (h as *mut u8).add(off) as *mut u32;
+            let ipc = (h as *mut u8).add(offset_of!(Ipv4Hdr, check)) as *mut u16;
+            *a = new_addr[0];
+            *ipc = csum::replace4_2(*ipc, old_addr[0], new_addr[0], 0, 0);
+            (*ports)[dst as usize] = new_port;
+            if !pkt.csum_none {
+                let c = csum::replace4_2(*check, old_addr[0], new_addr[0], old_port, new_port);
+                *check = if c == 0 && udp { 0xffff } else { c };
+            }
+        }
+    } else {
+        let h = ptr_at::<Ipv6Hdr>(ctx, pkt.l3).ok_or(counter::DROP_TRUNCATED)?;
+        let off = if dst { offset_of!(Ipv6Hdr, dst_addr) } else { offset_of!(Ipv6Hdr, src_addr) };
+        unsafe {
+            let a = (h as *mut u8).add(off) as *mut [u32; 4];
+            *a = *new_addr;
+            (*ports)[dst as usize] = new_port;
+            let c = csum::replace16_2(*check, old_addr, new_addr, old_port, new_port);
+            *check = if c == 0 && udp { 0xffff } else { c };
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- forward
+
+/// Sends the packet towards `dst` (the backend, or the client for a reply):
+/// FIB lookup, MACs, TTL, then XDP_TX or XDP_REDIRECT. Without a route or
+/// neighbour entry the kernel gets the packet (it resolves and forwards).
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    l3: usize,
+    family: u8,
+    dst: &[u32; 4],
+    src: &[u32; 4],
+    ip_len: u16,
+    routed: bool,
+) -> Result<u32, Reason> {
+    let mut p: FibParams = unsafe { mem::zeroed() };
+    let ingress = ctx.ingress_ifindex() as u32;
+    p.ifindex = ingress;
+    p.__bindgen_anon_1.tot_len = ip_len;
+    if family == FAMILY_V4 {
+        p.family = AF_INET;
+        p.__bindgen_anon_3.ipv4_src = src[0];
+        p.__bindgen_anon_4.ipv4_dst = dst[0];
+    } else {
+        p.family = AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = *src;
+        p.__bindgen_anon_4.ipv6_dst = *dst;
+    }
+    let ret = unsafe {
+        bpf_fib_lookup(ctx.as_ptr(), &mut p, mem::size_of::<FibParams>() as i32, 0)
+    };
+    if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        count(counter::PASS_NO_ROUTE);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    if routed && !decrement_ttl(ctx, l3, family)? {
+        count(counter::PASS_TTL);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(counter::DROP_TRUNCATED)?;
+    unsafe {
+        (*eth).dst_addr = p.dmac;
+        (*eth).src_addr = p.smac;
+    }
+    if p.ifindex == ingress {
+        return Ok(xdp_action::XDP_TX);
+    }
+    Ok(unsafe { bpf_redirect(p.ifindex, 0) } as u32)
+}
+
+/// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit.
+/// `false` when it would expire: the kernel then answers with ICMP.
+#[inline(always)]
+fn decrement_ttl(ctx: &XdpContext, l3: usize, family: u8) -> Result<bool, Reason> {
+    if family == FAMILY_V4 {
+        // TTL and protocol share one 16-bit word of the header checksum.
+        let hdr = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(counter::DROP_TRUNCATED)?;
+        unsafe {
+            let ttl = (*hdr).ttl;
+            if ttl <= 1 {
+                return Ok(false);
+            }
+            let proto = (*hdr).proto;
+            (*hdr).ttl = ttl - 1;
+            let old = u16::from_ne_bytes([ttl, proto]);
+            let new = u16::from_ne_bytes([ttl - 1, proto]);
+            (*hdr).check = csum::replace2(u16::from_ne_bytes((*hdr).check), old, new).to_ne_bytes();
+        }
+    } else {
+        let hdr = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(counter::DROP_TRUNCATED)?;
+        unsafe {
+            let hops = (*hdr).hop_limit;
+            if hops <= 1 {
+                return Ok(false);
+            }
+            (*hdr).hop_limit = hops - 1;
+        }
+    }
+    Ok(true)
+}

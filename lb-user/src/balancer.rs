@@ -1,0 +1,288 @@
+//! The balancer's state: which services and backends exist, which slots and
+//! table regions they hold in the maps, which backends take new flows, and
+//! the Maglev tables written to the kernel.
+//!
+//! Every change (start, reload, health, drain) goes through [`Balancer::sync`]
+//! which writes only what differs, in an order that never lets a packet reach
+//! a backend outside the configured set:
+//! new backends are written before any table slot points at them, and a
+//! backend is marked unusable only after no slot points at it any more.
+
+use std::{net::SocketAddr, time::SystemTime};
+
+use anyhow::{bail, Context as _};
+use lb_common::{
+    addr_v4, addr_v6, Backend, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+    MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SETTINGS_F_NAT,
+};
+
+use crate::{
+    config::{BackendConfig, CheckKind, Config, Forwarding, Role, ServiceConfig},
+    dataplane::{Dataplane, Sizes},
+    maglev::{build_table, MaglevBackend},
+};
+
+/// Address words, port (network order) and family of a socket address, as the maps hold them.
+pub fn map_addr(a: &SocketAddr) -> ([u32; 4], u16, u8) {
+    match a {
+        SocketAddr::V4(v4) => (addr_v4(v4.ip().octets()), v4.port().to_be(), FAMILY_V4),
+        SocketAddr::V6(v6) => (addr_v6(v6.ip().octets()), v6.port().to_be(), FAMILY_V6),
+    }
+}
+
+pub fn vip_key(svc: &ServiceConfig) -> VipKey {
+    let (addr, port, family) = map_addr(&svc.vip);
+    VipKey { addr, port, proto: svc.protocol.number(), family }
+}
+
+/// One backend of a service.
+#[derive(Clone, Debug)]
+pub struct BackendState {
+    pub cfg: BackendConfig,
+    /// Index in `BACKENDS` / `BACKEND_STATS`.
+    pub slot: u32,
+    pub generation: u32,
+    /// Health as last decided by the checker (true when checks are off).
+    pub healthy: bool,
+    /// Drained by the operator: no new flows, established ones continue.
+    pub drained: bool,
+    /// When `healthy` last changed.
+    pub since: SystemTime,
+    /// Last check result, for status.
+    pub last_check: String,
+}
+
+impl BackendState {
+    /// Established flows may continue to it.
+    pub fn up(&self) -> bool {
+        self.healthy
+    }
+    /// It may take new flows.
+    pub fn takes_new_flows(&self) -> bool {
+        self.healthy && !self.drained && self.cfg.weight > 0
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceState {
+    pub cfg: ServiceConfig,
+    pub key: VipKey,
+    /// Index in `SERVICE_STATS`, and the region of `RING` it owns.
+    pub id: u32,
+    pub backends: Vec<BackendState>,
+    /// The Maglev table as written to the kernel (backend slots).
+    pub ring: Vec<u32>,
+    /// New flows go to the backups (no primary up, or no preemption).
+    pub on_backup: bool,
+}
+
+impl ServiceState {
+    pub fn ring_offset(&self, stride: u32) -> u32 {
+        self.id * stride
+    }
+}
+
+pub struct Balancer {
+    pub dp: Dataplane,
+    pub services: Vec<ServiceState>,
+    /// Slots of `RING` per service (the largest table size at start).
+    stride: u32,
+    free_ids: Vec<u32>,
+    free_slots: Vec<u32>,
+    next_generation: u32,
+    /// Total table slots written since start (for metrics and tests).
+    pub slots_written: u64,
+}
+
+impl Balancer {
+    /// Loads the program with maps sized for `cfg` (and room to grow on reload).
+    pub fn load(cfg: &Config) -> anyhow::Result<Self> {
+        let stride = cfg.services.iter().map(|s| s.table_size).max().unwrap_or(lb_common::DEFAULT_TABLE_SIZE);
+        let regions = (cfg.services.len() as u32 * 2).clamp(16, MAX_SERVICES);
+        let dp = Dataplane::load(Sizes {
+            conntrack_entries: cfg.daemon.conntrack_entries,
+            ring_entries: stride * regions,
+        })?;
+        Ok(Self {
+            dp,
+            services: Vec::new(),
+            stride,
+            free_ids: (0..regions).rev().collect(),
+            free_slots: (0..MAX_BACKENDS).rev().collect(),
+            next_generation: 1,
+            slots_written: 0,
+        })
+    }
+
+    /// Makes the running state match `cfg`: services and backends are added,
+    /// kept (with their health, slots and flows) or removed. Checks everything
+    /// that could fail before the first write.
+    pub fn apply(&mut self, cfg: &Config) -> anyhow::Result<()> {
+        for s in &cfg.services {
+            if s.table_size > self.stride {
+                bail!(
+                    "service {}: table_size {} is larger than the tables allocated at start ({}); restart xlb to grow them",
+                    s.name, s.table_size, self.stride
+                );
+            }
+        }
+        let kept = cfg.services.iter().filter(|s| self.find(&vip_key(s)).is_some()).count();
+        let new_services = cfg.services.len() - kept;
+        if new_services > self.free_ids.len() + (self.services.len() - kept) {
+            bail!("too many services for the tables allocated at start; restart xlb");
+        }
+
+        let mut old = std::mem::take(&mut self.services);
+        let mut next = Vec::with_capacity(cfg.services.len());
+        let mut removed_backends = Vec::new();
+        for s in &cfg.services {
+            let key = vip_key(s);
+            let st = match old.iter().position(|o| o.key == key) {
+                Some(i) => {
+                    let mut st = old.swap_remove(i);
+                    let mut backends = Vec::with_capacity(s.backends.len());
+                    for b in &s.backends {
+                        match st.backends.iter().position(|o| o.cfg.address == b.address) {
+                            Some(j) => {
+                                let mut be = st.backends.swap_remove(j);
+                                be.cfg = b.clone();
+                                backends.push(be);
+                            }
+                            None => backends.push(self.new_backend(b, &s.health.check)?),
+                        }
+                    }
+                    removed_backends.append(&mut st.backends);
+                    st.backends = backends;
+                    st.cfg = s.clone();
+                    st
+                }
+                None => {
+                    let id = self.free_ids.pop().context("no free service id")?;
+                    let backends = s
+                        .backends
+                        .iter()
+                        .map(|b| self.new_backend(b, &s.health.check))
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    ServiceState { cfg: s.clone(), key, id, backends, ring: Vec::new(), on_backup: false }
+                }
+            };
+            next.push(st);
+        }
+        self.services = next;
+        // Services no longer configured: first unpublish them, then their backends.
+        for gone in old {
+            let still_used = self.services.iter().any(|s| s.key.addr == gone.key.addr && s.key.family == gone.key.family);
+            self.dp.remove_service(&gone.key, still_used)?;
+            self.free_ids.push(gone.id);
+            removed_backends.extend(gone.backends);
+            log::info!("service {} ({}) removed", gone.cfg.name, gone.cfg.vip);
+        }
+        // New backends exist in BACKENDS before any table slot names them.
+        for svc in &self.services {
+            for be in &svc.backends {
+                self.dp.set_backend(be.slot, &backend_entry(svc, be))?;
+            }
+        }
+        for i in 0..self.services.len() {
+            self.sync_service(i)?;
+        }
+        for be in removed_backends {
+            self.dp.set_backend(be.slot, &Backend::default())?;
+            self.free_slots.push(be.slot);
+        }
+        let nat = self.services.iter().any(|s| s.cfg.forwarding == Forwarding::Nat);
+        self.dp.set_flags(if nat { SETTINGS_F_NAT } else { 0 })?;
+        Ok(())
+    }
+
+    fn new_backend(&mut self, b: &BackendConfig, check: &CheckKind) -> anyhow::Result<BackendState> {
+        let slot = self.free_slots.pop().context("no free backend slot (MAX_BACKENDS reached)")?;
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.dp.reset_backend_stats(slot)?;
+        Ok(BackendState {
+            cfg: b.clone(),
+            slot,
+            generation,
+            // Like HAProxy, a new server is assumed up until checks say otherwise.
+            healthy: true,
+            drained: false,
+            since: SystemTime::now(),
+            last_check: match check {
+                CheckKind::None => "checks off".into(),
+                _ => "not checked yet".into(),
+            },
+        })
+    }
+
+    fn find(&self, key: &VipKey) -> Option<usize> {
+        self.services.iter().position(|s| s.key == *key)
+    }
+
+    /// Recomputes service `i`'s table from its backends' states and writes
+    /// what changed: the table slots, then backends that are no longer up.
+    pub fn sync_service(&mut self, i: usize) -> anyhow::Result<()> {
+        let stride = self.stride;
+        let svc = &mut self.services[i];
+        let primaries: Vec<&BackendState> =
+            svc.backends.iter().filter(|b| b.cfg.role == Role::Primary && b.takes_new_flows()).collect();
+        let backups: Vec<&BackendState> =
+            svc.backends.iter().filter(|b| b.cfg.role == Role::Backup && b.takes_new_flows()).collect();
+        let on_backup = !backups.is_empty() && (primaries.is_empty() || (!svc.cfg.preempt && svc.on_backup));
+        let members = if on_backup { backups } else { primaries };
+        let ids: Vec<String> = members.iter().map(|b| b.cfg.id()).collect();
+        let mb: Vec<MaglevBackend<'_>> =
+            members.iter().zip(&ids).map(|(b, id)| MaglevBackend { id, weight: b.cfg.weight }).collect();
+        let ring: Vec<u32> = build_table(&mb, svc.cfg.table_size)
+            .into_iter()
+            .map(|m| if m == NO_BACKEND { NO_BACKEND } else { members[m as usize].slot })
+            .collect();
+        if on_backup != svc.on_backup {
+            log::warn!(
+                "service {}: new flows now go to the {} backends",
+                svc.cfg.name,
+                if on_backup { "backup" } else { "primary" }
+            );
+        }
+        svc.on_backup = on_backup;
+        let offset = svc.ring_offset(stride);
+        let old = (svc.ring.len() == ring.len()).then_some(svc.ring.as_slice());
+        let written = self.dp.write_ring(offset, &ring, old)?;
+        self.slots_written += written as u64;
+        if written > 0 {
+            log::info!("service {}: {} of {} table slots rewritten", svc.cfg.name, written, ring.len());
+        }
+        let first = svc.ring.is_empty();
+        svc.ring = ring;
+        let entry = Service {
+            id: svc.id,
+            ring_offset: offset,
+            table_size: svc.cfg.table_size,
+            flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 },
+        };
+        // Written after its table, so a new service is published complete.
+        self.dp.set_service(&svc.key, &entry)?;
+        if first && svc.ring.iter().all(|&b| b == NO_BACKEND) {
+            log::warn!("service {}: no backend takes new flows", svc.cfg.name);
+        }
+        // Backend up/down flags follow the table: set after it.
+        let svc = &self.services[i];
+        for be in &svc.backends {
+            self.dp.set_backend(be.slot, &backend_entry(svc, be))?;
+        }
+        Ok(())
+    }
+}
+
+fn backend_entry(svc: &ServiceState, be: &BackendState) -> Backend {
+    let (addr, port, family) = map_addr(&be.cfg.address);
+    Backend {
+        addr,
+        port,
+        family,
+        _pad: 0,
+        service: svc.id,
+        generation: be.generation,
+        flags: if be.up() { BACKEND_F_UP } else { 0 },
+    }
+}

@@ -1,0 +1,225 @@
+//! The XDP program and its maps: load, attach, write, read.
+//!
+//! The object is embedded in the binary at build time (see build.rs); nothing
+//! is read from `target/` at run time.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context as _};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::{Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    counter, maps, Backend, BackendStats, Service, ServiceStats, VipAddrKey, VipKey,
+    SETTING_FLAGS,
+};
+
+use crate::config::XdpModeConfig;
+
+/// The XDP object built by `cargo xtask build-ebpf` (empty when built without it).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
+
+/// The XDP object embedded in this binary.
+pub fn object() -> anyhow::Result<&'static [u8]> {
+    if OBJECT.is_empty() {
+        bail!(
+            "this xlb binary was built without its XDP program; build it with \
+             `cargo xtask build` (or `cargo xtask build-ebpf` before `cargo build`)"
+        );
+    }
+    Ok(OBJECT)
+}
+
+/// Sizes fixed when the program is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub conntrack_entries: u32,
+    pub ring_entries: u32,
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    /// Interface -> the mode it was attached in.
+    attached: BTreeMap<String, &'static str>,
+}
+
+impl Dataplane {
+    /// Loads the program (not attached yet) with maps sized by `sizes`.
+    pub fn load(sizes: Sizes) -> anyhow::Result<Self> {
+        raise_memlock_limit();
+        let mut loader = EbpfLoader::new();
+        if std::env::var_os("XLB_VERIFIER_LOG").is_some() {
+            // Full verifier output on load errors, for debugging the program.
+            loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+        }
+        let mut ebpf = loader
+            .map_max_entries(maps::CONNTRACK, sizes.conntrack_entries)
+            .map_max_entries(maps::REVERSE_NAT, sizes.conntrack_entries)
+            .map_max_entries(maps::RING, sizes.ring_entries.max(1))
+            .load(object()?)
+            .context("loading the XDP object into the kernel")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(lb_common::PROGRAM_NAME)
+            .context("the XDP object has no program `xlb`")?
+            .try_into()?;
+        prog.load().context("the kernel refused the XDP program (verifier)")?;
+        Ok(Self { ebpf, attached: BTreeMap::new() })
+    }
+
+    pub fn program(&self) -> &Xdp {
+        self.ebpf
+            .program(lb_common::PROGRAM_NAME)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .expect("program was loaded in Dataplane::load")
+    }
+
+    /// Attaches to `iface`. `auto` tries native (driver) mode first, then generic.
+    pub fn attach(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(lb_common::PROGRAM_NAME)
+            .expect("loaded")
+            .try_into()?;
+        let tries: &[(XdpMode, &'static str)] = match mode {
+            XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
+            XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
+            XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+        };
+        let mut last = None;
+        for &(m, name) in tries {
+            match prog.attach(iface, m) {
+                Ok(_) => {
+                    self.attached.insert(iface.to_string(), name);
+                    return Ok(name);
+                }
+                Err(e) => last = Some((name, e)),
+            }
+        }
+        let (name, e) = last.expect("at least one mode tried");
+        let hint = match mode {
+            XdpModeConfig::Native => "; the driver may lack native XDP: try xdp_mode = \"generic\"",
+            _ => "; does the interface exist in this network namespace?",
+        };
+        Err(anyhow::Error::new(e)).context(format!("attaching XDP to {iface} in {name} mode failed{hint}"))
+    }
+
+    /// Interfaces the program is attached to, with their XDP mode.
+    pub fn attached(&self) -> &BTreeMap<String, &'static str> {
+        &self.attached
+    }
+
+    fn map_mut(&mut self, name: &str) -> &mut aya::maps::Map {
+        self.ebpf.map_mut(name).unwrap_or_else(|| panic!("map {name} missing from the object"))
+    }
+
+    fn map(&self, name: &str) -> &aya::maps::Map {
+        self.ebpf.map(name).unwrap_or_else(|| panic!("map {name} missing from the object"))
+    }
+
+    pub fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, Service> = HashMap::try_from(self.map_mut(maps::SERVICES))?;
+        m.insert(key, svc, 0).context("writing SERVICES")?;
+        let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
+        let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
+        a.insert(addr, 1, 0).context("writing VIP_ADDRS")?;
+        Ok(())
+    }
+
+    /// Removes a service; its VIP address stays known while another service uses it.
+    pub fn remove_service(&mut self, key: &VipKey, addr_still_used: bool) -> anyhow::Result<()> {
+        let mut m: HashMap<&mut MapData, VipKey, Service> = HashMap::try_from(self.map_mut(maps::SERVICES))?;
+        m.remove(key).context("removing from SERVICES")?;
+        if !addr_still_used {
+            let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
+            let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
+            a.remove(&addr).context("removing from VIP_ADDRS")?;
+        }
+        Ok(())
+    }
+
+    pub fn set_backend(&mut self, slot: u32, be: &Backend) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(maps::BACKENDS))?;
+        m.set(slot, be, 0).with_context(|| format!("writing BACKENDS[{slot}]"))
+    }
+
+    /// Writes the slots of a Maglev table that differ from `old` (all of them
+    /// when `old` is `None`). Each slot is one atomic write, so a packet sees
+    /// either the old or the new backend of a slot, both in the configured set.
+    /// Returns how many slots were written.
+    pub fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::RING))?;
+        let mut written = 0;
+        for (i, &b) in new.iter().enumerate() {
+            if old.is_some_and(|o| o.get(i) == Some(&b)) {
+                continue;
+            }
+            m.set(offset + i as u32, b, 0).context("writing RING")?;
+            written += 1;
+        }
+        Ok(written)
+    }
+
+    pub fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(SETTING_FLAGS, flags, 0).context("writing SETTINGS")
+    }
+
+    /// `COUNTERS`, summed over CPUs.
+    pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
+        let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS))?;
+        (0..counter::NUM_COUNTERS)
+            .map(|i| Ok(m.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
+    /// `BACKEND_STATS[slot]`, summed over CPUs.
+    pub fn backend_stats(&self, slot: u32) -> anyhow::Result<BackendStats> {
+        let m: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(self.map(maps::BACKEND_STATS))?;
+        Ok(m.get(&slot, 0)?.iter().fold(BackendStats::default(), |a, s| BackendStats {
+            packets: a.packets + s.packets,
+            bytes: a.bytes + s.bytes,
+            new_flows: a.new_flows + s.new_flows,
+        }))
+    }
+
+    /// Clears `BACKEND_STATS[slot]` (a slot handed to a new backend starts at 0).
+    pub fn reset_backend_stats(&mut self, slot: u32) -> anyhow::Result<()> {
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let mut m: PerCpuArray<&mut MapData, BackendStats> =
+            PerCpuArray::try_from(self.map_mut(maps::BACKEND_STATS))?;
+        m.set(slot, aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); n])?, 0)?;
+        Ok(())
+    }
+
+    /// `SERVICE_STATS[id]`, summed over CPUs.
+    pub fn service_stats(&self, id: u32) -> anyhow::Result<ServiceStats> {
+        let m: PerCpuArray<&MapData, ServiceStats> = PerCpuArray::try_from(self.map(maps::SERVICE_STATS))?;
+        Ok(m.get(&id, 0)?.iter().fold(ServiceStats::default(), |a, s| ServiceStats {
+            packets: a.packets + s.packets,
+            established: a.established + s.established,
+            new_flows: a.new_flows + s.new_flows,
+            repicked: a.repicked + s.repicked,
+        }))
+    }
+
+    /// Entries in the conntrack map (walks the map: for status, not hot paths).
+    pub fn conntrack_len(&self) -> anyhow::Result<usize> {
+        let m: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
+            HashMap::try_from(self.map(maps::CONNTRACK))?;
+        Ok(m.keys().filter(|k| k.is_ok()).count())
+    }
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
+/// conntrack maps load there too (a no-op on newer kernels).
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall with a valid pointer.
+    let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+    if ret != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}

@@ -1,0 +1,417 @@
+//! Data-path fixtures in the style of Katran's: a table of
+//! {description, input packet, expected action, expected output bytes} run
+//! through the real XDP program with BPF_PROG_TEST_RUN, with maps filled by
+//! the daemon's own code. Outputs are compared byte for byte against packets
+//! built independently (full checksums), and re-verified from scratch.
+//!
+//! Runs inside a namespace with two veths and static neighbours, so the
+//! program's FIB lookups succeed exactly as on a real lb host.
+
+use std::net::{IpAddr, SocketAddr};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::counter;
+use xlb::{
+    balancer::Balancer,
+    config::{
+        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role,
+        ServiceConfig, XdpModeConfig,
+    },
+};
+use xlb_testbed::{
+    packet::{parse_and_verify, Pkt, TCP_ACK},
+    require_root, run_suffix, Netns,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x11];
+const WEB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x12];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[&str]) -> ServiceConfig {
+    ServiceConfig {
+        name: name.into(),
+        vip: sa(vip),
+        protocol: proto,
+        forwarding: fwd,
+        table_size: 251,
+        preempt: true,
+        health: HealthConfig {
+            check: CheckKind::None,
+            path: "/".into(),
+            host: None,
+            expect_status: 200,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 2,
+            fall: 3,
+        },
+        backends: backends
+            .iter()
+            .map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary })
+            .collect(),
+    }
+}
+
+fn config() -> Config {
+    use Forwarding::*;
+    use Protocol::*;
+    Config {
+        daemon: DaemonConfig {
+            interfaces: vec!["c0".into(), "b0".into()],
+            xdp_mode: XdpModeConfig::Auto,
+            admin_socket: "/nonexistent".into(),
+            metrics: None,
+            conntrack_entries: 4096,
+        },
+        services: vec![
+            service("web4", "198.18.0.10:80", Tcp, Nat, &["198.18.1.11:8080"]),
+            service("dns4", "198.18.0.10:53", Udp, Nat, &["198.18.1.11:5353"]),
+            service("web6", "[2001:db8::10]:80", Tcp, Nat, &["[2001:db8:1::11]:8080"]),
+            service("dns6", "[2001:db8::10]:53", Udp, Nat, &["[2001:db8:1::11]:53"]),
+            service("dsr4", "198.18.0.20:80", Tcp, Dsr, &["198.18.1.12:80"]),
+            service("dsr6", "[2001:db8::20]:80", Tcp, Dsr, &["[2001:db8:1::12]:80"]),
+            service("pair", "198.18.0.30:80", Tcp, Nat, &["198.18.1.11:80", "198.18.1.12:80"]),
+        ],
+    }
+}
+
+/// The fixture namespace: `c0` faces the client, `b0` the backends.
+struct Bed {
+    ns: Netns,
+    c0_mac: [u8; 6],
+    b0_mac: [u8; 6],
+    c0: u32,
+    b0: u32,
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
+    let s = ns.must(&["cat", &format!("/sys/class/net/{dev}/address")]);
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
+    v.try_into().unwrap()
+}
+
+fn bed() -> Bed {
+    let ns = Netns::new(format!("xlb-{}-fx", run_suffix())).expect("create namespace");
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut cmds: Vec<Vec<String>> = vec![];
+    let mut add = |s: &str| cmds.push(s.split_whitespace().map(String::from).collect());
+    add("link add c0 type veth peer name c1");
+    add("link add b0 type veth peer name b1");
+    for d in ["c0", "c1", "b0", "b1"] {
+        add(&format!("link set {d} up"));
+    }
+    add("addr add 198.18.0.2/24 dev c0");
+    add("addr add 2001:db8::2/64 dev c0 nodad");
+    add("addr add 198.18.1.1/24 dev b0");
+    add("addr add 2001:db8:1::1/64 dev b0 nodad");
+    add(&format!("neigh add 198.18.0.1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
+    add(&format!("neigh add 2001:db8::1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
+    for (a, m) in [("198.18.1.11", WEB1_MAC), ("198.18.1.12", WEB2_MAC), ("2001:db8:1::11", WEB1_MAC), ("2001:db8:1::12", WEB2_MAC)] {
+        add(&format!("neigh add {a} lladdr {} dev b0 nud permanent", mac(m)));
+    }
+    ns.sysctl(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")]).unwrap();
+    for c in &cmds {
+        let args: Vec<&str> = c.iter().map(String::as_str).collect();
+        ns.ip(&args).unwrap_or_else(|e| panic!("ip {c:?}: {e:#}"));
+    }
+    let idx = |d: &str| ns.must(&["cat", &format!("/sys/class/net/{d}/ifindex")]).trim().parse().unwrap();
+    Bed { c0_mac: mac_of(&ns, "c0"), b0_mac: mac_of(&ns, "b0"), c0: idx("c0"), b0: idx("b0"), ns }
+}
+
+/// `struct xdp_md` for ctx_in: data = 0, data_end = len, ingress_ifindex.
+fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let mut m = [0u8; 24];
+    m[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
+    m[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    m
+}
+
+fn run(bal: &Balancer, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; input.len() + 256];
+    let ctx = xdp_md(input.len(), ifindex);
+    let r = bal
+        .dp
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+struct Fixture {
+    desc: &'static str,
+    ingress: u32,
+    input: Vec<u8>,
+    action: u32,
+    /// `None`: the output must equal the input.
+    output: Option<Vec<u8>>,
+    /// A counter that must rise by exactly one.
+    counter: Option<u32>,
+}
+
+fn with_macs(mut p: Pkt, dst: [u8; 6], src: [u8; 6]) -> Pkt {
+    p.eth_dst = dst;
+    p.eth_src = src;
+    p
+}
+
+fn fixtures(b: &Bed) -> Vec<Fixture> {
+    let (c0, b0) = (b.c0, b.b0);
+    let from_client = |p: Pkt| with_macs(p, b.c0_mac, CLIENT_MAC);
+    let to_backend = |p: Pkt, m| with_macs(p, m, b.b0_mac);
+    let from_backend = |p: Pkt, m| with_macs(p, b.b0_mac, m);
+    let to_client = |p: Pkt| with_macs(p, CLIENT_MAC, b.c0_mac);
+    let ttl = |mut p: Pkt, t| {
+        p.ttl = t;
+        p
+    };
+    let (cl4, vip4, web1, web2) = (ip("198.18.0.1"), ip("198.18.0.10"), ip("198.18.1.11"), ip("198.18.1.12"));
+    let (cl6, vip6, web1_6, web2_6) = (ip("2001:db8::1"), ip("2001:db8::10"), ip("2001:db8:1::11"), ip("2001:db8:1::12"));
+    let mut fx = vec![];
+    let mut f = |desc, ingress, input: Pkt, action, output: Option<Pkt>, counter| {
+        fx.push(Fixture { desc, ingress, input: input.build(), action, output: output.map(|p| p.build()), counter })
+    };
+
+    // ---- NAT, both directions, IPv4 and IPv6, TCP and UDP
+    f("nat v4 tcp: client -> VIP becomes client -> web1:8080, TTL-1, MACs of the next hop",
+        c0, from_client(Pkt::tcp(cl4, vip4, 40000, 80)), XDP_REDIRECT,
+        Some(to_backend(ttl(Pkt::tcp(cl4, web1, 40000, 8080), 63), WEB1_MAC)), None);
+    f("nat v4 tcp reply: web1:8080 -> client becomes VIP:80 -> client",
+        b0, from_backend(Pkt::tcp(web1, cl4, 8080, 40000), WEB1_MAC), XDP_REDIRECT,
+        Some(to_client(ttl(Pkt::tcp(vip4, cl4, 80, 40000), 63))), Some(counter::REPLY_NAT));
+    let mut udp = Pkt::udp(cl4, vip4, 40001, 53);
+    udp.payload = b"a query".to_vec();
+    let mut udp_out = Pkt::udp(cl4, web1, 40001, 5353);
+    udp_out.payload = udp.payload.clone();
+    f("nat v4 udp: port translated 53 -> 5353, checksum updated",
+        c0, from_client(udp.clone()), XDP_REDIRECT, Some(to_backend(ttl(udp_out.clone(), 63), WEB1_MAC)), None);
+    let (mut z, mut z_out) = (udp.clone(), udp_out.clone());
+    z.sport = 40002;
+    z.udp_no_csum = true;
+    z_out.sport = 40002;
+    z_out.udp_no_csum = true;
+    f("nat v4 udp without checksum: the checksum stays zero",
+        c0, from_client(z), XDP_REDIRECT, Some(to_backend(ttl(z_out, 63), WEB1_MAC)), None);
+    let mut opt = Pkt::tcp(cl4, vip4, 40003, 80);
+    opt.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
+    let mut opt_out = Pkt::tcp(cl4, web1, 40003, 8080);
+    opt_out.ipv4_options = opt.ipv4_options.clone();
+    f("nat v4 tcp with IPv4 options: IHL honoured, options kept",
+        c0, from_client(opt), XDP_REDIRECT, Some(to_backend(ttl(opt_out, 63), WEB1_MAC)), None);
+    f("nat v6 tcp: client -> VIP becomes client -> web1:8080, hop limit-1",
+        c0, from_client(Pkt::tcp(cl6, vip6, 40000, 80)), XDP_REDIRECT,
+        Some(to_backend(ttl(Pkt::tcp(cl6, web1_6, 40000, 8080), 63), WEB1_MAC)), None);
+    f("nat v6 tcp reply: web1 -> client becomes VIP -> client",
+        b0, from_backend(Pkt::tcp(web1_6, cl6, 8080, 40000), WEB1_MAC), XDP_REDIRECT,
+        Some(to_client(ttl(Pkt::tcp(vip6, cl6, 80, 40000), 63))), Some(counter::REPLY_NAT));
+    f("nat v6 udp",
+        c0, from_client(Pkt::udp(cl6, vip6, 40000, 53)), XDP_REDIRECT,
+        Some(to_backend(ttl(Pkt::udp(cl6, web1_6, 40000, 53), 63), WEB1_MAC)), None);
+    f("nat v6 udp reply",
+        b0, from_backend(Pkt::udp(web1_6, cl6, 53, 40000), WEB1_MAC), XDP_REDIRECT,
+        Some(to_client(ttl(Pkt::udp(vip6, cl6, 53, 40000), 63))), Some(counter::REPLY_NAT));
+
+    // ---- DSR: only the destination (and source) MAC change
+    f("dsr v4: IP packet untouched, sent to web2's MAC",
+        c0, from_client(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80)), XDP_REDIRECT,
+        Some(to_backend(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80), WEB2_MAC)), None);
+    f("dsr v6: IP packet untouched, sent to web2's MAC",
+        c0, from_client(Pkt::tcp(cl6, ip("2001:db8::20"), 40000, 80)), XDP_REDIRECT,
+        Some(to_backend(Pkt::tcp(cl6, ip("2001:db8::20"), 40000, 80), WEB2_MAC)), None);
+    let _ = (web2, web2_6);
+
+    // ---- not for a VIP: untouched
+    f("not a VIP (the lb's own address)", c0, from_client(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)),
+        XDP_PASS, None, None);
+    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)),
+        XDP_PASS, None, None);
+    f("VIP address and port, other protocol (udp/80)", c0, from_client(Pkt::udp(cl4, vip4, 40000, 80)),
+        XDP_PASS, None, None);
+    f("not a VIP, v6", c0, from_client(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)), XDP_PASS, None, None);
+    f("reply-looking packet with no NAT entry", b0,
+        from_backend(Pkt::tcp(web1, cl4, 8080, 49999), WEB1_MAC), XDP_PASS, None, None);
+    let mut frag_other = Pkt::udp(cl4, ip("198.18.0.2"), 40000, 53);
+    frag_other.ipv4_frag = 0x2000;
+    f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, None);
+    let mut ttl1 = Pkt::tcp(cl4, vip4, 40010, 80);
+    ttl1.ttl = 1;
+    f("TTL 1 to a NAT VIP: the kernel gets it (it answers ICMP time exceeded)", c0, from_client(ttl1), XDP_PASS,
+        Some(ttl(from_client(Pkt::tcp(cl4, web1, 40010, 8080)), 1)), Some(counter::PASS_TTL));
+
+    // ---- refused: dropped and counted
+    let mut frag = Pkt::udp(cl4, vip4, 40000, 53);
+    frag.ipv4_frag = 0x2000; // MF
+    f("v4 first fragment (MF) to a VIP", c0, from_client(frag.clone()), XDP_DROP, None, Some(counter::DROP_FRAGMENT));
+    frag.ipv4_frag = 0x0010; // offset 128
+    f("v4 later fragment to a VIP", c0, from_client(frag), XDP_DROP, None, Some(counter::DROP_FRAGMENT));
+    let mut fr6 = Pkt::udp(cl6, vip6, 40000, 53);
+    fr6.ipv6_ext = Some(44);
+    f("v6 fragment header to a VIP", c0, from_client(fr6), XDP_DROP, None, Some(counter::DROP_FRAGMENT));
+    let mut hbh = Pkt::tcp(cl6, vip6, 40000, 80);
+    hbh.ipv6_ext = Some(0);
+    f("v6 hop-by-hop header to a VIP", c0, from_client(hbh), XDP_DROP, None, Some(counter::DROP_IPV6_EXT));
+    fx.extend(raw_refusals(b, cl4, vip4));
+    fx
+}
+
+/// Malformed packets that the builder cannot express directly.
+fn raw_refusals(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
+    let base = with_macs(Pkt::tcp(cl4, vip4, 40000, 80), b.c0_mac, CLIENT_MAC).build();
+    let mut v = vec![];
+    let mut truncated_tcp = base.clone();
+    truncated_tcp.truncate(14 + 20 + 10);
+    truncated_tcp[16..18].copy_from_slice(&30u16.to_be_bytes());
+    v.push(("tcp header cut short, to a VIP", truncated_tcp, counter::DROP_TRUNCATED));
+    let mut long_len = base.clone();
+    long_len[16..18].copy_from_slice(&200u16.to_be_bytes());
+    v.push(("IPv4 total length beyond the frame, to a VIP", long_len, counter::DROP_TRUNCATED));
+    let mut ihl4 = base.clone();
+    ihl4[14] = 0x44;
+    v.push(("IPv4 IHL 4 (< 5), to a VIP", ihl4, counter::DROP_BAD_HEADER));
+    let mut doff = base.clone();
+    doff[14 + 20 + 12] = 4 << 4;
+    v.push(("TCP data offset 4 (< 5), to a VIP", doff, counter::DROP_BAD_HEADER));
+    let mut v6trunc = with_macs(Pkt::tcp(ip("2001:db8::1"), ip("2001:db8::10"), 40000, 80), b.c0_mac, CLIENT_MAC).build();
+    v6trunc.truncate(v6trunc.len() - 8);
+    v.push(("IPv6 payload length beyond the frame, to a VIP", v6trunc, counter::DROP_TRUNCATED));
+    let mut fx: Vec<Fixture> = v
+        .into_iter()
+        .map(|(desc, input, c)| Fixture { desc, ingress: b.c0, input, action: XDP_DROP, output: None, counter: Some(c) })
+        .collect();
+    let mut short_other = with_macs(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22), b.c0_mac, CLIENT_MAC).build();
+    short_other.truncate(14 + 20 + 10);
+    short_other[16..18].copy_from_slice(&30u16.to_be_bytes());
+    fx.push(Fixture { desc: "tcp header cut short, not to a VIP: the kernel's business", ingress: b.c0, input: short_other, action: XDP_PASS, output: None, counter: None });
+    let mut arp = base;
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    fx.push(Fixture { desc: "ARP (not IP)", ingress: b.c0, input: arp, action: XDP_PASS, output: None, counter: None });
+    fx
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn xdp_fixtures() {
+    if !require_root("xdp_fixtures") {
+        return;
+    }
+    let b = bed();
+    let failures = b
+        .ns
+        .run_in(|| {
+            let cfg = config();
+            let mut bal = Balancer::load(&cfg).expect("load the XDP program");
+            bal.apply(&cfg).expect("fill the maps");
+            let mut failures = vec![];
+            for fx in fixtures(&b) {
+                let before = bal.dp.counters().unwrap();
+                let (action, out) = run(&bal, &fx.input, fx.ingress);
+                let after = bal.dp.counters().unwrap();
+                let want = fx.output.as_ref().unwrap_or(&fx.input);
+                if action != fx.action {
+                    failures.push(format!("{}: action {action}, expected {}", fx.desc, fx.action));
+                    continue;
+                }
+                if fx.action != XDP_DROP && out != *want {
+                    failures.push(format!("{}:\n  got      {}\n  expected {}", fx.desc, hex(&out), hex(want)));
+                    continue;
+                }
+                if fx.output.is_some() {
+                    if let Err(e) = parse_and_verify(&out) {
+                        failures.push(format!("{}: output does not verify: {e}", fx.desc));
+                    }
+                }
+                for i in 0..counter::NUM_COUNTERS as usize {
+                    let delta = after[i] - before[i];
+                    let expect = u64::from(fx.counter == Some(i as u32));
+                    if delta != expect {
+                        failures.push(format!("{}: counter {i} rose by {delta}, expected {expect}", fx.desc));
+                    }
+                }
+            }
+            failures
+        })
+        .expect("run in namespace");
+    assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// `xlb explain` and the kernel agree on the backend of new flows, and a
+/// conntrack entry whose backend went down is not followed.
+#[test]
+fn kernel_agrees_with_explain_and_repicks_dead_backends() {
+    if !require_root("kernel_agrees_with_explain") {
+        return;
+    }
+    let b = bed();
+    let problems = b
+        .ns
+        .run_in(|| {
+            let cfg = config();
+            let mut bal = Balancer::load(&cfg).unwrap();
+            bal.apply(&cfg).unwrap();
+            let (cl, vip) = (ip("198.18.0.1"), sa("198.18.0.30:80"));
+            let mut problems = vec![];
+            let mut seen = std::collections::BTreeMap::new();
+            for port in 41000..41064u16 {
+                let pkt = with_macs(Pkt::tcp(cl, vip.ip(), port, 80), b.c0_mac, CLIENT_MAC).build();
+                let (action, out) = run(&bal, &pkt, b.c0);
+                let got = parse_and_verify(&out).map(|p| SocketAddr::new(p.dst, p.dport));
+                let want = xlb::explain::pick(&cfg, SocketAddr::new(cl, port), vip, Protocol::Tcp).unwrap();
+                if action != XDP_REDIRECT || got.as_ref() != Ok(&want) {
+                    problems.push(format!("port {port}: kernel {action} {got:?}, explain {want}"));
+                }
+                *seen.entry(want).or_insert(0) += 1;
+            }
+            if seen.len() != 2 {
+                problems.push(format!("64 flows did not use both backends: {seen:?}"));
+            }
+            // A flow on web1 moves when web1 goes down, and stays moved.
+            let port = (41000..41064u16)
+                .find(|&p| xlb::explain::pick(&cfg, SocketAddr::new(cl, p), vip, Protocol::Tcp).unwrap() == sa("198.18.1.11:80"))
+                .unwrap();
+            let mut ack = Pkt::tcp(cl, vip.ip(), port, 80);
+            ack.tcp_flags = TCP_ACK;
+            let ack = with_macs(ack, b.c0_mac, CLIENT_MAC).build();
+            let dst = |bal: &Balancer| parse_and_verify(&run(bal, &ack, b.c0).1).unwrap().dst;
+            if dst(&bal) != ip("198.18.1.11") {
+                problems.push("established flow left web1 while it was up".into());
+            }
+            let svc = bal.services.iter().position(|s| s.cfg.name == "pair").unwrap();
+            bal.services[svc].backends[0].healthy = false;
+            bal.sync_service(svc).unwrap();
+            if dst(&bal) != ip("198.18.1.12") {
+                problems.push("flow still sent to web1 after web1 went down".into());
+            }
+            bal.services[svc].backends[0].healthy = true;
+            bal.sync_service(svc).unwrap();
+            if dst(&bal) != ip("198.18.1.12") {
+                problems.push("flow moved back to web1 on recovery (its new entry must hold)".into());
+            }
+            let st = bal.dp.service_stats(bal.services[svc].id).unwrap();
+            if st.repicked != 1 {
+                problems.push(format!("repicked counter {} (expected 1)", st.repicked));
+            }
+            problems
+        })
+        .unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
