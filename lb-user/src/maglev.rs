@@ -41,53 +41,68 @@ pub fn build_table(backends: &[MaglevBackend<'_>], size: u32) -> Vec<u32> {
         return table;
     }
     order.sort_by(|&a, &b| backends[a as usize].id.cmp(backends[b as usize].id).then(a.cmp(&b)));
-    let max_weight = order.iter().map(|&i| backends[i as usize].weight).max().unwrap_or(1);
+    let weights: Vec<u32> = order.iter().map(|&i| backends[i as usize].weight).collect();
+    let quotas = quotas(&weights, size);
 
     struct Turn {
         /// Next slot of this backend's permutation.
         next: u32,
         skip: u32,
-        weight: u32,
-        credit: u32,
+        /// Slots still to take.
+        left: u32,
         index: u32,
     }
     let mut turns: Vec<Turn> = order
         .iter()
-        .map(|&index| {
-            let backend = &backends[index as usize];
-            let (offset, skip) = permutation(backend.id, size);
-            Turn { next: offset, skip, weight: backend.weight, credit: 0, index }
+        .zip(quotas)
+        .filter(|&(_, quota)| quota > 0)
+        .map(|(&index, quota)| {
+            let (offset, skip) = permutation(backends[index as usize].id, size);
+            Turn { next: offset, skip, left: quota, index }
         })
         .collect();
 
+    // Which slots are taken, one bit each: small enough to stay in L1.
+    let mut taken = vec![0u64; (size as usize).div_ceil(64)];
     let mut free = size;
-    loop {
+    while free > 0 {
+        let mut finished = false;
         for turn in &mut turns {
-            // credit < max_weight before, weight <= max_weight: at most one turn per round.
-            turn.credit += turn.weight;
-            if turn.credit < max_weight {
-                continue;
+            let slot = turn.next;
+            // next < size and skip <= size: no overflow, no multiplication.
+            turn.next += turn.skip;
+            if turn.next >= size {
+                turn.next -= size;
             }
-            turn.credit -= max_weight;
-            loop {
-                let slot = turn.next;
-                // next < size and skip < size (skip <= size when size == 1), so this stays below 2^33 / 2.
-                turn.next += turn.skip;
-                if turn.next >= size {
-                    turn.next -= size;
-                }
-                let entry = &mut table[slot as usize];
-                if *entry == NO_BACKEND {
-                    *entry = turn.index;
-                    break;
-                }
-            }
-            free -= 1;
-            if free == 0 {
-                return table;
+            let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+            if taken[word] & bit == 0 {
+                taken[word] |= bit;
+                table[slot as usize] = turn.index;
+                free -= 1;
+                turn.left -= 1;
+                finished |= turn.left == 0;
             }
         }
+        if finished {
+            turns.retain(|turn| turn.left > 0);
+        }
     }
+    table
+}
+
+/// How many slots each weight gets: `size * w / total`, rounded so that the
+/// quotas add up to `size` (largest remainder first; ties to the earlier).
+fn quotas(weights: &[u32], size: u32) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    let exact = |w: u32| u64::from(size) * u64::from(w);
+    let mut quotas: Vec<u32> = weights.iter().map(|&w| (exact(w) / total) as u32).collect();
+    let short = size - quotas.iter().sum::<u32>();
+    let mut by_remainder: Vec<usize> = (0..weights.len()).collect();
+    by_remainder.sort_by_key(|&i| (std::cmp::Reverse(exact(weights[i]) % total), i));
+    for &i in by_remainder.iter().take(short as usize) {
+        quotas[i] += 1;
+    }
+    quotas
 }
 
 /// Whether `n` is prime (deterministic trial division; fast for table sizes).
@@ -404,15 +419,46 @@ address = "198.18.1.13:80"
 #[cfg(test)]
 mod probe {
     use super::*;
-    fn ratio(n: usize, m: u32) -> (f64, f64, f64) {
+    /// Rank-synchronous variant: in round j every backend under quota proposes
+    /// its j-th preference and takes it if free.
+    pub fn build_sync(backends: &[MaglevBackend<'_>], size: u32) -> Vec<u32> {
+        let mut table = vec![NO_BACKEND; size as usize];
+        let mut order: Vec<u32> = (0..backends.len() as u32).filter(|&i| backends[i as usize].weight > 0).collect();
+        if order.is_empty() { return table; }
+        order.sort_by(|&a, &b| backends[a as usize].id.cmp(backends[b as usize].id).then(a.cmp(&b)));
+        let total: u64 = order.iter().map(|&i| backends[i as usize].weight as u64).sum();
+        // largest remainder quotas
+        let mut quotas: Vec<u32> = order.iter().map(|&i| ((size as u64 * backends[i as usize].weight as u64) / total) as u32).collect();
+        let mut rem: Vec<(u64, usize)> = order.iter().enumerate().map(|(k, &i)| ((size as u64 * backends[i as usize].weight as u64) % total, k)).collect();
+        let assigned: u32 = quotas.iter().sum();
+        rem.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        for &(_, k) in rem.iter().take((size - assigned) as usize) { quotas[k] += 1; }
+        struct T { next: u32, skip: u32, left: u32, index: u32 }
+        let mut active: Vec<T> = order.iter().zip(&quotas).filter(|(_, &q)| q > 0).map(|(&i, &q)| {
+            let (o, s) = permutation(backends[i as usize].id, size);
+            T { next: o, skip: s, left: q, index: i }
+        }).collect();
+        let mut free = size;
+        while free > 0 {
+            for t in active.iter_mut() {
+                let slot = t.next;
+                t.next += t.skip; if t.next >= size { t.next -= size; }
+                let e = &mut table[slot as usize];
+                if *e == NO_BACKEND { *e = t.index; t.left -= 1; free -= 1; }
+            }
+            active.retain(|t| t.left > 0);
+        }
+        table
+    }
+    fn ratio(n: usize, m: u32, f: fn(&[MaglevBackend<'_>], u32) -> Vec<u32>) -> (f64, f64, f64) {
         let ids: Vec<String> = (0..n).map(|i| format!("198.18.{}.{}:80", 1 + i / 250, 1 + i % 250)).collect();
         let all: Vec<MaglevBackend> = ids.iter().map(|id| MaglevBackend { id, weight: 1 }).collect();
-        let t0 = build_table(&all, m);
+        let t0 = f(&all, m);
         let before: Vec<&str> = t0.iter().map(|&e| all[e as usize].id).collect();
         let mut ratios = vec![];
         for r in (0..n).step_by((n / 20).max(1)) {
             let rest: Vec<MaglevBackend> = all.iter().enumerate().filter(|&(i, _)| i != r).map(|(_, b)| *b).collect();
-            let t1 = build_table(&rest, m);
+            let t1 = f(&rest, m);
             let moved = t1.iter().zip(&before).filter(|(&e, &b)| rest[e as usize].id != b).count();
             ratios.push(moved as f64 / (m as f64 / n as f64));
         }
@@ -420,9 +466,43 @@ mod probe {
         (ratios[0], ratios[ratios.len() / 2], ratios[ratios.len() - 1])
     }
     #[test]
+    fn probe_count() {
+        for n in [10usize, 100, 1000] {
+            let ids: Vec<String> = (0..n).map(|i| format!("198.18.{}.{}:80", 1 + i / 250, 1 + i % 250)).collect();
+            let size = 65537u32;
+            let mut turns: Vec<(u32, u32, u32)> = ids.iter().map(|id| { let (o, s) = permutation(id, size); (o, s, 0) }).collect();
+            let q = quotas(&vec![1; n], size);
+            for (t, q) in turns.iter_mut().zip(&q) { t.2 = *q; }
+            let mut taken = vec![false; size as usize];
+            let (mut free, mut proposals, mut rounds) = (size, 0u64, 0u64);
+            let mut hist = vec![];
+            while free > 0 {
+                rounds += 1;
+                let mut active = 0;
+                for t in turns.iter_mut().filter(|t| t.2 > 0) {
+                    active += 1;
+                    proposals += 1;
+                    let slot = t.0; t.0 = (t.0 + t.1) % size;
+                    if !taken[slot as usize] { taken[slot as usize] = true; free -= 1; t.2 -= 1; }
+                }
+                if rounds % 200 == 0 { hist.push((rounds, active, free)); }
+            }
+            eprintln!("n {n}: rounds {rounds} proposals {proposals} {:?}", &hist[..hist.len().min(40)]);
+        }
+    }
+    #[test]
     fn probe_disruption() {
-        for (n, m) in [(10, 65537), (30, 65537), (100, 65537), (100, 655373), (100, 1048573), (1000, 65537)] {
-            eprintln!("n {n} m {m}: {:?}", ratio(n, m));
+        for (n, m) in [(10, 65537), (100, 65537), (1000, 65537)] {
+            eprintln!("classic n {n} m {m}: {:?}", ratio(n, m, build_table));
+            
+        }
+        let ids: Vec<String> = (0..1000).map(|i| format!("198.18.{}.{}:80", 1 + i / 250, 1 + i % 250)).collect();
+        let all: Vec<MaglevBackend> = ids.iter().map(|id| MaglevBackend { id, weight: 1 }).collect();
+        for _ in 0..3 {
+            let t = std::time::Instant::now(); let a = build_table(&all, 65537); let e1 = t.elapsed();
+            let t = std::time::Instant::now(); let b = build_sync(&all, 65537); let e2 = t.elapsed();
+            let mut c = vec![0; 1000]; for &x in &b { c[x as usize] += 1; }
+            eprintln!("classic {e1:?} sync {e2:?} max {} {}", c.iter().max().unwrap(), a.len());
         }
     }
 }

@@ -1,0 +1,153 @@
+//! Running the real `xlb` binary inside a namespace: the daemon, and one-shot
+//! commands (`check`, `explain`).
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{netns::BgProcess, Netns};
+
+/// The `xlb` binary under test: `XLB_BIN`, else `target/release/xlb`.
+pub fn xlb_bin() -> PathBuf {
+    match std::env::var_os("XLB_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/xlb"),
+    }
+}
+
+/// A per-run scratch directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("xlb-{}-{tag}", crate::run_suffix()));
+        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `xlb run` in a namespace; stopped with SIGTERM on drop.
+pub struct Daemon {
+    ns: String,
+    proc: Option<BgProcess>,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    interfaces: Vec<String>,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// Writes `config_toml` and starts `xlb run` in `ns`; returns once XDP is
+    /// attached to every interface in `interfaces`.
+    pub fn start(ns: &Netns, config_toml: &str, interfaces: &[&str]) -> Result<Self> {
+        let dir = TempDir::new("daemon")?;
+        let config = dir.path().join("xlb.toml");
+        let log = dir.path().join("xlb.log");
+        fs::write(&config, config_toml)?;
+        let logf = fs::File::create(&log)?;
+        let mut cmd = ns.command(&[xlb_bin().to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
+        let proc = BgProcess::spawn(cmd)?;
+        let mut d = Daemon {
+            ns: ns.name().to_string(),
+            proc: Some(proc),
+            config,
+            log,
+            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = d.proc.as_mut().unwrap().try_wait()? {
+                bail!("xlb run exited early ({st}); log:\n{}", d.log_text());
+            }
+            if d.log_text().contains("xlb running") && d.xdp_attached().iter().all(|&a| a) {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                bail!("xlb run did not come up within 20 s; log:\n{}", d.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// For each interface: whether an XDP program is attached to it now.
+    pub fn xdp_attached(&self) -> Vec<bool> {
+        self.interfaces
+            .iter()
+            .map(|i| {
+                let out = Command::new("ip").args(["-n", &self.ns, "link", "show", i]).output();
+                out.map(|o| String::from_utf8_lossy(&o.stdout).contains(" xdp")).unwrap_or(false)
+            })
+            .collect()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map(|p| p.pid()).unwrap_or(0)
+    }
+
+    /// Sends `sig` to the daemon.
+    pub fn signal(&self, sig: libc::c_int) -> Result<()> {
+        self.proc.as_ref().context("daemon already stopped")?.signal(sig)
+    }
+
+    /// SIGTERM, then waits (10 s at most); returns the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut p = self.proc.take().context("daemon already stopped")?;
+        p.signal(libc::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = p.try_wait()? {
+                return Ok(st);
+            }
+            if Instant::now() > deadline {
+                bail!("xlb did not exit within 10 s of SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.proc.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Runs `xlb ARGS...` in `ns` (or in the current namespace when `None`).
+pub fn xlb(ns: Option<&Netns>, args: &[&str]) -> Result<Output> {
+    let bin = xlb_bin();
+    let mut cmd = match ns {
+        Some(ns) => {
+            let mut argv = vec![bin.to_str().unwrap()];
+            argv.extend_from_slice(args);
+            ns.command(&argv)
+        }
+        None => {
+            let mut c = Command::new(&bin);
+            c.args(args);
+            c
+        }
+    };
+    crate::netns::run_with_timeout(&mut cmd, None, Duration::from_secs(30))
+}

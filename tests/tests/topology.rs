@@ -1,0 +1,154 @@
+//! xlb in the classic setup, for real: client -> lb (xlb on eth0/eth1) ->
+//! web1, web2 (nginx), all in namespaces, with curl as the client.
+//!
+//! Needs root and a release build with the XDP object (`cargo xtask test`).
+
+use std::{collections::BTreeMap, net::IpAddr};
+
+use xlb_testbed::{
+    http_url, require_root,
+    xlb::{xlb, Daemon},
+    Nginx, Topology, CLIENT_V4, CLIENT_V6, LB_CLIENT_V4, VIP_V4, VIP_V6,
+};
+
+fn config(forwarding: &str, vip4: IpAddr, vip6: IpAddr, backends: usize) -> String {
+    let mut s = String::from(
+        "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nxdp_mode = \"native\"\nmetrics = \"\"\nconntrack_entries = 65536\nadmin_socket = \"/tmp/xlb-test.sock\"\n",
+    );
+    for (name, vip, fam) in [("www4", vip4.to_string(), 4), ("www6", format!("[{vip6}]"), 6)] {
+        s += &format!(
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:80\"\nprotocol = \"tcp\"\nforwarding = \"{forwarding}\"\ntable_size = 65537\n[service.health]\ncheck = \"none\"\n"
+        );
+        for n in 1..=backends {
+            let addr = if fam == 4 { format!("198.18.1.{}:80", 10 + n) } else { format!("[2001:db8:1::{}]:80", 10 + n) };
+            s += &format!("[[service.backend]]\naddress = \"{addr}\"\n");
+        }
+    }
+    s
+}
+
+/// Fresh connections to `url`: how many each backend answered.
+fn spread(topo: &Topology, url: &str, n: usize) -> BTreeMap<String, usize> {
+    let replies = topo.client().get_many(url, n, None, true).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+    assert_eq!(replies.len(), n);
+    let mut m = BTreeMap::new();
+    for r in replies {
+        *m.entry(r.body.trim().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+fn assert_balanced(what: &str, m: &BTreeMap<String, usize>, n: usize) {
+    assert_eq!(m.keys().cloned().collect::<Vec<_>>(), ["web1", "web2"], "{what}: backends that answered: {m:?}");
+    for (b, c) in m {
+        assert!(*c >= n / 5, "{what}: {b} answered only {c} of {n} new connections: {m:?}");
+    }
+}
+
+fn assert_keepalive_sticks(topo: &Topology, url: &str) {
+    let bodies = topo.client().curl_many_keepalive(url, 20).unwrap_or_else(|e| panic!("{url}: {e:#}"));
+    assert_eq!(bodies.len(), 20);
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "one kept-alive connection changed backend: {bodies:?}");
+}
+
+#[test]
+fn nat_v4_and_v6_spread_stick_and_leave_host_traffic_alone() {
+    if !require_root("nat topology") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let web = topo.start_nginx_all().unwrap();
+    // The lb host's own web service: not a VIP, must be unaffected.
+    let _own = Nginx::spawn(topo.lb_ns(), "lbhost").unwrap();
+    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 2);
+    let mut d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
+
+    let (u4, u6) = (http_url(VIP_V4.into(), 80, "/"), http_url(VIP_V6.into(), 80, "/"));
+    assert_balanced("nat v4", &spread(&topo, &u4, 60), 60);
+    assert_balanced("nat v6", &spread(&topo, &u6, 60), 60);
+    assert_keepalive_sticks(&topo, &u4);
+    assert_keepalive_sticks(&topo, &u6);
+
+    // Not for a VIP: the lb's own service and plain routing to a backend address.
+    let c = topo.client();
+    assert_eq!(c.curl(&http_url(LB_CLIENT_V4.into(), 80, "/")).unwrap(), "lbhost\n");
+    assert_eq!(c.curl("http://198.18.1.12/").unwrap(), "web2\n");
+    assert_eq!(c.curl("http://[2001:db8:1::11]/").unwrap(), "web1\n");
+
+    // Backends see the real client address (NAT keeps the source).
+    let log = web[0].access_log() + &web[1].access_log();
+    assert!(log.contains(&CLIENT_V4.to_string()), "backends did not see the client's v4 address:\n{log}");
+    assert!(log.contains(&CLIENT_V6.to_string()), "backends did not see the client's v6 address:\n{log}");
+
+    let st = d.stop().unwrap();
+    assert!(st.success(), "xlb exit status {st}; log:\n{}", d.log_text());
+    assert_eq!(d.xdp_attached(), [false, false], "XDP left attached after SIGTERM");
+    assert!(d.log_text().contains("detached from eth0, eth1"), "log:\n{}", d.log_text());
+}
+
+#[test]
+fn dsr_v4_and_v6_spread_and_stick() {
+    if !require_root("dsr topology") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    topo.add_vips_to_backends().unwrap();
+    let _web = topo.start_nginx_all().unwrap();
+    let cfg = config("dsr", VIP_V4.into(), VIP_V6.into(), 2);
+    let _d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
+    let (u4, u6) = (http_url(VIP_V4.into(), 80, "/"), http_url(VIP_V6.into(), 80, "/"));
+    assert_balanced("dsr v4", &spread(&topo, &u4, 60), 60);
+    assert_balanced("dsr v6", &spread(&topo, &u6, 60), 60);
+    assert_keepalive_sticks(&topo, &u4);
+    assert_keepalive_sticks(&topo, &u6);
+}
+
+/// `xlb explain` names the backend that each of 20 fixed-port flows reached.
+#[test]
+fn explain_matches_the_backend_that_answered() {
+    if !require_root("explain topology") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let _web = topo.start_nginx_all().unwrap();
+    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 2);
+    let d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
+    let conf = d.config.to_str().unwrap().to_string();
+    let mut seen = BTreeMap::new();
+    for (vip, client) in [(IpAddr::from(VIP_V4), IpAddr::from(CLIENT_V4)), (VIP_V6.into(), CLIENT_V6.into())] {
+        for port in 42000..42010u16 {
+            let body = topo.client().curl_with_local_port(&http_url(vip, 80, "/"), port).unwrap();
+            let c = if client.is_ipv6() { format!("[{client}]:{port}") } else { format!("{client}:{port}") };
+            let v = if vip.is_ipv6() { format!("[{vip}]:80") } else { format!("{vip}:80") };
+            let out = xlb(None, &["explain", "-c", &conf, &c, &v, "tcp"]).unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text.lines().find(|l| l.starts_with("backend:")).unwrap_or_else(|| panic!("no backend line in:\n{text}"));
+            let addr = line.trim_start_matches("backend:").trim();
+            let named = match addr {
+                "198.18.1.11:80" | "[2001:db8:1::11]:80" => "web1",
+                "198.18.1.12:80" | "[2001:db8:1::12]:80" => "web2",
+                other => panic!("explain named an unknown backend {other}"),
+            };
+            assert_eq!(body.trim(), named, "flow {c} -> {v}: explain says {addr}, {} answered", body.trim());
+            *seen.entry(named).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(seen.len(), 2, "20 flows all went to one backend: {seen:?}");
+}
+
+#[test]
+fn a_bad_config_is_refused_and_nothing_is_attached() {
+    if !require_root("bad config") {
+        return;
+    }
+    let topo = Topology::new(1).unwrap();
+    let dir = xlb_testbed::xlb::TempDir::new("badcfg").unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config("nat", VIP_V4.into(), VIP_V6.into(), 1).replace("table_size = 65537", "table_size = 65536")).unwrap();
+    let out = xlb(Some(topo.lb_ns()), &["run", "-c", path.to_str().unwrap()]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{err}");
+    assert!(err.contains(path.to_str().unwrap()) && err.contains("table_size"), "stderr:\n{err}");
+    let link = topo.lb_ns().must(&["ip", "link", "show", "eth0"]);
+    assert!(!link.contains(" xdp"), "XDP attached despite a refused config: {link}");
+}
