@@ -1,11 +1,15 @@
 //! `xlb run`: load, fill the maps, attach, then serve until SIGINT/SIGTERM.
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{balancer::Balancer, config};
+use crate::{admin, balancer::Balancer, config};
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let cfg = config::load(path)?;
@@ -37,6 +41,10 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         );
     }
 
+    let listener = admin::bind(&cfg.daemon.admin_socket)?;
+    let bal = Arc::new(Mutex::new(bal));
+    let admin_task = tokio::spawn(admin::serve(listener, bal.clone()));
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -45,9 +53,14 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(path, &mut bal),
+            _ = hup.recv() => reload(path, &mut bal.lock().unwrap()),
         }
     }
+    admin_task.abort();
+    let _ = admin_task.await;
+    let _ = std::fs::remove_file(&cfg.daemon.admin_socket);
+    let bal = Arc::try_unwrap(bal).map_err(|_| anyhow::anyhow!("balancer still shared at shutdown"))?;
+    let bal = bal.into_inner().unwrap_or_else(|e| e.into_inner());
     let ifaces: Vec<String> = bal.dp.attached().keys().cloned().collect();
     drop(bal);
     log::info!("detached from {}; bye", ifaces.join(", "));

@@ -1,6 +1,7 @@
 //! xlb user space: configuration, Maglev tables, the XDP loader and the daemon.
-pub mod check;
+pub mod admin;
 pub mod balancer;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;

@@ -23,6 +23,14 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Ask the running daemon: services, backends, health, role, counters.
+    Status {
+        /// Admin socket (default: the config's admin_socket, else /run/xlb/xlb.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
         #[arg(short, long)]
@@ -43,6 +51,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => xlb::daemon::run(&config),
         Command::Check { config } => xlb::check::run(&config),
+        Command::Status { socket, config } => xlb::admin::socket_path(socket, config.as_deref())
+            .and_then(|p| xlb::admin::request(&p, "status"))
+            .map(|t| print!("{t}")),
         Command::Explain { config, client, vip, protocol } => {
             xlb::explain::run(&config, &client, &vip, &protocol)
         }

@@ -80,6 +80,19 @@ fn nat_v4_and_v6_spread_stick_and_leave_host_traffic_alone() {
     assert!(log.contains(&CLIENT_V4.to_string()), "backends did not see the client's v4 address:\n{log}");
     assert!(log.contains(&CLIENT_V6.to_string()), "backends did not see the client's v6 address:\n{log}");
 
+    // Counters are exact: 60 new connections + 1 kept-alive one per family.
+    let out = xlb(Some(topo.lb_ns()), &["status", "--socket", "/tmp/xlb-test.sock"]).unwrap();
+    let status = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "xlb status failed: {}", String::from_utf8_lossy(&out.stderr));
+    for svc in ["www4", "www6"] {
+        let new_flows: u64 = status
+            .lines()
+            .filter(|l| l.starts_with(&format!("{svc} ")) && l.contains("primary"))
+            .map(|l| l.split_whitespace().rev().nth(2).unwrap().parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(new_flows, 61, "{svc}: backend new-flow counters in xlb status:\n{status}");
+    }
+
     let st = d.stop().unwrap();
     assert!(st.success(), "xlb exit status {st}; log:\n{}", d.log_text());
     assert_eq!(d.xdp_attached(), [false, false], "XDP left attached after SIGTERM");
