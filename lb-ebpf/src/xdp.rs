@@ -106,6 +106,13 @@ pub fn xlb(ctx: XdpContext) -> u32 {
     }
 }
 
+/// The benchmark floor: XDP_PASS without reading the packet. Loaded only by
+/// the benchmarks, measured by the same harness as `xlb`.
+#[xdp]
+pub fn xlb_floor(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// What the parser learned about an IPv4/IPv6 TCP/UDP packet.
 struct Parsed {
     /// Offset of the IP header.

@@ -76,6 +76,16 @@ impl Dataplane {
             .expect("program was loaded in Dataplane::load")
     }
 
+    /// The trivial XDP_PASS program of the same object (benchmark floor),
+    /// loaded on first use.
+    pub fn floor_program(&mut self) -> anyhow::Result<&Xdp> {
+        let prog: &mut Xdp = self.ebpf.program_mut("xlb_floor").context("no xlb_floor program")?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        Ok(prog)
+    }
+
     /// Attaches to `iface`. `auto` tries native (driver) mode first, then generic.
     pub fn attach(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
         let prog: &mut Xdp = self

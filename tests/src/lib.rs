@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nginx;
 pub mod packet;
 pub mod topology;
+pub mod xdpbed;
 pub mod xlb;
 
 use std::net::IpAddr;

@@ -9,27 +9,18 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::counter;
-use xlb::{
-    balancer::Balancer,
-    config::{
-        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role,
-        ServiceConfig, XdpModeConfig,
-    },
-};
+use xlb::{balancer::Balancer, config::Protocol};
 use xlb_testbed::{
     packet::{parse_and_verify, Pkt, TCP_ACK},
-    require_root, run_suffix, Netns,
+    require_root,
+    xdpbed::{bed, fixture_config as config, run, Bed, CLIENT_MAC, WEB1_MAC, WEB2_MAC},
 };
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x11];
-const WEB2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x12];
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -39,121 +30,6 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[&str]) -> ServiceConfig {
-    ServiceConfig {
-        name: name.into(),
-        vip: sa(vip),
-        protocol: proto,
-        forwarding: fwd,
-        table_size: 251,
-        preempt: true,
-        health: HealthConfig {
-            check: CheckKind::None,
-            path: "/".into(),
-            host: None,
-            expect_status: 200,
-            interval_ms: 1000,
-            timeout_ms: 500,
-            rise: 2,
-            fall: 3,
-        },
-        backends: backends
-            .iter()
-            .map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary })
-            .collect(),
-    }
-}
-
-fn config() -> Config {
-    use Forwarding::*;
-    use Protocol::*;
-    Config {
-        daemon: DaemonConfig {
-            interfaces: vec!["c0".into(), "b0".into()],
-            xdp_mode: XdpModeConfig::Auto,
-            admin_socket: "/nonexistent".into(),
-            metrics: None,
-            conntrack_entries: 4096,
-        },
-        services: vec![
-            service("web4", "198.18.0.10:80", Tcp, Nat, &["198.18.1.11:8080"]),
-            service("dns4", "198.18.0.10:53", Udp, Nat, &["198.18.1.11:5353"]),
-            service("web6", "[2001:db8::10]:80", Tcp, Nat, &["[2001:db8:1::11]:8080"]),
-            service("dns6", "[2001:db8::10]:53", Udp, Nat, &["[2001:db8:1::11]:53"]),
-            service("dsr4", "198.18.0.20:80", Tcp, Dsr, &["198.18.1.12:80"]),
-            service("dsr6", "[2001:db8::20]:80", Tcp, Dsr, &["[2001:db8:1::12]:80"]),
-            service("pair", "198.18.0.30:80", Tcp, Nat, &["198.18.1.11:80", "198.18.1.12:80"]),
-        ],
-    }
-}
-
-/// The fixture namespace: `c0` faces the client, `b0` the backends.
-struct Bed {
-    ns: Netns,
-    c0_mac: [u8; 6],
-    b0_mac: [u8; 6],
-    c0: u32,
-    b0: u32,
-}
-
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let s = ns.must(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
-
-fn bed() -> Bed {
-    let ns = Netns::new(format!("xlb-{}-fx", run_suffix())).expect("create namespace");
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-    let mut cmds: Vec<Vec<String>> = vec![];
-    let mut add = |s: &str| cmds.push(s.split_whitespace().map(String::from).collect());
-    add("link add c0 type veth peer name c1");
-    add("link add b0 type veth peer name b1");
-    for d in ["c0", "c1", "b0", "b1"] {
-        add(&format!("link set {d} up"));
-    }
-    add("addr add 198.18.0.2/24 dev c0");
-    add("addr add 2001:db8::2/64 dev c0 nodad");
-    add("addr add 198.18.1.1/24 dev b0");
-    add("addr add 2001:db8:1::1/64 dev b0 nodad");
-    add(&format!("neigh add 198.18.0.1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
-    add(&format!("neigh add 2001:db8::1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
-    for (a, m) in [("198.18.1.11", WEB1_MAC), ("198.18.1.12", WEB2_MAC), ("2001:db8:1::11", WEB1_MAC), ("2001:db8:1::12", WEB2_MAC)] {
-        add(&format!("neigh add {a} lladdr {} dev b0 nud permanent", mac(m)));
-    }
-    ns.sysctl(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")]).unwrap();
-    for c in &cmds {
-        let args: Vec<&str> = c.iter().map(String::as_str).collect();
-        ns.ip(&args).unwrap_or_else(|e| panic!("ip {c:?}: {e:#}"));
-    }
-    let idx = |d: &str| ns.must(&["cat", &format!("/sys/class/net/{d}/ifindex")]).trim().parse().unwrap();
-    Bed { c0_mac: mac_of(&ns, "c0"), b0_mac: mac_of(&ns, "b0"), c0: idx("c0"), b0: idx("b0"), ns }
-}
-
-/// `struct xdp_md` for ctx_in: data = 0, data_end = len, ingress_ifindex.
-fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
-    let mut m = [0u8; 24];
-    m[4..8].copy_from_slice(&(len as u32).to_ne_bytes());
-    m[12..16].copy_from_slice(&ifindex.to_ne_bytes());
-    m
-}
-
-fn run(bal: &Balancer, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let ctx = xdp_md(input.len(), ifindex);
-    let r = bal
-        .dp
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
-}
 
 struct Fixture {
     desc: &'static str,
