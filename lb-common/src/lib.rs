@@ -86,6 +86,16 @@ pub struct Service {
     pub flags: u32,
 }
 
+/// Where to send a frame without asking the FIB: egress interface and MACs.
+/// `ifindex == 0`: unknown, the program falls back to `bpf_fib_lookup`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+}
+
 /// Value of `BACKENDS`, indexed by backend slot.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -101,6 +111,8 @@ pub struct Backend {
     /// entry made for an earlier occupant of the slot is never followed.
     pub generation: u32,
     pub flags: u32,
+    /// Resolved by the daemon from the kernel's route and neighbour tables.
+    pub next_hop: NextHop,
 }
 
 /// Key of `CONNTRACK` (client -> VIP direction) and `REVERSE_NAT`
@@ -136,6 +148,9 @@ pub struct NatReverse {
     pub vip_port: u16,
     pub _pad: u16,
     pub backend: u32,
+    /// Back where the client's first packet came from: its ingress interface,
+    /// with its source MAC as destination and its destination MAC as source.
+    pub next_hop: NextHop,
 }
 
 /// Value of `BACKEND_STATS` (per CPU), indexed by backend slot.
@@ -248,6 +263,7 @@ mod pod {
     unsafe impl aya::Pod for VipKey {}
     unsafe impl aya::Pod for VipAddrKey {}
     unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for NextHop {}
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
@@ -260,10 +276,11 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
 const _: () = assert!(core::mem::size_of::<Service>() == 16);
-const _: () = assert!(core::mem::size_of::<Backend>() == 32);
+const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
+const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
-const _: () = assert!(core::mem::size_of::<NatReverse>() == 24);
+const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
 

@@ -9,7 +9,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, Service,
+    counter, flow_hash, Backend, NextHop, BackendStats, FlowKey, FlowState, NatReverse, Service,
     ServiceStats, VipAddrKey, VipKey, BACKEND_F_UP, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
     SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS,
@@ -291,7 +291,7 @@ fn parse_l4(
 
 #[inline(always)]
 fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u32, Reason> {
-    let (idx, be, new_flow) = lookup_or_pick(pkt, svc)?;
+    let (idx, be, new_flow) = lookup_or_pick(ctx, pkt, svc)?;
     let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(s) = BACKEND_STATS.get_ptr_mut(idx) {
         unsafe {
@@ -304,16 +304,16 @@ fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u
     }
     if svc.flags & SERVICE_F_DSR != 0 {
         // Direct server return: the backend holds the VIP; only the MAC changes.
-        return forward(ctx, pkt.l3, pkt.key.family, &be.addr, &pkt.key.src, pkt.ip_len, false);
+        return forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, false);
     }
     rewrite_dst(ctx, pkt, &be.addr, be.port)?;
-    forward(ctx, pkt.l3, pkt.key.family, &be.addr, &pkt.key.src, pkt.ip_len, true)
+    forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
 }
 
 /// The flow's backend: its conntrack entry while that backend is still
 /// usable, otherwise a Maglev pick (which makes or replaces the entry).
 #[inline(always)]
-fn lookup_or_pick(pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, bool), Reason> {
+fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, bool), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
     if let Some(s) = stats {
         unsafe { (*s).packets += 1 };
@@ -360,7 +360,14 @@ fn lookup_or_pick(pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, bool), R
             family: k.family,
             _pad: [0; 2],
         };
-        let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx };
+        let mut next_hop = NextHop { ifindex: ctx.ingress_ifindex() as u32, ..NextHop::default() };
+        if let Some(eth) = ptr_at::<EthHdr>(ctx, 0) {
+            unsafe {
+                next_hop.dmac = (*eth).src_addr;
+                next_hop.smac = (*eth).dst_addr;
+            }
+        }
+        let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx, next_hop };
         let _ = REVERSE_NAT.insert(&reply, &nat, 0);
     }
     if let Some(s) = stats {
@@ -382,7 +389,7 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
             let rev = *rev;
             rewrite_src(ctx, pkt, &rev.vip, rev.vip_port)?;
             count(counter::REPLY_NAT);
-            return forward(ctx, pkt.l3, pkt.key.family, &pkt.key.dst, &rev.vip, pkt.ip_len, true);
+            return forward(ctx, pkt, &rev.next_hop, &pkt.key.dst, &rev.vip, true);
         }
     }
     Ok(xdp_action::XDP_PASS)
@@ -457,23 +464,52 @@ fn rewrite(
 // ---------------------------------------------------------------- forward
 
 /// Sends the packet towards `dst` (the backend, or the client for a reply):
-/// FIB lookup, MACs, TTL, then XDP_TX or XDP_REDIRECT. Without a route or
+/// the next hop the daemon resolved (or the one the flow came from), else a
+/// FIB lookup; then MACs, TTL, and XDP_TX or XDP_REDIRECT. Without a route or
 /// neighbour entry the kernel gets the packet (it resolves and forwards).
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
-    l3: usize,
-    family: u8,
+    pkt: &Parsed,
+    hop: &NextHop,
     dst: &[u32; 4],
     src: &[u32; 4],
-    ip_len: u16,
     routed: bool,
 ) -> Result<u32, Reason> {
-    let mut p: FibParams = unsafe { mem::zeroed() };
     let ingress = ctx.ingress_ifindex() as u32;
+    let hop = if hop.ifindex != 0 {
+        *hop
+    } else {
+        match fib_next_hop(ctx, pkt, dst, src, ingress) {
+            Some(h) => h,
+            None => {
+                count(counter::PASS_NO_ROUTE);
+                return Ok(xdp_action::XDP_PASS);
+            }
+        }
+    };
+    if routed && !decrement_ttl(ctx, pkt.l3, pkt.key.family)? {
+        count(counter::PASS_TTL);
+        return Ok(xdp_action::XDP_PASS);
+    }
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(counter::DROP_TRUNCATED)?;
+    unsafe {
+        (*eth).dst_addr = hop.dmac;
+        (*eth).src_addr = hop.smac;
+    }
+    if hop.ifindex == ingress {
+        return Ok(xdp_action::XDP_TX);
+    }
+    Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
+}
+
+/// The kernel's answer for `dst`: egress interface and MACs, if it has them all.
+#[inline(always)]
+fn fib_next_hop(ctx: &XdpContext, pkt: &Parsed, dst: &[u32; 4], src: &[u32; 4], ingress: u32) -> Option<NextHop> {
+    let mut p: FibParams = unsafe { mem::zeroed() };
     p.ifindex = ingress;
-    p.__bindgen_anon_1.tot_len = ip_len;
-    if family == FAMILY_V4 {
+    p.__bindgen_anon_1.tot_len = pkt.ip_len;
+    if pkt.key.family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src[0];
         p.__bindgen_anon_4.ipv4_dst = dst[0];
@@ -482,26 +518,11 @@ fn forward(
         p.__bindgen_anon_3.ipv6_src = *src;
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
-    let ret = unsafe {
-        bpf_fib_lookup(ctx.as_ptr(), &mut p, mem::size_of::<FibParams>() as i32, 0)
-    };
+    let ret = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, mem::size_of::<FibParams>() as i32, 0) };
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
-        count(counter::PASS_NO_ROUTE);
-        return Ok(xdp_action::XDP_PASS);
+        return None;
     }
-    if routed && !decrement_ttl(ctx, l3, family)? {
-        count(counter::PASS_TTL);
-        return Ok(xdp_action::XDP_PASS);
-    }
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(counter::DROP_TRUNCATED)?;
-    unsafe {
-        (*eth).dst_addr = p.dmac;
-        (*eth).src_addr = p.smac;
-    }
-    if p.ifindex == ingress {
-        return Ok(xdp_action::XDP_TX);
-    }
-    Ok(unsafe { bpf_redirect(p.ifindex, 0) } as u32)
+    Some(NextHop { ifindex: p.ifindex, dmac: p.dmac, smac: p.smac })
 }
 
 /// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit.

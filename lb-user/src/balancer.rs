@@ -8,11 +8,15 @@
 //! new backends are written before any table slot points at them, and a
 //! backend is marked unusable only after no slot points at it any more.
 
-use std::{net::SocketAddr, time::SystemTime};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    time::SystemTime,
+};
 
 use anyhow::{bail, Context as _};
 use lb_common::{
-    addr_v4, addr_v6, Backend, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
+    addr_v4, addr_v6, Backend, NextHop, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
     MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SETTINGS_F_NAT,
 };
 
@@ -50,6 +54,8 @@ pub struct BackendState {
     pub since: SystemTime,
     /// Last check result, for status.
     pub last_check: String,
+    /// Egress interface and MACs, resolved by the daemon (0: ask the FIB).
+    pub next_hop: NextHop,
 }
 
 impl BackendState {
@@ -212,7 +218,38 @@ impl Balancer {
                 CheckKind::None => "checks off".into(),
                 _ => "not checked yet".into(),
             },
+            next_hop: NextHop::default(),
         })
+    }
+
+    /// Every backend's address (for next-hop resolution).
+    pub fn backend_ips(&self) -> Vec<IpAddr> {
+        self.services.iter().flat_map(|s| s.backends.iter().map(|b| b.cfg.address.ip())).collect()
+    }
+
+    /// Writes the next hops that changed; a backend missing from `hops` goes
+    /// back to FIB lookups. Returns how many entries changed.
+    pub fn set_next_hops(&mut self, hops: &HashMap<IpAddr, NextHop>) -> anyhow::Result<usize> {
+        let mut changed = 0;
+        for i in 0..self.services.len() {
+            for j in 0..self.services[i].backends.len() {
+                let be = &self.services[i].backends[j];
+                let hop = hops.get(&be.cfg.address.ip()).copied().unwrap_or_default();
+                if hop != be.next_hop {
+                    self.services[i].backends[j].next_hop = hop;
+                    let entry = backend_entry(&self.services[i], &self.services[i].backends[j]);
+                    self.dp.set_backend(self.services[i].backends[j].slot, &entry)?;
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Resolves and writes next hops now (blocking: runs `ip`).
+    pub fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
+        let hops = crate::neigh::resolve(&self.backend_ips());
+        self.set_next_hops(&hops)
     }
 
     fn find(&self, key: &VipKey) -> Option<usize> {
@@ -284,5 +321,6 @@ fn backend_entry(svc: &ServiceState, be: &BackendState) -> Backend {
         service: svc.id,
         generation: be.generation,
         flags: if be.up() { BACKEND_F_UP } else { 0 },
+        next_hop: be.next_hop,
     }
 }

@@ -45,6 +45,8 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     let bal = Arc::new(Mutex::new(bal));
     let admin_task = tokio::spawn(admin::serve(listener, bal.clone()));
 
+    let neigh_task = tokio::spawn(refresh_next_hops(bal.clone()));
+
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -56,8 +58,10 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
             _ = hup.recv() => reload(path, &mut bal.lock().unwrap()),
         }
     }
-    admin_task.abort();
-    let _ = admin_task.await;
+    for t in [admin_task, neigh_task] {
+        t.abort();
+        let _ = t.await;
+    }
     let _ = std::fs::remove_file(&cfg.daemon.admin_socket);
     let bal = Arc::try_unwrap(bal).map_err(|_| anyhow::anyhow!("balancer still shared at shutdown"))?;
     let bal = bal.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -73,6 +77,22 @@ fn reload(path: &Path, bal: &mut Balancer) {
     match config::load(path).map_err(anyhow::Error::from).and_then(|c| bal.apply(&c)) {
         Ok(()) => log::info!("reloaded {}", path.display()),
         Err(e) => log::error!("reload refused, still serving the previous configuration: {e:#}"),
+    }
+}
+
+/// Keeps the backends' next hops (egress interface, MACs) in step with the
+/// kernel's route and neighbour tables, once a second.
+async fn refresh_next_hops(bal: Arc<Mutex<Balancer>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let ips = bal.lock().unwrap().backend_ips();
+        let Ok(hops) = tokio::task::spawn_blocking(move || crate::neigh::resolve(&ips)).await else { continue };
+        match bal.lock().unwrap().set_next_hops(&hops) {
+            Ok(0) => {}
+            Ok(n) => log::info!("next hops updated for {n} backends ({} resolved)", hops.len()),
+            Err(e) => log::error!("writing next hops: {e:#}"),
+        }
     }
 }
 

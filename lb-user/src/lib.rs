@@ -7,3 +7,4 @@ pub mod daemon;
 pub mod dataplane;
 pub mod explain;
 pub mod maglev;
+pub mod neigh;

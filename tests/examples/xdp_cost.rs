@@ -64,6 +64,8 @@ fn main() -> anyhow::Result<()> {
         cfg.daemon.conntrack_entries = 4 * 1024 * 1024;
         let mut bal = Balancer::load(&cfg)?;
         bal.apply(&cfg)?;
+        // As the daemon does: next hops from the neighbour table, no FIB per packet.
+        bal.refresh_next_hops()?;
         let mac = |p: Pkt| {
             let mut p = p;
             p.eth_dst = b.c0_mac;

@@ -195,32 +195,43 @@ fn xdp_fixtures() {
         .ns
         .run_in(|| {
             let cfg = config();
-            let mut bal = Balancer::load(&cfg).expect("load the XDP program");
-            bal.apply(&cfg).expect("fill the maps");
             let mut failures = vec![];
-            for fx in fixtures(&b) {
-                let before = bal.dp.counters().unwrap();
-                let (action, out) = run(&bal, &fx.input, fx.ingress);
-                let after = bal.dp.counters().unwrap();
-                let want = fx.output.as_ref().unwrap_or(&fx.input);
-                if action != fx.action {
-                    failures.push(format!("{}: action {action}, expected {}", fx.desc, fx.action));
-                    continue;
-                }
-                if fx.action != XDP_DROP && out != *want {
-                    failures.push(format!("{}:\n  got      {}\n  expected {}", fx.desc, hex(&out), hex(want)));
-                    continue;
-                }
-                if fx.output.is_some() {
-                    if let Err(e) = parse_and_verify(&out) {
-                        failures.push(format!("{}: output does not verify: {e}", fx.desc));
+            // Twice: next hops from the FIB (a fresh daemon), then from the
+            // neighbour table the daemon resolved into BACKENDS.
+            for resolved in [false, true] {
+                let mut bal = Balancer::load(&cfg).expect("load the XDP program");
+                bal.apply(&cfg).expect("fill the maps");
+                if resolved {
+                    let n = bal.refresh_next_hops().expect("resolve next hops");
+                    if n != 8 {
+                        failures.push(format!("{n} backends got a next hop, expected 8"));
                     }
                 }
-                for i in 0..counter::NUM_COUNTERS as usize {
-                    let delta = after[i] - before[i];
-                    let expect = u64::from(fx.counter == Some(i as u32));
-                    if delta != expect {
-                        failures.push(format!("{}: counter {i} rose by {delta}, expected {expect}", fx.desc));
+                for fx in fixtures(&b) {
+                    let desc = format!("{}{}", if resolved { "[neigh] " } else { "[fib] " }, fx.desc);
+                    let before = bal.dp.counters().unwrap();
+                    let (action, out) = run(&bal, &fx.input, fx.ingress);
+                    let after = bal.dp.counters().unwrap();
+                    let want = fx.output.as_ref().unwrap_or(&fx.input);
+                    if action != fx.action {
+                        failures.push(format!("{desc}: action {action}, expected {}", fx.action));
+                        continue;
+                    }
+                    if fx.action != XDP_DROP && out != *want {
+                        failures.push(format!("{desc}:\n  got      {}\n  expected {}", hex(&out), hex(want)));
+                        continue;
+                    }
+                    if fx.output.is_some() {
+                        if let Err(e) = parse_and_verify(&out) {
+                            failures.push(format!("{desc}: output does not verify: {e}"));
+                        }
+                    }
+                    for i in 0..counter::NUM_COUNTERS as usize {
+                        let delta = after[i] - before[i];
+                        let expect = u64::from(fx.counter == Some(i as u32));
+                        if delta != expect {
+                            failures.push(format!("{desc}: counter {i} rose by {delta}, expected {expect}"));
+                        }
                     }
                 }
             }
