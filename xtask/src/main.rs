@@ -1,1 +1,135 @@
-fn main() {}
+//! `cargo xtask`: set up a machine, build xlb, run its tests and its demo.
+//!
+//! Every command it runs is printed first (`$ ...`). `setup`, `test` and `demo`
+//! install what is missing on a Debian 12 machine when run as root.
+
+mod cmd;
+mod compile;
+mod setup;
+mod suite;
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+
+use crate::{compile::Paths, setup::Needs};
+
+#[derive(Parser, Debug)]
+#[command(name = "xtask", bin_name = "cargo xtask", about = "Build, test and demo xlb")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Check for and install what building and testing need (Debian packages,
+    /// nightly rust-src, bpf-linker, bpffs). Quick when all is there.
+    Setup,
+    /// Build the XDP object (nightly, bpf-linker).
+    BuildEbpf,
+    /// Build the XDP object, then the `xlb` binary that embeds it.
+    Build,
+    /// Set up, build, then run the whole test suite one test at a time.
+    Test {
+        /// Passed to the test harness after `--test-threads=1`, e.g. a test name filter.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Set up, build, then run the demo (arguments are passed through).
+    Demo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Benchmarks (not implemented yet).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    add_cargo_bin_to_path();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    let paths = Paths::new();
+    match task {
+        Task::Setup => setup::ensure(Needs::Everything)?,
+        Task::BuildEbpf => {
+            setup::ensure(Needs::BpfToolchain)?;
+            compile::ebpf(&paths)?;
+        }
+        Task::Build => {
+            setup::ensure(Needs::BpfToolchain)?;
+            build(&paths)?;
+        }
+        Task::Test { args } => {
+            setup::ensure(Needs::Everything)?;
+            build(&paths)?;
+            suite::run(&paths, &args)?;
+        }
+        Task::Demo { args } => {
+            setup::ensure(Needs::Everything)?;
+            build(&paths)?;
+            let mut c = cmd::cargo();
+            c.args(["run", "--release", "-p", "xlb-testbed", "--example", "demo", "--"]).args(&args);
+            paths.xlb_bin_env(&mut c);
+            paths.user_env(&mut c);
+            let status = cmd::status(&mut c)?;
+            if !status.success() {
+                eprintln!("error: the demo failed ({status})");
+                let code = status.code().and_then(|c| u8::try_from(c).ok()).filter(|&c| c != 0);
+                return Ok(ExitCode::from(code.unwrap_or(1)));
+            }
+        }
+        Task::Bench { .. } => {
+            eprintln!("cargo xtask bench: not implemented yet");
+            return Ok(ExitCode::FAILURE);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(paths: &Paths) -> Result<PathBuf> {
+    compile::ebpf(paths)?;
+    let bin = compile::user(paths)?;
+    println!("xlb: {}", bin.display());
+    Ok(bin)
+}
+
+/// bpf-linker is installed by `cargo install` into `$CARGO_HOME/bin`, and rustc
+/// finds it on PATH: make sure that directory is there (sudo, CI).
+fn add_cargo_bin_to_path() {
+    let Some(cargo_bin) = cargo_home().map(|home| home.join("bin")) else { return };
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    if std::env::split_paths(&path).any(|p| p == cargo_bin) {
+        return;
+    }
+    let joined = std::env::join_paths(std::iter::once(cargo_bin.clone()).chain(std::env::split_paths(&path)))
+        .with_context(|| format!("{} cannot go on PATH", cargo_bin.display()));
+    match joined {
+        Ok(joined) => {
+            println!("adding {} to PATH", cargo_bin.display());
+            // Single-threaded here: nothing else reads the environment yet.
+            std::env::set_var("PATH", joined);
+        }
+        Err(e) => eprintln!("warning: {e:#}"),
+    }
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    match std::env::var_os("CARGO_HOME") {
+        Some(home) if !home.is_empty() => Some(PathBuf::from(home)),
+        _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")),
+    }
+}
