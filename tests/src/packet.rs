@@ -217,17 +217,22 @@ pub struct Parsed {
     pub dport: u16,
 }
 
-/// Parses an untagged IPv4/IPv6 TCP/UDP frame and verifies every checksum
+/// Parses an IPv4/IPv6 TCP/UDP frame (untagged or with one 802.1Q tag) and verifies every checksum
 /// from scratch (IPv4 header, TCP/UDP with the pseudo-header; a zero UDP
 /// checksum over IPv4 is accepted as "none").
 pub fn parse_and_verify(f: &[u8]) -> Result<Parsed, String> {
     if f.len() < 14 {
         return Err("frame shorter than Ethernet".into());
     }
-    let et = u16::from_be_bytes([f[12], f[13]]);
+    let mut et = u16::from_be_bytes([f[12], f[13]]);
+    let mut l3 = 14;
+    if et == 0x8100 {
+        et = u16::from_be_bytes([f[16], f[17]]);
+        l3 = 18;
+    }
     let (src, dst, ttl, proto, l4): (IpAddr, IpAddr, u8, u8, &[u8]) = match et {
         ETH_P_IP => {
-            let h = &f[14..];
+            let h = &f[l3..];
             let ihl = usize::from(h[0] & 0xf) * 4;
             let tot = usize::from(u16::from_be_bytes([h[2], h[3]]));
             if checksum(&[&h[..ihl]]) != 0 {
@@ -238,7 +243,7 @@ pub fn parse_and_verify(f: &[u8]) -> Result<Parsed, String> {
             (s.into(), d.into(), h[8], h[9], &h[ihl..tot])
         }
         ETH_P_IPV6 => {
-            let h = &f[14..];
+            let h = &f[l3..];
             let plen = usize::from(u16::from_be_bytes([h[4], h[5]]));
             let s: [u8; 16] = h[8..24].try_into().unwrap();
             let d: [u8; 16] = h[24..40].try_into().unwrap();

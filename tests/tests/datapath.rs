@@ -104,6 +104,12 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
         b0, from_backend(Pkt::udp(web1_6, cl6, 53, 40000), WEB1_MAC), XDP_REDIRECT,
         Some(to_client(ttl(Pkt::udp(vip6, cl6, 53, 40000), 63))), Some(counter::REPLY_NAT));
 
+    let (mut tagged, mut tagged_out) = (Pkt::tcp(cl4, vip4, 40020, 80), Pkt::tcp(cl4, web1, 40020, 8080));
+    tagged.vlan = Some(100);
+    tagged_out.vlan = Some(100);
+    f("nat v4 tcp with one 802.1Q tag: balanced, tag kept",
+        c0, from_client(tagged), XDP_REDIRECT, Some(to_backend(ttl(tagged_out, 63), WEB1_MAC)), None);
+
     // ---- DSR: only the destination (and source) MAC change
     f("dsr v4: IP packet untouched, sent to web2's MAC",
         c0, from_client(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80)), XDP_REDIRECT,
