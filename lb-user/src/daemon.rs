@@ -32,11 +32,11 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     warm_neighbours(&cfg);
     for s in &bal.services {
         log::info!(
-            "service {} {} {} {:?}: {} backends",
+            "service {} {} {} {}: {} backends",
             s.cfg.name,
             s.cfg.protocol.as_str(),
             s.cfg.vip,
-            s.cfg.forwarding,
+            s.cfg.forwarding.as_str(),
             s.backends.len()
         );
     }

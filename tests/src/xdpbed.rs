@@ -102,16 +102,7 @@ fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[
         forwarding: fwd,
         table_size: 251,
         preempt: true,
-        health: HealthConfig {
-            check: CheckKind::None,
-            path: "/".into(),
-            host: None,
-            expect_status: 200,
-            interval_ms: 1000,
-            timeout_ms: 500,
-            rise: 2,
-            fall: 3,
-        },
+        health: HealthConfig { check: CheckKind::None, ..HealthConfig::default() },
         backends: backends
             .iter()
             .map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary })

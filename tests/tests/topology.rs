@@ -165,3 +165,45 @@ fn a_bad_config_is_refused_and_nothing_is_attached() {
     let link = topo.lb_ns().must(&["ip", "link", "show", "eth0"]);
     assert!(!link.contains(" xdp"), "XDP attached despite a refused config: {link}");
 }
+
+/// SIGHUP: a backend added and one removed by reload take effect; a broken
+/// file is refused and the running configuration keeps serving.
+#[test]
+fn sighup_reload_adds_removes_and_refuses_a_broken_file() {
+    if !require_root("reload topology") {
+        return;
+    }
+    let topo = Topology::new(3).unwrap();
+    let _web = topo.start_nginx_all().unwrap();
+    let with = |backends: &[usize]| {
+        let mut s = String::from("[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"\"\nadmin_socket = \"/tmp/xlb-test-reload.sock\"\n\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:80\"\n[service.health]\ncheck = \"none\"\n");
+        for n in backends {
+            s += &format!("[[service.backend]]\naddress = \"198.18.1.{}:80\"\n", 10 + n);
+        }
+        s
+    };
+    let d = Daemon::start(topo.lb_ns(), &with(&[1, 2]), &["eth0", "eth1"]).unwrap();
+    let url = http_url(VIP_V4.into(), 80, "/");
+    let reload = |text: &str, expect: &str| {
+        let before = d.log_text().matches(expect).count();
+        std::fs::write(&d.config, text).unwrap();
+        d.signal(libc::SIGHUP).unwrap();
+        let t0 = std::time::Instant::now();
+        while d.log_text().matches(expect).count() == before {
+            assert!(t0.elapsed().as_secs() < 10, "no {expect:?} in the log after SIGHUP:\n{}", d.log_text());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let names = |m: BTreeMap<String, usize>| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(spread(&topo, &url, 30)), ["web1", "web2"]);
+
+    reload(&with(&[1, 2, 3]), "reloaded");
+    assert_eq!(names(spread(&topo, &url, 60)), ["web1", "web2", "web3"], "web3 added by reload");
+
+    reload(&with(&[1, 2, 3]).replace("name = \"www\"", "name = \"www\"\ntable_size = 65536"), "reload refused");
+    assert!(d.log_text().contains("table_size"), "the refusal names the field:\n{}", d.log_text());
+    assert_eq!(names(spread(&topo, &url, 60)), ["web1", "web2", "web3"], "still serving after a refused reload");
+
+    reload(&with(&[2, 3]), "reloaded");
+    assert_eq!(names(spread(&topo, &url, 60)), ["web2", "web3"], "web1 removed by reload");
+}
