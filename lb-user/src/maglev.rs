@@ -38,6 +38,21 @@ pub struct MaglevBackend<'a> {
     pub weight: u32,
 }
 
+/// Indices of the backends that take turns (weight > 0), in id order (then
+/// position), so the table does not depend on the order of `backends`.
+fn turn_order(backends: &[MaglevBackend<'_>]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..backends.len() as u32)
+        .filter(|&i| backends[i as usize].weight > 0)
+        .collect();
+    order.sort_by(|&a, &b| {
+        backends[a as usize]
+            .id
+            .cmp(backends[b as usize].id)
+            .then(a.cmp(&b))
+    });
+    order
+}
+
 /// Builds a Maglev table of `size` slots (`size` should be prime).
 ///
 /// Returns a table of `size` entries, each an index into `backends`, or
@@ -47,18 +62,10 @@ pub struct MaglevBackend<'a> {
 /// configuration never has, are ordered by their position).
 pub fn build_table(backends: &[MaglevBackend<'_>], size: u32) -> Vec<u32> {
     let mut table = vec![NO_BACKEND; size as usize];
-    let mut order: Vec<u32> = (0..backends.len() as u32)
-        .filter(|&i| backends[i as usize].weight > 0)
-        .collect();
+    let order = turn_order(backends);
     if size == 0 || order.is_empty() {
         return table;
     }
-    order.sort_by(|&a, &b| {
-        backends[a as usize]
-            .id
-            .cmp(backends[b as usize].id)
-            .then(a.cmp(&b))
-    });
     let weights: Vec<u32> = order.iter().map(|&i| backends[i as usize].weight).collect();
     let mut turns: Vec<Turn> = order
         .iter()
@@ -525,15 +532,7 @@ mod tests {
 
     /// The rounds run to the end, without the event shortcut.
     fn build_by_rounds(backends: &[MaglevBackend<'_>], size: u32) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..backends.len() as u32)
-            .filter(|&i| backends[i as usize].weight > 0)
-            .collect();
-        order.sort_by(|&a, &b| {
-            backends[a as usize]
-                .id
-                .cmp(backends[b as usize].id)
-                .then(a.cmp(&b))
-        });
+        let order = turn_order(backends);
         let weights: Vec<u32> = order.iter().map(|&i| backends[i as usize].weight).collect();
         let mut turns: Vec<Turn> = order
             .iter()

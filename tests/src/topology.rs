@@ -93,6 +93,12 @@ const COMMON_SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv6.conf.default.accept_redirects", "0"),
 ];
 
+/// A veth pair created inside `ns` (`dev`) with its peer moved straight into
+/// `peer_ns` (`peer`): nothing ever exists in the root namespace.
+fn veth(ns: &Netns, dev: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
+    ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer, "netns", peer_ns.name()])
+}
+
 fn new_ns(suffix: &str, role: &str) -> Result<Netns> {
     let ns = Netns::new(format!("{NS_PREFIX}-{suffix}-{role}"))?;
     ns.sysctl(COMMON_SYSCTLS)?;
@@ -176,18 +182,7 @@ impl TopologyBuilder {
         ])?;
 
         // client eth0 <-> lb eth0
-        client.ip(&[
-            "link",
-            "add",
-            "eth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            lb.name(),
-        ])?;
+        veth(&client, "eth0", &lb, "eth0")?;
         // lb eth1 <-> switch p-lb, enslaved to br0
         switch.ip(&[
             "link",
@@ -198,18 +193,7 @@ impl TopologyBuilder {
             "mcast_snooping",
             "0",
         ])?;
-        lb.ip(&[
-            "link",
-            "add",
-            "eth1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "p-lb",
-            "netns",
-            switch.name(),
-        ])?;
+        veth(&lb, "eth1", &switch, "p-lb")?;
         switch.ip(&["link", "set", "p-lb", "master", "br0"])?;
 
         let mut backends = Vec::with_capacity(self.backends);
@@ -218,18 +202,7 @@ impl TopologyBuilder {
             let name = format!("web{n}");
             let ns = new_ns(&suffix, &name)?;
             let port = format!("p-{name}");
-            ns.ip(&[
-                "link",
-                "add",
-                "eth0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &port,
-                "netns",
-                switch.name(),
-            ])?;
+            veth(&ns, "eth0", &switch, &port)?;
             switch.ip(&["link", "set", &port, "master", "br0"])?;
             switch_ports.push(port);
             backends.push(Backend {
