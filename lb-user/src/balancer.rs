@@ -52,8 +52,12 @@ pub struct BackendState {
     pub drained: bool,
     /// When `healthy` last changed.
     pub since: SystemTime,
-    /// Last check result, for status.
+    /// Last check result, for status ("ok", "timeout", "refused", "status 503", ...).
     pub last_check: String,
+    /// How long the last check took (None before the first check).
+    pub last_check_duration: Option<std::time::Duration>,
+    /// Health state changes (up->down and down->up) since the backend was added.
+    pub transitions: u64,
     /// Egress interface and MACs, resolved by the daemon (0: ask the FIB).
     pub next_hop: NextHop,
 }
@@ -98,6 +102,8 @@ pub struct Balancer {
     next_generation: u32,
     /// Total table slots written since start (for metrics and tests).
     pub slots_written: u64,
+    /// Table rebuilds that changed at least one slot, since start.
+    pub rebuilds: u64,
 }
 
 impl Balancer {
@@ -117,6 +123,7 @@ impl Balancer {
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             next_generation: 1,
             slots_written: 0,
+            rebuilds: 0,
         })
     }
 
@@ -218,6 +225,8 @@ impl Balancer {
                 CheckKind::None => "checks off".into(),
                 _ => "not checked yet".into(),
             },
+            last_check_duration: None,
+            transitions: 0,
             next_hop: NextHop::default(),
         })
     }
@@ -287,6 +296,7 @@ impl Balancer {
         let written = self.dp.write_ring(offset, &ring, old)?;
         self.slots_written += written as u64;
         if written > 0 {
+            self.rebuilds += 1;
             log::info!("service {}: {} of {} table slots rewritten", svc.cfg.name, written, ring.len());
         }
         let first = svc.ring.is_empty();
