@@ -32,8 +32,9 @@ static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_SERVI
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// Maglev tables of all services, one after the other; sized by the loader.
+/// Mmapable (BPF_F_MMAPABLE): the daemon writes tables through shared memory.
 #[map]
-static RING: Array<u32> = Array::with_max_entries(1, 0);
+static RING: Array<u32> = Array::with_max_entries(1, 1 << 10);
 /// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
 /// NAT flow may arrive on another CPU than the packet that made the entry.
 #[map]

@@ -5,7 +5,7 @@ use std::{
     fmt::Write as _,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -16,7 +16,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::{balancer::Balancer, config::Role};
+use crate::{balancer::Balancer, config::Role, daemon::Ctx};
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -35,25 +35,37 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 }
 
 /// Serves requests until the task is dropped.
-pub async fn serve(listener: UnixListener, bal: Arc<Mutex<Balancer>>) {
+pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
-        let bal = bal.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, bal).await {
+            if let Err(e) = handle(stream, ctx).await {
                 log::debug!("admin request failed: {e:#}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, bal: Arc<Mutex<Balancer>>) -> anyhow::Result<()> {
+/// The requests, as `xlb` sends them: `status`, `reload`,
+/// `drain SERVICE BACKEND`, `enable SERVICE BACKEND`.
+pub const REQUESTS: &str = "status, reload, drain SERVICE BACKEND, enable SERVICE BACKEND";
+
+async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).take(4096).read_line(&mut line).await?;
-    let answer = match line.trim() {
-        "status" => status(&bal.lock().unwrap()),
-        other => Err(anyhow::anyhow!("unknown request {other:?}; known: status")),
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let answer = match words[..] {
+        ["status"] => status(&ctx.bal.lock().unwrap()),
+        ["reload"] => ctx.reload(),
+        ["drain", service, backend] => {
+            tokio::task::block_in_place(|| ctx.bal.lock().unwrap().set_drained(service, backend, true))
+        }
+        ["enable", service, backend] => {
+            tokio::task::block_in_place(|| ctx.bal.lock().unwrap().set_drained(service, backend, false))
+        }
+        _ => Err(anyhow::anyhow!("unknown request {:?}; known: {REQUESTS}", line.trim())),
     };
     let text = match answer {
         Ok(t) => format!("ok\n{t}"),

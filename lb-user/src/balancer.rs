@@ -21,6 +21,7 @@ use lb_common::{
 };
 
 use crate::{
+    health::Probe,
     config::{BackendConfig, CheckKind, Config, Forwarding, Role, ServiceConfig},
     dataplane::{Dataplane, Sizes},
     maglev::{build_table, MaglevBackend},
@@ -58,11 +59,34 @@ pub struct BackendState {
     pub last_check_duration: Option<std::time::Duration>,
     /// Health state changes (up->down and down->up) since the backend was added.
     pub transitions: u64,
+    /// Consecutive successful / failed checks (hysteresis: `rise`, `fall`).
+    pub ok_streak: u32,
+    pub fail_streak: u32,
+    /// Whether any check has run since the backend was added (or its checks
+    /// were turned on): until then it is assumed up, and the first check
+    /// decides at once.
+    pub checked: bool,
     /// Egress interface and MACs, resolved by the daemon (0: ask the FIB).
     pub next_hop: NextHop,
 }
 
 impl BackendState {
+    /// The service's check settings changed: the new checks start afresh.
+    /// With checks off a backend counts as healthy.
+    fn restart_checks(&mut self, check: &CheckKind) {
+        self.checked = false;
+        self.ok_streak = 0;
+        self.fail_streak = 0;
+        if *check == CheckKind::None {
+            if !self.healthy {
+                self.healthy = true;
+                self.since = SystemTime::now();
+                self.transitions += 1;
+            }
+            self.last_check = "checks off".into();
+        }
+    }
+
     /// Established flows may continue to it.
     pub fn up(&self) -> bool {
         self.healthy
@@ -84,6 +108,8 @@ pub struct ServiceState {
     pub ring: Vec<u32>,
     /// New flows go to the backups (no primary up, or no preemption).
     pub on_backup: bool,
+    /// Some backend takes new flows.
+    pub serving: bool,
 }
 
 impl ServiceState {
@@ -159,6 +185,9 @@ impl Balancer {
                             Some(j) => {
                                 let mut be = st.backends.swap_remove(j);
                                 be.cfg = b.clone();
+                                if s.health != st.cfg.health {
+                                    be.restart_checks(&s.health.check);
+                                }
                                 backends.push(be);
                             }
                             None => backends.push(self.new_backend(b, &s.health.check)?),
@@ -176,7 +205,7 @@ impl Balancer {
                         .iter()
                         .map(|b| self.new_backend(b, &s.health.check))
                         .collect::<anyhow::Result<Vec<_>>>()?;
-                    ServiceState { cfg: s.clone(), key, id, backends, ring: Vec::new(), on_backup: false }
+                    ServiceState { cfg: s.clone(), key, id, backends, ring: Vec::new(), on_backup: false, serving: false }
                 }
             };
             next.push(st);
@@ -227,6 +256,9 @@ impl Balancer {
             },
             last_check_duration: None,
             transitions: 0,
+            ok_streak: 0,
+            fail_streak: 0,
+            checked: false,
             next_hop: NextHop::default(),
         })
     }
@@ -261,6 +293,104 @@ impl Balancer {
         self.set_next_hops(&hops)
     }
 
+    /// Applies one health check result of backend `address` in service `id`
+    /// with rise/fall hysteresis; rewrites the service's table when the
+    /// backend changes state. Returns false when no such backend exists any
+    /// more (its check task should stop).
+    pub fn record_check(&mut self, id: u32, address: SocketAddr, probe: &Probe) -> anyhow::Result<bool> {
+        let Some(i) = self.services.iter().position(|s| s.id == id) else { return Ok(false) };
+        let svc = &mut self.services[i];
+        let Some(be) = svc.backends.iter_mut().find(|b| b.cfg.address == address) else { return Ok(false) };
+        let (rise, fall) = (svc.cfg.health.rise, svc.cfg.health.fall);
+        let name = format!("{}/{}", svc.cfg.name, address);
+        let took = probe.duration.as_secs_f64() * 1000.0;
+        be.last_check = probe.detail.clone();
+        be.last_check_duration = Some(probe.duration);
+        let first = !be.checked;
+        be.checked = true;
+        let changed = if probe.ok {
+            be.fail_streak = 0;
+            be.ok_streak = be.ok_streak.saturating_add(1);
+            if !be.healthy && be.ok_streak >= rise {
+                log::info!("backend {name} is UP after {rise} successful checks ({took:.1} ms)");
+                true
+            } else {
+                if !be.healthy {
+                    log::info!("backend {name}: check ok ({} of {rise} to come up)", be.ok_streak);
+                }
+                false
+            }
+        } else {
+            be.ok_streak = 0;
+            be.fail_streak = be.fail_streak.saturating_add(1);
+            if be.healthy && first {
+                log::warn!("backend {name} is DOWN: its first check failed: {} ({took:.1} ms)", probe.detail);
+                true
+            } else if be.healthy && be.fail_streak >= fall {
+                log::warn!("backend {name} is DOWN after {fall} failed checks: {} ({took:.1} ms)", probe.detail);
+                true
+            } else {
+                if be.healthy || be.fail_streak == 1 {
+                    log::info!(
+                        "backend {name}: check failed: {} ({took:.1} ms){}",
+                        probe.detail,
+                        if be.healthy { format!(" ({} of {fall} to go down)", be.fail_streak) } else { String::new() }
+                    );
+                }
+                false
+            }
+        };
+        if changed {
+            be.healthy = !be.healthy;
+            be.since = SystemTime::now();
+            be.transitions += 1;
+            self.sync_service(i)?;
+        }
+        Ok(true)
+    }
+
+    /// Drains (no new flows; established ones continue) or re-enables a
+    /// backend, named by `address:port`, or by address alone when that is
+    /// unique in the service.
+    pub fn set_drained(&mut self, service: &str, backend: &str, drained: bool) -> anyhow::Result<String> {
+        let i = self.services.iter().position(|s| s.cfg.name == service).with_context(|| {
+            let names: Vec<&str> = self.services.iter().map(|s| s.cfg.name.as_str()).collect();
+            format!("no service named {service:?}; services: {}", names.join(", "))
+        })?;
+        let svc = &self.services[i];
+        let matches: Vec<usize> = svc
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| match backend.parse::<SocketAddr>() {
+                Ok(a) => b.cfg.address == a,
+                Err(_) => backend.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() == Ok(b.cfg.address.ip()),
+            })
+            .map(|(j, _)| j)
+            .collect();
+        let list = || svc.backends.iter().map(|b| b.cfg.id()).collect::<Vec<_>>().join(", ");
+        let j = match matches[..] {
+            [j] => j,
+            [] => bail!("service {service} has no backend {backend}; its backends: {}", list()),
+            _ => bail!("{backend} names several backends of service {service}; give address:port ({})", list()),
+        };
+        let be = &mut self.services[i].backends[j];
+        let id = be.cfg.id();
+        if be.drained == drained {
+            return Ok(format!("{service} {id} was already {}\n", if drained { "drained" } else { "enabled" }));
+        }
+        be.drained = drained;
+        self.sync_service(i)?;
+        let note = if drained {
+            log::warn!("backend {service}/{id} drained by the operator: no new flows, established flows continue");
+            "drained: no new flows; established flows continue"
+        } else {
+            log::info!("backend {service}/{id} enabled by the operator");
+            "enabled: takes new flows again while healthy"
+        };
+        Ok(format!("{service} {id} {note}\n"))
+    }
+
     fn find(&self, key: &VipKey) -> Option<usize> {
         self.services.iter().position(|s| s.key == *key)
     }
@@ -293,11 +423,13 @@ impl Balancer {
         svc.on_backup = on_backup;
         let offset = svc.ring_offset(stride);
         let old = (svc.ring.len() == ring.len()).then_some(svc.ring.as_slice());
+        let t0 = std::time::Instant::now();
         let written = self.dp.write_ring(offset, &ring, old)?;
+        let took = t0.elapsed().as_secs_f64() * 1000.0;
         self.slots_written += written as u64;
         if written > 0 {
             self.rebuilds += 1;
-            log::info!("service {}: {} of {} table slots rewritten", svc.cfg.name, written, ring.len());
+            log::info!("service {}: {} of {} table slots rewritten in {took:.1} ms", svc.cfg.name, written, ring.len());
         }
         let first = svc.ring.is_empty();
         svc.ring = ring;
@@ -309,9 +441,16 @@ impl Balancer {
         };
         // Written after its table, so a new service is published complete.
         self.dp.set_service(&svc.key, &entry)?;
-        if first && svc.ring.iter().all(|&b| b == NO_BACKEND) {
-            log::warn!("service {}: no backend takes new flows", svc.cfg.name);
+        let serving = svc.ring.iter().any(|&b| b != NO_BACKEND);
+        if !serving && (first || svc.serving) {
+            log::warn!(
+                "service {}: no backend takes new flows; its packets are dropped and counted as no_backend",
+                svc.cfg.name
+            );
+        } else if serving && !first && !svc.serving {
+            log::info!("service {}: serving again", svc.cfg.name);
         }
+        svc.serving = serving;
         // Backend up/down flags follow the table: set after it.
         let svc = &self.services[i];
         for be in &svc.backends {

@@ -1,7 +1,7 @@
 //! `xlb run`: load, fill the maps, attach, then serve until SIGINT/SIGTERM.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -9,7 +9,48 @@ use std::{
 use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::{admin, balancer::Balancer, config};
+use crate::{admin, balancer::Balancer, config, health::Checker};
+
+/// What the daemon's tasks share: the balancer (maps and backend states), the
+/// health checks, and the config file and daemon settings it runs with.
+pub struct Ctx {
+    pub bal: Arc<Mutex<Balancer>>,
+    pub checker: Mutex<Checker>,
+    pub config_path: PathBuf,
+    pub daemon: Mutex<config::DaemonConfig>,
+}
+
+impl Ctx {
+    /// Reloads the config file (SIGHUP, `xlb reload`): a valid config is
+    /// applied by rewriting only what changed; an invalid one is refused and
+    /// the running one keeps serving. Returns what was done.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let result = crate::check::load(&self.config_path).and_then(|cfg| {
+            tokio::task::block_in_place(|| self.bal.lock().unwrap().apply(&cfg))?;
+            Ok(cfg)
+        });
+        let cfg = match result {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                log::error!("reload refused, still serving the previous configuration: {e:#}");
+                return Err(e.context("reload refused, still serving the previous configuration"));
+            }
+        };
+        self.checker.lock().unwrap().sync(&self.bal);
+        let mut msg = format!(
+            "reloaded {}: {} services, {} backends",
+            self.config_path.display(),
+            cfg.services.len(),
+            cfg.backend_count()
+        );
+        let running = self.daemon.lock().unwrap();
+        if *running != cfg.daemon {
+            msg += "; [daemon] settings changed: they apply at the next restart";
+        }
+        log::info!("{msg}");
+        Ok(msg + "\n")
+    }
+}
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let cfg = config::load(path)?;
@@ -43,7 +84,18 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
 
     let listener = admin::bind(&cfg.daemon.admin_socket)?;
     let bal = Arc::new(Mutex::new(bal));
-    let admin_task = tokio::spawn(admin::serve(listener, bal.clone()));
+    let ctx = Arc::new(Ctx {
+        bal: bal.clone(),
+        checker: Mutex::new(Checker::default()),
+        config_path: path.to_path_buf(),
+        daemon: Mutex::new(cfg.daemon.clone()),
+    });
+    ctx.checker.lock().unwrap().sync(&bal);
+    let checks = ctx.checker.lock().unwrap().len();
+    if checks > 0 {
+        log::info!("health checks started for {checks} backends");
+    }
+    let admin_task = tokio::spawn(admin::serve(listener, ctx.clone()));
 
     let neigh_task = tokio::spawn(refresh_next_hops(bal.clone()));
 
@@ -55,13 +107,18 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(path, &mut bal.lock().unwrap()),
+            _ = hup.recv() => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move { let _ = ctx.reload(); });
+            }
         }
     }
     for t in [admin_task, neigh_task] {
         t.abort();
         let _ = t.await;
     }
+    ctx.checker.lock().unwrap().stop();
+    drop(ctx);
     let _ = std::fs::remove_file(&cfg.daemon.admin_socket);
     let bal = Arc::try_unwrap(bal).map_err(|_| anyhow::anyhow!("balancer still shared at shutdown"))?;
     let bal = bal.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -69,15 +126,6 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     drop(bal);
     log::info!("detached from {}; bye", ifaces.join(", "));
     Ok(())
-}
-
-/// SIGHUP: a valid config is applied; an invalid one is refused and the
-/// running one keeps serving.
-fn reload(path: &Path, bal: &mut Balancer) {
-    match config::load(path).map_err(anyhow::Error::from).and_then(|c| bal.apply(&c)) {
-        Ok(()) => log::info!("reloaded {}", path.display()),
-        Err(e) => log::error!("reload refused, still serving the previous configuration: {e:#}"),
-    }
 }
 
 /// Keeps the backends' next hops (egress interface, MACs) in step with the

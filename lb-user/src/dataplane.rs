@@ -16,7 +16,7 @@ use lb_common::{
     SETTING_FLAGS,
 };
 
-use crate::config::XdpModeConfig;
+use crate::{config::XdpModeConfig, ring::RingMem};
 
 /// The XDP object built by `cargo xtask build-ebpf` (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
@@ -41,6 +41,8 @@ pub struct Sizes {
 
 /// The loaded program and its maps.
 pub struct Dataplane {
+    /// `RING` mapped into memory (declared before `ebpf`: unmapped first).
+    ring: Option<RingMem>,
     ebpf: Ebpf,
     /// Interface -> the mode it was attached in.
     attached: BTreeMap<String, &'static str>,
@@ -66,7 +68,13 @@ impl Dataplane {
             .context("the XDP object has no program `xlb`")?
             .try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
-        Ok(Self { ebpf, attached: BTreeMap::new() })
+        let ring = match ebpf.map(maps::RING) {
+            Some(aya::maps::Map::Array(m)) => RingMem::map(m.fd(), sizes.ring_entries.max(1) as usize)
+                .inspect_err(|e| log::warn!("{e:#}; writing Maglev tables slot by slot (slower)"))
+                .ok(),
+            _ => None,
+        };
+        Ok(Self { ring, ebpf, attached: BTreeMap::new() })
     }
 
     pub fn program(&self) -> &Xdp {
@@ -160,6 +168,21 @@ impl Dataplane {
     /// either the old or the new backend of a slot, both in the configured set.
     /// Returns how many slots were written.
     pub fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize> {
+        if let Some(ring) = &self.ring {
+            let base = offset as usize;
+            if base + new.len() > ring.entries() {
+                bail!("RING too small: slots {base}..{} of {}", base + new.len(), ring.entries());
+            }
+            let mut written = 0;
+            for (i, &b) in new.iter().enumerate() {
+                if old.is_some_and(|o| o.get(i) == Some(&b)) {
+                    continue;
+                }
+                ring.set(base + i, b);
+                written += 1;
+            }
+            return Ok(written);
+        }
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::RING))?;
         let mut written = 0;
         for (i, &b) in new.iter().enumerate() {
@@ -170,6 +193,12 @@ impl Dataplane {
             written += 1;
         }
         Ok(written)
+    }
+
+    /// One `RING` slot, read through the syscall (for tests and checks).
+    pub fn read_ring_slot(&self, i: u32) -> anyhow::Result<u32> {
+        let m: Array<&MapData, u32> = Array::try_from(self.map(maps::RING))?;
+        Ok(m.get(&i, 0)?)
     }
 
     pub fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {

@@ -6,5 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod explain;
+pub mod health;
 pub mod maglev;
 pub mod neigh;
+pub mod ring;

@@ -25,11 +25,30 @@ enum Command {
     },
     /// Ask the running daemon: services, backends, health, role, counters.
     Status {
-        /// Admin socket (default: the config's admin_socket, else /run/xlb/xlb.sock).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[arg(short, long)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Stop sending new flows to a backend; its established flows continue.
+    Drain {
+        /// Service name.
+        service: String,
+        /// Backend address:port (or the address alone when unique in the service).
+        backend: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Let a drained backend take new flows again (while healthy).
+    Enable {
+        service: String,
+        backend: String,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Make the daemon reload its config file (like SIGHUP); a broken file is
+    /// refused, with every problem, and the running config keeps serving.
+    Reload {
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
@@ -45,15 +64,36 @@ enum Command {
     },
 }
 
+/// How to reach the running daemon.
+#[derive(clap::Args, Debug)]
+struct DaemonArgs {
+    /// Admin socket (default: the config's admin_socket, else /run/xlb/xlb.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The daemon's config file (to find its admin socket).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
+
+impl DaemonArgs {
+    /// Sends `req` to the daemon and prints its answer.
+    fn ask(self, req: &str) -> anyhow::Result<()> {
+        let path = xlb::admin::socket_path(self.socket, self.config.as_deref())?;
+        print!("{}", xlb::admin::request(&path, req)?);
+        Ok(())
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
     let result = match cli.command {
         Command::Run { config } => xlb::daemon::run(&config),
         Command::Check { config } => xlb::check::run(&config),
-        Command::Status { socket, config } => xlb::admin::socket_path(socket, config.as_deref())
-            .and_then(|p| xlb::admin::request(&p, "status"))
-            .map(|t| print!("{t}")),
+        Command::Status { daemon } => daemon.ask("status"),
+        Command::Drain { service, backend, daemon } => daemon.ask(&format!("drain {service} {backend}")),
+        Command::Enable { service, backend, daemon } => daemon.ask(&format!("enable {service} {backend}")),
+        Command::Reload { daemon } => daemon.ask("reload"),
         Command::Explain { config, client, vip, protocol } => {
             xlb::explain::run(&config, &client, &vip, &protocol)
         }

@@ -259,3 +259,74 @@ mod tests {
         );
     }
 }
+
+/// One HTTP/1.1 connection kept open across requests, opened from a
+/// namespace (the socket stays in that namespace whichever thread uses it).
+#[derive(Debug)]
+pub struct KeptAlive {
+    stream: std::net::TcpStream,
+    addr: std::net::SocketAddr,
+}
+
+impl KeptAlive {
+    /// Connects from `ns` to `addr` (timeouts: 2 s connect, 5 s per read).
+    pub fn open(ns: &Netns, addr: std::net::SocketAddr) -> Result<Self> {
+        let stream = ns.run_in(move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)))??;
+        stream.set_read_timeout(Some(Duration::from_secs(MAX_TIME_SECS as u64)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(MAX_TIME_SECS as u64)))?;
+        Ok(Self { stream, addr })
+    }
+
+    /// The client-side port of the connection.
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// `GET path` on this connection; returns (status, body).
+    pub fn get(&mut self, path: &str) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: xlb-testbed\r\n\r\n", self.addr);
+        self.stream.write_all(req.as_bytes()).context("sending on the kept-alive connection")?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let status: u16 = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .with_context(|| format!("bad status line in {head:?}"))?;
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length").then(|| v.trim().parse().ok()).flatten()
+                    })
+                    .with_context(|| format!("no Content-Length in {head:?}"))?;
+                let body_start = end + 4;
+                while buf.len() < body_start + len {
+                    let n = self.stream.read(&mut chunk).context("reading the body")?;
+                    if n == 0 {
+                        bail!("connection closed in the body");
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[body_start..body_start + len]).to_string();
+                return Ok((status, body));
+            }
+            let n = self.stream.read(&mut chunk).context("reading the answer")?;
+            if n == 0 {
+                bail!("connection closed before an answer");
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > 1 << 20 {
+                bail!("answer too large");
+            }
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

@@ -27,7 +27,7 @@ pub mod xlb;
 
 use std::net::IpAddr;
 
-pub use client::{http_url, Client, HttpReply};
+pub use client::{http_url, Client, HttpReply, KeptAlive};
 pub use netns::{
     cleanup_stale_namespaces, is_root, list_namespaces, require_root, run_suffix, BgProcess, Netns,
 };

@@ -46,6 +46,9 @@ pub struct Daemon {
     proc: Option<BgProcess>,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// The admin socket (always in the daemon's own scratch directory, so
+    /// concurrent runs never share one).
+    pub socket: PathBuf,
     interfaces: Vec<String>,
     _dir: TempDir,
 }
@@ -57,7 +60,8 @@ impl Daemon {
         let dir = TempDir::new("daemon")?;
         let config = dir.path().join("xlb.toml");
         let log = dir.path().join("xlb.log");
-        fs::write(&config, config_toml)?;
+        let socket = dir.path().join("xlb.sock");
+        fs::write(&config, with_admin_socket(config_toml, &socket))?;
         let logf = fs::File::create(&log)?;
         let mut cmd = ns.command(&[xlb_bin().to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
@@ -67,6 +71,7 @@ impl Daemon {
             proc: Some(proc),
             config,
             log,
+            socket,
             interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
             _dir: dir,
         };
@@ -82,6 +87,46 @@ impl Daemon {
                 bail!("xlb run did not come up within 20 s; log:\n{}", d.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Replaces the daemon's config file (keeping its own admin socket).
+    pub fn write_config(&self, toml: &str) -> Result<()> {
+        fs::write(&self.config, with_admin_socket(toml, &self.socket))
+            .with_context(|| format!("writing {}", self.config.display()))
+    }
+
+    /// Runs `xlb ARGS... --socket SOCKET` in the daemon's namespace (status,
+    /// drain, enable, reload).
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        let sock = self.socket.to_string_lossy().to_string();
+        let mut argv: Vec<&str> = args.to_vec();
+        argv.extend(["--socket", &sock]);
+        let bin = xlb_bin();
+        let mut full = vec![bin.to_str().unwrap()];
+        full.extend_from_slice(&argv);
+        crate::netns::run_with_timeout(&mut crate::netns::ns_command(&self.ns, &full), None, Duration::from_secs(30))
+    }
+
+    /// `xlb status` text; panics with the output if it fails.
+    pub fn status(&self) -> String {
+        let out = self.ctl(&["status"]).expect("running xlb status");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "xlb status failed: {}", String::from_utf8_lossy(&out.stderr));
+        text
+    }
+
+    /// Waits (up to `timeout`) until `pred` holds for the log text.
+    pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if pred(&self.log_text()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("no {what} in the xlb log within {timeout:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -132,6 +177,25 @@ impl Drop for Daemon {
             let _ = self.stop();
         }
     }
+}
+
+/// `toml` with `daemon.admin_socket` set to `socket` (replaced or added).
+pub fn with_admin_socket(toml: &str, socket: &Path) -> String {
+    let line = format!("admin_socket = \"{}\"", socket.display());
+    let mut out: Vec<String> = toml
+        .lines()
+        .map(|l| if l.trim_start().starts_with("admin_socket") { line.clone() } else { l.to_string() })
+        .collect();
+    if !toml.lines().any(|l| l.trim_start().starts_with("admin_socket")) {
+        let at = out.iter().position(|l| l.trim() == "[daemon]").map_or(0, |i| i + 1);
+        if at == 0 {
+            out.insert(0, "[daemon]".into());
+            out.insert(1, line);
+        } else {
+            out.insert(at, line);
+        }
+    }
+    out.join("\n") + "\n"
 }
 
 /// Runs `xlb ARGS...` in `ns` (or in the current namespace when `None`).

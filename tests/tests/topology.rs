@@ -13,7 +13,7 @@ use xlb_testbed::{
 
 fn config(forwarding: &str, vip4: IpAddr, vip6: IpAddr, backends: usize) -> String {
     let mut s = String::from(
-        "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nxdp_mode = \"native\"\nmetrics = \"\"\nconntrack_entries = 65536\nadmin_socket = \"/tmp/xlb-test.sock\"\n",
+        "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nxdp_mode = \"native\"\nmetrics = \"\"\nconntrack_entries = 65536\n",
     );
     for (name, vip, fam) in [("www4", vip4.to_string(), 4), ("www6", format!("[{vip6}]"), 6)] {
         s += &format!(
@@ -81,9 +81,7 @@ fn nat_v4_and_v6_spread_stick_and_leave_host_traffic_alone() {
     assert!(log.contains(&CLIENT_V6.to_string()), "backends did not see the client's v6 address:\n{log}");
 
     // Counters are exact: 60 new connections + 1 kept-alive one per family.
-    let out = xlb(Some(topo.lb_ns()), &["status", "--socket", "/tmp/xlb-test.sock"]).unwrap();
-    let status = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "xlb status failed: {}", String::from_utf8_lossy(&out.stderr));
+    let status = d.status();
     for svc in ["www4", "www6"] {
         let new_flows: u64 = status
             .lines()
@@ -176,7 +174,7 @@ fn sighup_reload_adds_removes_and_refuses_a_broken_file() {
     let topo = Topology::new(3).unwrap();
     let _web = topo.start_nginx_all().unwrap();
     let with = |backends: &[usize]| {
-        let mut s = String::from("[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"\"\nadmin_socket = \"/tmp/xlb-test-reload.sock\"\n\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:80\"\n[service.health]\ncheck = \"none\"\n");
+        let mut s = String::from("[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"\"\n\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:80\"\n[service.health]\ncheck = \"none\"\n");
         for n in backends {
             s += &format!("[[service.backend]]\naddress = \"198.18.1.{}:80\"\n", 10 + n);
         }
@@ -186,7 +184,7 @@ fn sighup_reload_adds_removes_and_refuses_a_broken_file() {
     let url = http_url(VIP_V4.into(), 80, "/");
     let reload = |text: &str, expect: &str| {
         let before = d.log_text().matches(expect).count();
-        std::fs::write(&d.config, text).unwrap();
+        d.write_config(text).unwrap();
         d.signal(libc::SIGHUP).unwrap();
         let t0 = std::time::Instant::now();
         while d.log_text().matches(expect).count() == before {

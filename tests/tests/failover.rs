@@ -1,0 +1,355 @@
+//! Health checks driving failover, for real: xlb in the lb namespace checks
+//! nginx on web1..webN; the tests kill and revive nginx (or make it refuse
+//! with an nftables rule) and watch where new and established connections go.
+//!
+//! Needs root and a release build with the XDP object (`cargo xtask test`).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use xlb_testbed::{http_url, require_root, xlb::Daemon, KeptAlive, Topology, VIP_V4};
+
+/// Fast checks, as an operator of the seed's setup would set them.
+const INTERVAL_MS: u64 = 200;
+const FALL: u64 = 2;
+const RISE: u64 = 2;
+/// Allowed on top of `interval x fall` (or `x rise`) for the jitter, the
+/// table rewrite and the client's own connect: the issue's "small margin".
+const MARGIN_MS: u64 = 600;
+
+struct Svc<'a> {
+    check: &'a str,
+    rise: u64,
+    fall: u64,
+    preempt: bool,
+    /// (web number, role, weight)
+    backends: Vec<(usize, &'a str, u32)>,
+}
+
+impl Svc<'_> {
+    fn toml(&self) -> String {
+        let mut s = format!(
+            "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"\"\nconntrack_entries = 65536\n\n\
+             [[service]]\nname = \"www\"\nvip = \"{VIP_V4}:80\"\npreempt = {}\n\
+             [service.health]\ncheck = \"{}\"\npath = \"/health\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {}\nfall = {}\n",
+            self.preempt, self.check, self.rise, self.fall
+        );
+        for (n, role, weight) in &self.backends {
+            s += &format!("[[service.backend]]\naddress = \"198.18.1.{}:80\"\nrole = \"{role}\"\nweight = {weight}\n", 10 + n);
+        }
+        s
+    }
+}
+
+fn vip_url() -> String {
+    http_url(VIP_V4.into(), 80, "/")
+}
+
+fn vip_addr() -> SocketAddr {
+    SocketAddr::new(VIP_V4.into(), 80)
+}
+
+/// Fresh connections to the VIP: how many each backend answered.
+fn spread(topo: &Topology, d: &Daemon, n: usize) -> BTreeMap<String, usize> {
+    let replies =
+        topo.client().get_many(&vip_url(), n, None, true).unwrap_or_else(|e| panic!("{e:#}\nxlb log:\n{}", d.log_text()));
+    let mut m = BTreeMap::new();
+    for r in replies {
+        *m.entry(r.body.trim().to_string()).or_insert(0) += 1;
+    }
+    m
+}
+
+fn names(m: &BTreeMap<String, usize>) -> Vec<String> {
+    m.keys().cloned().collect()
+}
+
+/// Opens a new connection to the VIP every ~20 ms until `backend` answers
+/// one; returns how long that took (gives up after 10 s).
+fn until_answered_by(topo: &Topology, backend: &str, since: Instant) -> Duration {
+    let url = vip_url();
+    loop {
+        let got = topo.client().get_many(&url, 1, None, true).ok();
+        if got.as_ref().is_some_and(|r| r[0].body.trim() == backend) {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < Duration::from_secs(10), "{backend} never answered (last: {got:?})");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_log(d: &Daemon, what: &str) {
+    d.wait_log(Duration::from_secs(10), what, |l| l.contains(what)).unwrap();
+}
+
+/// Waits until every backend has been checked once (its first check decides
+/// at once; the tests want the hysteresis that follows).
+fn wait_checked(d: &Daemon) {
+    let t0 = Instant::now();
+    while d.status().contains("not checked yet") {
+        assert!(t0.elapsed() < Duration::from_secs(5), "backends not checked within 5 s:\n{}", d.status());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn backend_row(status: &str, addr: &str) -> String {
+    status.lines().find(|l| l.starts_with("www ") && l.contains(addr)).unwrap_or_default().to_string()
+}
+
+/// Active-passive: web1 primary, web2 backup. Kill web1: web2 answers within
+/// interval x fall (+ margin); revive it: new connections come back; kill
+/// both: VIP traffic is dropped and counted as no_backend.
+#[test]
+fn active_passive_fails_over_and_back() {
+    if !require_root("active-passive failover") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let mut web = topo.start_nginx_all().unwrap();
+    let svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: true, backends: vec![(1, "primary", 1), (2, "backup", 1)] };
+    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    wait_log(&d, "health checks started for 2 backends");
+    wait_checked(&d);
+    assert_eq!(names(&spread(&topo, &d, 20)), ["web1"], "active-passive: only the primary serves");
+
+    web[0].stop().unwrap();
+    let failover = until_answered_by(&topo, "web2", Instant::now());
+    eprintln!("failover (kill web1 -> first answer from web2): {} ms", failover.as_millis());
+    assert!(
+        failover <= Duration::from_millis(INTERVAL_MS * FALL + MARGIN_MS),
+        "failover took {failover:?}; log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(names(&spread(&topo, &d, 20)), ["web2"], "after the failover");
+    let log = d.log_text();
+    assert!(log.contains("backend www/198.18.1.11:80 is DOWN after 2 failed checks: refused"), "log:\n{log}");
+    assert!(log.contains("service www: new flows now go to the backup backends"), "log:\n{log}");
+    let status = d.status();
+    let row = backend_row(&status, "198.18.1.11:80");
+    assert!(row.contains("down") && row.contains("refused"), "web1's status row: {row:?}\n{status}");
+
+    web[0].start().unwrap();
+    let failback = until_answered_by(&topo, "web1", Instant::now());
+    eprintln!("failback (web1 back -> first answer from web1): {} ms", failback.as_millis());
+    assert!(
+        failback <= Duration::from_millis(INTERVAL_MS * RISE + MARGIN_MS),
+        "failback took {failback:?}; log:\n{}",
+        d.log_text()
+    );
+    assert_eq!(names(&spread(&topo, &d, 20)), ["web1"], "after the failback (preempt)");
+    assert!(d.log_text().contains("backend www/198.18.1.11:80 is UP after 2 successful checks"));
+
+    // Nothing up: new connections get no answer, and xlb counts why.
+    web[0].stop().unwrap();
+    web[1].stop().unwrap();
+    wait_log(&d, "service www: no backend takes new flows");
+    let r = topo.client().get_many(&vip_url(), 1, None, true);
+    assert!(r.is_err(), "a connection was answered with no backend up: {r:?}");
+    let status = d.status();
+    let dropped: u64 = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("no_backend"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 1, "no_backend drops not counted:\n{status}");
+}
+
+/// `preempt = false`: after a failover, traffic stays on the backup when the
+/// primary recovers, and moves back only when the backup fails.
+#[test]
+fn no_preempt_stays_on_the_backup() {
+    if !require_root("no-preempt failover") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let mut web = topo.start_nginx_all().unwrap();
+    let svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: false, backends: vec![(1, "primary", 1), (2, "backup", 1)] };
+    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    wait_checked(&d);
+    assert_eq!(names(&spread(&topo, &d, 10)), ["web1"]);
+
+    web[0].stop().unwrap();
+    until_answered_by(&topo, "web2", Instant::now());
+    web[0].start().unwrap();
+    wait_log(&d, "backend www/198.18.1.11:80 is UP");
+    assert_eq!(names(&spread(&topo, &d, 20)), ["web2"], "no preemption: the recovered primary takes no new flows");
+    let row = backend_row(&d.status(), "198.18.1.11:80");
+    assert!(row.contains(" up "), "web1 is up again: {row:?}");
+
+    web[1].stop().unwrap();
+    until_answered_by(&topo, "web1", Instant::now());
+    assert_eq!(names(&spread(&topo, &d, 20)), ["web1"], "the backup failed: back to the primary");
+}
+
+/// Opens kept-alive connections until each of `want` backends holds at
+/// least one; returns them with the backend that answered.
+fn connections_on(topo: &Topology, want: &[&str]) -> Vec<(KeptAlive, String)> {
+    let mut conns = Vec::new();
+    for _ in 0..60 {
+        let mut k = KeptAlive::open(topo.client_ns(), vip_addr()).unwrap();
+        let (status, body) = k.get("/").unwrap();
+        assert_eq!(status, 200);
+        conns.push((k, body.trim().to_string()));
+        if want.iter().all(|w| conns.iter().any(|(_, b)| b == w)) {
+            return conns;
+        }
+    }
+    panic!("60 connections never covered {want:?}");
+}
+
+/// Every connection still answers, from the same backend as before.
+fn assert_still_served(conns: &mut [(KeptAlive, String)], when: &str) {
+    for (k, was) in conns.iter_mut() {
+        let (status, body) = k.get("/").unwrap_or_else(|e| panic!("{when}: kept-alive connection to {was} broke: {e:#}"));
+        assert_eq!((status, body.trim()), (200, was.as_str()), "{when}: a kept-alive connection moved");
+    }
+}
+
+/// Active-active over three primaries: web3 dies, its share moves to web1
+/// and web2; connections to web1 and web2 keep working (same backend) through
+/// the failure and the recovery.
+#[test]
+fn active_active_moves_only_the_dead_backends_share() {
+    if !require_root("active-active failover") {
+        return;
+    }
+    let topo = Topology::new(3).unwrap();
+    let mut web = topo.start_nginx_all().unwrap();
+    let svc = Svc {
+        check: "tcp",
+        rise: RISE,
+        fall: FALL,
+        preempt: true,
+        backends: vec![(1, "primary", 1), (2, "primary", 1), (3, "primary", 1)],
+    };
+    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    wait_checked(&d);
+    assert_eq!(names(&spread(&topo, &d, 60)), ["web1", "web2", "web3"]);
+    let mut survivors: Vec<_> =
+        connections_on(&topo, &["web1", "web2"]).into_iter().filter(|(_, b)| b != "web3").collect();
+
+    web[2].stop().unwrap();
+    wait_log(&d, "backend www/198.18.1.13:80 is DOWN");
+    let m = spread(&topo, &d, 60);
+    assert_eq!(names(&m), ["web1", "web2"], "web3's share moved to the others: {m:?}");
+    assert_still_served(&mut survivors, "after web3 failed");
+
+    web[2].start().unwrap();
+    wait_log(&d, "backend www/198.18.1.13:80 is UP");
+    assert_eq!(names(&spread(&topo, &d, 60)), ["web1", "web2", "web3"], "web3 takes new flows again");
+    assert_still_served(&mut survivors, "after web3 recovered");
+}
+
+/// Makes web`n` refuse port 80 (TCP reset) with an nftables rule, or lifts it.
+fn refuse(topo: &Topology, n: usize, on: bool) {
+    let ns = topo.backend(n).ns();
+    if on {
+        let rules = b"table inet flap {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 80 reject with tcp reset\n }\n}\n";
+        let out = ns.exec_stdin(&["nft", "-f", "-"], rules, Duration::from_secs(5)).unwrap();
+        assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
+    } else {
+        ns.must(&["nft", "delete", "table", "inet", "flap"]);
+    }
+}
+
+/// rise/fall hysteresis: with fall = rise = 3, refusing for one check at a
+/// time (250 ms windows, checks ~200 ms apart) never takes web1 down; a
+/// sustained failure does, and it comes back only after 3 good checks.
+#[test]
+fn flapping_backend_is_held_by_hysteresis() {
+    if !require_root("flapping backend") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let _web = topo.start_nginx_all().unwrap();
+    let svc = Svc { check: "tcp", rise: 3, fall: 3, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
+    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    wait_checked(&d);
+
+    for _ in 0..5 {
+        refuse(&topo, 1, true);
+        std::thread::sleep(Duration::from_millis(250));
+        refuse(&topo, 1, false);
+        std::thread::sleep(Duration::from_millis(650));
+    }
+    let log = d.log_text();
+    assert!(
+        log.contains("backend www/198.18.1.11:80: check failed: refused") && log.contains("(1 of 3 to go down)"),
+        "the flapping was not even seen by the checks; log:\n{log}"
+    );
+    assert!(!log.contains("198.18.1.11:80 is DOWN"), "a short failure took web1 down; log:\n{log}");
+    assert_eq!(names(&spread(&topo, &d, 40)), ["web1", "web2"], "web1 kept its share");
+
+    refuse(&topo, 1, true);
+    wait_log(&d, "backend www/198.18.1.11:80 is DOWN after 3 failed checks: refused");
+    refuse(&topo, 1, false);
+    wait_log(&d, "backend www/198.18.1.11:80 is UP after 3 successful checks");
+    let log = d.log_text();
+    let tail = &log[log.find("198.18.1.11:80 is DOWN").unwrap()..];
+    assert!(
+        tail.contains("check ok (1 of 3 to come up)") && tail.contains("check ok (2 of 3 to come up)"),
+        "web1 came up before 3 good checks; log:\n{log}"
+    );
+}
+
+/// `xlb drain`: new connections avoid the backend, established ones go on;
+/// `xlb enable` brings it back; weight = 0 by `xlb reload` does the same;
+/// a broken reload is refused with the file and field named.
+#[test]
+fn drain_weight_zero_and_reload_keep_established_flows() {
+    if !require_root("drain and reload") {
+        return;
+    }
+    let topo = Topology::new(2).unwrap();
+    let _web = topo.start_nginx_all().unwrap();
+    let mut svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
+    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    let mut conns = connections_on(&topo, &["web1", "web2"]);
+
+    let out = d.ctl(&["drain", "www", "198.18.1.11:80"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("drained"), "xlb drain: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(names(&spread(&topo, &d, 40)), ["web2"], "drained web1 takes no new flows");
+    assert_still_served(&mut conns, "web1 drained");
+    let row = backend_row(&d.status(), "198.18.1.11:80");
+    assert!(row.contains("drained"), "status row of the drained backend: {row:?}");
+
+    for (args, why) in [
+        (["drain", "www", "198.18.9.9:80"], "service www has no backend 198.18.9.9:80"),
+        (["drain", "nope", "198.18.1.11:80"], "no service named \"nope\""),
+    ] {
+        let out = d.ctl(&args).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(err.contains(why), "{args:?}: {err}");
+    }
+
+    // Enabled by address alone (unique in the service).
+    assert!(d.ctl(&["enable", "www", "198.18.1.11"]).unwrap().status.success());
+    assert_eq!(names(&spread(&topo, &d, 40)), ["web1", "web2"], "enabled web1 takes new flows again");
+
+    // weight = 0 by reload: the same as a drain.
+    svc.backends[0].2 = 0;
+    d.write_config(&svc.toml()).unwrap();
+    let out = d.ctl(&["reload"]).unwrap();
+    assert!(out.status.success(), "xlb reload: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("reloaded"));
+    assert_eq!(names(&spread(&topo, &d, 40)), ["web2"], "weight 0 takes no new flows");
+    assert_still_served(&mut conns, "web1 at weight 0");
+
+    // A broken file: refused, named, and the running config keeps serving.
+    d.write_config(&svc.toml().replace("rise = 2", "rise = 2\nfaal = 3")).unwrap();
+    let out = d.ctl(&["reload"]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "a broken reload must fail: {err}");
+    assert!(
+        err.contains("reload refused") && err.contains("xlb.toml") && err.contains("faal"),
+        "the refusal names the file and the field: {err}"
+    );
+    assert_eq!(names(&spread(&topo, &d, 40)), ["web2"], "still serving the previous config");
+    assert_still_served(&mut conns, "after a refused reload");
+}
