@@ -429,7 +429,7 @@ impl Balancer {
         self.slots_written += written as u64;
         if written > 0 {
             self.rebuilds += 1;
-            log::info!("service {}: {} of {} table slots rewritten in {took:.1} ms", svc.cfg.name, written, ring.len());
+            log::info!("service {}: {} of {} table slots rewritten in {took:.2} ms", svc.cfg.name, written, ring.len());
         }
         let first = svc.ring.is_empty();
         svc.ring = ring;

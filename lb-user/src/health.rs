@@ -148,10 +148,10 @@ impl Checker {
             keep
         });
         for (t, hc) in wanted {
-            if !self.tasks.contains_key(&t) {
+            self.tasks.entry(t).or_insert_with(|| {
                 let task = tokio::spawn(check_loop(bal.clone(), t, hc.clone()));
-                self.tasks.insert(t, (hc, task));
-            }
+                (hc, task)
+            });
         }
     }
 

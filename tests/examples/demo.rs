@@ -3,19 +3,22 @@
 //! client ──► lb (xlb, XDP on eth0/eth1) ──► web1 (primary) / web2 (replica)
 //!
 //! Sends a few hundred HTTP requests to the VIP (IPv4 and IPv6), prints which
-//! web server answered how many, and what xlb counted. Everything is torn down
-//! on every exit path (also Ctrl-C).
+//! web server answered how many; switches to active-passive with `xlb reload`,
+//! kills web1 and shows the failover to web2 and the failback when web1
+//! returns; prints what xlb counted. Everything is torn down on every exit
+//! path (also Ctrl-C).
 
 use std::{
     collections::BTreeMap,
     net::IpAddr,
     sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use xlb_testbed::{
     http_url, is_root,
-    xlb::{xlb, Daemon},
+    xlb::Daemon,
     Topology, VIP_V4, VIP_V6,
 };
 
@@ -27,14 +30,14 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 const REQUESTS: usize = 200;
 
-fn config() -> String {
+/// `replica_role`: "primary" (active-active) or "backup" (active-passive).
+fn config(replica_role: &str) -> String {
     format!(
         r#"# www.foobar.com: one VIP in front of a primary and a replica web server.
 [daemon]
 interfaces = ["eth0", "eth1"]   # client side, backend side
 xdp_mode = "native"
 metrics = ""
-admin_socket = "/run/xlb/demo-{pid}.sock"
 
 [[service]]
 name = "www"
@@ -42,12 +45,18 @@ vip = "{VIP_V4}:80"
 forwarding = "nat"
 
 [service.health]
-check = "none"
+check = "http"                # GET /health every 200 ms; 2 failures: down, 2 successes: up
+path = "/health"
+interval_ms = 200
+timeout_ms = 150
+rise = 2
+fall = 2
 
 [[service.backend]]
 address = "198.18.1.11:80"   # web1, primary
 [[service.backend]]
-address = "198.18.1.12:80"   # web2, replica (active-active: both take new flows)
+address = "198.18.1.12:80"   # web2, replica
+role = "{replica_role}"
 
 [[service]]
 name = "www6"
@@ -55,15 +64,63 @@ vip = "[{VIP_V6}]:80"
 forwarding = "nat"
 
 [service.health]
-check = "none"
+check = "http"
+path = "/health"
+interval_ms = 200
+timeout_ms = 150
+rise = 2
+fall = 2
 
 [[service.backend]]
 address = "[2001:db8:1::11]:80"
 [[service.backend]]
 address = "[2001:db8:1::12]:80"
-"#,
-        pid = std::process::id()
+role = "{replica_role}"
+"#
     )
+}
+
+/// `n` new connections to `url`: how many each backend answered.
+fn spread(topo: &Topology, url: &str, n: usize) -> Result<BTreeMap<String, usize>> {
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for r in topo.client().get_many(url, n, None, true)? {
+        *per.entry(r.body.trim().to_string()).or_default() += 1;
+    }
+    Ok(per)
+}
+
+fn print_spread(per: &BTreeMap<String, usize>, n: usize) {
+    for (b, c) in per {
+        println!("   {b:<6} served {c:>4}  {}", "#".repeat(c * 40 / n));
+    }
+}
+
+/// New connections every 20 ms until `backend` answers (10 s at most);
+/// prints what happened on the way.
+fn until_answered_by(topo: &Topology, d: &Daemon, url: &str, backend: &str, t0: Instant) -> Result<Duration> {
+    let mut failed = 0;
+    let mut seen_log = d.log_text().lines().count();
+    loop {
+        check_interrupt()?;
+        let got = topo.client().get_many(url, 1, None, true);
+        let log = d.log_text();
+        for l in log.lines().skip(seen_log).filter(|l| l.contains("backend www") || l.contains("new flows now")) {
+            println!("   +{:>4} ms  xlb: {}", t0.elapsed().as_millis(), l.split_once("] ").map(|(_, r)| r).unwrap_or(l));
+        }
+        seen_log = log.lines().count();
+        match got {
+            Ok(r) if r[0].body.trim() == backend => {
+                let t = t0.elapsed();
+                println!("   +{:>4} ms  first answer from {backend} ({failed} attempts failed or went elsewhere before)", t.as_millis());
+                return Ok(t);
+            }
+            _ => failed += 1,
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("{backend} did not answer within 10 s; xlb log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn check_interrupt() -> Result<()> {
@@ -82,12 +139,12 @@ fn main() -> Result<()> {
 
     println!("== building the www.foobar.com setup in network namespaces");
     let topo = Topology::new(2).context("building the topology")?;
-    let _web = topo.start_nginx_all().context("starting nginx on web1 and web2")?;
+    let mut web = topo.start_nginx_all().context("starting nginx on web1 and web2")?;
     println!("   client 198.18.0.1 -> lb (VIP {VIP_V4}, {VIP_V6}) -> web1 198.18.1.11, web2 198.18.1.12");
     check_interrupt()?;
 
     println!("== starting xlb in the lb namespace");
-    let d = Daemon::start(topo.lb_ns(), &config(), &["eth0", "eth1"])?;
+    let d = Daemon::start(topo.lb_ns(), &config("primary"), &["eth0", "eth1"])?;
     for l in d.log_text().lines().filter(|l| l.contains("attached") || l.contains("service")) {
         println!("   {}", l.split_once("] ").map(|(_, r)| r).unwrap_or(l));
     }
@@ -95,24 +152,46 @@ fn main() -> Result<()> {
     for vip in [IpAddr::from(VIP_V4), IpAddr::from(VIP_V6)] {
         check_interrupt()?;
         let url = http_url(vip, 80, "/");
-        println!("== {REQUESTS} requests to {url}, a new connection each");
-        let replies = topo.client().get_many(&url, REQUESTS, None, true)?;
-        let mut per: BTreeMap<String, usize> = BTreeMap::new();
-        for r in &replies {
-            *per.entry(r.body.trim().to_string()).or_default() += 1;
-        }
-        for (b, n) in &per {
-            println!("   {b:<6} served {n:>4}  {}", "#".repeat(n * 40 / REQUESTS));
-        }
+        println!("== active-active: {REQUESTS} requests to {url}, a new connection each");
+        print_spread(&spread(&topo, &url, REQUESTS)?, REQUESTS);
         check_interrupt()?;
         println!("== 50 requests on one kept-alive connection to {url}");
         let bodies = topo.client().curl_many_keepalive(&url, 50)?;
         println!("   all 50 answered by {} (a connection stays on its backend)", bodies[0].trim());
     }
 
+    check_interrupt()?;
+    println!("== active-passive: web2 becomes the backup (xlb reload)");
+    d.write_config(&config("backup"))?;
+    let out = d.ctl(&["reload"])?;
+    if !out.status.success() {
+        bail!("xlb reload failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    print!("   {}", String::from_utf8_lossy(&out.stdout));
+    let url = http_url(VIP_V4.into(), 80, "/");
+    print_spread(&spread(&topo, &url, 20)?, 20);
+
+    println!("== web1 dies (nginx stopped); new connections every 20 ms");
+    web[0].stop()?;
+    let t0 = Instant::now();
+    println!("   +   0 ms  web1 stopped");
+    let failover = until_answered_by(&topo, &d, &url, "web2", t0)?;
+    print_spread(&spread(&topo, &url, 20)?, 20);
+
+    println!("== web1 returns");
+    web[0].start()?;
+    let t0 = Instant::now();
+    println!("   +   0 ms  web1 started");
+    let failback = until_answered_by(&topo, &d, &url, "web1", t0)?;
+    print_spread(&spread(&topo, &url, 20)?, 20);
+    println!(
+        "   failover {} ms, failback {} ms (checks every 200 ms, fall 2, rise 2)",
+        failover.as_millis(),
+        failback.as_millis()
+    );
+
     println!("== what xlb counted (xlb status)");
-    let socket = format!("/run/xlb/demo-{}.sock", std::process::id());
-    let out = xlb(Some(topo.lb_ns()), &["status", "--socket", &socket])?;
+    let out = d.ctl(&["status"])?;
     if !out.status.success() {
         bail!("xlb status failed: {}", String::from_utf8_lossy(&out.stderr));
     }

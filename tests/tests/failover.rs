@@ -209,16 +209,17 @@ fn assert_still_served(conns: &mut [(KeptAlive, String)], when: &str) {
     }
 }
 
-/// Active-active over three primaries: web3 dies, its share moves to web1
-/// and web2; connections to web1 and web2 keep working (same backend) through
-/// the failure and the recovery.
+/// Active-active over three primaries: web3 goes silent (its packets are
+/// dropped, so checks time out), its share moves to web1 and web2;
+/// connections to web1 and web2 keep working (same backend) through the
+/// failure and the recovery.
 #[test]
 fn active_active_moves_only_the_dead_backends_share() {
     if !require_root("active-active failover") {
         return;
     }
     let topo = Topology::new(3).unwrap();
-    let mut web = topo.start_nginx_all().unwrap();
+    let _web = topo.start_nginx_all().unwrap();
     let svc = Svc {
         check: "tcp",
         rise: RISE,
@@ -232,13 +233,13 @@ fn active_active_moves_only_the_dead_backends_share() {
     let mut survivors: Vec<_> =
         connections_on(&topo, &["web1", "web2"]).into_iter().filter(|(_, b)| b != "web3").collect();
 
-    web[2].stop().unwrap();
-    wait_log(&d, "backend www/198.18.1.13:80 is DOWN");
+    silence(&topo, 3, true);
+    wait_log(&d, "backend www/198.18.1.13:80 is DOWN after 2 failed checks: timeout");
     let m = spread(&topo, &d, 60);
     assert_eq!(names(&m), ["web1", "web2"], "web3's share moved to the others: {m:?}");
     assert_still_served(&mut survivors, "after web3 failed");
 
-    web[2].start().unwrap();
+    silence(&topo, 3, false);
     wait_log(&d, "backend www/198.18.1.13:80 is UP");
     assert_eq!(names(&spread(&topo, &d, 60)), ["web1", "web2", "web3"], "web3 takes new flows again");
     assert_still_served(&mut survivors, "after web3 recovered");
@@ -246,10 +247,21 @@ fn active_active_moves_only_the_dead_backends_share() {
 
 /// Makes web`n` refuse port 80 (TCP reset) with an nftables rule, or lifts it.
 fn refuse(topo: &Topology, n: usize, on: bool) {
+    nft_port80(topo, n, on.then_some("reject with tcp reset"));
+}
+
+/// Makes web`n` drop everything to port 80 (a hung host), or lifts it.
+fn silence(topo: &Topology, n: usize, on: bool) {
+    nft_port80(topo, n, on.then_some("drop"));
+}
+
+fn nft_port80(topo: &Topology, n: usize, verdict: Option<&str>) {
     let ns = topo.backend(n).ns();
-    if on {
-        let rules = b"table inet flap {\n chain input {\n  type filter hook input priority 0; policy accept;\n  tcp dport 80 reject with tcp reset\n }\n}\n";
-        let out = ns.exec_stdin(&["nft", "-f", "-"], rules, Duration::from_secs(5)).unwrap();
+    if let Some(verdict) = verdict {
+        let rules = format!(
+            "table inet flap {{\n chain input {{\n  type filter hook input priority 0; policy accept;\n  tcp dport 80 {verdict}\n }}\n}}\n"
+        );
+        let out = ns.exec_stdin(&["nft", "-f", "-"], rules.as_bytes(), Duration::from_secs(5)).unwrap();
         assert!(out.status.success(), "nft: {}", String::from_utf8_lossy(&out.stderr));
     } else {
         ns.must(&["nft", "delete", "table", "inet", "flap"]);
