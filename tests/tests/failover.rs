@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use xlb_testbed::{http_url, require_root, xlb::Daemon, KeptAlive, Topology, VIP_V4};
+use xlb_testbed::{http_url, require_root, xlb::Daemon, KeptAlive, Nginx, Topology, VIP_V4};
 
 /// Fast checks, as an operator of the seed's setup would set them.
 const INTERVAL_MS: u64 = 200;
@@ -95,6 +95,19 @@ fn wait_checked(d: &Daemon) {
     }
 }
 
+/// `n` web servers with nginx, and xlb serving `svc` once every backend has
+/// been checked. Bind as `let (topo, web, d) = ...`: the daemon goes first.
+fn start(n: usize, svc: &Svc) -> (Topology, Vec<Nginx>, Daemon) {
+    let topo = Topology::new(n).unwrap();
+    let web = topo.start_nginx_all().unwrap();
+    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    if svc.check != "none" {
+        wait_log(&d, &format!("health checks started for {} backends", svc.backends.len()));
+        wait_checked(&d);
+    }
+    (topo, web, d)
+}
+
 fn backend_row(status: &str, addr: &str) -> String {
     status.lines().find(|l| l.starts_with("www ") && l.contains(addr)).unwrap_or_default().to_string()
 }
@@ -107,12 +120,8 @@ fn active_passive_fails_over_and_back() {
     if !require_root("active-passive failover") {
         return;
     }
-    let topo = Topology::new(2).unwrap();
-    let mut web = topo.start_nginx_all().unwrap();
     let svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: true, backends: vec![(1, "primary", 1), (2, "backup", 1)] };
-    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
-    wait_log(&d, "health checks started for 2 backends");
-    wait_checked(&d);
+    let (topo, mut web, d) = start(2, &svc);
     assert_eq!(names(&spread(&topo, &d, 20)), ["web1"], "active-passive: only the primary serves");
 
     web[0].stop().unwrap();
@@ -165,11 +174,8 @@ fn no_preempt_stays_on_the_backup() {
     if !require_root("no-preempt failover") {
         return;
     }
-    let topo = Topology::new(2).unwrap();
-    let mut web = topo.start_nginx_all().unwrap();
     let svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: false, backends: vec![(1, "primary", 1), (2, "backup", 1)] };
-    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
-    wait_checked(&d);
+    let (topo, mut web, d) = start(2, &svc);
     assert_eq!(names(&spread(&topo, &d, 10)), ["web1"]);
 
     web[0].stop().unwrap();
@@ -218,8 +224,6 @@ fn active_active_moves_only_the_dead_backends_share() {
     if !require_root("active-active failover") {
         return;
     }
-    let topo = Topology::new(3).unwrap();
-    let _web = topo.start_nginx_all().unwrap();
     let svc = Svc {
         check: "tcp",
         rise: RISE,
@@ -227,8 +231,7 @@ fn active_active_moves_only_the_dead_backends_share() {
         preempt: true,
         backends: vec![(1, "primary", 1), (2, "primary", 1), (3, "primary", 1)],
     };
-    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
-    wait_checked(&d);
+    let (topo, _web, d) = start(3, &svc);
     assert_eq!(names(&spread(&topo, &d, 60)), ["web1", "web2", "web3"]);
     let mut survivors: Vec<_> =
         connections_on(&topo, &["web1", "web2"]).into_iter().filter(|(_, b)| b != "web3").collect();
@@ -276,11 +279,8 @@ fn flapping_backend_is_held_by_hysteresis() {
     if !require_root("flapping backend") {
         return;
     }
-    let topo = Topology::new(2).unwrap();
-    let _web = topo.start_nginx_all().unwrap();
     let svc = Svc { check: "tcp", rise: 3, fall: 3, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
-    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
-    wait_checked(&d);
+    let (topo, _web, d) = start(2, &svc);
 
     for _ in 0..5 {
         refuse(&topo, 1, true);
@@ -316,10 +316,8 @@ fn drain_weight_zero_and_reload_keep_established_flows() {
     if !require_root("drain and reload") {
         return;
     }
-    let topo = Topology::new(2).unwrap();
-    let _web = topo.start_nginx_all().unwrap();
     let mut svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
-    let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
+    let (topo, _web, d) = start(2, &svc);
     let mut conns = connections_on(&topo, &["web1", "web2"]);
 
     let out = d.ctl(&["drain", "www", "198.18.1.11:80"]).unwrap();
