@@ -46,6 +46,8 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin::serve(listener, bal.clone()));
 
     let neigh_task = tokio::spawn(refresh_next_hops(bal.clone()));
+    // Monitoring (metrics.rs): rate sampler, /metrics and the status page.
+    let monitor = crate::metrics::Monitor::start(&cfg.daemon, bal.clone()).await?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -62,6 +64,7 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         t.abort();
         let _ = t.await;
     }
+    monitor.stop().await;
     let _ = std::fs::remove_file(&cfg.daemon.admin_socket);
     let bal = Arc::try_unwrap(bal).map_err(|_| anyhow::anyhow!("balancer still shared at shutdown"))?;
     let bal = bal.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -31,6 +31,17 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// The daemon's status, refreshed every second until Ctrl-C.
+    Top {
+        /// Admin socket (default: the config's admin_socket, else /run/xlb/xlb.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+    },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
         #[arg(short, long)]
@@ -45,6 +56,14 @@ enum Command {
     },
 }
 
+/// A refresh interval: 0.1 to 3600 seconds.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -54,6 +73,8 @@ fn main() -> ExitCode {
         Command::Status { socket, config } => xlb::admin::socket_path(socket, config.as_deref())
             .and_then(|p| xlb::admin::request(&p, "status"))
             .map(|t| print!("{t}")),
+        Command::Top { socket, config, interval } => xlb::admin::socket_path(socket, config.as_deref())
+            .and_then(|p| xlb::top::run(&p, std::time::Duration::from_secs_f64(interval))),
         Command::Explain { config, client, vip, protocol } => {
             xlb::explain::run(&config, &client, &vip, &protocol)
         }
