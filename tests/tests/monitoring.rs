@@ -380,8 +380,17 @@ fn status_page_renders_live_backends_in_a_browser() {
     }
     assert!(dom.contains("eth0 (") && dom.contains("conntrack: "), "header line missing:\n{dom}");
 
+    // The screenshot shows live rates: traffic and a few malformed frames meanwhile.
+    let frames = malformed(mac(topo.lb_ns(), "eth0"), mac(topo.client_ns(), "eth0"));
+    send_frames(topo.client_ns(), "eth0", &frames.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
     let shot = dir.path().join("status-page.png");
-    browse(&[&format!("--screenshot={}", shot.display()), "--hide-scrollbars"]);
+    let url = http_url(VIP_V4.into(), 80, "/");
+    std::thread::scope(|s| {
+        let traffic = s.spawn(|| topo.client().get_many(&url, 4000, None, true).map(|r| r.len()));
+        std::thread::sleep(Duration::from_millis(1200));
+        browse(&[&format!("--screenshot={}", shot.display()), "--hide-scrollbars"]);
+        assert_eq!(traffic.join().unwrap().unwrap(), 4000);
+    });
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a real screenshot ({} bytes)", png.len());
     if let Some(dest) = std::env::var_os("XLB_STATUS_SCREENSHOT") {
