@@ -24,8 +24,13 @@ use crate::{
 
 /// How often the sampler takes a snapshot.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// How often (in samples) the conntrack map is counted.
-pub const COUNT_CONNTRACK_EVERY: u64 = 2;
+/// Least time between two counts of the conntrack map.
+pub const COUNT_CONNTRACK_EVERY: Duration = Duration::from_secs(2);
+/// The time between two counts is also at least this many times what the
+/// last count took, so counting costs at most 1/20 of a core: a full
+/// 1M-entry map takes about 0.45 s to count (see examples/conntrack_count.rs),
+/// so it is counted about every 9 s; 100k entries, every 2 s.
+pub const COUNT_CONNTRACK_SPACING: u32 = 20;
 
 /// Per-second rates of one backend.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -132,14 +137,15 @@ pub fn history() -> std::sync::MutexGuard<'static, History> {
 }
 
 /// Samples the counters every [`SAMPLE_EVERY`] into [`HISTORY`], and counts
-/// the conntrack map (`fd`, capacity) every [`COUNT_CONNTRACK_EVERY`] samples,
-/// until the task is aborted.
+/// the conntrack map (`fd`, capacity) as often as [`COUNT_CONNTRACK_EVERY`]
+/// and [`COUNT_CONNTRACK_SPACING`] allow, until the task is aborted.
 pub async fn sample(bal: Arc<Mutex<Balancer>>, conntrack: Option<(OwnedFd, u32)>) {
     let conntrack = conntrack.map(|(fd, limit)| (Arc::new(fd), limit));
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
-    for n in 0u64.. {
+    let mut next_count = std::time::Instant::now();
+    loop {
         tick.tick().await;
         // The balancer's lock is held for the map reads only.
         let snap = Snapshot::collect(&bal.lock().unwrap());
@@ -147,10 +153,14 @@ pub async fn sample(bal: Arc<Mutex<Balancer>>, conntrack: Option<(OwnedFd, u32)>
             Ok(s) => history().push(s),
             Err(e) => log::warn!("sampling counters: {e:#}"),
         }
-        if let (Some((fd, limit)), 0) = (&conntrack, n % COUNT_CONNTRACK_EVERY) {
+        let Some((fd, limit)) = &conntrack else { continue };
+        if std::time::Instant::now() >= next_count {
             let (fd, limit) = (fd.clone(), *limit);
             match tokio::task::spawn_blocking(move || conntrack_count::count(&fd, limit)).await {
-                Ok(Ok(c)) => history().conntrack = Some(c),
+                Ok(Ok(c)) => {
+                    next_count = c.at + COUNT_CONNTRACK_EVERY.max(c.took * COUNT_CONNTRACK_SPACING);
+                    history().conntrack = Some(c);
+                }
                 Ok(Err(e)) if !warned => {
                     log::warn!("counting conntrack entries failed (not retried in the log): {e}");
                     warned = true;
