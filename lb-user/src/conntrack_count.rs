@@ -14,22 +14,38 @@ use std::{
 
 use lb_common::{FlowKey, FlowState};
 
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+pub const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+pub const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 /// Entries asked for per syscall.
 const BATCH: u32 = 8192;
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]
 #[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+pub struct BatchAttr {
+    pub in_batch: u64,
+    pub out_batch: u64,
+    pub keys: u64,
+    pub values: u64,
+    pub count: u32,
+    pub map_fd: u32,
+    pub elem_flags: u64,
+    pub flags: u64,
+}
+
+/// `bpf(cmd, attr)` for a `BPF_MAP_*_BATCH` command.
+///
+/// # Safety
+/// `attr`'s pointers must point at buffers of `attr.count` keys and values of
+/// the map's key and value types (and at u32 cursors), alive for the call.
+pub unsafe fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: the caller vouches for the buffers behind `attr`.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// One count of the conntrack map.
@@ -65,22 +81,13 @@ pub fn count(fd: &OwnedFd, limit: u32) -> io::Result<ConntrackCount> {
         };
         // SAFETY: `attr` points at buffers of `BATCH` keys and values of the
         // map's key and value types, and at two u32 cursors, all alive for the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                &mut attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
+        let result = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
         entries += u64::from(attr.count);
-        if rc != 0 {
-            let err = io::Error::last_os_error();
+        match result {
+            Ok(()) => {}
             // ENOENT: no more buckets; the last batch's entries are counted.
-            if err.raw_os_error() == Some(libc::ENOENT) {
-                break;
-            }
-            return Err(err);
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) => return Err(e),
         }
         cursor_in = cursor_out;
         first = false;

@@ -14,26 +14,11 @@ use std::{
 
 use lb_common::{addr_v4, FlowKey, FlowState, FAMILY_V4, PROTO_TCP};
 use xlb::{
-    conntrack_count,
+    conntrack_count::{self, BatchAttr, BPF_MAP_UPDATE_BATCH},
     dataplane::{Dataplane, Sizes},
 };
 
 const CAPACITY: u32 = 1_048_576;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
 fn key(i: u32) -> FlowKey {
     FlowKey {
         src: addr_v4([198, 18, (i >> 16) as u8, (i >> 8) as u8]),
@@ -59,8 +44,7 @@ fn fill(fd: &OwnedFd, from: u32, to: u32) {
             ..Default::default()
         };
         // SAFETY: keys and values hold `count` elements of the map's types.
-        let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_BATCH, &mut attr as *mut BatchAttr, size_of::<BatchAttr>() as u32) };
-        assert_eq!(rc, 0, "BPF_MAP_UPDATE_BATCH: {}", std::io::Error::last_os_error());
+        unsafe { conntrack_count::batch(BPF_MAP_UPDATE_BATCH, &mut attr) }.expect("BPF_MAP_UPDATE_BATCH");
     }
 }
 
