@@ -324,7 +324,7 @@ impl Monitor {
         let mut tasks = vec![tokio::spawn(crate::rates::sample(bal.clone(), conntrack))];
         if let Some(addr) = daemon.metrics {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("binding daemon.metrics address {addr} (in use by another program? set metrics = \"\" to turn it off)")
+                format!("binding daemon.metrics address {addr} (it must be an address of this host that no other program uses; metrics = \"\" turns the endpoint off)")
             })?;
             log::info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
             tasks.push(tokio::spawn(crate::http::serve(listener, bal)));

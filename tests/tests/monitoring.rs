@@ -255,7 +255,7 @@ fn http_answers_rates_status_and_top() {
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
     let socket = "/tmp/xlb-test-monitoring-top.sock";
-    let _d = Daemon::start(topo.lb_ns(), &config(socket, &[(1, "primary"), (2, "backup")]), &["eth0", "eth1"]).unwrap();
+    let mut d = Daemon::start(topo.lb_ns(), &config(socket, &[(1, "primary"), (2, "backup")]), &["eth0", "eth1"]).unwrap();
     let lb = topo.lb_ns();
 
     let (code, head) = get(lb, "/metrics", &["-I"]);
@@ -319,6 +319,17 @@ fn http_answers_rates_status_and_top() {
     assert_eq!(st.code(), Some(0), "xlb top exit status; output:\n{text}");
     assert!(text.contains("198.18.1.12:80") && text.contains("backup"), "{text}");
     assert!(text.ends_with("\x1b[?25h\x1b[?1049l"), "the terminal was not restored: {:?}", &text[text.len().saturating_sub(40)..]);
+
+    // An address the daemon cannot bind: a clear error, nothing left attached.
+    assert!(d.stop().unwrap().success(), "{}", d.log_text());
+    let bad = config(socket, &[(1, "primary")]).replace(METRICS, "198.18.5.5:9477");
+    let path = dir.path().join("bad-metrics.toml");
+    std::fs::write(&path, bad).unwrap();
+    let out = xlb(Some(lb), &["run", "-c", path.to_str().unwrap()]).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{err}");
+    assert!(err.contains("daemon.metrics address 198.18.5.5:9477"), "stderr:\n{err}");
+    assert!(!lb.must(&["ip", "link", "show", "eth0"]).contains(" xdp"), "XDP left attached after the refused start");
 }
 
 /// The status page in a real browser: headless Chromium loads `/`, the
