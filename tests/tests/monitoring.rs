@@ -341,9 +341,6 @@ fn status_page_renders_live_backends_in_a_browser() {
     if !require_root("monitoring status page") {
         return;
     }
-    let Some(chromium) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists()) else {
-        panic!("chromium is not installed; run `cargo xtask setup` (installs Debian's chromium)");
-    };
     let topo = Topology::new(3).unwrap();
     let _web = topo.start_nginx_all().unwrap();
     let socket = "/tmp/xlb-test-monitoring-page.sock";
@@ -352,33 +349,9 @@ fn status_page_renders_live_backends_in_a_browser() {
     topo.client().get_many(&http_url(VIP_V4.into(), 80, "/"), 40, None, true).unwrap();
 
     let dir = TempDir::new("chromium").unwrap();
-    let browse = |extra: &[&str]| {
-        let profile = dir.path().join(format!("profile-{}", extra.len()));
-        let profile_arg = format!("--user-data-dir={}", profile.display());
-        let mut argv = vec![
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-            &profile_arg,
-            "--virtual-time-budget=5000",
-            "--window-size=1500,820",
-        ];
-        argv.extend_from_slice(extra);
-        let url = format!("http://{METRICS}/");
-        argv.push(&url);
-        let out = run_with_timeout(&mut topo.lb_ns().command(&argv), None, Duration::from_secs(90)).unwrap();
-        assert!(out.status.success(), "chromium failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-
-    let dom = browse(&["--dump-dom"]);
+    let url = format!("http://{METRICS}/");
+    let browse = |n: usize, extra: &[&str]| chromium(topo.lb_ns(), &dir.path().join(format!("profile-{n}")), &url, extra);
+    let dom = browse(1, &["--dump-dom"]);
     for (addr, role) in [("198.18.1.11:80", "primary"), ("198.18.1.12:80", "primary"), ("198.18.1.13:80", "backup")] {
         for svc_addr in [addr.to_string(), addr.replace("198.18.1.", "[2001:db8:1::").replace(":80", "]:80")] {
             let row = backend_row(&dom, &svc_addr).unwrap_or_else(|| panic!("no row for {svc_addr} in the rendered page:\n{dom}"));
@@ -399,7 +372,7 @@ fn status_page_renders_live_backends_in_a_browser() {
     std::thread::scope(|s| {
         let traffic = s.spawn(|| topo.client().get_many(&url, 4000, None, true).map(|r| r.len()));
         std::thread::sleep(Duration::from_millis(1200));
-        browse(&[&format!("--screenshot={}", shot.display()), "--hide-scrollbars"]);
+        browse(2, &[&format!("--screenshot={}", shot.display()), "--hide-scrollbars"]);
         assert_eq!(traffic.join().unwrap().unwrap(), 4000);
     });
     let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
@@ -409,10 +382,108 @@ fn status_page_renders_live_backends_in_a_browser() {
     }
 }
 
+/// Headless Chromium in `ns` loads `url` with a fresh profile in `profile`
+/// (bounded: 90 s); returns its standard output (`--dump-dom`: the DOM).
+fn chromium(ns: &Netns, profile: &Path, url: &str, extra: &[&str]) -> String {
+    let Some(bin) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists()) else {
+        panic!("chromium is not installed; run `cargo xtask setup` (installs Debian's chromium)");
+    };
+    let profile_arg = format!("--user-data-dir={}", profile.display());
+    let mut argv = vec![
+        bin,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        &profile_arg,
+        "--virtual-time-budget=5000",
+        "--window-size=1500,820",
+    ];
+    argv.extend_from_slice(extra);
+    argv.push(url);
+    let out = run_with_timeout(&mut ns.command(&argv), None, Duration::from_secs(90)).unwrap();
+    assert!(out.status.success(), "chromium failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// The `<tr ...>...</tr>` of the backend row for `addr` in the rendered DOM.
 fn backend_row<'a>(dom: &'a str, addr: &str) -> Option<&'a str> {
     let start = dom.find(&format!("data-backend=\"{addr}\""))?;
     let start = dom[..start].rfind("<tr")?;
     let end = start + dom[start..].find("</tr>")?;
     Some(&dom[start..end])
+}
+
+/// The page's script renders down and drained backends (which the daemon on
+/// this branch cannot produce without health checks) from `/status.json` as
+/// `xlb::status::json` writes it, served by a plain file server.
+#[test]
+fn status_page_renders_down_and_drained_backends() {
+    if !require_root("monitoring status page states") {
+        return;
+    }
+    use xlb::{
+        config::Role,
+        metrics::{BackendSample, ServiceSample, Snapshot, State},
+        status::{json, View},
+    };
+    let backend = |addr: &str, role, state| BackendSample {
+        address: addr.parse().unwrap(),
+        role,
+        weight: 1,
+        state,
+        since: std::time::SystemTime::now() - Duration::from_secs(125),
+        last_check: if state == State::Down { "status 503".into() } else { "ok".into() },
+        last_check_duration: Some(Duration::from_millis(3)),
+        transitions: if state == State::Down { 1 } else { 0 },
+        generation: 1,
+        stats: Default::default(),
+    };
+    let snap = Snapshot {
+        at: Instant::now(),
+        services: vec![ServiceSample {
+            name: "www".into(),
+            vip: "198.18.0.10:80".parse().unwrap(),
+            protocol: "tcp",
+            forwarding: "nat",
+            on_backup: true,
+            stats: Default::default(),
+            backends: vec![
+                backend("198.18.1.11:80", Role::Primary, State::Down),
+                backend("198.18.1.12:80", Role::Primary, State::Drained),
+                backend("198.18.1.13:80", Role::Backup, State::Up),
+            ],
+        }],
+        counters: vec![0; 16],
+        rebuilds: 1,
+        slots_written: 65537,
+        attached: vec![("eth0".into(), "native")],
+    };
+    let dir = TempDir::new("page-states").unwrap();
+    let site = dir.path().join("site");
+    std::fs::create_dir(&site).unwrap();
+    std::fs::write(site.join("index.html"), xlb::http::STATUS_PAGE).unwrap();
+    let body = serde_json::to_string(&json(&View { snap: &snap, rates: None, conntrack: None })).unwrap();
+    std::fs::write(site.join("status.json"), body).unwrap();
+
+    let ns = Netns::new(format!("{}-{}-page", xlb_testbed::netns::NS_PREFIX, xlb_testbed::run_suffix())).unwrap();
+    let addr = "127.0.0.1:9478";
+    let mut server = ns.command(&["python3", "-m", "http.server", "9478", "--bind", "127.0.0.1", "--directory", site.to_str().unwrap()]);
+    server.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let _server = xlb_testbed::BgProcess::spawn(server).unwrap();
+    eventually(10, "the file server", || if ns.tcp_connects(addr.parse().unwrap(), Duration::from_millis(200)) { Ok(()) } else { Err("no".into()) });
+    let dom = chromium(&ns, &dir.path().join("profile"), &format!("http://{addr}/"), &["--dump-dom"]);
+    for (a, role, state) in [("198.18.1.11:80", "primary", "down"), ("198.18.1.12:80", "primary", "drained"), ("198.18.1.13:80", "backup", "up")] {
+        let row = backend_row(&dom, a).unwrap_or_else(|| panic!("no row for {a}:\n{dom}"));
+        assert!(row.starts_with(&format!("<tr class=\"backend {state}")), "{a}: row class: {row}");
+        assert!(row.contains(&format!("<td class=\"l role\">{role}</td>")) && row.contains(&format!("<td class=\"l st\">{state}</td>")), "{a}: {row}");
+    }
+    assert!(backend_row(&dom, "198.18.1.11:80").unwrap().contains("status 503"));
+    assert!(backend_row(&dom, "198.18.1.13:80").unwrap().contains("backend up active"), "the backup takes new flows (on_backup)");
+    assert!(dom.contains("2/3 backends up") && dom.contains("new flows to the backups"), "caption:\n{dom}");
 }
