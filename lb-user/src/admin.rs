@@ -2,21 +2,18 @@
 //! one text answer out. `xlb status` is its client.
 
 use std::{
-    fmt::Write as _,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
-    time::SystemTime,
 };
 
 use anyhow::Context as _;
-use lb_common::counter;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
 };
 
-use crate::{balancer::Balancer, config::Role, daemon::Ctx};
+use crate::{balancer::Balancer, daemon::Ctx};
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -76,68 +73,14 @@ async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ago(t: SystemTime) -> String {
-    let s = t.elapsed().map(|d| d.as_secs()).unwrap_or(0);
-    match s {
-        0..=119 => format!("{s}s"),
-        120..=7199 => format!("{}m", s / 60),
-        _ => format!("{}h", s / 3600),
-    }
-}
-
-/// The status table.
+/// The status table: the balancer's state and counters, with the sampler's
+/// current rates (see `status::text`).
 pub fn status(bal: &Balancer) -> anyhow::Result<String> {
-    let mut o = String::new();
-    let attached: Vec<String> = bal.dp.attached().iter().map(|(i, m)| format!("{i} ({m})")).collect();
-    writeln!(o, "attached: {}", attached.join(", "))?;
-    writeln!(o, "conntrack entries: {}", bal.dp.conntrack_len()?)?;
-    writeln!(
-        o,
-        "\n{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>10} {:>12} {:>14}",
-        "SERVICE", "BACKEND", "ROLE", "STATE", "WEIGHT", "SINCE", "LAST CHECK", "NEW FLOWS", "PACKETS", "BYTES"
-    )?;
-    for s in &bal.services {
-        for b in &s.backends {
-            let st = bal.dp.backend_stats(b.slot)?;
-            let state = match (b.healthy, b.drained) {
-                (false, _) => "down",
-                (true, true) => "drained",
-                (true, false) => "up",
-            };
-            let role = match b.cfg.role {
-                Role::Primary => "primary",
-                Role::Backup => "backup",
-            };
-            writeln!(
-                o,
-                "{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>10} {:>12} {:>14}",
-                s.cfg.name,
-                b.cfg.address.to_string(),
-                role,
-                state,
-                b.cfg.weight,
-                ago(b.since),
-                b.last_check,
-                st.new_flows,
-                st.packets,
-                st.bytes
-            )?;
-        }
-    }
-    writeln!(o, "\n{:<10} {:<26} {:>10} {:>12} {:>10}", "SERVICE", "VIP", "NEW FLOWS", "ESTABLISHED", "REPICKED")?;
-    for s in &bal.services {
-        let st = bal.dp.service_stats(s.id)?;
-        let vip = format!("{} {}", s.cfg.protocol.as_str(), s.cfg.vip);
-        writeln!(o, "{:<10} {:<26} {:>10} {:>12} {:>10}", s.cfg.name, vip, st.new_flows, st.established, st.repicked)?;
-    }
-    let c = bal.dp.counters()?;
-    writeln!(o, "\ndropped:")?;
-    for (i, name) in counter::DROP_NAMES.iter().enumerate() {
-        writeln!(o, "  {name:<16} {}", c[i])?;
-    }
-    writeln!(o, "to the kernel: no route/neighbour {}, ttl {}", c[counter::PASS_NO_ROUTE as usize], c[counter::PASS_TTL as usize])?;
-    writeln!(o, "nat replies rewritten: {}", c[counter::REPLY_NAT as usize])?;
-    Ok(o)
+    let snap = crate::metrics::Snapshot::collect(bal)?;
+    let history = crate::rates::history();
+    let rates = history.rates();
+    let view = crate::status::View { snap: &snap, rates: rates.as_ref(), conntrack: history.conntrack.as_ref() };
+    Ok(crate::status::text(&view))
 }
 
 /// `xlb status`: asks the daemon at `socket`.

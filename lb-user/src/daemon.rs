@@ -98,6 +98,8 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     let admin_task = tokio::spawn(admin::serve(listener, ctx.clone()));
 
     let neigh_task = tokio::spawn(refresh_next_hops(bal.clone()));
+    // Monitoring (metrics.rs): rate sampler, /metrics and the status page.
+    let monitor = crate::metrics::Monitor::start(&cfg.daemon, bal.clone()).await?;
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -117,6 +119,7 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         t.abort();
         let _ = t.await;
     }
+    monitor.stop().await;
     ctx.checker.lock().unwrap().stop();
     drop(ctx);
     let _ = std::fs::remove_file(&cfg.daemon.admin_socket);

@@ -250,6 +250,18 @@ impl Dataplane {
             HashMap::try_from(self.map(maps::CONNTRACK))?;
         Ok(m.keys().filter(|k| k.is_ok()).count())
     }
+
+    /// A duplicate of the conntrack map's descriptor and the map's capacity,
+    /// so its entries can be counted without holding the balancer (see
+    /// `conntrack_count`).
+    pub fn conntrack_fd(&self) -> anyhow::Result<(std::os::fd::OwnedFd, u32)> {
+        use std::os::fd::AsFd as _;
+        let aya::maps::Map::LruHashMap(m) = self.map(maps::CONNTRACK) else {
+            bail!("{} is not an LRU hash map", maps::CONNTRACK);
+        };
+        let fd = m.fd().as_fd().try_clone_to_owned().context("duplicating the conntrack map descriptor")?;
+        Ok((fd, m.info()?.max_entries()))
+    }
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large

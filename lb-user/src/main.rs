@@ -50,6 +50,14 @@ enum Command {
         #[command(flatten)]
         daemon: DaemonArgs,
     },
+    /// The daemon's status, refreshed every second until Ctrl-C.
+    Top {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+    },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
         #[arg(short, long)]
@@ -84,6 +92,14 @@ impl DaemonArgs {
     }
 }
 
+/// A refresh interval: 0.1 to 3600 seconds.
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a number of seconds from 0.1 to 3600")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
@@ -94,6 +110,8 @@ fn main() -> ExitCode {
         Command::Drain { service, backend, daemon } => daemon.ask(&format!("drain {service} {backend}")),
         Command::Enable { service, backend, daemon } => daemon.ask(&format!("enable {service} {backend}")),
         Command::Reload { daemon } => daemon.ask("reload"),
+        Command::Top { daemon, interval } => xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
+            .and_then(|p| xlb::top::run(&p, std::time::Duration::from_secs_f64(interval))),
         Command::Explain { config, client, vip, protocol } => {
             xlb::explain::run(&config, &client, &vip, &protocol)
         }

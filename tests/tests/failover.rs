@@ -32,7 +32,7 @@ struct Svc<'a> {
 impl Svc<'_> {
     fn toml(&self) -> String {
         let mut s = format!(
-            "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"\"\nconntrack_entries = 65536\n\n\
+            "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"127.0.0.1:9477\"\nconntrack_entries = 65536\n\n\
              [[service]]\nname = \"www\"\nvip = \"{VIP_V4}:80\"\npreempt = {}\n\
              [service.health]\ncheck = \"{}\"\npath = \"/health\"\ninterval_ms = {INTERVAL_MS}\ntimeout_ms = 150\nrise = {}\nfall = {}\n",
             self.preempt, self.check, self.rise, self.fall
@@ -108,6 +108,12 @@ fn start(n: usize, svc: &Svc) -> (Topology, Vec<Nginx>, Daemon) {
     (topo, web, d)
 }
 
+/// The value of one metric line (`name{labels}`) on the daemon's /metrics.
+fn metric(topo: &Topology, series: &str) -> Option<f64> {
+    let text = topo.lb_ns().run(&["curl", "-sS", "--max-time", "5", "http://127.0.0.1:9477/metrics"]).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn backend_row(status: &str, addr: &str) -> String {
     status.lines().find(|l| l.starts_with("www ") && l.contains(addr)).unwrap_or_default().to_string()
 }
@@ -125,11 +131,12 @@ fn active_passive_fails_over_and_back() {
     assert_eq!(names(&spread(&topo, &d, 20)), ["web1"], "active-passive: only the primary serves");
 
     web[0].stop().unwrap();
+    let killed_at = std::time::SystemTime::now();
     let failover = until_answered_by(&topo, "web2", Instant::now());
     eprintln!("failover (kill web1 -> first answer from web2): {} ms", failover.as_millis());
     assert!(
         failover <= Duration::from_millis(INTERVAL_MS * FALL + MARGIN_MS),
-        "failover took {failover:?}; log:\n{}",
+        "failover took {failover:?} (web1 stopped at {killed_at:?}); log:\n{}",
         d.log_text()
     );
     assert_eq!(names(&spread(&topo, &d, 20)), ["web2"], "after the failover");
@@ -139,6 +146,10 @@ fn active_passive_fails_over_and_back() {
     let status = d.status();
     let row = backend_row(&status, "198.18.1.11:80");
     assert!(row.contains("down") && row.contains("refused"), "web1's status row: {row:?}\n{status}");
+    let web1 = "{service=\"www\",backend=\"198.18.1.11:80\"}";
+    assert_eq!(metric(&topo, &format!("xlb_backend_up{web1}")), Some(0.0));
+    assert_eq!(metric(&topo, &format!("xlb_backend_state_changes_total{web1}")), Some(1.0));
+    assert_eq!(metric(&topo, "xlb_service_on_backup{service=\"www\"}"), Some(1.0));
 
     web[0].start().unwrap();
     let failback = until_answered_by(&topo, "web1", Instant::now());
@@ -165,6 +176,8 @@ fn active_passive_fails_over_and_back() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(dropped >= 1, "no_backend drops not counted:\n{status}");
+    let metric_drops = metric(&topo, "xlb_dropped_packets_total{reason=\"no_backend\"}").unwrap();
+    assert!(metric_drops >= dropped as f64, "no_backend drops on /metrics: {metric_drops}, in status: {dropped}");
 }
 
 /// `preempt = false`: after a failover, traffic stays on the backup when the

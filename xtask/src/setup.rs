@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cmd::{self, command, display, is_root, probe, run};
 
 /// Debian packages the integration tests use.
-pub const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "ethtool", "iproute2", "procps", "nftables"];
+pub const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "ethtool", "iproute2", "procps", "nftables", "chromium"];
 /// Debian packages bpf-linker is built against (and loads `libLLVM` from).
 pub const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

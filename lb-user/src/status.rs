@@ -1,0 +1,363 @@
+//! The status as people read it: the text table of `xlb status` / `xlb top`
+//! and the JSON behind the status page (`/status.json`). Both are rendered
+//! from a [`Snapshot`] (totals), the sampler's [`Rates`] and the last
+//! conntrack count.
+
+use std::{
+    fmt::Write as _,
+    time::{Instant, SystemTime},
+};
+
+use lb_common::counter;
+use serde::Serialize;
+
+use crate::{
+    conntrack_count::ConntrackCount,
+    metrics::{BackendSample, ServiceSample, Snapshot},
+    rates::Rates,
+};
+
+/// What every status output is made from.
+pub struct View<'a> {
+    pub snap: &'a Snapshot,
+    pub rates: Option<&'a Rates>,
+    pub conntrack: Option<&'a ConntrackCount>,
+}
+
+// ------------------------------------------------------------ text
+
+/// `3s`, `5m`, `2h`, `3d`: how long ago `t` was.
+pub fn ago(t: SystemTime) -> String {
+    let s = t.elapsed().map(|d| d.as_secs()).unwrap_or(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// A rate with an SI suffix (`950`, `12.3k`, `4.56M`), or `-` when unknown.
+pub fn si(rate: Option<f64>) -> String {
+    let Some(r) = rate else { return "-".into() };
+    match r {
+        r if r >= 1e9 => format!("{:.2}G", r / 1e9),
+        r if r >= 1e6 => format!("{:.2}M", r / 1e6),
+        r if r >= 1e4 => format!("{:.1}k", r / 1e3),
+        r if r >= 100.0 => format!("{r:.0}"),
+        r => format!("{r:.1}"),
+    }
+}
+
+/// The status table. Totals are the last columns of each row.
+pub fn text(v: &View) -> String {
+    let mut o = String::new();
+    let attached: Vec<String> = v.snap.attached.iter().map(|(i, m)| format!("{i} ({m})")).collect();
+    let _ = writeln!(o, "attached: {}", attached.join(", "));
+    let _ = match v.conntrack {
+        Some(c) => writeln!(
+            o,
+            "conntrack entries: {} of {} ({:.1}% used, counted {}s ago)",
+            c.entries,
+            c.limit,
+            percent(c.entries, c.limit),
+            v.snap.at.saturating_duration_since(c.at).as_secs()
+        ),
+        None => writeln!(o, "conntrack entries: not counted yet"),
+    };
+    let _ = match v.rates {
+        Some(r) => writeln!(o, "rates: per second, over the last {:.1} s", r.window.as_secs_f64()),
+        None => writeln!(o, "rates: not sampled yet (-)"),
+    };
+    let _ = writeln!(o, "maglev tables: {} rebuilds, {} slots written", v.snap.rebuilds, v.snap.slots_written);
+    backend_table(&mut o, v);
+    service_table(&mut o, v);
+    let _ = writeln!(o, "\ndropped:{:>22} {:>9}", "TOTAL", "PER S");
+    for (i, name) in counter::DROP_NAMES.iter().enumerate() {
+        let rate = v.rates.and_then(|r| r.drop(i));
+        let _ = writeln!(o, "  {name:<16} {:>12} {:>9}", v.snap.counter(i as u32), si(rate));
+    }
+    let c = |i| v.snap.counter(i);
+    let _ = writeln!(o, "to the kernel: no route/neighbour {}, ttl {}", c(counter::PASS_NO_ROUTE), c(counter::PASS_TTL));
+    let _ = writeln!(o, "nat replies rewritten: {}", c(counter::REPLY_NAT));
+    o
+}
+
+fn percent(n: u64, of: u32) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / f64::from(of)
+    }
+}
+
+fn backend_table(o: &mut String, v: &View) {
+    let _ = writeln!(
+        o,
+        "\n{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
+        "SERVICE", "BACKEND", "ROLE", "STATE", "WEIGHT", "SINCE", "LAST CHECK", "NEW/S", "PKTS/S", "BYTES/S", "NEW FLOWS",
+        "PACKETS", "BYTES"
+    );
+    for s in &v.snap.services {
+        for b in &s.backends {
+            let r = v.rates.and_then(|r| r.backend(&s.name, b.address));
+            let _ = writeln!(
+                o,
+                "{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
+                s.name,
+                b.address.to_string(),
+                b.role.as_str(),
+                b.state.as_str(),
+                b.weight,
+                ago(b.since),
+                b.last_check,
+                si(r.map(|r| r.new_flows)),
+                si(r.map(|r| r.packets)),
+                si(r.map(|r| r.bytes)),
+                b.stats.new_flows,
+                b.stats.packets,
+                b.stats.bytes
+            );
+        }
+    }
+}
+
+fn service_table(o: &mut String, v: &View) {
+    let _ = writeln!(
+        o,
+        "\n{:<10} {:<26} {:>10} {:>12} {:>10} {:>8} {:>8}  NEW FLOWS TO",
+        "SERVICE", "VIP", "NEW FLOWS", "ESTABLISHED", "REPICKED", "NEW/S", "PKTS/S"
+    );
+    for s in &v.snap.services {
+        let r = v.rates.and_then(|r| r.service(&s.name));
+        let vip = format!("{} {}", s.protocol, s.vip);
+        let _ = writeln!(
+            o,
+            "{:<10} {:<26} {:>10} {:>12} {:>10} {:>8} {:>8}  {}",
+            s.name,
+            vip,
+            s.stats.new_flows,
+            s.stats.established,
+            s.stats.repicked,
+            si(r.map(|r| r.new_flows)),
+            si(r.map(|r| r.packets)),
+            if s.on_backup { "backups" } else { "primaries" }
+        );
+    }
+}
+
+// ------------------------------------------------------------ JSON
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub version: &'static str,
+    /// Unix time of the snapshot.
+    pub now: f64,
+    /// Seconds the rates are measured over (null until two samples exist).
+    pub rate_window_seconds: Option<f64>,
+    pub xdp: Vec<XdpJson>,
+    pub conntrack: Option<ConntrackJson>,
+    pub table_rebuilds: u64,
+    pub table_slots_written: u64,
+    pub drops: Vec<DropJson>,
+    pub nat_replies: u64,
+    pub services: Vec<ServiceJson>,
+}
+
+#[derive(Serialize)]
+pub struct XdpJson {
+    pub interface: String,
+    pub mode: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct ConntrackJson {
+    pub entries: u64,
+    pub limit: u32,
+    pub age_seconds: f64,
+}
+
+#[derive(Serialize)]
+pub struct DropJson {
+    pub reason: &'static str,
+    pub total: u64,
+    pub per_second: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct ServiceJson {
+    pub name: String,
+    pub vip: String,
+    pub protocol: &'static str,
+    pub forwarding: &'static str,
+    pub on_backup: bool,
+    pub packets: u64,
+    pub new_flows: u64,
+    pub established: u64,
+    pub repicked: u64,
+    pub packets_per_second: Option<f64>,
+    pub new_flows_per_second: Option<f64>,
+    pub backends: Vec<BackendJson>,
+}
+
+#[derive(Serialize)]
+pub struct BackendJson {
+    pub address: String,
+    pub role: &'static str,
+    pub state: &'static str,
+    /// Unix time of the last health state change.
+    pub since: f64,
+    pub weight: u32,
+    pub last_check: String,
+    pub last_check_duration_ms: Option<f64>,
+    pub state_changes: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub packets_per_second: Option<f64>,
+    pub bytes_per_second: Option<f64>,
+    pub new_flows_per_second: Option<f64>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// The model behind the status page.
+pub fn json(v: &View) -> StatusJson {
+    // The snapshot's Instant, expressed as wall-clock time.
+    let now = SystemTime::now() - Instant::now().saturating_duration_since(v.snap.at);
+    StatusJson {
+        version: env!("CARGO_PKG_VERSION"),
+        now: unix(now),
+        rate_window_seconds: v.rates.map(|r| r.window.as_secs_f64()),
+        xdp: v.snap.attached.iter().map(|(i, m)| XdpJson { interface: i.clone(), mode: m }).collect(),
+        conntrack: v.conntrack.map(|c| ConntrackJson {
+            entries: c.entries,
+            limit: c.limit,
+            age_seconds: v.snap.at.saturating_duration_since(c.at).as_secs_f64(),
+        }),
+        table_rebuilds: v.snap.rebuilds,
+        table_slots_written: v.snap.slots_written,
+        drops: counter::DROP_NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, reason)| DropJson {
+                reason,
+                total: v.snap.counter(i as u32),
+                per_second: v.rates.and_then(|r| r.drop(i)),
+            })
+            .collect(),
+        nat_replies: v.snap.counter(counter::REPLY_NAT),
+        services: v.snap.services.iter().map(|s| service_json(v, s)).collect(),
+    }
+}
+
+fn service_json(v: &View, s: &ServiceSample) -> ServiceJson {
+    let r = v.rates.and_then(|r| r.service(&s.name));
+    ServiceJson {
+        name: s.name.clone(),
+        vip: s.vip.to_string(),
+        protocol: s.protocol,
+        forwarding: s.forwarding,
+        on_backup: s.on_backup,
+        packets: s.stats.packets,
+        new_flows: s.stats.new_flows,
+        established: s.stats.established,
+        repicked: s.stats.repicked,
+        packets_per_second: r.map(|r| r.packets),
+        new_flows_per_second: r.map(|r| r.new_flows),
+        backends: s.backends.iter().map(|b| backend_json(v, s, b)).collect(),
+    }
+}
+
+fn backend_json(v: &View, s: &ServiceSample, b: &BackendSample) -> BackendJson {
+    let r = v.rates.and_then(|r| r.backend(&s.name, b.address));
+    BackendJson {
+        address: b.address.to_string(),
+        role: b.role.as_str(),
+        state: b.state.as_str(),
+        since: unix(b.since),
+        weight: b.weight,
+        last_check: b.last_check.clone(),
+        last_check_duration_ms: b.last_check_duration.map(|d| d.as_secs_f64() * 1000.0),
+        state_changes: b.transitions,
+        packets: b.stats.packets,
+        bytes: b.stats.bytes,
+        new_flows: b.stats.new_flows,
+        packets_per_second: r.map(|r| r.packets),
+        bytes_per_second: r.map(|r| r.bytes),
+        new_flows_per_second: r.map(|r| r.new_flows),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::tests::snapshot;
+
+    fn view_parts() -> (Snapshot, Rates) {
+        let prev = snapshot();
+        let mut cur = prev.clone();
+        cur.at = prev.at + Duration::from_secs(1);
+        cur.services[0].backends[0].stats.packets += 2500;
+        (cur.clone(), Rates::between(&prev, &cur).unwrap())
+    }
+
+    #[test]
+    fn text_shows_states_rates_and_totals_last() {
+        let (snap, rates) = view_parts();
+        let t = text(&View { snap: &snap, rates: Some(&rates), conntrack: None });
+        let row = |addr: &str| t.lines().find(|l| l.contains(addr)).unwrap_or_else(|| panic!("no {addr} in:\n{t}"));
+        let up = row("198.18.1.11:80");
+        assert!(up.contains(" primary ") && up.contains(" up "), "{up}");
+        // NEW/S PKTS/S BYTES/S, then the totals NEW FLOWS PACKETS BYTES.
+        let cols: Vec<&str> = up.split_whitespace().rev().take(6).collect();
+        assert_eq!(cols, ["96000", "3460", "96", "0.0", "2500", "0.0"], "{up}");
+        let down = row("198.18.1.12:80");
+        assert!(down.contains(" down ") && down.contains("status 503"), "{down}");
+        assert!(row("198.18.1.13:80").contains(" backup   drained "), "{t}");
+        assert!(t.contains("conntrack entries: not counted yet"), "{t}");
+        assert!(t.contains("  fragment ") && t.contains("no_backend"), "{t}");
+    }
+
+    #[test]
+    fn text_without_rates_shows_dashes() {
+        let snap = snapshot();
+        let t = text(&View { snap: &snap, rates: None, conntrack: None });
+        let row = t.lines().find(|l| l.contains("198.18.1.11:80")).unwrap();
+        assert_eq!(row.split_whitespace().rev().nth(3), Some("-"), "{row}");
+    }
+
+    #[test]
+    fn json_carries_what_the_page_shows() {
+        let (snap, rates) = view_parts();
+        let ct = ConntrackCount { entries: 50, limit: 100, at: snap.at, took: Duration::ZERO };
+        let j = serde_json::to_value(json(&View { snap: &snap, rates: Some(&rates), conntrack: Some(&ct) })).unwrap();
+        let b = &j["services"][0]["backends"];
+        assert_eq!(b[0]["address"], "198.18.1.11:80");
+        assert_eq!(b[0]["state"], "up");
+        assert_eq!(b[0]["packets_per_second"], 2500.0);
+        assert_eq!(b[1]["state"], "down");
+        assert_eq!(b[1]["last_check_duration_ms"], 1.5);
+        assert_eq!(b[2]["state"], "drained");
+        assert_eq!(b[2]["role"], "backup");
+        assert_eq!(j["services"][1]["vip"], "[2001:db8::10]:443");
+        assert_eq!(j["drops"][4]["reason"], "no_backend");
+        assert_eq!(j["drops"][4]["total"], 40);
+        assert_eq!(j["conntrack"]["entries"], 50);
+        assert_eq!(j["xdp"][0]["mode"], "native");
+    }
+
+    #[test]
+    fn si_suffixes() {
+        assert_eq!(si(None), "-");
+        assert_eq!(si(Some(0.0)), "0.0");
+        assert_eq!(si(Some(99.94)), "99.9");
+        assert_eq!(si(Some(950.0)), "950");
+        assert_eq!(si(Some(12_345.0)), "12.3k");
+        assert_eq!(si(Some(4_560_000.0)), "4.56M");
+    }
+}
