@@ -343,23 +343,43 @@ fn status_page_renders_live_backends_in_a_browser() {
         return;
     }
     let topo = Topology::new(3).unwrap();
-    let _web = topo.start_nginx_all().unwrap();
+    let mut web = topo.start_nginx_all().unwrap();
     let socket = "/tmp/xlb-test-monitoring-page.sock";
-    let cfg = config(socket, &[(1, "primary"), (2, "primary"), (3, "backup")]);
-    let _d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
+    // Fast HTTP checks; web2 is stopped and web1 drained in www6, so the page
+    // shows every state from the live daemon.
+    let cfg = config(socket, &[(1, "primary"), (2, "primary"), (3, "backup")]).replace(
+        "check = \"none\"",
+        "check = \"http\"\npath = \"/health\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2",
+    );
+    let d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
+    web[1].stop().unwrap();
+    for svc in ["www4/198.18.1.12:80", "www6/[2001:db8:1::12]:80"] {
+        let what = format!("backend {svc} is DOWN");
+        d.wait_log(Duration::from_secs(10), &what, |l| l.contains(&what)).unwrap();
+    }
+    let out = d.ctl(&["drain", "www6", "[2001:db8:1::11]:80"]).unwrap();
+    assert!(out.status.success(), "xlb drain: {}", String::from_utf8_lossy(&out.stderr));
     topo.client().get_many(&http_url(VIP_V4.into(), 80, "/"), 40, None, true).unwrap();
 
     let dir = TempDir::new("chromium").unwrap();
     let url = format!("http://{METRICS}/");
     let browse = |n: usize, extra: &[&str]| chromium(topo.lb_ns(), &dir.path().join(format!("profile-{n}")), &url, extra);
     let dom = browse(1, &["--dump-dom"]);
-    for (addr, role) in [("198.18.1.11:80", "primary"), ("198.18.1.12:80", "primary"), ("198.18.1.13:80", "backup")] {
-        for svc_addr in [addr.to_string(), addr.replace("198.18.1.", "[2001:db8:1::").replace(":80", "]:80")] {
-            let row = backend_row(&dom, &svc_addr).unwrap_or_else(|| panic!("no row for {svc_addr} in the rendered page:\n{dom}"));
-            assert!(row.contains(&format!("<td class=\"l role\">{role}</td>")), "{svc_addr}: role {role} missing: {row}");
-            assert!(row.contains("<td class=\"l st\">up</td>"), "{svc_addr}: state up missing: {row}");
-        }
+    let expect = [
+        ("198.18.1.11:80", "primary", "up"),
+        ("198.18.1.12:80", "primary", "down"),
+        ("198.18.1.13:80", "backup", "up"),
+        ("[2001:db8:1::11]:80", "primary", "drained"),
+        ("[2001:db8:1::12]:80", "primary", "down"),
+        ("[2001:db8:1::13]:80", "backup", "up"),
+    ];
+    for (addr, role, state) in expect {
+        let row = backend_row(&dom, addr).unwrap_or_else(|| panic!("no row for {addr} in the rendered page:\n{dom}"));
+        assert!(row.contains(&format!("<td class=\"l role\">{role}</td>")), "{addr}: role {role} missing: {row}");
+        assert!(row.contains(&format!("<td class=\"l st\">{state}</td>")), "{addr}: state {state} missing: {row}");
     }
+    let down = backend_row(&dom, "198.18.1.12:80").unwrap();
+    assert!(down.contains("refused"), "the down backend's last check result is shown: {down}");
     for reason in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"] {
         assert!(dom.contains(&format!("data-reason=\"{reason}\"")), "drop reason {reason} missing:\n{dom}");
     }
