@@ -3,10 +3,12 @@
 //! and a counting sink. `cargo xtask bench` loads them (xlb-testbed's
 //! `bench::fwd`); the daemon only creates their three small maps.
 //!
-//! The generator's frame (Ethernet + 20-byte IPv4 + UDP with checksum 0) is
-//! built by user space; the program only gives each frame the next source
-//! port of a range, so the frames form `flows` distinct 5-tuples, and sends it
-//! back out of the interface it was "received" on (XDP_TX).
+//! The generator's frame (Ethernet + 20-byte IPv4 + UDP with checksum 0,
+//! [`FRAME_LEN`] bytes) is built by user space and kept in a map: the program
+//! writes it over every frame (in live-frames mode the kernel reuses pages
+//! whose bytes the lb already rewrote: NAT addresses, MACs, TTL), gives it the
+//! next source port of a range, so the frames form `flows` distinct 5-tuples,
+//! and sends it back out of the interface it was "received" on (XDP_TX).
 #![cfg(target_arch = "bpf")]
 
 use aya_ebpf::{
@@ -20,6 +22,12 @@ use aya_ebpf::{
 const UDP_OFF: usize = 34;
 /// A generated frame is at least Ethernet + IPv4 + UDP.
 const MIN_FRAME: usize = UDP_OFF + 8;
+/// Length of the generator's frames (the template in [`BENCH_GEN_FRAME`]).
+const FRAME_LEN: usize = 64;
+
+/// The frame every generated packet starts from.
+#[map]
+static BENCH_GEN_FRAME: Array<[u8; FRAME_LEN]> = Array::with_max_entries(1, 0);
 
 /// Generator settings written by user space: [`GEN_FLOWS`], [`GEN_FIRST_PORT`].
 #[map]
@@ -46,9 +54,14 @@ const BACKEND_NET: [u8; 3] = [198, 18, 1];
 #[xdp]
 pub fn xlb_bench_gen(ctx: XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + MIN_FRAME > end {
+    if data + FRAME_LEN > end {
         return xdp_action::XDP_ABORTED;
     }
+    let Some(template) = BENCH_GEN_FRAME.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: bounds checked above; byte arrays have no alignment needs.
+    unsafe { *(data as *mut [u8; FRAME_LEN]) = *template };
     let flows = BENCH_GEN_CONF.get(GEN_FLOWS).copied().unwrap_or(1).max(1);
     let first = BENCH_GEN_CONF.get(GEN_FIRST_PORT).copied().unwrap_or(1024);
     let Some(seq) = BENCH_GEN_SEQ.get_ptr_mut(0) else {
@@ -61,7 +74,7 @@ pub fn xlb_bench_gen(ctx: XdpContext) -> u32 {
         n
     };
     let port = (first + n % flows) as u16;
-    // SAFETY: bounds checked above (MIN_FRAME covers the UDP source port).
+    // SAFETY: bounds checked above (FRAME_LEN covers the UDP source port).
     unsafe { *((data + UDP_OFF) as *mut [u8; 2]) = port.to_be_bytes() };
     xdp_action::XDP_TX
 }

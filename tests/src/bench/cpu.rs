@@ -85,6 +85,31 @@ impl NapiThreads {
     }
 }
 
+/// CPU time of the calling thread, in ns.
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; this clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Whether the running kernel charges softirq work to the task it
+/// interrupts (built without CONFIG_IRQ_TIME_ACCOUNTING), from
+/// /boot/config-RELEASE or /proc/config.gz. `None` when neither is readable.
+pub fn softirq_charged_to_task() -> Option<bool> {
+    let config = kernel_config()?;
+    Some(!config.lines().any(|l| l.trim() == "CONFIG_IRQ_TIME_ACCOUNTING=y"))
+}
+
+fn kernel_config() -> Option<String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    if let Ok(c) = std::fs::read_to_string(format!("/boot/config-{}", release.trim())) {
+        return Some(c);
+    }
+    let out = std::process::Command::new("zcat").arg("/proc/config.gz").output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// User + system CPU time of process `pid` (all its threads), in ns.
 pub fn process_cpu_ns(pid: u32) -> Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;

@@ -115,17 +115,19 @@ pub fn poll<T>(limit: Duration, step: Duration, mut f: impl FnMut() -> Option<T>
     }
 }
 
-/// Command-line options shared by the bench examples: `--quick`, `--reps N`.
-#[derive(Clone, Copy, Debug)]
+/// Command-line options shared by the bench examples: `--quick`, `--reps N`,
+/// `--only SECTION` (a program's section, e.g. `fwd`, `http`, `failover`).
+#[derive(Clone, Debug)]
 pub struct Opts {
     pub quick: bool,
     pub reps: usize,
+    pub only: Option<String>,
 }
 
 impl Opts {
     /// Parses the process arguments; at least 5 repetitions.
     pub fn from_args() -> anyhow::Result<Opts> {
-        let mut opts = Opts { quick: false, reps: 5 };
+        let mut opts = Opts { quick: false, reps: 5, only: None };
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -134,13 +136,19 @@ impl Opts {
                     let n = args.next().ok_or_else(|| anyhow::anyhow!("--reps needs a number"))?;
                     opts.reps = n.parse().map_err(|_| anyhow::anyhow!("--reps {n}: not a number"))?;
                 }
-                other => anyhow::bail!("unknown argument {other:?} (expected --quick, --reps N)"),
+                "--only" => opts.only = Some(args.next().ok_or_else(|| anyhow::anyhow!("--only needs a section"))?),
+                other => anyhow::bail!("unknown argument {other:?} (expected --quick, --reps N, --only SECTION)"),
             }
         }
         if opts.reps < 5 {
             anyhow::bail!("--reps {}: every figure is the median of at least 5 repetitions", opts.reps);
         }
         Ok(opts)
+    }
+
+    /// Whether section `name` runs.
+    pub fn runs(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == name)
     }
 }
 
