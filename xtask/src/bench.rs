@@ -256,7 +256,8 @@ pub const TARGETS: &[(&str, Goal)] = &[
 
 /// Ratios shown for information (no target): (figure, reference).
 const SIDE_BY_SIDE: &[(&str, &str)] = &[
-    ("fwd_pps_offered_xlb_nat", "fwd_pps_xlb_nat"),
+    ("fwd_pps_xlb_nat", "fwd_pps_generator_only"),
+    ("fwd_pps_nftables_dnat", "fwd_pps_generator_only"),
     ("lb_cpu_fwd_xlb_nat", "lb_cpu_fwd_nftables_dnat"),
     ("http_cps_xlb_nat", "http_cps_haproxy"),
     ("http_cps_xlb_nat", "http_cps_direct"),
@@ -360,7 +361,12 @@ pub fn markdown(r: &Results, h: &Header) -> String {
         };
         let _ = writeln!(s, "| {} | {} | {} | {} | {met} |", c.figure, opt(c.value), c.goal, opt(c.ratio));
     }
-    let _ = writeln!(s, "\n## Side by side (no target)\n");
+    let _ = writeln!(
+        s,
+        "\nFor comparison (issue 4): Katran on this machine takes 180 ns established, 368 ns new flow, 110 ns non-VIP \
+         against a 61 ns floor (2.95x, 6.03x, 1.80x).\n"
+    );
+    let _ = writeln!(s, "## Side by side (no target)\n");
     let _ = writeln!(s, "| figure | / reference | ratio |\n| --- | --- | ---: |");
     for (a, b) in SIDE_BY_SIDE {
         let ratio = r.median(a).zip(r.median(b)).map(|(x, y)| x / y);

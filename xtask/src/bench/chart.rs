@@ -11,7 +11,7 @@ use super::{unit, Figure, Results};
 /// Panels: title and the figures it shows (a trailing `*` matches a prefix).
 const PANELS: &[(&str, &[&str])] = &[
     ("XDP cost per packet, ns (lower is better)", &["xdp_ns_*"]),
-    ("Forwarding, packets/s (higher is better)", &["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "fwd_pps_offered_*"]),
+    ("Forwarding, packets/s (higher is better)", &["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "fwd_pps_generator_only"]),
     ("lb CPU per million forwarded packets, s (lower is better)", &["lb_cpu_fwd_*"]),
     ("HTTP kept-alive, requests/s (higher is better)", &["http_rps_*"]),
     ("HTTP p99 latency kept-alive, ms (lower is better)", &["http_p99_ms_*"]),
@@ -21,7 +21,8 @@ const PANELS: &[(&str, &[&str])] = &[
     ("Maglev and failover", &["maglev_build_ms_*", "failover_ms"]),
 ];
 
-const WIDTH: usize = 1200;
+/// Characters of the value text right of the bars (longer is cut).
+const VALUE_CHARS: usize = 46;
 const SCALE: usize = 2;
 const GLYPH: usize = 8 * SCALE;
 const LABEL_W: usize = 34 * GLYPH;
@@ -108,7 +109,8 @@ fn short(v: f64) -> String {
 
 fn draw_bar(c: &mut Canvas, y: usize, f: &Figure, scale_max: f64) {
     let px = |v: f64| ((v / scale_max) * BAR_MAX_W as f64).round().clamp(0.0, BAR_MAX_W as f64) as usize;
-    let color = if f.name.contains("xlb") { XLB } else { OTHER };
+    let ours = f.name.contains("xlb") || f.name.starts_with("maglev") || f.name == "failover_ms";
+    let color = if ours || (f.name.starts_with("xdp_ns_") && f.name != "xdp_ns_floor") { XLB } else { OTHER };
     c.text(MARGIN, y + 4, &f.name, BLACK);
     c.rect(BAR_X, y + 2, px(f.median).max(1), GLYPH, color);
     // min..max range across the bar
@@ -117,15 +119,17 @@ fn draw_bar(c: &mut Canvas, y: usize, f: &Figure, scale_max: f64) {
     c.rect(BAR_X + lo, y + 4, 2, GLYPH - 4, BLACK);
     c.rect(BAR_X + hi.max(1) - 1, y + 4, 2, GLYPH - 4, BLACK);
     let label = format!("{} ({}..{}) {}", short(f.median), short(f.min), short(f.max), unit(&f.name));
+    let label: String = label.chars().take(VALUE_CHARS).collect();
     c.text(BAR_X + BAR_MAX_W + 12, y + 4, &label, GREY);
 }
 
 fn render(r: &Results) -> Canvas {
     let panels = panels(r);
     let rows: usize = panels.iter().map(|(_, f)| f.len() + 2).sum();
-    let mut c = Canvas::new(WIDTH + 2 * GLYPH * 10, rows * ROW_H + 2 * MARGIN + ROW_H);
+    let width = BAR_X + BAR_MAX_W + 12 + VALUE_CHARS * GLYPH + MARGIN;
+    let mut c = Canvas::new(width, rows * ROW_H + 2 * MARGIN + ROW_H);
     let mut y = MARGIN;
-    c.text(MARGIN, y, "xlb benchmark: median bars, black line = min..max", BLACK);
+    c.text(MARGIN, y, "xlb benchmark: bars = median, black line = min..max; blue = xlb, orange = others", BLACK);
     y += ROW_H + 4;
     for (title, figs) in panels {
         c.text(MARGIN, y + 4, title, XLB);
