@@ -129,20 +129,42 @@ fn ns_mac_string(ns: &Netns, dev: &str) -> Result<String> {
     Ok(ns.run(&["cat", &format!("/sys/class/net/{dev}/address")])?.trim().to_owned())
 }
 
-/// Threaded NAPI everywhere, the lb first: the lb's receive work then runs in
-/// its own kernel threads (measured), and the work of the hosts it sends to
-/// runs in theirs (not measured as the lb's).
-fn thread_all(topo: &Topology) -> Result<NapiThreads> {
-    let lb = NapiThreads::enable(topo.lb_ns(), &["eth0", "eth1"])?;
-    NapiThreads::enable(topo.client_ns(), &["eth0"])?;
-    let ports: Vec<String> = std::iter::once("p-lb".to_owned())
-        .chain(topo.backends().iter().map(|b| format!("p-{}", b.name())))
-        .collect();
-    NapiThreads::enable(topo.switch_ns(), &ports.iter().map(String::as_str).collect::<Vec<_>>())?;
-    for b in topo.backends() {
-        NapiThreads::enable(b.ns(), &["eth0"])?;
+/// Every veth end of the topology, by namespace.
+fn interfaces(topo: &Topology) -> Vec<(&Netns, Vec<String>)> {
+    let ports = std::iter::once("p-lb".to_owned()).chain(topo.backends().iter().map(|b| format!("p-{}", b.name())));
+    let mut v = vec![
+        (topo.lb_ns(), vec!["eth0".to_owned(), "eth1".to_owned()]),
+        (topo.client_ns(), vec!["eth0".to_owned()]),
+        (topo.switch_ns(), ports.collect()),
+    ];
+    v.extend(topo.backends().iter().map(|b| (b.ns(), vec!["eth0".to_owned()])));
+    v
+}
+
+/// Threaded NAPI on every interface, the lb first: the lb's receive work then
+/// runs in its own kernel threads (returned, to be measured), and the work of
+/// the hosts it sends to runs in theirs (not counted as the lb's).
+fn threaded_on(topo: &Topology) -> Result<NapiThreads> {
+    let mut lb = None;
+    for (ns, ifaces) in interfaces(topo) {
+        let t = NapiThreads::enable(ns, &ifaces.iter().map(String::as_str).collect::<Vec<_>>())?;
+        lb.get_or_insert(t);
     }
-    Ok(lb)
+    lb.context("no interface")
+}
+
+/// Back to the kernel's default: NAPI polled in softirq (threads go away).
+fn threaded_off(topo: &Topology) -> Result<()> {
+    for (ns, ifaces) in interfaces(topo) {
+        for i in ifaces {
+            set_threaded(ns, &i, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_threaded(ns: &Netns, iface: &str, on: bool) -> Result<()> {
+    ns.run(&["sh", "-c", &format!("echo {} > /sys/class/net/{iface}/threaded", u8::from(on))]).map(|_| ())
 }
 
 fn main() -> Result<()> {
@@ -158,22 +180,23 @@ fn main() -> Result<()> {
         let r = fwd(&topo, &opts, &mut figs);
         section(&mut figs, &FWD_FIGURES, r);
     }
-    let napi = thread_all(&topo)?;
     method(
         "lb_cpu_http",
         &format!(
             "HTTP: CPU seconds per million requests spent in the lb namespace: on-CPU time \
-             (/proc/PID/schedstat) of the lb's threaded-NAPI kernel threads [{}], which run everything the kernel does \
+             (/proc/PID/schedstat) of the lb's threaded-NAPI kernel threads (napi/eth0-ID, napi/eth1-ID), which run everything the kernel does \
              for packets the lb receives (XDP for xlb; GRO, forwarding, nftables, TCP receive for the others) and \
              their hand-off to the next veth; plus process CPU (/proc/PID/stat utime+stime) of haproxy or of the xlb \
              daemon. Every other interface of the topology runs threaded NAPI too, so receivers' work is not counted. \
-             Not counted: TCP timers and softirq work outside those threads.",
-            napi.describe()
+             Not counted: TCP timers and softirq work outside those threads. Threaded NAPI changes how work is \
+             scheduled (it costs haproxy more than xlb on this 2-core machine), so these CPU figures come from separate \
+             wrk runs of the same load with threaded NAPI on, right after the throughput runs (kernel default NAPI) of \
+             the same contender and repetition",
         ),
     );
     let mut web = start_web(&topo)?;
     if opts.runs("http") {
-        let r = http(&topo, &napi, &opts, &mut figs);
+        let r = http(&topo, &opts, &mut figs);
         section(&mut figs, &HTTP_FIGURES, r);
     }
     if opts.runs("failover") {
@@ -346,48 +369,74 @@ fn start(topo: &Topology, c: Contender) -> Result<Running<'_>> {
     })
 }
 
-fn http(topo: &Topology, napi: &NapiThreads, opts: &Opts, figs: &mut Figures) -> Result<()> {
-    let secs = if opts.quick { 1 } else { 4 };
-    let load = |close| Load { threads: 2, connections: 64, duration: Duration::from_secs(secs), close };
+fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
+    let (secs, cpu_secs) = if opts.quick { (1, 1) } else { (4, 2) };
+    let load = |close, secs| Load { threads: 2, connections: 64, duration: Duration::from_secs(secs), close };
     method(
         "http",
         &format!(
             "wrk -t2 -c64 -d{secs}s --latency from the client namespace; rps and p99 with kept-alive connections, cps \
              with 'Connection: close' on every request; direct = http://198.18.1.11/ (web1, routed by the lb's kernel); \
              xlb and haproxy = http://{VIP_V4}/ over web1 and web2 (nginx, 1 worker, no access log); haproxy 'mode tcp', \
-             'balance roundrobin', default threads, VIP on the lb's lo; contenders alternate within each repetition; \
-             a run with more than 1% errors is discarded"
+             'balance roundrobin', default threads, VIP on the lb's lo; kernel default NAPI (softirq); contenders \
+             alternate within each repetition; a run with more than 1% errors is discarded. lb CPU: the same loads for \
+             {cpu_secs} s with threaded NAPI (see lb_cpu_http)"
         ),
     );
     let direct = http_url(topo.backend(1).ipv4().into(), 80, "/");
     let vip = http_url(VIP_V4.into(), 80, "/");
-    wrk(topo.client_ns(), &direct, Load { duration: Duration::from_secs(1), ..load(false) })?; // warm-up
+    wrk(topo.client_ns(), &direct, load(false, 1))?; // warm-up
     for _ in 0..opts.reps {
         for c in [Contender::Direct, Contender::Xlb, Contender::Haproxy] {
             let running = start(topo, c)?;
             let url = if matches!(c, Contender::Direct) { &direct } else { &vip };
-            let cpu = LbCpu { napi, pids: running.pids() };
             for close in [false, true] {
-                let kind = if close { "cps" } else { "rps" };
-                let name = format!("http_{kind}_{}", c.name());
-                let c0 = cpu.now_ns()?;
-                let r = wrk(topo.client_ns(), url, load(close));
-                let c1 = cpu.now_ns()?;
-                match r {
-                    Ok(r) if r.errors * 100 <= r.requests => {
-                        figs.push(&name, r.rps);
-                        if !close {
-                            figs.push(&format!("http_p99_ms_{}", c.name()), r.p99_ms);
-                        }
-                        if let Some(s) = seconds_per_million(c1 - c0, r.requests) {
-                            figs.push(&format!("lb_cpu_http_{kind}_{}", c.name()), s);
-                        }
-                    }
-                    Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
-                    Err(e) => figs.fail(&name, format!("{e:#}")),
-                }
+                throughput(topo, url, c, load(close, secs), figs);
+            }
+            let napi = threaded_on(topo)?;
+            let cpu = LbCpu { napi: &napi, pids: running.pids() };
+            for close in [false, true] {
+                lb_cpu(topo, url, c, load(close, cpu_secs), &cpu, figs)?;
+            }
+            threaded_off(topo)?;
+        }
+    }
+    Ok(())
+}
+
+fn kind(load: &Load) -> &'static str {
+    if load.close { "cps" } else { "rps" }
+}
+
+/// Requests (or connections) per second, and p99 for kept-alive connections.
+fn throughput(topo: &Topology, url: &str, c: Contender, load: Load, figs: &mut Figures) {
+    let name = format!("http_{}_{}", kind(&load), c.name());
+    match wrk(topo.client_ns(), url, load) {
+        Ok(r) if r.errors * 100 <= r.requests => {
+            figs.push(&name, r.rps);
+            if !load.close {
+                figs.push(&format!("http_p99_ms_{}", c.name()), r.p99_ms);
             }
         }
+        Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
+        Err(e) => figs.fail(&name, format!("{e:#}")),
+    }
+}
+
+/// CPU seconds the lb spends per million requests under `load`.
+fn lb_cpu(topo: &Topology, url: &str, c: Contender, load: Load, cpu: &LbCpu, figs: &mut Figures) -> Result<()> {
+    let name = format!("lb_cpu_http_{}_{}", kind(&load), c.name());
+    let c0 = cpu.now_ns()?;
+    let r = wrk(topo.client_ns(), url, load);
+    let c1 = cpu.now_ns()?;
+    match r {
+        Ok(r) if r.errors * 100 <= r.requests => {
+            if let Some(s) = seconds_per_million(c1 - c0, r.requests) {
+                figs.push(&name, s);
+            }
+        }
+        Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
+        Err(e) => figs.fail(&name, format!("{e:#}")),
     }
     Ok(())
 }
