@@ -25,7 +25,7 @@ use xlb_testbed::{
         failover,
         fwd::{run_once, Generator, FRAME_LEN},
         http::{wrk, Haproxy, Load},
-        method, Figures, Opts,
+        daemon_toml, method, Figures, Opts,
     },
     http_url, is_root,
     packet::Pkt,
@@ -49,12 +49,7 @@ fn xlb_config() -> String {
         (1..=2).map(|n| format!("[[service.backend]]\naddress = \"198.18.1.{}:{port}\"\n", 10 + n)).collect::<String>()
     };
     format!(
-        r#"[daemon]
-interfaces = ["eth0", "eth1"]
-xdp_mode = "native"
-metrics = ""
-admin_socket = "{}"
-
+        r#"{}
 [[service]]
 name = "www"
 vip = "{VIP_V4}:80"
@@ -70,7 +65,7 @@ forwarding = "nat"
 [service.health]
 check = "none"
 {}"#,
-        admin_socket("nat"),
+        daemon_toml(&admin_socket("nat")),
         backends(80),
         backends(FWD_PORT)
     )

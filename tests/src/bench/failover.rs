@@ -12,20 +12,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{bench::poll, http_url, Netns, Nginx};
+use crate::{
+    bench::{daemon_toml, poll},
+    http_url, Netns, Nginx,
+};
 
 /// A repetition without failover after this long counts as failed.
 pub const GIVE_UP: Duration = Duration::from_secs(5);
 
 /// The daemon configuration (the caller fills in the admin socket).
 pub fn config(admin_socket: &str) -> String {
+    let daemon = daemon_toml(admin_socket);
     format!(
-        r#"[daemon]
-interfaces = ["eth0", "eth1"]
-xdp_mode = "native"
-metrics = ""
-admin_socket = "{admin_socket}"
-
+        r#"{daemon}
 [[service]]
 name = "www"
 vip = "198.18.0.10:80"

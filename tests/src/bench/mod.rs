@@ -101,6 +101,19 @@ impl Figures {
     }
 }
 
+/// The `[daemon]` table of the benchmarks' xlb configurations: XDP in native
+/// mode on the lb's `eth0` (client side) and `eth1`, no metrics endpoint.
+pub fn daemon_toml(admin_socket: &str) -> String {
+    format!(
+        r#"[daemon]
+interfaces = ["eth0", "eth1"]
+xdp_mode = "native"
+metrics = ""
+admin_socket = "{admin_socket}"
+"#
+    )
+}
+
 /// Polls `f` every `step` until it returns `Some`, for at most `limit`.
 pub fn poll<T>(limit: Duration, step: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + limit;
