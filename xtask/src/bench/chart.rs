@@ -18,11 +18,12 @@ const PANELS: &[(&str, &[&str])] = &[
     ("lb CPU per million kept-alive requests, s (lower is better)", &["lb_cpu_http_rps_*"]),
     ("HTTP one connection per request, connections/s (higher is better)", &["http_cps_*"]),
     ("lb CPU per million connections, s (lower is better)", &["lb_cpu_http_cps_*"]),
-    ("Maglev and failover", &["maglev_build_ms_*", "failover_ms"]),
+    ("Maglev build time, ms; failover, ms (lower is better)", &["maglev_build_ms_*", "failover_ms"]),
+    ("Maglev balance (max/mean) and disruption (/ ideal 1/N), lower is better", &["maglev_max_over_mean_*", "maglev_disruption_*"]),
 ];
 
 /// Characters of the value text right of the bars (longer is cut).
-const VALUE_CHARS: usize = 46;
+const VALUE_CHARS: usize = 48;
 const SCALE: usize = 2;
 const GLYPH: usize = 8 * SCALE;
 const LABEL_W: usize = 34 * GLYPH;
