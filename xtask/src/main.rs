@@ -97,6 +97,9 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Bench { args } => {
             let opts = bench::Options::parse(&args)?;
+            if !cmd::is_root() {
+                anyhow::bail!("cargo xtask bench builds network namespaces and attaches XDP programs: run it as root");
+            }
             setup::ensure(Needs::Everything)?;
             build(&paths)?;
             bench::run_bench(&paths, &opts)?;
