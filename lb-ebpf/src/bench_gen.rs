@@ -87,11 +87,7 @@ pub fn xlb_bench_sink(ctx: XdpContext) -> u32 {
     }
     // SAFETY: bounds checked above; byte arrays have no alignment needs.
     let (ethertype, proto, dst) = unsafe {
-        (
-            *((data + 12) as *const [u8; 2]),
-            *((data + 14 + 9) as *const u8),
-            *((data + 14 + 16) as *const [u8; 3]),
-        )
+        (*((data + 12) as *const [u8; 2]), *((data + 14 + 9) as *const u8), *((data + 14 + 16) as *const [u8; 3]))
     };
     // ARP, ND and TCP go on (the lb resolves its neighbours through here).
     if ethertype != ETH_P_IPV4 || proto != IPPROTO_UDP {

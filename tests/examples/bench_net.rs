@@ -22,10 +22,10 @@ use anyhow::{bail, Context, Result};
 use xlb_testbed::{
     bench::{
         cpu::{seconds_per_million, softirq_charged_to_task, LbCpu, NapiThreads},
-        failover,
+        daemon_toml, failover,
         fwd::{run_once, Generator, FRAME_LEN},
         http::{wrk, Haproxy, Load},
-        daemon_toml, method, Figures, Opts,
+        method, Figures, Opts,
     },
     http_url, is_root,
     packet::Pkt,
@@ -115,7 +115,17 @@ fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
 fn pin_backend_neighbours(topo: &Topology) -> Result<()> {
     for b in topo.backends() {
         let mac = ns_mac_string(b.ns(), "eth0")?;
-        topo.lb_ns().ip(&["neigh", "replace", &b.ipv4().to_string(), "lladdr", &mac, "dev", "eth1", "nud", "permanent"])?;
+        topo.lb_ns().ip(&[
+            "neigh",
+            "replace",
+            &b.ipv4().to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "eth1",
+            "nud",
+            "permanent",
+        ])?;
     }
     Ok(())
 }
@@ -175,20 +185,6 @@ fn main() -> Result<()> {
         let r = fwd(&topo, &opts, &mut figs);
         section(&mut figs, &FWD_FIGURES, r);
     }
-    method(
-        "lb_cpu_http",
-        &format!(
-            "HTTP: CPU seconds per million requests spent in the lb namespace: on-CPU time \
-             (/proc/PID/schedstat) of the lb's threaded-NAPI kernel threads (napi/eth0-ID, napi/eth1-ID), which run everything the kernel does \
-             for packets the lb receives (XDP for xlb; GRO, forwarding, nftables, TCP receive for the others) and \
-             their hand-off to the next veth; plus process CPU (/proc/PID/stat utime+stime) of haproxy or of the xlb \
-             daemon. Every other interface of the topology runs threaded NAPI too, so receivers' work is not counted. \
-             Not counted: TCP timers and softirq work outside those threads. Threaded NAPI changes how work is \
-             scheduled (it costs haproxy more than xlb on this 2-core machine), so these CPU figures come from separate \
-             wrk runs of the same load with threaded NAPI on, right after the throughput runs (kernel default NAPI) of \
-             the same contender and repetition",
-        ),
-    );
     let mut web = start_web(&topo)?;
     if opts.runs("http") {
         let r = http(&topo, &opts, &mut figs);
@@ -203,8 +199,14 @@ fn main() -> Result<()> {
 }
 
 const FWD_FIGURES: [&str; 3] = ["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "lb_cpu_fwd_xlb_nat"];
-const HTTP_FIGURES: [&str; 6] =
-    ["http_rps_xlb_nat", "http_rps_haproxy", "http_rps_direct", "http_cps_xlb_nat", "http_cps_haproxy", "http_cps_direct"];
+const HTTP_FIGURES: [&str; 6] = [
+    "http_rps_xlb_nat",
+    "http_rps_haproxy",
+    "http_rps_direct",
+    "http_cps_xlb_nat",
+    "http_cps_haproxy",
+    "http_cps_direct",
+];
 
 /// A section that stopped with an error: its figures without any sample are
 /// reported missing with that error; the others keep what was measured.
@@ -272,7 +274,10 @@ fn fwd(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
             run_once(&g, client, "eth0", FLOWS * 8)?; // warm-up: every flow known
             let r = run_once(&g, client, "eth0", frames)?;
             if r.to_backends == 0 || r.other > 0 {
-                figs.fail(&format!("fwd_pps_{name}"), format!("{} frames reached the backends, {} elsewhere", r.to_backends, r.other));
+                figs.fail(
+                    &format!("fwd_pps_{name}"),
+                    format!("{} frames reached the backends, {} elsewhere", r.to_backends, r.other),
+                );
                 return Ok(());
             }
             figs.push(&format!("fwd_pps_{name}"), r.pps());
@@ -357,7 +362,8 @@ fn start(topo: &Topology, c: Contender) -> Result<Running<'_>> {
         Contender::Xlb => Running::Xlb(Daemon::start(topo.lb_ns(), &xlb_config(), &["eth0", "eth1"])?),
         Contender::Haproxy => {
             let vip = VipOnLo::add(topo.lb_ns())?;
-            let backends: Vec<SocketAddr> = topo.backends().iter().map(|b| SocketAddr::new(b.ipv4().into(), 80)).collect();
+            let backends: Vec<SocketAddr> =
+                topo.backends().iter().map(|b| SocketAddr::new(b.ipv4().into(), 80)).collect();
             let h = Haproxy::start(topo.lb_ns(), SocketAddr::new(VIP_V4.into(), 80), &backends)?;
             Running::Haproxy { haproxy: h, _vip: vip }
         }
@@ -377,6 +383,18 @@ fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
              alternate within each repetition; a run with more than 1% errors is discarded. lb CPU: the same loads for \
              {cpu_secs} s with threaded NAPI (see lb_cpu_http)"
         ),
+    );
+    method(
+        "lb_cpu_http",
+        "HTTP: CPU seconds per million requests spent in the lb namespace: on-CPU time \
+         (/proc/PID/schedstat) of the lb's threaded-NAPI kernel threads (napi/eth0-ID, napi/eth1-ID), which run everything the kernel does \
+         for packets the lb receives (XDP for xlb; GRO, forwarding, nftables, TCP receive for the others) and \
+         their hand-off to the next veth; plus process CPU (/proc/PID/stat utime+stime) of haproxy or of the xlb \
+         daemon. Every other interface of the topology runs threaded NAPI too, so receivers' work is not counted. \
+         Not counted: TCP timers and softirq work outside those threads. Threaded NAPI changes how work is \
+         scheduled (it costs haproxy more than xlb on this 2-core machine), so these CPU figures come from separate \
+         wrk runs of the same load with threaded NAPI on, right after the throughput runs (kernel default NAPI) of \
+         the same contender and repetition",
     );
     let direct = http_url(topo.backend(1).ipv4().into(), 80, "/");
     let vip = http_url(VIP_V4.into(), 80, "/");
@@ -400,7 +418,11 @@ fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
 }
 
 fn kind(load: &Load) -> &'static str {
-    if load.close { "cps" } else { "rps" }
+    if load.close {
+        "cps"
+    } else {
+        "rps"
+    }
 }
 
 /// Requests (or connections) per second, and p99 for kept-alive connections.

@@ -212,7 +212,12 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize) -> anyhow::Resul
             _ => emit(c.name, figs.samples(c.name)),
         }
         if let (Some((s, new, est, _)), Some(f), Some(m)) = (proof, floor, summarize(figs.samples(c.name))) {
-            eprintln!("{:<28} {:>7.1} ns  {:.2}x floor  (service {s}: {new} new flows, {est} established hits in total)", c.name, m.median, m.median / f);
+            eprintln!(
+                "{:<28} {:>7.1} ns  {:.2}x floor  (service {s}: {new} new flows, {est} established hits in total)",
+                c.name,
+                m.median,
+                m.median / f
+            );
         }
     }
     Ok(())

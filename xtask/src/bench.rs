@@ -92,7 +92,9 @@ impl Results {
             Some("FIG") => {
                 let w: Vec<&str> = words.collect();
                 if let [name, median, min, max, reps] = w.as_slice() {
-                    if let (Ok(median), Ok(min), Ok(max), Ok(reps)) = (median.parse(), min.parse(), max.parse(), reps.parse()) {
+                    if let (Ok(median), Ok(min), Ok(max), Ok(reps)) =
+                        (median.parse(), min.parse(), max.parse(), reps.parse())
+                    {
                         self.figures.push(Figure { name: (*name).to_owned(), median, min, max, reps });
                     }
                 }
@@ -375,7 +377,16 @@ pub fn markdown(r: &Results, h: &Header) -> String {
     let _ = writeln!(s, "\n## All figures\n");
     let _ = writeln!(s, "| figure | median | min | max | reps | unit |\n| --- | ---: | ---: | ---: | ---: | --- |");
     for f in &r.figures {
-        let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} |", f.name, num(f.median), num(f.min), num(f.max), f.reps, unit(&f.name));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            f.name,
+            num(f.median),
+            num(f.min),
+            num(f.max),
+            f.reps,
+            unit(&f.name)
+        );
     }
     if !r.missing.is_empty() {
         let _ = writeln!(s, "\n## Missing figures\n");

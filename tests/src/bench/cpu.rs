@@ -112,14 +112,19 @@ fn kernel_config() -> Option<String> {
 
 /// User + system CPU time of process `pid` (all its threads), in ns.
 pub fn process_cpu_ns(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading /proc/{pid}/stat"))?;
     parse_stat_cpu_ticks(&stat).map(|ticks| ticks * 1_000_000_000 / clock_ticks()).context("bad /proc/PID/stat")
 }
 
 fn clock_ticks() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as u64 } else { 100 }
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
 }
 
 /// utime + stime (fields 14 and 15; the command name may contain spaces).

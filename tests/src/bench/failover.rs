@@ -51,9 +51,7 @@ role = "backup"
 
 /// One GET on a new connection; the body, or `None` on any failure.
 pub fn answer(client: &Netns, url: &str) -> Option<String> {
-    let out = client
-        .exec_timeout(&["curl", "-s", "--max-time", "0.3", url], Duration::from_secs(2))
-        .ok()?;
+    let out = client.exec_timeout(&["curl", "-s", "--max-time", "0.3", url], Duration::from_secs(2)).ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

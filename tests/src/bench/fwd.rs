@@ -54,7 +54,8 @@ impl Generator {
             .load(xlb::dataplane::object()?)
             .context("loading the XDP object for the generator")?;
         for name in [GEN, SINK] {
-            let p: &mut Xdp = ebpf.program_mut(name).with_context(|| format!("no program {name} in the object"))?.try_into()?;
+            let p: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("no program {name} in the object"))?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
         }
         Ok(Generator { ebpf })
@@ -66,14 +67,16 @@ impl Generator {
         let frame: [u8; FRAME_LEN] = frame
             .try_into()
             .map_err(|_| anyhow::anyhow!("the generator's frame must be {FRAME_LEN} bytes, not {}", frame.len()))?;
-        let mut m: Array<_, [u8; FRAME_LEN]> = Array::try_from(self.ebpf.map_mut("BENCH_GEN_FRAME").context("no BENCH_GEN_FRAME")?)?;
+        let mut m: Array<_, [u8; FRAME_LEN]> =
+            Array::try_from(self.ebpf.map_mut("BENCH_GEN_FRAME").context("no BENCH_GEN_FRAME")?)?;
         m.set(0, frame, 0)?;
         Ok(())
     }
 
     /// Frames get source ports `first_port .. first_port + flows`.
     pub fn set_flows(&mut self, flows: u32, first_port: u16) -> Result<()> {
-        let mut conf: Array<_, u32> = Array::try_from(self.ebpf.map_mut("BENCH_GEN_CONF").context("no BENCH_GEN_CONF")?)?;
+        let mut conf: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("BENCH_GEN_CONF").context("no BENCH_GEN_CONF")?)?;
         conf.set(0, flows, 0)?;
         conf.set(1, u32::from(first_port), 0)?;
         Ok(())
@@ -103,11 +106,8 @@ impl Generator {
     /// long the generator ran and the CPU time of its thread.
     pub fn send(&self, ns: &Netns, iface: &str, frames: u32) -> Result<(Duration, Duration)> {
         let prog: &Xdp = self.ebpf.program(GEN).context("no generator")?.try_into()?;
-        let ifindex: u32 = ns
-            .run(&["cat", &format!("/sys/class/net/{iface}/ifindex")])?
-            .trim()
-            .parse()
-            .context("ifindex")?;
+        let ifindex: u32 =
+            ns.run(&["cat", &format!("/sys/class/net/{iface}/ifindex")])?.trim().parse().context("ifindex")?;
         let frame = [0u8; FRAME_LEN];
         let ctx = xdp_md(frame.len(), ifindex);
         // In live-frames mode the kernel reports no return value: the sink's
@@ -115,13 +115,13 @@ impl Generator {
         ns.run_in(|| -> Result<(Duration, Duration)> {
             let (started, cpu0) = (Instant::now(), thread_cpu_ns());
             prog.test_run(TestRunOptions {
-                    data_in: Some(&frame),
-                    ctx_in: Some(&ctx),
-                    repeat: frames,
-                    attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
-                    ..Default::default()
-                })
-                .context("BPF_PROG_TEST_RUN in live-frames mode")?;
+                data_in: Some(&frame),
+                ctx_in: Some(&ctx),
+                repeat: frames,
+                attrs: TestRunAttrs::new().xdp_live_frames(BATCH),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN in live-frames mode")?;
             let cpu = Duration::from_nanos(thread_cpu_ns() - cpu0);
             Ok((started.elapsed(), cpu))
         })?

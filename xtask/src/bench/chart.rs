@@ -11,7 +11,10 @@ use super::{unit, Figure, Results};
 /// Panels: title and the figures it shows (a trailing `*` matches a prefix).
 const PANELS: &[(&str, &[&str])] = &[
     ("XDP cost per packet, ns (lower is better)", &["xdp_ns_*"]),
-    ("Forwarding, packets/s (higher is better)", &["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "fwd_pps_generator_only"]),
+    (
+        "Forwarding, packets/s (higher is better)",
+        &["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "fwd_pps_generator_only"],
+    ),
     ("lb CPU per million forwarded packets, s (lower is better)", &["lb_cpu_fwd_*"]),
     ("HTTP kept-alive, requests/s (higher is better)", &["http_rps_*"]),
     ("HTTP p99 latency kept-alive, ms (lower is better)", &["http_p99_ms_*"]),
@@ -19,7 +22,10 @@ const PANELS: &[(&str, &[&str])] = &[
     ("HTTP one connection per request, connections/s (higher is better)", &["http_cps_*"]),
     ("lb CPU per million connections, s (lower is better)", &["lb_cpu_http_cps_*"]),
     ("Maglev build time, ms; failover, ms (lower is better)", &["maglev_build_ms_*", "failover_ms"]),
-    ("Maglev balance (max/mean) and disruption (/ ideal 1/N), lower is better", &["maglev_max_over_mean_*", "maglev_disruption_*"]),
+    (
+        "Maglev balance (max/mean) and disruption (/ ideal 1/N), lower is better",
+        &["maglev_max_over_mean_*", "maglev_disruption_*"],
+    ),
 ];
 
 /// Characters of the value text right of the bars (longer is cut).
@@ -165,12 +171,19 @@ mod tests {
     #[test]
     fn panels_group_present_figures_only() {
         let mut r = Results::default();
-        for l in ["FIG http_rps_xlb_nat 90000 85000 95000 5", "FIG http_rps_haproxy 50000 48000 52000 5", "FIG xdp_ns_floor 50 48 55 5"] {
+        for l in [
+            "FIG http_rps_xlb_nat 90000 85000 95000 5",
+            "FIG http_rps_haproxy 50000 48000 52000 5",
+            "FIG xdp_ns_floor 50 48 55 5",
+        ] {
             r.read_line(l);
         }
         let p = panels(&r);
         assert_eq!(p.len(), 2);
-        assert_eq!(p[1].1.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), ["http_rps_xlb_nat", "http_rps_haproxy"]);
+        assert_eq!(
+            p[1].1.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["http_rps_xlb_nat", "http_rps_haproxy"]
+        );
         let c = render(&r);
         assert_eq!(c.rgb.len(), c.w * c.h * 3);
         assert!(c.rgb.chunks(3).any(|px| px == XLB), "the xlb bar is drawn");
