@@ -132,23 +132,29 @@ fn main() -> anyhow::Result<()> {
     let opts = Opts::from_args()?;
     let calls: usize = if opts.quick { 20_000 } else { 100_000 };
     let reps = opts.reps;
+    let conntrack = conntrack_entries(calls, reps);
     method(
         "xdp_ns",
         &format!(
             "BPF_PROG_TEST_RUN, {calls} calls of repeat=1 per figure and repetition, mean of the kernel-reported \
              durations; {reps} repetitions interleaving every figure with the floor (xlb_floor, XDP_PASS, same object, \
-             same harness); NAT services, conntrack pre-sized; proof by the program's per-service counters"
+             same harness); NAT services; conntrack and reverse-NAT maps sized {conntrack} so that no inserted flow is \
+             evicted (the new-flow cost grows as they fill); proof by the program's per-service counters"
         ),
     );
     let b = bed();
-    b.ns.run_in(|| run(&b, calls, reps))??;
+    b.ns.run_in(|| run(&b, calls, reps, conntrack))??;
     Ok(())
 }
 
-fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize) -> anyhow::Result<()> {
+/// Conntrack entries that hold every flow the run inserts (4 new-flow figures).
+fn conntrack_entries(calls: usize, reps: usize) -> u32 {
+    u32::try_from((4 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
+}
+
+fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) -> anyhow::Result<()> {
     let mut cfg = fixture_config();
-    let new_flow_cases = 4;
-    cfg.daemon.conntrack_entries = u32::try_from((new_flow_cases * calls * reps + 1024).next_power_of_two())?;
+    cfg.daemon.conntrack_entries = conntrack;
     let mut bal = Balancer::load(&cfg)?;
     bal.apply(&cfg)?;
     // As the daemon does: next hops from the neighbour table, no FIB per packet.
