@@ -9,6 +9,7 @@
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
 
+mod bench_gen;
 #[cfg(target_arch = "bpf")]
 mod csum;
 #[cfg(target_arch = "bpf")]

@@ -2,26 +2,34 @@
 //! to a trivial XDP_PASS program (`xlb_floor`) from the same object, in the
 //! same run, by the same harness.
 //!
-//! Method: `CALLS` syscalls with repeat = 1 per figure, so every iteration
-//! sees the intended input packet (a kernel `repeat` would rerun the program
-//! on an already NAT-rewritten buffer). The figure is the mean of the
-//! kernel-reported durations; each figure is the median of `REPS`
-//! repetitions, interleaved with the floor. The program's own counters prove
-//! what was measured (established hits, new flows inserted).
+//! Method: `calls` syscalls with repeat = 1 per figure and repetition, so every
+//! iteration sees the intended input packet (a kernel `repeat` would rerun the
+//! program on an already NAT-rewritten buffer). A repetition's value is the
+//! mean of the kernel-reported durations; each figure is the median of the
+//! repetitions, which interleave all figures and the floor. The program's own
+//! counters prove what was measured: per service, new flows inserted ==
+//! new-flow iterations, established hits == established iterations; a figure
+//! whose proof fails is reported missing.
 //!
-//! `cargo run --release -p xlb-testbed --example xdp_cost [calls]` as root.
+//! Prints `FIG`/`MISSING`/`METHOD` lines (xlb_testbed::bench) and a readable
+//! table on stderr.
+//! `cargo run --release -p xlb-testbed --example xdp_cost -- [--quick] [--reps N]` as root.
 
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_common::ServiceStats;
 use xlb::balancer::Balancer;
 use xlb_testbed::{
+    bench::{emit, method, missing, summarize, Figures, Opts},
     is_root,
     packet::{Pkt, TCP_ACK},
     xdpbed::{bed, fixture_config, xdp_md, CLIENT_MAC},
 };
 
-const REPS: usize = 5;
+const XDP_PASS: u32 = 2;
+/// A balanced packet leaves through the backend-side interface.
+const XDP_REDIRECT: u32 = 4;
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -48,91 +56,182 @@ fn measure(prog: &Xdp, packets: &[Vec<u8>], ifindex: u32, calls: usize, expect: 
     total as f64 / calls as f64
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (v[v.len() / 2], v[0], v[v.len() - 1])
+/// What a figure sends.
+enum Traffic {
+    /// The same packet every call; a flow created before the measurement.
+    Established(Vec<u8>),
+    /// A packet of a flow never seen before on every call (`calls * reps` of them).
+    NewFlows(Vec<Vec<u8>>),
+    /// Not for a VIP: passed to the kernel.
+    NotVip(Vec<u8>),
+}
+
+struct Case {
+    name: &'static str,
+    /// The service whose counters prove the figure (none for not-VIP).
+    service: Option<&'static str>,
+    traffic: Traffic,
+}
+
+/// A client address of flow `i` (distinct per `i`), in the test ranges.
+fn client_of(i: usize, v6: bool) -> IpAddr {
+    if v6 {
+        ip(&format!("2001:db8:2::{:x}:{:x}", (i >> 16) & 0xffff, i & 0xffff))
+    } else {
+        ip(&format!("198.19.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff))
+    }
+}
+
+fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
+    let (cl4, vip4, cl6, vip6) = (ip("198.18.0.1"), ip("198.18.0.10"), ip("2001:db8::1"), ip("2001:db8::10"));
+    let ack = |mut p: Pkt| {
+        p.tcp_flags = TCP_ACK;
+        p
+    };
+    let fresh = |v6: bool, tcp: bool| -> Vec<Vec<u8>> {
+        let (vip, dport) = match (v6, tcp) {
+            (false, true) => (vip4, 80),
+            (false, false) => (vip4, 53),
+            (true, true) => (vip6, 80),
+            (true, false) => (vip6, 53),
+        };
+        (0..new_flows)
+            .map(|i| {
+                let (src, sport) = (client_of(i, v6), 1024 + (i & 0xff) as u16);
+                frame(if tcp { Pkt::tcp(src, vip, sport, dport) } else { Pkt::udp(src, vip, sport, dport) })
+            })
+            .collect()
+    };
+    use Traffic::*;
+    let case = |name, service, traffic| Case { name, service, traffic };
+    vec![
+        case("xdp_ns_established_tcp_v4", Some("web4"), Established(frame(ack(Pkt::tcp(cl4, vip4, 40000, 80))))),
+        case("xdp_ns_established_tcp_v6", Some("web6"), Established(frame(ack(Pkt::tcp(cl6, vip6, 40000, 80))))),
+        case("xdp_ns_established_udp_v4", Some("dns4"), Established(frame(Pkt::udp(cl4, vip4, 40000, 53)))),
+        case("xdp_ns_established_udp_v6", Some("dns6"), Established(frame(Pkt::udp(cl6, vip6, 40000, 53)))),
+        case("xdp_ns_new_flow_tcp_v4", Some("web4"), NewFlows(fresh(false, true))),
+        case("xdp_ns_new_flow_tcp_v6", Some("web6"), NewFlows(fresh(true, true))),
+        case("xdp_ns_new_flow_udp_v4", Some("dns4"), NewFlows(fresh(false, false))),
+        case("xdp_ns_new_flow_udp_v6", Some("dns6"), NewFlows(fresh(true, false))),
+        case("xdp_ns_not_vip", None, NotVip(frame(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)))),
+        case("xdp_ns_not_vip_v6", None, NotVip(frame(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)))),
+    ]
+}
+
+/// Counter deltas the measurement must have produced, per service.
+#[derive(Default, Clone, Copy)]
+struct Expect {
+    new_flows: u64,
+    established: u64,
 }
 
 fn main() -> anyhow::Result<()> {
     if !is_root() {
         anyhow::bail!("run as root (BPF and network namespaces)");
     }
-    let calls: usize = std::env::args().nth(1).map(|a| a.parse()).transpose()?.unwrap_or(200_000);
+    let opts = Opts::from_args()?;
+    let calls: usize = if opts.quick { 20_000 } else { 100_000 };
+    let reps = opts.reps;
+    let conntrack = conntrack_entries(calls, reps);
+    method(
+        "xdp_ns",
+        &format!(
+            "BPF_PROG_TEST_RUN, {calls} calls of repeat=1 per figure and repetition, mean of the kernel-reported \
+             durations; {reps} repetitions interleaving every figure with the floor (xlb_floor, XDP_PASS, same object, \
+             same harness); NAT services; conntrack and reverse-NAT maps sized {conntrack} so that no inserted flow is \
+             evicted (the new-flow cost grows as they fill); proof by the program's per-service counters"
+        ),
+    );
     let b = bed();
-    let lines = b.ns.run_in(|| -> anyhow::Result<Vec<String>> {
-        let mut cfg = fixture_config();
-        cfg.daemon.conntrack_entries = 4 * 1024 * 1024;
-        let mut bal = Balancer::load(&cfg)?;
-        bal.apply(&cfg)?;
-        // As the daemon does: next hops from the neighbour table, no FIB per packet.
-        bal.refresh_next_hops()?;
-        let mac = |p: Pkt| {
-            let mut p = p;
-            p.eth_dst = b.c0_mac;
-            p.eth_src = CLIENT_MAC;
-            p.build()
-        };
-        let ack = |mut p: Pkt| {
-            p.tcp_flags = TCP_ACK;
-            p
-        };
-        let (cl4, vip4, cl6, vip6) = (ip("198.18.0.1"), ip("198.18.0.10"), ip("2001:db8::1"), ip("2001:db8::10"));
-        let est_v4 = vec![mac(ack(Pkt::tcp(cl4, vip4, 40000, 80)))];
-        let est_v6 = vec![mac(ack(Pkt::tcp(cl6, vip6, 40000, 80)))];
-        let est_udp = vec![mac(Pkt::udp(cl4, vip4, 40000, 53))];
-        let not_vip = vec![mac(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22))];
-        // New flows: a distinct client address/port per call, never seen before.
-        let new_v4: Vec<Vec<u8>> = (0..calls * REPS)
-            .map(|i| {
-                let a = ip(&format!("198.19.{}.{}", (i >> 16) & 0xff, (i >> 8) & 0xff));
-                mac(Pkt::tcp(a, vip4, 1024 + (i & 0xff) as u16, 80))
-            })
-            .collect();
-        let web4 = bal.services.iter().find(|s| s.cfg.name == "web4").unwrap().id;
-        bal.dp.floor_program()?;
-        // Warm up: create the conntrack entries of the established flows.
-        for p in [&est_v4, &est_v6, &est_udp] {
-            measure(bal.dp.program(), p, b.c0, 10, 4);
+    b.ns.run_in(|| run(&b, calls, reps, conntrack))??;
+    Ok(())
+}
+
+/// Conntrack entries that hold every flow the run inserts (4 new-flow figures).
+fn conntrack_entries(calls: usize, reps: usize) -> u32 {
+    u32::try_from((4 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
+}
+
+fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) -> anyhow::Result<()> {
+    let mut cfg = fixture_config();
+    cfg.daemon.conntrack_entries = conntrack;
+    let mut bal = Balancer::load(&cfg)?;
+    bal.apply(&cfg)?;
+    // As the daemon does: next hops from the neighbour table, no FIB per packet.
+    bal.refresh_next_hops()?;
+    let frame = |mut p: Pkt| {
+        p.eth_dst = b.c0_mac;
+        p.eth_src = CLIENT_MAC;
+        p.build()
+    };
+    let cases = cases(frame, calls * reps);
+    let service_id = |name: &str| bal.services.iter().find(|s| s.cfg.name == name).map(|s| s.id);
+    bal.dp.floor_program()?;
+    // Warm up: create the conntrack entries of the established flows.
+    for c in &cases {
+        if let Traffic::Established(p) = &c.traffic {
+            measure(bal.dp.program(), std::slice::from_ref(p), b.c0, 10, XDP_REDIRECT);
         }
-        let mut floor = vec![];
-        let mut figs: Vec<(&str, Vec<f64>)> = vec![
-            ("xdp_ns_established_tcp_v4", vec![]),
-            ("xdp_ns_established_tcp_v6", vec![]),
-            ("xdp_ns_established_udp_v4", vec![]),
-            ("xdp_ns_new_flow_tcp_v4", vec![]),
-            ("xdp_ns_not_vip", vec![]),
-        ];
-        let st0 = bal.dp.service_stats(web4)?;
-        for rep in 0..REPS {
-            floor.push(measure(bal.dp.floor_program()?, &est_v4, b.c0, calls, 2));
-            let prog = bal.dp.program();
-            figs[0].1.push(measure(prog, &est_v4, b.c0, calls, 4));
-            figs[1].1.push(measure(prog, &est_v6, b.c0, calls, 4));
-            figs[2].1.push(measure(prog, &est_udp, b.c0, calls, 4));
-            figs[3].1.push(measure(prog, &new_v4[rep * calls..(rep + 1) * calls], b.c0, calls, 4));
-            figs[4].1.push(measure(prog, &not_vip, b.c0, calls, 2));
+    }
+    let services = ["web4", "web6", "dns4", "dns6"];
+    let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
+        services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()
+    };
+    let before = stats(&bal)?;
+    let mut expect = vec![Expect::default(); services.len()];
+    let mut figs = Figures::default();
+    // The floor sees the packet of the first case (established TCP/IPv4).
+    let floor_packet = [first_packet(&cases[0])];
+    for rep in 0..reps {
+        figs.push("xdp_ns_floor", measure(bal.dp.floor_program()?, &floor_packet, b.c0, calls, XDP_PASS));
+        let prog = bal.dp.program();
+        for c in &cases {
+            let slot = c.service.and_then(|s| services.iter().position(|&x| x == s));
+            let ns = match &c.traffic {
+                Traffic::Established(p) => {
+                    expect[slot.unwrap()].established += calls as u64;
+                    measure(prog, std::slice::from_ref(p), b.c0, calls, XDP_REDIRECT)
+                }
+                Traffic::NewFlows(all) => {
+                    expect[slot.unwrap()].new_flows += calls as u64;
+                    measure(prog, &all[rep * calls..(rep + 1) * calls], b.c0, calls, XDP_REDIRECT)
+                }
+                Traffic::NotVip(p) => measure(prog, std::slice::from_ref(p), b.c0, calls, XDP_PASS),
+            };
+            figs.push(c.name, ns);
         }
-        let st1 = bal.dp.service_stats(web4)?;
-        let new_flows = st1.new_flows - st0.new_flows;
-        let established = st1.established - st0.established;
-        let (f, fmin, fmax) = median(floor);
-        let mut lines = vec![
-            format!("calls per figure per repetition: {calls}; repetitions: {REPS}; median (min..max) ns per packet"),
-            format!("{:<28} {:>7.1} ns  ({fmin:.1}..{fmax:.1})  1.00x", "xdp_ns_floor", f),
-        ];
-        for (name, v) in figs {
-            let (m, lo, hi) = median(v);
-            lines.push(format!("{name:<28} {m:>7.1} ns  ({lo:.1}..{hi:.1})  {:.2}x floor", m / f));
+    }
+    let after = stats(&bal)?;
+    emit("xdp_ns_floor", figs.samples("xdp_ns_floor"));
+    let floor = summarize(figs.samples("xdp_ns_floor")).map(|s| s.median);
+    for c in &cases {
+        let proof = c.service.map(|s| {
+            let i = services.iter().position(|&x| x == s).unwrap();
+            let (new, est) = (after[i].new_flows - before[i].new_flows, after[i].established - before[i].established);
+            (s, new, est, expect[i])
+        });
+        match proof {
+            Some((s, new, est, e)) if new != e.new_flows || est != e.established => missing(
+                c.name,
+                &format!("counter proof failed for service {s}: {new} new flows (expected {}), {est} established hits (expected {})", e.new_flows, e.established),
+            ),
+            _ => emit(c.name, figs.samples(c.name)),
         }
-        lines.push(format!(
-            "proof from the program's counters (service web4): {new_flows} new flows inserted (expected {}), {established} established hits (expected {})",
-            calls * REPS,
-            calls * REPS
-        ));
-        Ok(lines)
-    })??;
-    for l in lines {
-        println!("{l}");
+        if let (Some((s, new, est, _)), Some(f), Some(m)) = (proof, floor, summarize(figs.samples(c.name))) {
+            eprintln!(
+                "{:<28} {:>7.1} ns  {:.2}x floor  (service {s}: {new} new flows, {est} established hits in total)",
+                c.name,
+                m.median,
+                m.median / f
+            );
+        }
     }
     Ok(())
+}
+
+fn first_packet(c: &Case) -> Vec<u8> {
+    match &c.traffic {
+        Traffic::Established(p) | Traffic::NotVip(p) => p.clone(),
+        Traffic::NewFlows(all) => all[0].clone(),
+    }
 }

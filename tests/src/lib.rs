@@ -17,6 +17,7 @@
 //! } // namespaces, veths, nginx: all gone here
 //! ```
 
+pub mod bench;
 pub mod client;
 pub mod netns;
 pub mod nginx;

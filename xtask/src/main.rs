@@ -3,6 +3,7 @@
 //! Every command it runs is printed first (`$ ...`). `setup`, `test` and `demo`
 //! install what is missing on a Debian 12 machine when run as root.
 
+mod bench;
 mod cmd;
 mod compile;
 mod setup;
@@ -42,7 +43,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Benchmarks (not implemented yet).
+    /// Set up, build, then run the benchmarks: a table on stdout and
+    /// target/bench/report.{json,md,png}. `--quick` (under 3 minutes),
+    /// `--reps N` (at least 5). Needs root.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
@@ -92,9 +95,14 @@ fn run(task: Task) -> Result<ExitCode> {
                 return Ok(ExitCode::from(code.unwrap_or(1)));
             }
         }
-        Task::Bench { .. } => {
-            eprintln!("cargo xtask bench: not implemented yet");
-            return Ok(ExitCode::FAILURE);
+        Task::Bench { args } => {
+            let opts = bench::Options::parse(&args)?;
+            if !cmd::is_root() {
+                anyhow::bail!("cargo xtask bench builds network namespaces and attaches XDP programs: run it as root");
+            }
+            setup::ensure(Needs::Everything)?;
+            build(&paths)?;
+            bench::run_bench(&paths, &opts)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -9,6 +9,8 @@ use crate::cmd::{self, command, display, is_root, probe, run};
 
 /// Debian packages the integration tests use.
 pub const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "ethtool", "iproute2", "procps", "nftables", "chromium"];
+/// Debian packages `cargo xtask bench` uses (load generator and contenders).
+pub const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "nftables"];
 /// Debian packages bpf-linker is built against (and loads `libLLVM` from).
 pub const LLVM_PACKAGES: &[&str] = &["llvm-22-dev", "libpolly-22-dev"];
 pub const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -23,7 +25,7 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub enum Needs {
     /// Building the XDP object: nightly + rust-src, bpf-linker and its LLVM.
     BpfToolchain,
-    /// Also running the tests and the demo: their packages and bpffs.
+    /// Also running the tests, the demo and the benchmarks: their packages and bpffs.
     Everything,
 }
 
@@ -126,6 +128,7 @@ fn missing(needs: Needs) -> Result<Vec<Fix>> {
     let mut wanted: Vec<&str> = LLVM_PACKAGES.to_vec();
     if needs == Needs::Everything {
         wanted.extend(TEST_PACKAGES);
+        wanted.extend(BENCH_PACKAGES);
     }
     let packages: Vec<String> = wanted
         .into_iter()

@@ -1,0 +1,492 @@
+//! Network benchmarks for `cargo xtask bench`, in one namespace topology
+//! (client -> lb -> switch -> web1, web2):
+//!
+//! - `fwd_pps_*`: UDP packets/s forwarded by the lb, xlb (NAT) against
+//!   nftables DNAT (numgen over the same backends), from an XDP live-frames
+//!   generator (xlb_testbed::bench::fwd);
+//! - `http_*`: wrk through xlb, through haproxy (mode tcp, roundrobin) and
+//!   straight to web1, kept-alive (`rps`, `p99_ms`) and one connection per
+//!   request (`cps`);
+//! - `lb_cpu_*`: CPU seconds the lb spent per million packets or requests
+//!   (xlb_testbed::bench::cpu);
+//! - `failover_ms`: active-passive failover time (xlb_testbed::bench::failover).
+//!
+//! Contenders alternate within each repetition, so the ratios are taken side
+//! by side under the same machine load. Prints `FIG`/`MISSING`/`METHOD` lines.
+//! `cargo run --release -p xlb-testbed --example bench_net -- [--quick] [--reps N]` as root.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use xlb_testbed::{
+    bench::{
+        cpu::{seconds_per_million, softirq_charged_to_task, LbCpu, NapiThreads},
+        daemon_toml, failover,
+        fwd::{run_once, Generator, FRAME_LEN},
+        http::{wrk, Haproxy, Load},
+        method, Figures, Opts,
+    },
+    http_url, is_root,
+    packet::Pkt,
+    xlb::Daemon,
+    Netns, Nginx, NginxConfig, Topology, CLIENT_V4, VIP_V4,
+};
+
+/// Distinct UDP flows (source ports) the generator cycles through.
+const FLOWS: u32 = 4096;
+const FIRST_PORT: u16 = 10_000;
+const FWD_PORT: u16 = 9;
+
+fn admin_socket(tag: &str) -> String {
+    format!("/run/xlb/bench-{}-{tag}.sock", std::process::id())
+}
+
+/// xlb for the forwarding and HTTP runs: UDP port 9 and HTTP on the VIP, NAT,
+/// over web1 and web2, no health checks.
+fn xlb_config() -> String {
+    let backends = |port: u16| {
+        (1..=2).map(|n| format!("[[service.backend]]\naddress = \"198.18.1.{}:{port}\"\n", 10 + n)).collect::<String>()
+    };
+    format!(
+        r#"{}
+[[service]]
+name = "www"
+vip = "{VIP_V4}:80"
+forwarding = "nat"
+[service.health]
+check = "none"
+{}
+[[service]]
+name = "fwd"
+vip = "{VIP_V4}:{FWD_PORT}"
+protocol = "udp"
+forwarding = "nat"
+[service.health]
+check = "none"
+{}"#,
+        daemon_toml(&admin_socket("nat")),
+        backends(80),
+        backends(FWD_PORT)
+    )
+}
+
+const NFT_TABLE: &str = "xlb_bench";
+
+fn nft_dnat_rules() -> String {
+    format!(
+        "table ip {NFT_TABLE} {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {VIP_V4} udp dport {FWD_PORT} dnat to numgen inc mod 2 map {{ 0 : 198.18.1.11, 1 : 198.18.1.12 }}
+    }}
+}}
+"
+    )
+}
+
+/// nftables DNAT in the lb namespace while it lives.
+struct NftDnat<'a>(&'a Netns);
+
+impl<'a> NftDnat<'a> {
+    fn add(ns: &'a Netns) -> Result<Self> {
+        let out = ns.exec_stdin(&["nft", "-f", "-"], nft_dnat_rules().as_bytes(), Duration::from_secs(10))?;
+        if !out.status.success() {
+            bail!("nft -f failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(NftDnat(ns))
+    }
+}
+
+impl Drop for NftDnat<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.exec_timeout(&["nft", "delete", "table", "ip", NFT_TABLE], Duration::from_secs(10));
+    }
+}
+
+fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
+    let s = ns.run(&["cat", &format!("/sys/class/net/{dev}/address")])?;
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>()?;
+    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s:?}"))
+}
+
+/// Static neighbour entries on the lb for the backends: neither contender
+/// waits for ARP during a run.
+fn pin_backend_neighbours(topo: &Topology) -> Result<()> {
+    for b in topo.backends() {
+        let mac = ns_mac_string(b.ns(), "eth0")?;
+        topo.lb_ns().ip(&[
+            "neigh",
+            "replace",
+            &b.ipv4().to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            "eth1",
+            "nud",
+            "permanent",
+        ])?;
+    }
+    Ok(())
+}
+
+fn ns_mac_string(ns: &Netns, dev: &str) -> Result<String> {
+    Ok(ns.run(&["cat", &format!("/sys/class/net/{dev}/address")])?.trim().to_owned())
+}
+
+/// Every veth end of the topology, by namespace.
+fn interfaces(topo: &Topology) -> Vec<(&Netns, Vec<String>)> {
+    let ports = std::iter::once("p-lb".to_owned()).chain(topo.backends().iter().map(|b| format!("p-{}", b.name())));
+    let mut v = vec![
+        (topo.lb_ns(), vec!["eth0".to_owned(), "eth1".to_owned()]),
+        (topo.client_ns(), vec!["eth0".to_owned()]),
+        (topo.switch_ns(), ports.collect()),
+    ];
+    v.extend(topo.backends().iter().map(|b| (b.ns(), vec!["eth0".to_owned()])));
+    v
+}
+
+/// Threaded NAPI on every interface, the lb first: the lb's receive work then
+/// runs in its own kernel threads (returned, to be measured), and the work of
+/// the hosts it sends to runs in theirs (not counted as the lb's).
+fn threaded_on(topo: &Topology) -> Result<NapiThreads> {
+    let mut lb = None;
+    for (ns, ifaces) in interfaces(topo) {
+        let t = NapiThreads::enable(ns, &ifaces.iter().map(String::as_str).collect::<Vec<_>>())?;
+        lb.get_or_insert(t);
+    }
+    lb.context("no interface")
+}
+
+/// Back to the kernel's default: NAPI polled in softirq (threads go away).
+fn threaded_off(topo: &Topology) -> Result<()> {
+    for (ns, ifaces) in interfaces(topo) {
+        for i in ifaces {
+            set_threaded(ns, &i, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn set_threaded(ns: &Netns, iface: &str, on: bool) -> Result<()> {
+    ns.run(&["sh", "-c", &format!("echo {} > /sys/class/net/{iface}/threaded", u8::from(on))]).map(|_| ())
+}
+
+fn main() -> Result<()> {
+    if !is_root() {
+        bail!("run as root (network namespaces, XDP)");
+    }
+    let opts = Opts::from_args()?;
+    let topo = Topology::builder().backends(2).build()?;
+    pin_backend_neighbours(&topo)?;
+    let mut figs = Figures::default();
+    // Forwarding first: it wants no threaded NAPI (see bench::fwd).
+    if opts.runs("fwd") {
+        let r = fwd(&topo, &opts, &mut figs);
+        section(&mut figs, &FWD_FIGURES, r);
+    }
+    let mut web = start_web(&topo)?;
+    if opts.runs("http") {
+        let r = http(&topo, &opts, &mut figs);
+        section(&mut figs, &HTTP_FIGURES, r);
+    }
+    if opts.runs("failover") {
+        let r = failover_bench(&topo, &mut web, &opts, &mut figs);
+        section(&mut figs, &["failover_ms"], r);
+    }
+    figs.emit_all();
+    Ok(())
+}
+
+const FWD_FIGURES: [&str; 3] = ["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "lb_cpu_fwd_xlb_nat"];
+const HTTP_FIGURES: [&str; 6] = [
+    "http_rps_xlb_nat",
+    "http_rps_haproxy",
+    "http_rps_direct",
+    "http_cps_xlb_nat",
+    "http_cps_haproxy",
+    "http_cps_direct",
+];
+
+/// A section that stopped with an error: its figures without any sample are
+/// reported missing with that error; the others keep what was measured.
+fn section(figs: &mut Figures, names: &[&str], r: Result<()>) {
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        for name in names {
+            if figs.samples(name).is_empty() {
+                figs.fail(name, format!("{e:#}"));
+            }
+        }
+    }
+}
+
+fn fwd(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
+    let frames: u32 = if opts.quick { 1_000_000 } else { 3_000_000 };
+    method(
+        "fwd_pps",
+        &format!(
+            "XDP live-frames generator (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, batch 64) in the client \
+             namespace: {frames} UDP/IPv4 64-byte frames per run over {FLOWS} flows (source ports), XDP_TX out of the \
+             client's eth0; counted and dropped by an XDP sink on the switch port facing the lb (frames to \
+             198.18.1.0/24 only); pps = frames at the sink / wall time of the generator run. No threaded NAPI on this \
+             path, so generator, lb and sink run in lock-step on the generator's CPU (nothing lost to queue overflow): \
+             the figure includes the generator's and the sink's cost, see fwd_pps_generator_only (generator -> sink on \
+             the lb's eth0, no forwarding) for the ceiling. A warm-up run fills conntrack first. nftables: prerouting \
+             dnat to numgen inc mod 2 over web1, web2"
+        ),
+    );
+    let charged = softirq_charged_to_task();
+    method(
+        "lb_cpu_fwd",
+        &format!(
+            "CPU time of the generator's thread (CLOCK_THREAD_CPUTIME_ID) per forwarded frame minus the same per frame \
+             in the generator-only run of the same repetition: the lb's receive path (XDP or GRO/forwarding/nftables) \
+             and its hand-off to the next veth. Valid because the kernel charges softirq work to the task it runs on \
+             (CONFIG_IRQ_TIME_ACCOUNTING off: {})",
+            match charged {
+                Some(true) => "checked",
+                Some(false) => "NO, it is on here: figure not reported",
+                None => "unknown, kernel config not readable: figure not reported",
+            }
+        ),
+    );
+    let mut g = Generator::load()?;
+    g.set_flows(FLOWS, FIRST_PORT)?;
+    let mut pkt = Pkt::udp(CLIENT_V4.into(), VIP_V4.into(), FIRST_PORT, FWD_PORT);
+    pkt.udp_no_csum = true;
+    pkt.payload = vec![0; FRAME_LEN - 14 - 20 - 8];
+    pkt.eth_src = mac_of(topo.client_ns(), "eth0")?;
+    pkt.eth_dst = mac_of(topo.lb_ns(), "eth0")?;
+    g.set_frame(&pkt.build())?;
+    g.attach_sink(topo.switch_ns(), "p-lb")?;
+    let client = topo.client_ns();
+    for _ in 0..opts.reps {
+        let base = {
+            let link = g.attach_sink(topo.lb_ns(), "eth0")?;
+            let r = run_once(&g, client, "eth0", frames);
+            g.detach_sink(link)?;
+            r?
+        };
+        figs.push("fwd_pps_generator_only", base.other as f64 / base.took.as_secs_f64());
+        let base_cpu = base.cpu_ns_per_frame(base.other).context("the generator-only run reached no sink")?;
+        let mut one = |name: &str| -> Result<()> {
+            run_once(&g, client, "eth0", FLOWS * 8)?; // warm-up: every flow known
+            let r = run_once(&g, client, "eth0", frames)?;
+            if r.to_backends == 0 || r.other > 0 {
+                figs.fail(
+                    &format!("fwd_pps_{name}"),
+                    format!("{} frames reached the backends, {} elsewhere", r.to_backends, r.other),
+                );
+                return Ok(());
+            }
+            figs.push(&format!("fwd_pps_{name}"), r.pps());
+            if let (Some(true), Some(ns)) = (charged, r.cpu_ns_per_frame(r.to_backends)) {
+                // ns per frame -> CPU seconds per million frames
+                figs.push(&format!("lb_cpu_fwd_{name}"), (ns - base_cpu) / 1000.0);
+            }
+            Ok(())
+        };
+        {
+            let _d = Daemon::start(topo.lb_ns(), &xlb_config(), &["eth0", "eth1"])?;
+            one("xlb_nat")?;
+        }
+        {
+            let _nft = NftDnat::add(topo.lb_ns())?;
+            one("nftables_dnat")?;
+        }
+    }
+    Ok(())
+}
+
+fn start_web(topo: &Topology) -> Result<Vec<Nginx>> {
+    topo.backends()
+        .iter()
+        .map(|b| Nginx::spawn_with(b.ns(), NginxConfig { access_log: false, ..NginxConfig::new(b.name()) }))
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+enum Contender {
+    Direct,
+    Xlb,
+    Haproxy,
+}
+
+impl Contender {
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::Xlb => "xlb_nat",
+            Contender::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// What runs in the lb for one contender; stopped on drop.
+enum Running<'a> {
+    Direct,
+    Xlb(Daemon),
+    Haproxy { haproxy: Haproxy, _vip: VipOnLo<'a> },
+}
+
+impl Running<'_> {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Running::Direct => vec![],
+            Running::Xlb(d) => vec![d.pid()],
+            Running::Haproxy { haproxy, .. } => vec![haproxy.pid()],
+        }
+    }
+}
+
+/// The VIP on the lb's `lo` (haproxy must own the address it listens on).
+struct VipOnLo<'a>(&'a Netns);
+
+impl<'a> VipOnLo<'a> {
+    fn add(ns: &'a Netns) -> Result<Self> {
+        ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+        Ok(VipOnLo(ns))
+    }
+}
+
+impl Drop for VipOnLo<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.ip(&["addr", "del", &format!("{VIP_V4}/32"), "dev", "lo"]);
+    }
+}
+
+fn start(topo: &Topology, c: Contender) -> Result<Running<'_>> {
+    Ok(match c {
+        Contender::Direct => Running::Direct,
+        Contender::Xlb => Running::Xlb(Daemon::start(topo.lb_ns(), &xlb_config(), &["eth0", "eth1"])?),
+        Contender::Haproxy => {
+            let vip = VipOnLo::add(topo.lb_ns())?;
+            let backends: Vec<SocketAddr> =
+                topo.backends().iter().map(|b| SocketAddr::new(b.ipv4().into(), 80)).collect();
+            let h = Haproxy::start(topo.lb_ns(), SocketAddr::new(VIP_V4.into(), 80), &backends)?;
+            Running::Haproxy { haproxy: h, _vip: vip }
+        }
+    })
+}
+
+fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
+    let (secs, cpu_secs) = if opts.quick { (1, 1) } else { (4, 2) };
+    let load = |close, secs| Load { threads: 2, connections: 64, duration: Duration::from_secs(secs), close };
+    method(
+        "http",
+        &format!(
+            "wrk -t2 -c64 -d{secs}s --latency from the client namespace; rps and p99 with kept-alive connections, cps \
+             with 'Connection: close' on every request; direct = http://198.18.1.11/ (web1, routed by the lb's kernel); \
+             xlb and haproxy = http://{VIP_V4}/ over web1 and web2 (nginx, 1 worker, no access log); haproxy 'mode tcp', \
+             'balance roundrobin', default threads, VIP on the lb's lo; kernel default NAPI (softirq); contenders \
+             alternate within each repetition; a run with more than 1% errors is discarded. lb CPU: the same loads for \
+             {cpu_secs} s with threaded NAPI (see lb_cpu_http)"
+        ),
+    );
+    method(
+        "lb_cpu_http",
+        "HTTP: CPU seconds per million requests spent in the lb namespace: on-CPU time \
+         (/proc/PID/schedstat) of the lb's threaded-NAPI kernel threads (napi/eth0-ID, napi/eth1-ID), which run everything the kernel does \
+         for packets the lb receives (XDP for xlb; GRO, forwarding, nftables, TCP receive for the others) and \
+         their hand-off to the next veth; plus process CPU (/proc/PID/stat utime+stime) of haproxy or of the xlb \
+         daemon. Every other interface of the topology runs threaded NAPI too, so receivers' work is not counted. \
+         Not counted: TCP timers and softirq work outside those threads. Threaded NAPI changes how work is \
+         scheduled (it costs haproxy more than xlb on this 2-core machine), so these CPU figures come from separate \
+         wrk runs of the same load with threaded NAPI on, right after the throughput runs (kernel default NAPI) of \
+         the same contender and repetition",
+    );
+    let direct = http_url(topo.backend(1).ipv4().into(), 80, "/");
+    let vip = http_url(VIP_V4.into(), 80, "/");
+    wrk(topo.client_ns(), &direct, load(false, 1))?; // warm-up
+    for _ in 0..opts.reps {
+        for c in [Contender::Direct, Contender::Xlb, Contender::Haproxy] {
+            let running = start(topo, c)?;
+            let url = if matches!(c, Contender::Direct) { &direct } else { &vip };
+            for close in [false, true] {
+                throughput(topo, url, c, load(close, secs), figs);
+            }
+            let napi = threaded_on(topo)?;
+            let cpu = LbCpu { napi: &napi, pids: running.pids() };
+            for close in [false, true] {
+                lb_cpu(topo, url, c, load(close, cpu_secs), &cpu, figs)?;
+            }
+            threaded_off(topo)?;
+        }
+    }
+    Ok(())
+}
+
+fn kind(load: &Load) -> &'static str {
+    if load.close {
+        "cps"
+    } else {
+        "rps"
+    }
+}
+
+/// Requests (or connections) per second, and p99 for kept-alive connections.
+fn throughput(topo: &Topology, url: &str, c: Contender, load: Load, figs: &mut Figures) {
+    let name = format!("http_{}_{}", kind(&load), c.name());
+    match wrk(topo.client_ns(), url, load) {
+        Ok(r) if r.errors * 100 <= r.requests => {
+            figs.push(&name, r.rps);
+            if !load.close {
+                figs.push(&format!("http_p99_ms_{}", c.name()), r.p99_ms);
+            }
+        }
+        Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
+        Err(e) => figs.fail(&name, format!("{e:#}")),
+    }
+}
+
+/// CPU seconds the lb spends per million requests under `load`.
+fn lb_cpu(topo: &Topology, url: &str, c: Contender, load: Load, cpu: &LbCpu, figs: &mut Figures) -> Result<()> {
+    let name = format!("lb_cpu_http_{}_{}", kind(&load), c.name());
+    let c0 = cpu.now_ns()?;
+    let r = wrk(topo.client_ns(), url, load);
+    let c1 = cpu.now_ns()?;
+    match r {
+        Ok(r) if r.errors * 100 <= r.requests => {
+            if let Some(s) = seconds_per_million(c1 - c0, r.requests) {
+                figs.push(&name, s);
+            }
+        }
+        Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
+        Err(e) => figs.fail(&name, format!("{e:#}")),
+    }
+    Ok(())
+}
+
+fn failover_bench(topo: &Topology, web: &mut [Nginx], opts: &Opts, figs: &mut Figures) -> Result<()> {
+    method(
+        "failover_ms",
+        &format!(
+            "xlb, http checks interval_ms=200 timeout_ms=150 fall=2 rise=2, web1 primary, web2 role=backup; stop web1's \
+             nginx, then a new curl request (0.3 s cap) every 10 ms until web2 answers; gives up after {} s (no further \
+             repetitions then); web1 restarted and answering again before the next repetition",
+            failover::GIVE_UP.as_secs()
+        ),
+    );
+    let d = Daemon::start(topo.lb_ns(), &failover::config(&admin_socket("failover")), &["eth0", "eth1"])?;
+    let client = topo.client_ns();
+    let url = http_url(VIP_V4.into(), 80, "/");
+    let [web1, ..] = web else { bail!("no backend") };
+    for _ in 0..opts.reps {
+        if !failover::wait_for(client, &url, "web1\n", Duration::from_secs(5)) {
+            figs.fail("failover_ms", "the VIP does not answer from web1 (the primary) within 5 s");
+            break;
+        }
+        let r = failover::measure(client, web1, "web2\n");
+        web1.start().context("restarting web1")?;
+        match r {
+            Ok(ms) => figs.push("failover_ms", ms),
+            Err(e) => {
+                figs.fail("failover_ms", format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    drop(d);
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Active-passive failover time: kill the primary, time until the VIP answers
+//! from the backup.
+//!
+//! Method: xlb with HTTP checks (interval_ms = 200, fall = 2), web1 primary,
+//! web2 `role = "backup"`. Once the VIP answers "web1", web1's nginx is
+//! stopped and the client sends a fresh request (new connection, 300 ms cap)
+//! every 10 ms; the figure is the time from the kill to the first "web2"
+//! answer. A repetition gives up after [`GIVE_UP`]; then web1 is restarted
+//! and the next repetition waits for the VIP to answer "web1" again.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use crate::{
+    bench::{daemon_toml, poll},
+    http_url, Netns, Nginx,
+};
+
+/// A repetition without failover after this long counts as failed.
+pub const GIVE_UP: Duration = Duration::from_secs(5);
+
+/// The daemon configuration (the caller fills in the admin socket).
+pub fn config(admin_socket: &str) -> String {
+    let daemon = daemon_toml(admin_socket);
+    format!(
+        r#"{daemon}
+[[service]]
+name = "www"
+vip = "198.18.0.10:80"
+forwarding = "nat"
+
+[service.health]
+check = "http"
+path = "/health"
+interval_ms = 200
+timeout_ms = 150
+rise = 2
+fall = 2
+
+[[service.backend]]
+address = "198.18.1.11:80"
+role = "primary"
+
+[[service.backend]]
+address = "198.18.1.12:80"
+role = "backup"
+"#
+    )
+}
+
+/// One GET on a new connection; the body, or `None` on any failure.
+pub fn answer(client: &Netns, url: &str) -> Option<String> {
+    let out = client.exec_timeout(&["curl", "-s", "--max-time", "0.3", url], Duration::from_secs(2)).ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Waits until the VIP answers `body` (at most `limit`).
+pub fn wait_for(client: &Netns, url: &str, body: &str, limit: Duration) -> bool {
+    poll(limit, Duration::from_millis(20), || (answer(client, url).as_deref() == Some(body)).then_some(())).is_some()
+}
+
+/// One repetition: ms from stopping `primary` to the first answer of the backup.
+pub fn measure(client: &Netns, primary: &mut Nginx, backup_body: &str) -> Result<f64> {
+    let url = http_url("198.18.0.10".parse().unwrap(), 80, "/");
+    primary.stop()?;
+    let killed = Instant::now();
+    let got = poll(GIVE_UP, Duration::from_millis(10), || {
+        (answer(client, &url).as_deref() == Some(backup_body)).then(|| killed.elapsed())
+    });
+    match got {
+        Some(t) => Ok(t.as_secs_f64() * 1000.0),
+        None => bail!(
+            "no answer from the backup within {} s of stopping the primary (are health checks implemented in this xlb?)",
+            GIVE_UP.as_secs()
+        ),
+    }
+}
