@@ -16,7 +16,7 @@
 //! `cargo run --release -p xlb-testbed --example bench_net -- [--quick] [--reps N]` as root.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use xlb_testbed::{
@@ -462,13 +462,23 @@ fn failover_bench(topo: &Topology, web: &mut [Nginx], opts: &Opts, figs: &mut Fi
     method(
         "failover_ms",
         &format!(
-            "xlb, http checks interval_ms=200 timeout_ms=150 fall=2 rise=2, web1 primary, web2 role=backup; stop web1's \
+            "xlb, http checks interval_ms=200 timeout_ms=150 fall=2 rise=2, web1 primary, web2 role=backup, every backend \
+             checked once before the first repetition; stop web1's \
              nginx, then a new curl request (0.3 s cap) every 10 ms until web2 answers; gives up after {} s (no further \
              repetitions then); web1 restarted and answering again before the next repetition",
             failover::GIVE_UP.as_secs()
         ),
     );
     let d = Daemon::start(topo.lb_ns(), &failover::config(&admin_socket("failover")), &["eth0", "eth1"])?;
+    // Steady state first: a backend's first check decides at once (no `fall`),
+    // which would make the first repetition look faster than a failover is.
+    let checked = Instant::now();
+    while d.status().contains("not checked yet") {
+        if checked.elapsed() > Duration::from_secs(5) {
+            bail!("backends not checked within 5 s of starting xlb");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let client = topo.client_ns();
     let url = http_url(VIP_V4.into(), 80, "/");
     let [web1, ..] = web else { bail!("no backend") };
