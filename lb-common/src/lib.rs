@@ -18,6 +18,7 @@ pub mod maps {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const REPLY_PORTS: &str = "REPLY_PORTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -50,6 +51,17 @@ pub const BACKEND_F_UP: u32 = 1;
 pub const SETTINGS_F_NAT: u32 = 1;
 pub const SETTING_FLAGS: u32 = 0;
 pub const NUM_SETTINGS: u32 = 4;
+/// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
+/// while some backend listens on port `p` (host order). A packet that is not
+/// for a VIP can only be a NAT reply if its source port is set: all others
+/// pass without the reverse-NAT lookup.
+pub const REPLY_PORT_WORDS: u32 = 65536 / 64;
+
+/// Word index and bit mask of `port` (host order) in `REPLY_PORTS`.
+#[inline(always)]
+pub const fn reply_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1u64 << (port & 63))
+}
 
 /// Key of `SERVICES`: what a packet is addressed to.
 #[repr(C)]

@@ -12,7 +12,7 @@ use lb_common::{
     counter, flow_hash, Backend, NextHop, BackendStats, FlowKey, FlowState, NatReverse, Service,
     ServiceStats, VipAddrKey, VipKey, BACKEND_F_UP, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
-    SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS,
+    REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, reply_port_bit,
 };
 use network_types::{
     eth::EthHdr,
@@ -51,6 +51,9 @@ static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::NUM_COUNTERS, 0);
 #[map]
 static SETTINGS: Array<u32> = Array::with_max_entries(NUM_SETTINGS, 0);
+/// Ports backends answer from (bitmap): the reply path's cheap pre-filter.
+#[map]
+static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
 
 // ---------------------------------------------------------------- constants
 
@@ -384,7 +387,7 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
         Some(f) => *f & SETTINGS_F_NAT != 0,
         None => false,
     };
-    if nat {
+    if nat && from_backend_port(pkt.key.sport) {
         if let Some(rev) = unsafe { REVERSE_NAT.get(&pkt.key) } {
             let rev = *rev;
             rewrite_src(ctx, pkt, &rev.vip, rev.vip_port)?;
@@ -393,6 +396,17 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
         }
     }
     Ok(xdp_action::XDP_PASS)
+}
+
+/// Whether some backend answers from `sport` (network order): two array
+/// reads (inlined by the verifier) instead of hashing the 5-tuple.
+#[inline(always)]
+fn from_backend_port(sport: u16) -> bool {
+    let (word, bit) = reply_port_bit(u16::from_be(sport));
+    match REPLY_PORTS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
 }
 
 // ---------------------------------------------------------------- rewrite

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, maps, Backend, BackendStats, Service, ServiceStats, VipAddrKey, VipKey,
+    counter, maps, reply_port_bit, Backend, BackendStats, Service, ServiceStats, VipAddrKey, VipKey,
     SETTING_FLAGS,
 };
 
@@ -44,6 +44,8 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Interface -> the mode it was attached in.
     attached: BTreeMap<String, &'static str>,
+    /// Backend slot -> its port (host order), mirrored into `REPLY_PORTS`.
+    backend_ports: BTreeMap<u32, u16>,
 }
 
 impl Dataplane {
@@ -66,7 +68,7 @@ impl Dataplane {
             .context("the XDP object has no program `xlb`")?
             .try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
-        Ok(Self { ebpf, attached: BTreeMap::new() })
+        Ok(Self { ebpf, attached: BTreeMap::new(), backend_ports: BTreeMap::new() })
     }
 
     pub fn program(&self) -> &Xdp {
@@ -150,9 +152,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes `BACKENDS[slot]`, then the reply-port bits of its old and new port.
     pub fn set_backend(&mut self, slot: u32, be: &Backend) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(maps::BACKENDS))?;
-        m.set(slot, be, 0).with_context(|| format!("writing BACKENDS[{slot}]"))
+        m.set(slot, be, 0).with_context(|| format!("writing BACKENDS[{slot}]"))?;
+        let port = u16::from_be(be.port);
+        let old = if port == 0 { self.backend_ports.remove(&slot) } else { self.backend_ports.insert(slot, port) };
+        if old != Some(port) {
+            for p in old.into_iter().chain((port != 0).then_some(port)) {
+                self.write_reply_port_word(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the `REPLY_PORTS` word holding `port` from `backend_ports`.
+    /// A bit is set before any flow can use the backend, and cleared only
+    /// when no slot uses the port any more.
+    fn write_reply_port_word(&mut self, port: u16) -> anyhow::Result<()> {
+        let (word, _) = reply_port_bit(port);
+        let value = self
+            .backend_ports
+            .values()
+            .map(|&p| reply_port_bit(p))
+            .filter(|&(w, _)| w == word)
+            .fold(0u64, |acc, (_, bit)| acc | bit);
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::REPLY_PORTS))?;
+        m.set(word, value, 0).context("writing REPLY_PORTS")
     }
 
     /// Writes the slots of a Maglev table that differ from `old` (all of them
