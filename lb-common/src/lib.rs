@@ -14,6 +14,7 @@ pub mod maps {
     pub const RING: &str = "RING";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const REVERSE_NAT: &str = "REVERSE_NAT";
+    pub const NAT_SOURCES: &str = "NAT_SOURCES";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -47,12 +48,18 @@ pub const SERVICE_F_DSR: u32 = 1;
 /// `Backend::flags`: the backend may carry traffic (configured, healthy).
 /// Established flows follow a backend only while this is set.
 pub const BACKEND_F_UP: u32 = 1;
+/// `Backend::flags`: the backend's address, port and protocol serve more than
+/// one NAT service, so a reply cannot tell its VIP: new flows also write a
+/// `REVERSE_NAT` entry. Set by the loader, not by the planner.
+pub const BACKEND_F_SHARED: u32 = 2;
+/// `NatSource::flags`: see `BACKEND_F_SHARED`; replies look in `REVERSE_NAT` first.
+pub const NAT_SOURCE_F_SHARED: u32 = 1;
 /// `SETTINGS[SETTING_FLAGS]`: some service uses NAT, so replies need the reverse lookup.
 pub const SETTINGS_F_NAT: u32 = 1;
 pub const SETTING_FLAGS: u32 = 0;
 pub const NUM_SETTINGS: u32 = 4;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
-/// while some backend listens on port `p` (host order). A packet that is not
+/// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
 /// pass without the reverse-NAT lookup.
 pub const REPLY_PORT_WORDS: u32 = 65536 / 64;
@@ -63,7 +70,8 @@ pub const fn reply_port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1u64 << (port & 63))
 }
 
-/// Key of `SERVICES`: what a packet is addressed to.
+/// Key of `SERVICES` (what a packet is addressed to) and of `NAT_SOURCES`
+/// (what a NAT backend answers from): an address, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
@@ -149,9 +157,29 @@ pub struct FlowKey {
 pub struct FlowState {
     pub backend: u32,
     pub generation: u32,
+    /// NAT: back where the client's first packet came from (its ingress
+    /// interface, its source MAC as destination and its destination MAC as
+    /// source), for the replies. Zero for DSR.
+    pub reply_hop: NextHop,
 }
 
-/// Value of `REVERSE_NAT`: what to put back as the source of a reply.
+/// Value of `NAT_SOURCES`, keyed by a NAT backend's address, port and
+/// protocol: the one service it serves, so that a reply finds its flow in
+/// `CONNTRACK` (client -> VIP) without a per-flow reverse entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatSource {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    /// The backend's slot: a reply is translated only for flows tracked to it.
+    pub backend: u32,
+    pub flags: u32,
+}
+
+/// Value of `REVERSE_NAT`: what to put back as the source of a reply. Only
+/// flows to a `BACKEND_F_SHARED` backend have one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatReverse {
@@ -280,6 +308,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for NatSource {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
 }
@@ -291,7 +320,8 @@ const _: () = assert!(core::mem::size_of::<Service>() == 16);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
+const _: () = assert!(core::mem::size_of::<NatSource>() == 28);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);

@@ -9,8 +9,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    counter, flow_hash, Backend, NextHop, BackendStats, FlowKey, FlowState, NatReverse, Service,
-    ServiceStats, VipAddrKey, VipKey, BACKEND_F_UP, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
+    counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource, NextHop,
+    Service, ServiceStats, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP, NAT_SOURCE_F_SHARED, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
     REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, reply_port_bit,
 };
@@ -39,10 +39,15 @@ static RING: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 static CONNTRACK: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
-/// backend -> client flows of NAT services: what to restore as the source.
+/// backend -> client flows of NAT services whose backend is shared with
+/// another NAT service (`BACKEND_F_SHARED`): what to restore as the source.
 #[map]
 static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+/// NAT backend (address, port, protocol) -> its service's VIP: turns a reply
+/// back into its flow's `CONNTRACK` key. Filled by the loader.
+#[map]
+static NAT_SOURCES: HashMap<VipKey, NatSource> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
@@ -67,6 +72,9 @@ const AF_INET6: u8 = 10;
 /// IPv4 `frags` field (network order as loaded): MF flag and fragment offset.
 const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
 const IPV6_NEXT_FRAGMENT: u8 = 44;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 const MAX_HEADER_OFFSET: usize = 0x1ff;
 
@@ -126,6 +134,8 @@ struct Parsed {
     csum_none: bool,
     /// IP total length (host order), for the FIB's MTU check.
     ip_len: u16,
+    /// TCP SYN without ACK: a connection's first packet.
+    syn: bool,
     key: FlowKey,
 }
 
@@ -263,6 +273,7 @@ fn parse_l4(
     dst: [u32; 4],
     ip_len: u16,
 ) -> Result<Option<Parsed>, Reason> {
+    let mut syn = false;
     let (ports, csum_none) = if proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
             return refuse(dst, family, counter::DROP_TRUNCATED);
@@ -272,6 +283,7 @@ fn parse_l4(
         if doff < 5 {
             return refuse(dst, family, counter::DROP_BAD_HEADER);
         }
+        syn = unsafe { *(tcp as *const u8).add(13) } & (TCP_SYN | TCP_ACK) == TCP_SYN;
         (tcp as *const [u16; 2], false)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4) else {
@@ -286,6 +298,7 @@ fn parse_l4(
         l4,
         csum_none,
         ip_len,
+        syn,
         key: FlowKey { src, dst, sport, dport, proto, family, _pad: [0; 2] },
     }))
 }
@@ -314,14 +327,17 @@ fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u
 }
 
 /// The flow's backend: its conntrack entry while that backend is still
-/// usable, otherwise a Maglev pick (which makes or replaces the entry).
+/// usable, otherwise a Maglev pick (which makes or replaces the entry). A TCP
+/// SYN opens a connection: it is picked without looking (as in Katran), which
+/// saves a lookup that would miss and lets a reused 5-tuple start afresh.
 #[inline(always)]
 fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, bool), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
     if let Some(s) = stats {
         unsafe { (*s).packets += 1 };
     }
-    if let Some(st) = unsafe { CONNTRACK.get(&pkt.key) } {
+    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
+    if let Some(st) = tracked {
         let idx = st.backend;
         if let Some(be) = BACKENDS.get(idx) {
             if be.flags & BACKEND_F_UP != 0 && be.generation == st.generation {
@@ -348,35 +364,50 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
         Some(b) if b.flags & BACKEND_F_UP != 0 => *b,
         _ => return Err(counter::DROP_NO_BACKEND),
     };
-    let state = FlowState { backend: idx, generation: be.generation };
+    let nat = svc.flags & SERVICE_F_DSR == 0;
+    let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
+    let state = FlowState { backend: idx, generation: be.generation, reply_hop };
     // A full LRU evicts; an insert can only fail under memory pressure, and
     // then the flow is simply picked again (same answer) at its next packet.
     let _ = CONNTRACK.insert(&pkt.key, &state, 0);
-    if svc.flags & SERVICE_F_DSR == 0 {
-        let k = &pkt.key;
-        let reply = FlowKey {
-            src: be.addr,
-            dst: k.src,
-            sport: be.port,
-            dport: k.sport,
-            proto: k.proto,
-            family: k.family,
-            _pad: [0; 2],
-        };
-        let mut next_hop = NextHop { ifindex: ctx.ingress_ifindex() as u32, ..NextHop::default() };
-        if let Some(eth) = ptr_at::<EthHdr>(ctx, 0) {
-            unsafe {
-                next_hop.dmac = (*eth).src_addr;
-                next_hop.smac = (*eth).dst_addr;
-            }
-        }
-        let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx, next_hop };
-        let _ = REVERSE_NAT.insert(&reply, &nat, 0);
+    if nat && be.flags & BACKEND_F_SHARED != 0 {
+        insert_reverse(pkt, &be, idx, reply_hop);
     }
     if let Some(s) = stats {
         unsafe { (*s).new_flows += 1 };
     }
     Ok((idx, be, true))
+}
+
+/// Back where this packet came from: for the replies of a NAT flow.
+#[inline(always)]
+fn reply_hop(ctx: &XdpContext) -> NextHop {
+    let mut hop = NextHop { ifindex: ctx.ingress_ifindex() as u32, ..NextHop::default() };
+    if let Some(eth) = ptr_at::<EthHdr>(ctx, 0) {
+        unsafe {
+            hop.dmac = (*eth).src_addr;
+            hop.smac = (*eth).dst_addr;
+        }
+    }
+    hop
+}
+
+/// The reverse entry of a flow to a shared backend, whose replies cannot
+/// tell their VIP from the backend's address alone.
+#[inline(always)]
+fn insert_reverse(pkt: &Parsed, be: &Backend, idx: u32, next_hop: NextHop) {
+    let k = &pkt.key;
+    let reply = FlowKey {
+        src: be.addr,
+        dst: k.src,
+        sport: be.port,
+        dport: k.sport,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx, next_hop };
+    let _ = REVERSE_NAT.insert(&reply, &nat, 0);
 }
 
 // ---------------------------------------------------------------- reply path
@@ -388,14 +419,43 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
         None => false,
     };
     if nat && from_backend_port(pkt.key.sport) {
-        if let Some(rev) = unsafe { REVERSE_NAT.get(&pkt.key) } {
-            let rev = *rev;
-            rewrite_src(ctx, pkt, &rev.vip, rev.vip_port)?;
+        if let Some((vip, vip_port, hop)) = nat_reply(pkt) {
+            rewrite_src(ctx, pkt, &vip, vip_port)?;
             count(counter::REPLY_NAT);
-            return forward(ctx, pkt, &rev.next_hop, &pkt.key.dst, &rev.vip, true);
+            return forward(ctx, pkt, &hop, &pkt.key.dst, &vip, true);
         }
     }
     Ok(xdp_action::XDP_PASS)
+}
+
+/// The VIP address, port and next hop of a reply from a NAT backend, if its
+/// flow is tracked: the backend's service names the VIP, and the flow's
+/// `CONNTRACK` entry (client -> VIP) must name this backend. Backends shared
+/// by several NAT services look in `REVERSE_NAT` first.
+#[inline(always)]
+fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop)> {
+    let k = &pkt.key;
+    let from = VipKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
+    let src = unsafe { NAT_SOURCES.get(&from) }?;
+    if src.flags & NAT_SOURCE_F_SHARED != 0 {
+        if let Some(rev) = unsafe { REVERSE_NAT.get(k) } {
+            return Some((rev.vip, rev.vip_port, rev.next_hop));
+        }
+    }
+    let flow = FlowKey {
+        src: k.dst,
+        dst: src.vip,
+        sport: k.dport,
+        dport: src.vip_port,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    let st = unsafe { CONNTRACK.get(&flow) }?;
+    if st.backend != src.backend {
+        return None;
+    }
+    Some((src.vip, src.vip_port, st.reply_hop))
 }
 
 /// Whether some backend answers from `sport` (network order): two array
