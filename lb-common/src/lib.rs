@@ -15,6 +15,7 @@ pub mod maps {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const REVERSE_NAT: &str = "REVERSE_NAT";
     pub const NAT_SOURCES: &str = "NAT_SOURCES";
+    pub const TRACE: &str = "TRACE";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -57,6 +58,9 @@ pub const NAT_SOURCE_F_SHARED: u32 = 1;
 /// `SETTINGS[SETTING_FLAGS]`: some service uses NAT, so replies need the reverse lookup.
 pub const SETTINGS_F_NAT: u32 = 1;
 pub const SETTING_FLAGS: u32 = 0;
+/// `SETTINGS[SETTING_TRACE]`: 0, tracing off; N, one decision in N (on
+/// average) is written to the `TRACE` ring buffer as a `TraceEvent`.
+pub const SETTING_TRACE: u32 = 1;
 pub const NUM_SETTINGS: u32 = 4;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
@@ -215,6 +219,50 @@ pub struct ServiceStats {
     pub repicked: u64,
 }
 
+/// Bytes of the `TRACE` ring buffer (a power of two, whole pages).
+pub const TRACE_RING_BYTES: u32 = 256 * 1024;
+
+/// `TraceEvent::kind`: what the data path decided for a sampled packet.
+pub mod trace {
+    /// A VIP flow with a usable conntrack entry: it follows its backend.
+    pub const HIT: u8 = 1;
+    /// A VIP flow without an entry (or a TCP SYN): a Maglev pick.
+    pub const MISS: u8 = 2;
+    /// A VIP flow whose entry named a backend no longer usable: picked again.
+    pub const REPICK: u8 = 3;
+    /// A reply from a NAT backend, rewritten back to the VIP.
+    pub const REPLY: u8 = 4;
+    /// A packet to a VIP refused before a backend was chosen.
+    pub const DROP: u8 = 5;
+}
+
+/// One sampled data-path decision, as written to `TRACE`. Addresses and
+/// ports as in the packet (network order); `service` and `backend` are
+/// `u32::MAX` when not known (a malformed packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns` (monotonic).
+    pub ns: u64,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// One of `trace::*`.
+    pub kind: u8,
+    pub _pad: u8,
+    /// `Service::id`.
+    pub service: u32,
+    /// Backend slot.
+    pub backend: u32,
+    /// The XDP action returned.
+    pub action: u32,
+    /// The `counter` index: the drop reason, or the pass reason; `u32::MAX` if none.
+    pub reason: u32,
+}
+
 /// Indices of `COUNTERS` (per CPU): drop reasons first, then events.
 pub mod counter {
     /// Shorter than its headers claim, or shorter than a header.
@@ -309,6 +357,7 @@ mod pod {
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for NatSource {}
+    unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
 }
@@ -322,6 +371,7 @@ const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
 const _: () = assert!(core::mem::size_of::<NatSource>() == 28);
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);

@@ -53,7 +53,10 @@ async fn handle(stream: UnixStream, bal: Arc<Mutex<Balancer>>) -> anyhow::Result
     BufReader::new(r).take(4096).read_line(&mut line).await?;
     let answer = match line.trim() {
         "status" => status(&bal.lock().unwrap()),
-        other => Err(anyhow::anyhow!("unknown request {other:?}; known: status")),
+        l if l.split_whitespace().next() == Some("trace") => {
+            return crate::trace::serve(&l["trace".len()..], &bal, &mut w).await;
+        }
+        other => Err(anyhow::anyhow!("unknown request {other:?}; known: status, trace")),
     };
     let text = match answer {
         Ok(t) => format!("ok\n{t}"),

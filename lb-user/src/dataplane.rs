@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap as StdHashMap};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     counter, maps, reply_port_bit, Backend, BackendStats, NatSource, Service, ServiceStats,
     VipAddrKey, VipKey, BACKEND_F_SHARED, NAT_SOURCE_F_SHARED, SERVICE_F_DSR, SETTING_FLAGS,
+    SETTING_TRACE,
 };
 
 use crate::config::XdpModeConfig;
@@ -47,6 +48,8 @@ pub struct Dataplane {
     /// What was written to the service and backend maps, from which
     /// `NAT_SOURCES`, `BACKEND_F_SHARED` and `REPLY_PORTS` follow.
     book: NatBook,
+    /// The `TRACE` ring buffer, while no `xlb trace` has it.
+    trace_ring: Option<RingBuf<MapData>>,
 }
 
 impl Dataplane {
@@ -69,7 +72,9 @@ impl Dataplane {
             .context("the XDP object has no program `xlb`")?
             .try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
-        Ok(Self { ebpf, attached: BTreeMap::new(), book: NatBook::default() })
+        let trace_ring = ebpf.take_map(maps::TRACE).context("the XDP object has no TRACE map")?;
+        let trace_ring = Some(RingBuf::try_from(trace_ring)?);
+        Ok(Self { ebpf, attached: BTreeMap::new(), book: NatBook::default(), trace_ring })
     }
 
     pub fn program(&self) -> &Xdp {
@@ -251,6 +256,21 @@ impl Dataplane {
     pub fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
         m.set(SETTING_FLAGS, flags, 0).context("writing SETTINGS")
+    }
+
+    /// Turns data-path tracing on (one decision in `rate`) or off (`0`).
+    pub fn set_trace(&mut self, rate: u32) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(SETTING_TRACE, rate, 0).context("writing SETTINGS")
+    }
+
+    /// Lends out the `TRACE` ring buffer; `None` while a trace has it.
+    pub fn take_trace_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.trace_ring.take()
+    }
+
+    pub fn return_trace_ring(&mut self, ring: RingBuf<MapData>) {
+        self.trace_ring = Some(ring);
     }
 
     /// `COUNTERS`, summed over CPUs.

@@ -8,3 +8,4 @@ pub mod dataplane;
 pub mod explain;
 pub mod maglev;
 pub mod neigh;
+pub mod trace;

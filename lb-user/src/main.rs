@@ -31,6 +31,24 @@ enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Print sampled data-path decisions of the running daemon, live: flow,
+    /// service, conntrack hit or miss, backend, action or drop reason.
+    Trace {
+        /// Admin socket (default: the config's admin_socket, else /run/xlb/xlb.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Report one decision in N.
+        #[arg(long, default_value_t = 1)]
+        sample: u32,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this many seconds (at most 3600).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
         #[arg(short, long)]
@@ -54,6 +72,15 @@ fn main() -> ExitCode {
         Command::Status { socket, config } => xlb::admin::socket_path(socket, config.as_deref())
             .and_then(|p| xlb::admin::request(&p, "status"))
             .map(|t| print!("{t}")),
+        Command::Trace { socket, config, sample, count, seconds } => {
+            let limits = xlb::trace::Limits {
+                sample,
+                max_events: count,
+                max_duration: std::time::Duration::from_secs(seconds),
+            };
+            xlb::admin::socket_path(socket, config.as_deref())
+                .and_then(|p| xlb::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
+        }
         Command::Explain { config, client, vip, protocol } => {
             xlb::explain::run(&config, &client, &vip, &protocol)
         }
