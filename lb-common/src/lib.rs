@@ -259,7 +259,7 @@ pub struct TraceEvent {
     pub backend: u32,
     /// The XDP action returned.
     pub action: u32,
-    /// The `counter` index: the drop reason, or the pass reason; `u32::MAX` if none.
+    /// The drop reason (a `counter` index); `u32::MAX` when not dropped.
     pub reason: u32,
 }
 
