@@ -412,3 +412,76 @@ impl NatBook {
         (word, value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{addr_v4, FAMILY_V4, PROTO_TCP};
+
+    use super::*;
+
+    fn vip(last: u8, port: u16) -> VipKey {
+        VipKey { addr: addr_v4([198, 18, 0, last]), port: port.to_be(), proto: PROTO_TCP, family: FAMILY_V4 }
+    }
+
+    fn backend(service: u32, last: u8, port: u16) -> Backend {
+        Backend {
+            addr: addr_v4([198, 18, 1, last]),
+            port: port.to_be(),
+            family: FAMILY_V4,
+            service,
+            flags: lb_common::BACKEND_F_UP,
+            ..Backend::default()
+        }
+    }
+
+    /// Keeps `book.sources` as `Dataplane::sync_nat_source` would.
+    fn sync(book: &mut NatBook) {
+        let keys: Vec<VipKey> = book.backends.values().filter_map(|b| book.key_of(b)).chain(book.sources.keys().copied()).collect();
+        for k in keys {
+            match book.want(&k) {
+                Some(s) => book.sources.insert(k, s),
+                None => book.sources.remove(&k),
+            };
+        }
+    }
+
+    #[test]
+    fn nat_sources_name_the_one_service_and_mark_shared_backends() {
+        let mut book = NatBook::default();
+        book.services.insert(1, (vip(30, 80), 0));
+        book.services.insert(2, (vip(20, 80), SERVICE_F_DSR));
+        book.backends.insert(10, backend(1, 11, 80));
+        book.backends.insert(11, backend(2, 11, 80)); // same address, DSR: no NAT source
+        sync(&mut book);
+        let key = book.key_of(&book.backends[&10]).unwrap();
+        assert_eq!(book.sources.len(), 1);
+        assert_eq!(
+            book.sources[&key],
+            NatSource { vip: vip(30, 80).addr, vip_port: 80u16.to_be(), _pad: 0, backend: 10, flags: 0 }
+        );
+        assert_eq!(book.entry(10).flags, lb_common::BACKEND_F_UP);
+        assert_eq!(book.reply_port_word(80), (1, 1 << 16));
+
+        // A second NAT service on the same backend: shared, keeping the first service's VIP.
+        book.services.insert(3, (vip(31, 80), 0));
+        book.backends.insert(12, backend(3, 11, 80));
+        sync(&mut book);
+        assert_eq!(book.sources[&key].flags, NAT_SOURCE_F_SHARED);
+        assert_eq!(book.sources[&key].backend, 10);
+        for slot in [10, 12] {
+            assert_eq!(book.entry(slot).flags, lb_common::BACKEND_F_UP | BACKEND_F_SHARED, "slot {slot}");
+        }
+        assert_eq!(book.entry(11).flags, lb_common::BACKEND_F_UP, "the DSR backend is not shared");
+
+        // The first service's backend leaves: the other one owns the source alone.
+        book.backends.remove(&10);
+        sync(&mut book);
+        assert_eq!(book.sources[&key].backend, 12);
+        assert_eq!(book.sources[&key].vip, vip(31, 80).addr);
+        assert_eq!(book.sources[&key].flags, 0);
+        book.backends.remove(&12);
+        sync(&mut book);
+        assert!(book.sources.is_empty());
+        assert_eq!(book.reply_port_word(80), (1, 0));
+    }
+}
