@@ -14,10 +14,13 @@ pub mod maps {
     pub const RING: &str = "RING";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const REVERSE_NAT: &str = "REVERSE_NAT";
+    pub const NAT_SOURCES: &str = "NAT_SOURCES";
+    pub const TRACE: &str = "TRACE";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const REPLY_PORTS: &str = "REPLY_PORTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -46,12 +49,33 @@ pub const SERVICE_F_DSR: u32 = 1;
 /// `Backend::flags`: the backend may carry traffic (configured, healthy).
 /// Established flows follow a backend only while this is set.
 pub const BACKEND_F_UP: u32 = 1;
+/// `Backend::flags`: the backend's address, port and protocol serve more than
+/// one NAT service, so a reply cannot tell its VIP: new flows also write a
+/// `REVERSE_NAT` entry. Set by the loader, not by the planner.
+pub const BACKEND_F_SHARED: u32 = 2;
+/// `NatSource::flags`: see `BACKEND_F_SHARED`; replies look in `REVERSE_NAT` first.
+pub const NAT_SOURCE_F_SHARED: u32 = 1;
 /// `SETTINGS[SETTING_FLAGS]`: some service uses NAT, so replies need the reverse lookup.
 pub const SETTINGS_F_NAT: u32 = 1;
 pub const SETTING_FLAGS: u32 = 0;
+/// `SETTINGS[SETTING_TRACE]`: 0, tracing off; N, one decision in N (on
+/// average) is written to the `TRACE` ring buffer as a `TraceEvent`.
+pub const SETTING_TRACE: u32 = 1;
 pub const NUM_SETTINGS: u32 = 4;
+/// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
+/// while some NAT backend listens on port `p` (host order). A packet that is not
+/// for a VIP can only be a NAT reply if its source port is set: all others
+/// pass without the reverse-NAT lookup.
+pub const REPLY_PORT_WORDS: u32 = 65536 / 64;
 
-/// Key of `SERVICES`: what a packet is addressed to.
+/// Word index and bit mask of `port` (host order) in `REPLY_PORTS`.
+#[inline(always)]
+pub const fn reply_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1u64 << (port & 63))
+}
+
+/// Key of `SERVICES` (what a packet is addressed to) and of `NAT_SOURCES`
+/// (what a NAT backend answers from): an address, port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VipKey {
@@ -137,9 +161,29 @@ pub struct FlowKey {
 pub struct FlowState {
     pub backend: u32,
     pub generation: u32,
+    /// NAT: back where the client's first packet came from (its ingress
+    /// interface, its source MAC as destination and its destination MAC as
+    /// source), for the replies. Zero for DSR.
+    pub reply_hop: NextHop,
 }
 
-/// Value of `REVERSE_NAT`: what to put back as the source of a reply.
+/// Value of `NAT_SOURCES`, keyed by a NAT backend's address, port and
+/// protocol: the one service it serves, so that a reply finds its flow in
+/// `CONNTRACK` (client -> VIP) without a per-flow reverse entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatSource {
+    pub vip: [u32; 4],
+    /// Network byte order.
+    pub vip_port: u16,
+    pub _pad: u16,
+    /// The backend's slot: a reply is translated only for flows tracked to it.
+    pub backend: u32,
+    pub flags: u32,
+}
+
+/// Value of `REVERSE_NAT`: what to put back as the source of a reply. Only
+/// flows to a `BACKEND_F_SHARED` backend have one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatReverse {
@@ -173,6 +217,50 @@ pub struct ServiceStats {
     pub new_flows: u64,
     /// Conntrack entries found pointing at a backend that is no longer usable.
     pub repicked: u64,
+}
+
+/// Bytes of the `TRACE` ring buffer (a power of two, whole pages).
+pub const TRACE_RING_BYTES: u32 = 256 * 1024;
+
+/// `TraceEvent::kind`: what the data path decided for a sampled packet.
+pub mod trace {
+    /// A VIP flow with a usable conntrack entry: it follows its backend.
+    pub const HIT: u8 = 1;
+    /// A VIP flow without an entry (or a TCP SYN): a Maglev pick.
+    pub const MISS: u8 = 2;
+    /// A VIP flow whose entry named a backend no longer usable: picked again.
+    pub const REPICK: u8 = 3;
+    /// A reply from a NAT backend, rewritten back to the VIP.
+    pub const REPLY: u8 = 4;
+    /// A packet to a VIP refused before a backend was chosen.
+    pub const DROP: u8 = 5;
+}
+
+/// One sampled data-path decision, as written to `TRACE`. Addresses and
+/// ports as in the packet (network order); `service` and `backend` are
+/// `u32::MAX` when not known (a malformed packet).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceEvent {
+    /// `bpf_ktime_get_ns` (monotonic).
+    pub ns: u64,
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// One of `trace::*`.
+    pub kind: u8,
+    pub _pad: u8,
+    /// `Service::id`.
+    pub service: u32,
+    /// Backend slot.
+    pub backend: u32,
+    /// The XDP action returned.
+    pub action: u32,
+    /// The drop reason (a `counter` index); `u32::MAX` when not dropped.
+    pub reason: u32,
 }
 
 /// Indices of `COUNTERS` (per CPU): drop reasons first, then events.
@@ -268,6 +356,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for NatReverse {}
+    unsafe impl aya::Pod for NatSource {}
+    unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
 }
@@ -279,7 +369,9 @@ const _: () = assert!(core::mem::size_of::<Service>() == 16);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
+const _: () = assert!(core::mem::size_of::<NatSource>() == 28);
+const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);

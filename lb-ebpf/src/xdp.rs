@@ -2,17 +2,18 @@ use core::mem::{self, offset_of};
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
     EbpfContext,
 };
 use lb_common::{
-    counter, flow_hash, Backend, NextHop, BackendStats, FlowKey, FlowState, NatReverse, Service,
-    ServiceStats, VipAddrKey, VipKey, BACKEND_F_UP, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
+    counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource, NextHop,
+    Service, ServiceStats, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP, NAT_SOURCE_F_SHARED, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
-    SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS,
+    REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE, TRACE_RING_BYTES,
+    reply_port_bit, trace, TraceEvent,
 };
 use network_types::{
     eth::EthHdr,
@@ -40,10 +41,15 @@ static RING: Array<u32> = Array::with_max_entries(1, 1 << 10);
 #[map]
 static CONNTRACK: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
-/// backend -> client flows of NAT services: what to restore as the source.
+/// backend -> client flows of NAT services whose backend is shared with
+/// another NAT service (`BACKEND_F_SHARED`): what to restore as the source.
 #[map]
 static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+/// NAT backend (address, port, protocol) -> its service's VIP: turns a reply
+/// back into its flow's `CONNTRACK` key. Filled by the loader.
+#[map]
+static NAT_SOURCES: HashMap<VipKey, NatSource> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 #[map]
 static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
@@ -52,6 +58,12 @@ static SERVICE_STATS: PerCpuArray<ServiceStats> = PerCpuArray::with_max_entries(
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::NUM_COUNTERS, 0);
 #[map]
 static SETTINGS: Array<u32> = Array::with_max_entries(NUM_SETTINGS, 0);
+/// Sampled decisions for `xlb trace`, while `SETTINGS[SETTING_TRACE]` is set.
+#[map]
+static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+/// Ports backends answer from (bitmap): the reply path's cheap pre-filter.
+#[map]
+static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
 
 // ---------------------------------------------------------------- constants
 
@@ -65,6 +77,9 @@ const AF_INET6: u8 = 10;
 /// IPv4 `frags` field (network order as loaded): MF flag and fragment offset.
 const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
 const IPV6_NEXT_FRAGMENT: u8 = 44;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 const MAX_HEADER_OFFSET: usize = 0x1ff;
 
@@ -124,6 +139,8 @@ struct Parsed {
     csum_none: bool,
     /// IP total length (host order), for the FIB's MTU check.
     ip_len: u16,
+    /// TCP SYN without ACK: a connection's first packet.
+    syn: bool,
     key: FlowKey,
 }
 
@@ -173,10 +190,14 @@ fn parse(ctx: &XdpContext) -> Result<Option<Parsed>, Reason> {
 /// A packet xlb cannot handle: refused and counted when its destination is
 /// a VIP address, left to the kernel otherwise.
 #[inline(always)]
-fn refuse(addr: [u32; 4], family: u8, reason: Reason) -> Result<Option<Parsed>, Reason> {
-    let key = VipAddrKey { addr, family, _pad: [0; 3] };
+fn refuse(src: [u32; 4], dst: [u32; 4], proto: u8, family: u8, reason: Reason) -> Result<Option<Parsed>, Reason> {
+    let key = VipAddrKey { addr: dst, family, _pad: [0; 3] };
     match unsafe { VIP_ADDRS.get(&key) } {
-        Some(_) => Err(reason),
+        Some(_) => {
+            let key = FlowKey { src, dst, sport: 0, dport: 0, proto, family, _pad: [0; 2] };
+            trace_decision(&key, trace::DROP, NOT_KNOWN, NOT_KNOWN, Err(reason));
+            Err(reason)
+        }
         None => Ok(None),
     }
 }
@@ -196,21 +217,21 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
             *(ip as *const u8).add(offset_of!(Ipv4Hdr, dst_addr)).cast::<u32>(),
         )
     };
-    let daddr = [dst, 0, 0, 0];
+    let (saddr, daddr) = ([src, 0, 0, 0], [dst, 0, 0, 0]);
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return Ok(None);
     }
     let ihl = ((vihl & 0x0f) as usize) << 2;
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return refuse(daddr, FAMILY_V4, counter::DROP_BAD_HEADER);
+        return refuse(saddr, daddr, proto, FAMILY_V4, counter::DROP_BAD_HEADER);
     }
     if u16::from_be(frags) & IPV4_MF_OR_OFFSET != 0 {
-        return refuse(daddr, FAMILY_V4, counter::DROP_FRAGMENT);
+        return refuse(saddr, daddr, proto, FAMILY_V4, counter::DROP_FRAGMENT);
     }
     if (tot_len as usize) < ihl || ctx.data() + l3 + tot_len as usize > ctx.data_end() {
-        return refuse(daddr, FAMILY_V4, counter::DROP_TRUNCATED);
+        return refuse(saddr, daddr, proto, FAMILY_V4, counter::DROP_TRUNCATED);
     }
-    parse_l4(ctx, l3, l3 + ihl, proto, FAMILY_V4, [src, 0, 0, 0], daddr, tot_len)
+    parse_l4(ctx, l3, l3 + ihl, proto, FAMILY_V4, saddr, daddr, tot_len)
 }
 
 #[inline(always)]
@@ -231,19 +252,19 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
         // Extension headers (and fragments) are refused for VIPs; ICMPv6 and
         // anything else goes to the kernel.
         return match next {
-            IPV6_NEXT_FRAGMENT => refuse(dst, FAMILY_V6, counter::DROP_FRAGMENT),
+            IPV6_NEXT_FRAGMENT => refuse(src, dst, next, FAMILY_V6, counter::DROP_FRAGMENT),
             0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 => {
-                refuse(dst, FAMILY_V6, counter::DROP_IPV6_EXT)
+                refuse(src, dst, next, FAMILY_V6, counter::DROP_IPV6_EXT)
             }
             _ => Ok(None),
         };
     }
     if vcf0 >> 4 != 6 {
-        return refuse(dst, FAMILY_V6, counter::DROP_BAD_HEADER);
+        return refuse(src, dst, next, FAMILY_V6, counter::DROP_BAD_HEADER);
     }
     let l4 = l3 + Ipv6Hdr::LEN;
     if ctx.data() + l4 + payload_len as usize > ctx.data_end() {
-        return refuse(dst, FAMILY_V6, counter::DROP_TRUNCATED);
+        return refuse(src, dst, next, FAMILY_V6, counter::DROP_TRUNCATED);
     }
     let ip_len = payload_len.wrapping_add(Ipv6Hdr::LEN as u16);
     parse_l4(ctx, l3, l4, next, FAMILY_V6, src, dst, ip_len)
@@ -261,19 +282,21 @@ fn parse_l4(
     dst: [u32; 4],
     ip_len: u16,
 ) -> Result<Option<Parsed>, Reason> {
+    let mut syn = false;
     let (ports, csum_none) = if proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
-            return refuse(dst, family, counter::DROP_TRUNCATED);
+            return refuse(src, dst, proto, family, counter::DROP_TRUNCATED);
         };
         // Data offset: the high nibble of byte 12.
         let doff = unsafe { *(tcp as *const u8).add(12) } >> 4;
         if doff < 5 {
-            return refuse(dst, family, counter::DROP_BAD_HEADER);
+            return refuse(src, dst, proto, family, counter::DROP_BAD_HEADER);
         }
+        syn = unsafe { *(tcp as *const u8).add(13) } & (TCP_SYN | TCP_ACK) == TCP_SYN;
         (tcp as *const [u16; 2], false)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, l4) else {
-            return refuse(dst, family, counter::DROP_TRUNCATED);
+            return refuse(src, dst, proto, family, counter::DROP_TRUNCATED);
         };
         let none = family == FAMILY_V4 && unsafe { (*udp).check } == [0, 0];
         (udp as *const [u16; 2], none)
@@ -284,6 +307,7 @@ fn parse_l4(
         l4,
         csum_none,
         ip_len,
+        syn,
         key: FlowKey { src, dst, sport, dport, proto, family, _pad: [0; 2] },
     }))
 }
@@ -292,7 +316,21 @@ fn parse_l4(
 
 #[inline(always)]
 fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u32, Reason> {
-    let (idx, be, new_flow) = lookup_or_pick(ctx, pkt, svc)?;
+    let (idx, be, kind) = match lookup_or_pick(ctx, pkt, svc) {
+        Ok(picked) => picked,
+        Err(reason) => {
+            trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
+            return Err(reason);
+        }
+    };
+    let result = send_to_backend(ctx, pkt, svc, idx, &be, kind != trace::HIT);
+    trace_decision(&pkt.key, kind, svc.id, idx, result);
+    result
+}
+
+/// Counts the packet for its backend, rewrites it (NAT) and sends it on.
+#[inline(always)]
+fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: &Backend, new_flow: bool) -> Result<u32, Reason> {
     let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(s) = BACKEND_STATS.get_ptr_mut(idx) {
         unsafe {
@@ -311,27 +349,33 @@ fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u
     forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
 }
 
-/// The flow's backend: its conntrack entry while that backend is still
-/// usable, otherwise a Maglev pick (which makes or replaces the entry).
+/// The flow's backend and how it was found (`trace::HIT`, `MISS` or
+/// `REPICK`): its conntrack entry while that backend is still
+/// usable, otherwise a Maglev pick (which makes or replaces the entry). A TCP
+/// SYN opens a connection: it is picked without looking (as in Katran), which
+/// saves a lookup that would miss and lets a reused 5-tuple start afresh.
 #[inline(always)]
-fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, bool), Reason> {
+fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, u8), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
     if let Some(s) = stats {
         unsafe { (*s).packets += 1 };
     }
-    if let Some(st) = unsafe { CONNTRACK.get(&pkt.key) } {
+    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
+    let mut kind = trace::MISS;
+    if let Some(st) = tracked {
         let idx = st.backend;
         if let Some(be) = BACKENDS.get(idx) {
             if be.flags & BACKEND_F_UP != 0 && be.generation == st.generation {
                 if let Some(s) = stats {
                     unsafe { (*s).established += 1 };
                 }
-                return Ok((idx, *be, false));
+                return Ok((idx, *be, trace::HIT));
             }
         }
         if let Some(s) = stats {
             unsafe { (*s).repicked += 1 };
         }
+        kind = trace::REPICK;
     }
     // Maglev: ring[service][hash(flow) % M].
     if svc.table_size == 0 {
@@ -346,35 +390,50 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
         Some(b) if b.flags & BACKEND_F_UP != 0 => *b,
         _ => return Err(counter::DROP_NO_BACKEND),
     };
-    let state = FlowState { backend: idx, generation: be.generation };
+    let nat = svc.flags & SERVICE_F_DSR == 0;
+    let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
+    let state = FlowState { backend: idx, generation: be.generation, reply_hop };
     // A full LRU evicts; an insert can only fail under memory pressure, and
     // then the flow is simply picked again (same answer) at its next packet.
     let _ = CONNTRACK.insert(&pkt.key, &state, 0);
-    if svc.flags & SERVICE_F_DSR == 0 {
-        let k = &pkt.key;
-        let reply = FlowKey {
-            src: be.addr,
-            dst: k.src,
-            sport: be.port,
-            dport: k.sport,
-            proto: k.proto,
-            family: k.family,
-            _pad: [0; 2],
-        };
-        let mut next_hop = NextHop { ifindex: ctx.ingress_ifindex() as u32, ..NextHop::default() };
-        if let Some(eth) = ptr_at::<EthHdr>(ctx, 0) {
-            unsafe {
-                next_hop.dmac = (*eth).src_addr;
-                next_hop.smac = (*eth).dst_addr;
-            }
-        }
-        let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx, next_hop };
-        let _ = REVERSE_NAT.insert(&reply, &nat, 0);
+    if nat && be.flags & BACKEND_F_SHARED != 0 {
+        insert_reverse(pkt, &be, idx, reply_hop);
     }
     if let Some(s) = stats {
         unsafe { (*s).new_flows += 1 };
     }
-    Ok((idx, be, true))
+    Ok((idx, be, kind))
+}
+
+/// Back where this packet came from: for the replies of a NAT flow.
+#[inline(always)]
+fn reply_hop(ctx: &XdpContext) -> NextHop {
+    let mut hop = NextHop { ifindex: ctx.ingress_ifindex() as u32, ..NextHop::default() };
+    if let Some(eth) = ptr_at::<EthHdr>(ctx, 0) {
+        unsafe {
+            hop.dmac = (*eth).src_addr;
+            hop.smac = (*eth).dst_addr;
+        }
+    }
+    hop
+}
+
+/// The reverse entry of a flow to a shared backend, whose replies cannot
+/// tell their VIP from the backend's address alone.
+#[inline(always)]
+fn insert_reverse(pkt: &Parsed, be: &Backend, idx: u32, next_hop: NextHop) {
+    let k = &pkt.key;
+    let reply = FlowKey {
+        src: be.addr,
+        dst: k.src,
+        sport: be.port,
+        dport: k.sport,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx, next_hop };
+    let _ = REVERSE_NAT.insert(&reply, &nat, 0);
 }
 
 // ---------------------------------------------------------------- reply path
@@ -385,15 +444,98 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
         Some(f) => *f & SETTINGS_F_NAT != 0,
         None => false,
     };
-    if nat {
-        if let Some(rev) = unsafe { REVERSE_NAT.get(&pkt.key) } {
-            let rev = *rev;
-            rewrite_src(ctx, pkt, &rev.vip, rev.vip_port)?;
-            count(counter::REPLY_NAT);
-            return forward(ctx, pkt, &rev.next_hop, &pkt.key.dst, &rev.vip, true);
+    if nat && from_backend_port(pkt.key.sport) {
+        if let Some((vip, vip_port, hop, backend)) = nat_reply(pkt) {
+            let result = rewrite_src(ctx, pkt, &vip, vip_port).and_then(|()| {
+                count(counter::REPLY_NAT);
+                forward(ctx, pkt, &hop, &pkt.key.dst, &vip, true)
+            });
+            trace_decision(&pkt.key, trace::REPLY, NOT_KNOWN, backend, result);
+            return result;
         }
     }
     Ok(xdp_action::XDP_PASS)
+}
+
+/// The VIP address, port and next hop of a reply from a NAT backend, if its
+/// flow is tracked: the backend's service names the VIP, and the flow's
+/// `CONNTRACK` entry (client -> VIP) must name this backend. Backends shared
+/// by several NAT services look in `REVERSE_NAT` first.
+#[inline(always)]
+fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop, u32)> {
+    let k = &pkt.key;
+    let from = VipKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
+    let src = unsafe { NAT_SOURCES.get(&from) }?;
+    if src.flags & NAT_SOURCE_F_SHARED != 0 {
+        if let Some(rev) = unsafe { REVERSE_NAT.get(k) } {
+            return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
+        }
+    }
+    let flow = FlowKey {
+        src: k.dst,
+        dst: src.vip,
+        sport: k.dport,
+        dport: src.vip_port,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
+    let st = unsafe { CONNTRACK.get(&flow) }?;
+    if st.backend != src.backend {
+        return None;
+    }
+    Some((src.vip, src.vip_port, st.reply_hop, src.backend))
+}
+
+/// Whether some backend answers from `sport` (network order): two array
+/// reads (inlined by the verifier) instead of hashing the 5-tuple.
+#[inline(always)]
+fn from_backend_port(sport: u16) -> bool {
+    let (word, bit) = reply_port_bit(u16::from_be(sport));
+    match REPLY_PORTS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
+// ---------------------------------------------------------------- trace
+
+/// `TraceEvent::service` / `backend` when not known.
+const NOT_KNOWN: u32 = u32::MAX;
+
+/// Writes a sampled decision to `TRACE` while `xlb trace` runs. Off, it
+/// costs one array read (inlined by the verifier) and a branch, on VIP
+/// packets and NAT replies only.
+#[inline(always)]
+fn trace_decision(key: &FlowKey, kind: u8, service: u32, backend: u32, result: Result<u32, Reason>) {
+    let rate = match SETTINGS.get(SETTING_TRACE) {
+        Some(r) if *r != 0 => *r,
+        _ => return,
+    };
+    if rate > 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
+        return;
+    }
+    let (action, reason) = match result {
+        Ok(a) => (a, NOT_KNOWN),
+        Err(r) => (xdp_action::XDP_DROP, r),
+    };
+    let ev = TraceEvent {
+        ns: unsafe { bpf_ktime_get_ns() },
+        src: key.src,
+        dst: key.dst,
+        sport: key.sport,
+        dport: key.dport,
+        proto: key.proto,
+        family: key.family,
+        kind,
+        _pad: 0,
+        service,
+        backend,
+        action,
+        reason,
+    };
+    // A full ring drops the event: the trace is a sample, never a brake.
+    let _ = TRACE.output::<TraceEvent>(&ev, 0);
 }
 
 // ---------------------------------------------------------------- rewrite

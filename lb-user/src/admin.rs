@@ -45,8 +45,9 @@ pub async fn serve(listener: UnixListener, ctx: Arc<Ctx>) {
 }
 
 /// The requests, as `xlb` sends them: `status`, `reload`,
-/// `drain SERVICE BACKEND`, `enable SERVICE BACKEND`.
-pub const REQUESTS: &str = "status, reload, drain SERVICE BACKEND, enable SERVICE BACKEND";
+/// `drain SERVICE BACKEND`, `enable SERVICE BACKEND`, and `trace` (which
+/// streams events until its limits are reached).
+pub const REQUESTS: &str = "status, reload, drain SERVICE BACKEND, enable SERVICE BACKEND, trace SAMPLE COUNT SECONDS";
 
 async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -61,6 +62,10 @@ async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> anyhow::Result<()> {
         }
         ["enable", service, backend] => {
             tokio::task::block_in_place(|| ctx.bal.lock().unwrap().set_drained(service, backend, false))
+        }
+        ["trace", ..] => {
+            let args = line.trim_start()["trace".len()..].to_string();
+            return crate::trace::serve(&args, &ctx.bal, &mut w).await;
         }
         _ => Err(anyhow::anyhow!("unknown request {:?}; known: {REQUESTS}", line.trim())),
     };

@@ -3,17 +3,18 @@
 //! The object is embedded in the binary at build time (see build.rs); nothing
 //! is read from `target/` at run time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap as StdHashMap};
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, maps, Backend, BackendStats, Service, ServiceStats, VipAddrKey, VipKey,
-    SETTING_FLAGS,
+    counter, maps, reply_port_bit, Backend, BackendStats, NatSource, Service, ServiceStats,
+    VipAddrKey, VipKey, BACKEND_F_SHARED, NAT_SOURCE_F_SHARED, SERVICE_F_DSR, SETTING_FLAGS,
+    SETTING_TRACE,
 };
 
 use crate::{config::XdpModeConfig, ring::RingMem};
@@ -46,6 +47,11 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Interface -> the mode it was attached in.
     attached: BTreeMap<String, &'static str>,
+    /// What was written to the service and backend maps, from which
+    /// `NAT_SOURCES`, `BACKEND_F_SHARED` and `REPLY_PORTS` follow.
+    book: NatBook,
+    /// The `TRACE` ring buffer, while no `xlb trace` has it.
+    trace_ring: Option<RingBuf<MapData>>,
 }
 
 impl Dataplane {
@@ -74,7 +80,9 @@ impl Dataplane {
                 .ok(),
             _ => None,
         };
-        Ok(Self { ring, ebpf, attached: BTreeMap::new() })
+        let trace_ring = ebpf.take_map(maps::TRACE).context("the XDP object has no TRACE map")?;
+        let trace_ring = Some(RingBuf::try_from(trace_ring)?);
+        Ok(Self { ring, ebpf, attached: BTreeMap::new(), book: NatBook::default(), trace_ring })
     }
 
     pub fn program(&self) -> &Xdp {
@@ -137,7 +145,11 @@ impl Dataplane {
         self.ebpf.map(name).unwrap_or_else(|| panic!("map {name} missing from the object"))
     }
 
+    /// Publishes a service; the NAT sources of its backends are written first.
     pub fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()> {
+        let before = self.book.keys_of_service(svc.id);
+        self.book.services.insert(svc.id, (*key, svc.flags));
+        self.sync_service_sources(svc.id, before)?;
         let mut m: HashMap<&mut MapData, VipKey, Service> = HashMap::try_from(self.map_mut(maps::SERVICES))?;
         m.insert(key, svc, 0).context("writing SERVICES")?;
         let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
@@ -155,12 +167,81 @@ impl Dataplane {
             let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
             a.remove(&addr).context("removing from VIP_ADDRS")?;
         }
+        if let Some(id) = self.book.services.iter().find(|(_, (k, _))| k == key).map(|(id, _)| *id) {
+            let before = self.book.keys_of_service(id);
+            self.book.services.remove(&id);
+            self.sync_service_sources(id, before)?;
+        }
         Ok(())
     }
 
+    /// Writes `BACKENDS[slot]` (`Backend::default()` frees it) and what
+    /// follows from it: its NAT source and the reply-port bits.
     pub fn set_backend(&mut self, slot: u32, be: &Backend) -> anyhow::Result<()> {
+        let before = self.book.backends.get(&slot).and_then(|b| self.book.key_of(b));
+        if be.port == 0 {
+            self.book.backends.remove(&slot);
+        } else {
+            self.book.backends.insert(slot, *be);
+        }
+        let after = self.book.backends.get(&slot).and_then(|b| self.book.key_of(b));
+        for key in before.into_iter().chain(after.filter(|a| Some(*a) != before)) {
+            self.sync_nat_source(key)?;
+        }
+        self.write_backend(slot)
+    }
+
+    fn write_backend(&mut self, slot: u32) -> anyhow::Result<()> {
+        let be = self.book.entry(slot);
         let mut m: Array<&mut MapData, Backend> = Array::try_from(self.map_mut(maps::BACKENDS))?;
         m.set(slot, be, 0).with_context(|| format!("writing BACKENDS[{slot}]"))
+    }
+
+    /// After service `id` changed: the NAT sources its backends had
+    /// (`before`) and have now, then its backends' entries.
+    fn sync_service_sources(&mut self, id: u32, before: Vec<VipKey>) -> anyhow::Result<()> {
+        let mut keys = before;
+        keys.extend(self.book.keys_of_service(id));
+        keys.dedup();
+        for key in keys {
+            self.sync_nat_source(key)?;
+        }
+        for slot in self.book.slots_of_service(id) {
+            self.write_backend(slot)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `NAT_SOURCES[key]` what the book says, then the flags of the
+    /// backends behind it and the `REPLY_PORTS` bit of its port. A source is
+    /// written before any flow can use its service and removed only when no
+    /// NAT backend answers from it any more.
+    fn sync_nat_source(&mut self, key: VipKey) -> anyhow::Result<()> {
+        let want = self.book.want(&key);
+        let prev = self.book.sources.get(&key).copied();
+        if want == prev {
+            return Ok(());
+        }
+        let mut m: HashMap<&mut MapData, VipKey, NatSource> = HashMap::try_from(self.map_mut(maps::NAT_SOURCES))?;
+        match want {
+            Some(src) => {
+                m.insert(key, src, 0).context("writing NAT_SOURCES")?;
+                self.book.sources.insert(key, src);
+            }
+            None => {
+                m.remove(&key).context("removing from NAT_SOURCES")?;
+                self.book.sources.remove(&key);
+            }
+        }
+        let shared = |s: Option<NatSource>| s.is_some_and(|s| s.flags & NAT_SOURCE_F_SHARED != 0);
+        if shared(want) != shared(prev) {
+            for slot in self.book.members(&key) {
+                self.write_backend(slot)?;
+            }
+        }
+        let (word, value) = self.book.reply_port_word(u16::from_be(key.port));
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::REPLY_PORTS))?;
+        m.set(word, value, 0).context("writing REPLY_PORTS")
     }
 
     /// Writes the slots of a Maglev table that differ from `old` (all of them
@@ -204,6 +285,21 @@ impl Dataplane {
     pub fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
         m.set(SETTING_FLAGS, flags, 0).context("writing SETTINGS")
+    }
+
+    /// Turns data-path tracing on (one decision in `rate`) or off (`0`).
+    pub fn set_trace(&mut self, rate: u32) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(SETTING_TRACE, rate, 0).context("writing SETTINGS")
+    }
+
+    /// Lends out the `TRACE` ring buffer; `None` while a trace has it.
+    pub fn take_trace_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.trace_ring.take()
+    }
+
+    pub fn return_trace_ring(&mut self, ring: RingBuf<MapData>) {
+        self.trace_ring = Some(ring);
     }
 
     /// `COUNTERS`, summed over CPUs.
@@ -272,5 +368,161 @@ fn raise_memlock_limit() {
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
     if ret != 0 {
         log::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The loader's copy of the services and backends it wrote, from which the
+/// NAT reply maps follow: a NAT backend (address, port, protocol) that serves
+/// one service names that service's VIP in `NAT_SOURCES`; one that serves
+/// several is `BACKEND_F_SHARED` (its flows keep reverse entries).
+#[derive(Default)]
+struct NatBook {
+    /// Slot -> entry as the planner wrote it (without `BACKEND_F_SHARED`).
+    backends: BTreeMap<u32, Backend>,
+    /// Service id -> its VIP key and flags.
+    services: BTreeMap<u32, (VipKey, u32)>,
+    /// `NAT_SOURCES` as written.
+    sources: StdHashMap<VipKey, NatSource>,
+}
+
+impl NatBook {
+    /// The `NAT_SOURCES` key of a backend of a known NAT service.
+    fn key_of(&self, be: &Backend) -> Option<VipKey> {
+        let (vip, flags) = self.services.get(&be.service)?;
+        (be.port != 0 && flags & SERVICE_F_DSR == 0).then_some(VipKey {
+            addr: be.addr,
+            port: be.port,
+            proto: vip.proto,
+            family: be.family,
+        })
+    }
+
+    fn slots_of_service(&self, id: u32) -> Vec<u32> {
+        self.backends.iter().filter(|(_, b)| b.service == id).map(|(s, _)| *s).collect()
+    }
+
+    fn keys_of_service(&self, id: u32) -> Vec<VipKey> {
+        let mut keys: Vec<VipKey> = self.slots_of_service(id).iter().filter_map(|s| self.key_of(&self.backends[s])).collect();
+        keys.dedup();
+        keys
+    }
+
+    /// Slots whose NAT source is `key`, lowest first.
+    fn members(&self, key: &VipKey) -> Vec<u32> {
+        self.backends.iter().filter(|(_, b)| self.key_of(b).as_ref() == Some(key)).map(|(s, _)| *s).collect()
+    }
+
+    /// What `NAT_SOURCES[key]` should hold. A source that becomes shared
+    /// keeps the service it had: its flows made before have no reverse entry.
+    fn want(&self, key: &VipKey) -> Option<NatSource> {
+        let members = self.members(key);
+        let shared = members.len() > 1;
+        let prev = self.sources.get(key).filter(|p| members.contains(&p.backend));
+        let slot = prev.map_or(*members.first()?, |p| p.backend);
+        let (vip, _) = self.services[&self.backends[&slot].service];
+        Some(NatSource {
+            vip: vip.addr,
+            vip_port: vip.port,
+            _pad: 0,
+            backend: slot,
+            flags: if shared { NAT_SOURCE_F_SHARED } else { 0 },
+        })
+    }
+
+    /// `BACKENDS[slot]` as the program needs it.
+    fn entry(&self, slot: u32) -> Backend {
+        let Some(be) = self.backends.get(&slot) else {
+            return Backend::default();
+        };
+        let shared = self
+            .key_of(be)
+            .and_then(|k| self.sources.get(&k))
+            .is_some_and(|s| s.flags & NAT_SOURCE_F_SHARED != 0);
+        Backend { flags: be.flags | if shared { BACKEND_F_SHARED } else { 0 }, ..*be }
+    }
+
+    /// The `REPLY_PORTS` word holding `port` (host order), from the sources written.
+    fn reply_port_word(&self, port: u16) -> (u32, u64) {
+        let (word, _) = reply_port_bit(port);
+        let value = self
+            .sources
+            .keys()
+            .map(|k| reply_port_bit(u16::from_be(k.port)))
+            .filter(|&(w, _)| w == word)
+            .fold(0, |acc, (_, bit)| acc | bit);
+        (word, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{addr_v4, FAMILY_V4, PROTO_TCP};
+
+    use super::*;
+
+    fn vip(last: u8, port: u16) -> VipKey {
+        VipKey { addr: addr_v4([198, 18, 0, last]), port: port.to_be(), proto: PROTO_TCP, family: FAMILY_V4 }
+    }
+
+    fn backend(service: u32, last: u8, port: u16) -> Backend {
+        Backend {
+            addr: addr_v4([198, 18, 1, last]),
+            port: port.to_be(),
+            family: FAMILY_V4,
+            service,
+            flags: lb_common::BACKEND_F_UP,
+            ..Backend::default()
+        }
+    }
+
+    /// Keeps `book.sources` as `Dataplane::sync_nat_source` would.
+    fn sync(book: &mut NatBook) {
+        let keys: Vec<VipKey> = book.backends.values().filter_map(|b| book.key_of(b)).chain(book.sources.keys().copied()).collect();
+        for k in keys {
+            match book.want(&k) {
+                Some(s) => book.sources.insert(k, s),
+                None => book.sources.remove(&k),
+            };
+        }
+    }
+
+    #[test]
+    fn nat_sources_name_the_one_service_and_mark_shared_backends() {
+        let mut book = NatBook::default();
+        book.services.insert(1, (vip(30, 80), 0));
+        book.services.insert(2, (vip(20, 80), SERVICE_F_DSR));
+        book.backends.insert(10, backend(1, 11, 80));
+        book.backends.insert(11, backend(2, 11, 80)); // same address, DSR: no NAT source
+        sync(&mut book);
+        let key = book.key_of(&book.backends[&10]).unwrap();
+        assert_eq!(book.sources.len(), 1);
+        assert_eq!(
+            book.sources[&key],
+            NatSource { vip: vip(30, 80).addr, vip_port: 80u16.to_be(), _pad: 0, backend: 10, flags: 0 }
+        );
+        assert_eq!(book.entry(10).flags, lb_common::BACKEND_F_UP);
+        assert_eq!(book.reply_port_word(80), (1, 1 << 16));
+
+        // A second NAT service on the same backend: shared, keeping the first service's VIP.
+        book.services.insert(3, (vip(31, 80), 0));
+        book.backends.insert(12, backend(3, 11, 80));
+        sync(&mut book);
+        assert_eq!(book.sources[&key].flags, NAT_SOURCE_F_SHARED);
+        assert_eq!(book.sources[&key].backend, 10);
+        for slot in [10, 12] {
+            assert_eq!(book.entry(slot).flags, lb_common::BACKEND_F_UP | BACKEND_F_SHARED, "slot {slot}");
+        }
+        assert_eq!(book.entry(11).flags, lb_common::BACKEND_F_UP, "the DSR backend is not shared");
+
+        // The first service's backend leaves: the other one owns the source alone.
+        book.backends.remove(&10);
+        sync(&mut book);
+        assert_eq!(book.sources[&key].backend, 12);
+        assert_eq!(book.sources[&key].vip, vip(31, 80).addr);
+        assert_eq!(book.sources[&key].flags, 0);
+        book.backends.remove(&12);
+        sync(&mut book);
+        assert!(book.sources.is_empty());
+        assert_eq!(book.reply_port_word(80), (1, 0));
     }
 }

@@ -16,3 +16,4 @@ pub mod ring;
 pub mod rates;
 pub mod status;
 pub mod top;
+pub mod trace;

@@ -58,6 +58,21 @@ enum Command {
         #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
         interval: f64,
     },
+    /// Print sampled data-path decisions of the running daemon, live: flow,
+    /// service, conntrack hit or miss, backend, action or drop reason.
+    Trace {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Report one decision in N.
+        #[arg(long, default_value_t = 1)]
+        sample: u32,
+        /// Stop after this many events.
+        #[arg(long, default_value_t = 100)]
+        count: u64,
+        /// Stop after this many seconds (at most 3600).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
         #[arg(short, long)]
@@ -112,6 +127,15 @@ fn main() -> ExitCode {
         Command::Reload { daemon } => daemon.ask("reload"),
         Command::Top { daemon, interval } => xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
             .and_then(|p| xlb::top::run(&p, std::time::Duration::from_secs_f64(interval))),
+        Command::Trace { daemon, sample, count, seconds } => {
+            let limits = xlb::trace::Limits {
+                sample,
+                max_events: count,
+                max_duration: std::time::Duration::from_secs(seconds),
+            };
+            xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
+                .and_then(|p| xlb::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
+        }
         Command::Explain { config, client, vip, protocol } => {
             xlb::explain::run(&config, &client, &vip, &protocol)
         }

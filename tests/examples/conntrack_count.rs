@@ -35,7 +35,7 @@ fn key(i: u32) -> FlowKey {
 fn fill(fd: &OwnedFd, from: u32, to: u32) {
     for start in (from..to).step_by(8192) {
         let keys: Vec<FlowKey> = (start..to.min(start + 8192)).map(key).collect();
-        let values = vec![FlowState { backend: 0, generation: 1 }; keys.len()];
+        let values = vec![FlowState { backend: 0, generation: 1, ..Default::default() }; keys.len()];
         let mut attr = BatchAttr {
             keys: keys.as_ptr() as u64,
             values: values.as_ptr() as u64,

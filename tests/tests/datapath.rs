@@ -308,3 +308,74 @@ fn kernel_agrees_with_explain_and_repicks_dead_backends() {
         .unwrap();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A backend (address, port, protocol) behind two NAT services: its replies
+/// cannot name their VIP by the backend alone, so its flows keep reverse
+/// entries. Flows made while it served one service keep being answered
+/// from that VIP after a reload shares it, and after a reload unshares it.
+#[test]
+fn shared_nat_backend_answers_from_each_flows_vip() {
+    if !require_root("shared_nat_backend") {
+        return;
+    }
+    let b = bed();
+    let problems = b
+        .ns
+        .run_in(|| {
+            let one = config();
+            let mut two = one.clone();
+            let mut pair2 = two.services.iter().find(|s| s.name == "pair").unwrap().clone();
+            pair2.name = "pair2".into();
+            pair2.vip = sa("198.18.0.31:80");
+            pair2.backends.retain(|be| be.address == sa("198.18.1.11:80"));
+            two.services.push(pair2);
+
+            let mut bal = Balancer::load(&two).unwrap();
+            bal.apply(&one).unwrap();
+            let (cl, web1) = (ip("198.18.0.1"), sa("198.18.1.11:80"));
+            let (vip30, vip31) = (sa("198.18.0.30:80"), sa("198.18.0.31:80"));
+            let on_web1: Vec<u16> = (42000..42100u16)
+                .filter(|&p| xlb::explain::pick(&one, SocketAddr::new(cl, p), vip30, Protocol::Tcp).unwrap() == web1)
+                .take(2)
+                .collect();
+            let mut problems = vec![];
+            let mut open = |bal: &Balancer, port: u16, vip: SocketAddr| {
+                let pkt = with_macs(Pkt::tcp(cl, vip.ip(), port, 80), b.c0_mac, CLIENT_MAC).build();
+                let (action, out) = run(bal, &pkt, b.c0);
+                let got = parse_and_verify(&out).map(|p| SocketAddr::new(p.dst, p.dport));
+                if action != XDP_REDIRECT || got != Ok(web1) {
+                    problems.push(format!("client port {port} -> {vip}: action {action}, {got:?}, expected {web1}"));
+                }
+            };
+            let reply = |bal: &Balancer, port: u16| {
+                let pkt = with_macs(Pkt::tcp(web1.ip(), cl, 80, port), b.b0_mac, WEB1_MAC).build();
+                let (action, out) = run(bal, &pkt, b.b0);
+                let from = parse_and_verify(&out).map(|p| SocketAddr::new(p.src, p.sport));
+                (action, from)
+            };
+            // Unique, then shared by a reload, then unique again.
+            open(&bal, on_web1[0], vip30);
+            bal.apply(&two).unwrap();
+            open(&bal, on_web1[1], vip30);
+            open(&bal, 42200, vip31);
+            let mut expect = |bal: &Balancer, when: &str, port: u16, vip: SocketAddr| {
+                let got = reply(bal, port);
+                if got != (XDP_REDIRECT, Ok(vip)) {
+                    problems.push(format!("{when}: reply to client port {port}: {got:?}, expected from {vip}"));
+                }
+            };
+            expect(&bal, "shared", on_web1[0], vip30);
+            expect(&bal, "shared", on_web1[1], vip30);
+            expect(&bal, "shared", 42200, vip31);
+            bal.apply(&one).unwrap();
+            expect(&bal, "unshared again", on_web1[0], vip30);
+            expect(&bal, "unshared again", on_web1[1], vip30);
+            let stray = reply(&bal, 42200);
+            if stray.0 != XDP_PASS {
+                problems.push(format!("reply of a removed service's flow: {stray:?}, expected XDP_PASS"));
+            }
+            problems
+        })
+        .unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -232,6 +232,7 @@ pub fn unit(name: &str) -> &'static str {
 
 /// A goal from the issue, checked on the medians of this run.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[allow(clippy::enum_variant_names)] // the names read as the goals they state
 pub enum Goal {
     /// figure <= k x reference
     AtMostTimes(&'static str, f64),
