@@ -323,7 +323,7 @@ fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u
             return Err(reason);
         }
     };
-    let result = send_to_backend(ctx, pkt, svc, idx, &be, kind != trace::HIT);
+    let result = send_to_backend(ctx, pkt, svc, idx, be, kind != trace::HIT);
     trace_decision(&pkt.key, kind, svc.id, idx, result);
     result
 }
@@ -355,7 +355,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: 
 /// SYN opens a connection: it is picked without looking (as in Katran), which
 /// saves a lookup that would miss and lets a reused 5-tuple start afresh.
 #[inline(always)]
-fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, u8), Reason> {
+fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, &'static Backend, u8), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
     if let Some(s) = stats {
         unsafe { (*s).packets += 1 };
@@ -369,7 +369,7 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
                 if let Some(s) = stats {
                     unsafe { (*s).established += 1 };
                 }
-                return Ok((idx, *be, trace::HIT));
+                return Ok((idx, be, trace::HIT));
             }
         }
         if let Some(s) = stats {
@@ -387,7 +387,7 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
         _ => return Err(counter::DROP_NO_BACKEND),
     };
     let be = match BACKENDS.get(idx) {
-        Some(b) if b.flags & BACKEND_F_UP != 0 => *b,
+        Some(b) if b.flags & BACKEND_F_UP != 0 => b,
         _ => return Err(counter::DROP_NO_BACKEND),
     };
     let nat = svc.flags & SERVICE_F_DSR == 0;
@@ -397,7 +397,7 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
     // then the flow is simply picked again (same answer) at its next packet.
     let _ = CONNTRACK.insert(&pkt.key, &state, 0);
     if nat && be.flags & BACKEND_F_SHARED != 0 {
-        insert_reverse(pkt, &be, idx, reply_hop);
+        insert_reverse(pkt, be, idx, reply_hop);
     }
     if let Some(s) = stats {
         unsafe { (*s).new_flows += 1 };
