@@ -12,7 +12,7 @@ use lb_common::{
     counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource, NextHop,
     Service, ServiceStats, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP, NAT_SOURCE_F_SHARED, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
-    REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE, TRACE_RING_BYTES,
+    REPLY_PORT_WORDS, SERVICE_F_DSR, VIP_PORT_WORDS, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE, TRACE_RING_BYTES,
     reply_port_bit, trace, TraceEvent,
 };
 use network_types::{
@@ -28,6 +28,13 @@ use crate::csum;
 
 #[map]
 static SERVICES: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+/// `SERVICES` by `Service::id`: an established flow's backend names its
+/// service (`Backend::service`), so its packets need no `SERVICES` search.
+#[map]
+static SERVICES_BY_ID: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
+/// Ports services listen on (bitmap): the cheap test for "not for a VIP".
+#[map]
+static VIP_PORTS: Array<u64> = Array::with_max_entries(VIP_PORT_WORDS, 0);
 #[map]
 static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
@@ -149,6 +156,16 @@ fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
     let Some(pkt) = parse(ctx)? else {
         return Ok(xdp_action::XDP_PASS);
     };
+    if !port_listed(&VIP_PORTS, pkt.key.dport) {
+        return reply_or_pass(ctx, &pkt);
+    }
+    // A TCP SYN opens a connection: it is picked without looking (as in
+    // Katran), which saves a lookup that would miss and lets a reused
+    // 5-tuple start afresh.
+    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
+    if let Some((idx, be, svc)) = tracked.and_then(tracked_backend) {
+        return forward_established(ctx, &pkt, idx, be, svc);
+    }
     let vip = VipKey {
         addr: pkt.key.dst,
         port: pkt.key.dport,
@@ -156,7 +173,7 @@ fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
         family: pkt.key.family,
     };
     match unsafe { SERVICES.get(&vip) } {
-        Some(svc) => forward_to_backend(ctx, &pkt, svc),
+        Some(svc) => forward_to_backend(ctx, &pkt, svc, tracked.is_some()),
         None => reply_or_pass(ctx, &pkt),
     }
 }
@@ -314,16 +331,47 @@ fn parse_l4(
 
 // ---------------------------------------------------------------- service path
 
+/// The backend of a tracked flow and its service, while that backend is
+/// usable: up, and still the one the entry was made for (same generation).
+/// Such a backend belongs to the service of the flow's VIP: backends never
+/// change service, a removed one is cleared and a reused slot gets a new
+/// generation.
 #[inline(always)]
-fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u32, Reason> {
-    let (idx, be, kind) = match lookup_or_pick(ctx, pkt, svc) {
+fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Service)> {
+    let be = BACKENDS.get(st.backend)?;
+    if be.flags & BACKEND_F_UP == 0 || be.generation != st.generation {
+        return None;
+    }
+    Some((st.backend, be, SERVICES_BY_ID.get(be.service)?))
+}
+
+/// An established flow follows its backend.
+#[inline(always)]
+fn forward_established(ctx: &XdpContext, pkt: &Parsed, idx: u32, be: &Backend, svc: &Service) -> Result<u32, Reason> {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(svc.id) {
+        unsafe {
+            (*s).packets += 1;
+            (*s).established += 1;
+        }
+    }
+    let result = send_to_backend(ctx, pkt, svc, idx, be, false);
+    trace_decision(&pkt.key, trace::HIT, svc.id, idx, result);
+    result
+}
+
+/// A flow without a usable conntrack entry (`stale`: it had one, for a
+/// backend no longer usable) gets a backend by Maglev.
+#[inline(always)]
+fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<u32, Reason> {
+    let (idx, be) = match pick(ctx, pkt, svc, stale) {
         Ok(picked) => picked,
         Err(reason) => {
             trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
             return Err(reason);
         }
     };
-    let result = send_to_backend(ctx, pkt, svc, idx, be, kind != trace::HIT);
+    let result = send_to_backend(ctx, pkt, svc, idx, be, true);
+    let kind = if stale { trace::REPICK } else { trace::MISS };
     trace_decision(&pkt.key, kind, svc.id, idx, result);
     result
 }
@@ -349,33 +397,17 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: 
     forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
 }
 
-/// The flow's backend and how it was found (`trace::HIT`, `MISS` or
-/// `REPICK`): its conntrack entry while that backend is still
-/// usable, otherwise a Maglev pick (which makes or replaces the entry). A TCP
-/// SYN opens a connection: it is picked without looking (as in Katran), which
-/// saves a lookup that would miss and lets a reused 5-tuple start afresh.
+/// A Maglev pick, which makes or replaces the flow's conntrack entry.
 #[inline(always)]
-fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, &'static Backend, u8), Reason> {
+fn pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<(u32, &'static Backend), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
     if let Some(s) = stats {
-        unsafe { (*s).packets += 1 };
-    }
-    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
-    let mut kind = trace::MISS;
-    if let Some(st) = tracked {
-        let idx = st.backend;
-        if let Some(be) = BACKENDS.get(idx) {
-            if be.flags & BACKEND_F_UP != 0 && be.generation == st.generation {
-                if let Some(s) = stats {
-                    unsafe { (*s).established += 1 };
-                }
-                return Ok((idx, be, trace::HIT));
+        unsafe {
+            (*s).packets += 1;
+            if stale {
+                (*s).repicked += 1;
             }
         }
-        if let Some(s) = stats {
-            unsafe { (*s).repicked += 1 };
-        }
-        kind = trace::REPICK;
     }
     // Maglev: ring[service][hash(flow) % M].
     if svc.table_size == 0 {
@@ -402,7 +434,7 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
     if let Some(s) = stats {
         unsafe { (*s).new_flows += 1 };
     }
-    Ok((idx, be, kind))
+    Ok((idx, be))
 }
 
 /// Back where this packet came from: for the replies of a NAT flow.
@@ -444,7 +476,8 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
         Some(f) => *f & SETTINGS_F_NAT != 0,
         None => false,
     };
-    if nat && from_backend_port(pkt.key.sport) {
+    // Whether some backend answers from this source port.
+    if nat && port_listed(&REPLY_PORTS, pkt.key.sport) {
         if let Some((vip, vip_port, hop, backend)) = nat_reply(pkt) {
             let result = rewrite_src(ctx, pkt, &vip, vip_port).and_then(|()| {
                 count(counter::REPLY_NAT);
@@ -487,12 +520,12 @@ fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, st.reply_hop, src.backend))
 }
 
-/// Whether some backend answers from `sport` (network order): two array
-/// reads (inlined by the verifier) instead of hashing the 5-tuple.
+/// Whether `port` (network order) is set in the port bitmap `ports`: two
+/// array reads (inlined by the verifier) instead of a hash lookup.
 #[inline(always)]
-fn from_backend_port(sport: u16) -> bool {
-    let (word, bit) = reply_port_bit(u16::from_be(sport));
-    match REPLY_PORTS.get(word) {
+fn port_listed(ports: &Array<u64>, port: u16) -> bool {
+    let (word, bit) = reply_port_bit(u16::from_be(port));
+    match ports.get(word) {
         Some(w) => *w & bit != 0,
         None => false,
     }
