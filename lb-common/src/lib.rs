@@ -136,7 +136,8 @@ pub struct Backend {
     pub port: u16,
     pub family: u8,
     pub _pad: u8,
-    /// `Service::id` of the service this backend belongs to.
+    /// `Service::id` of the service this backend belongs to: the data path
+    /// finds an established flow's service through it (`SERVICES_BY_ID`).
     pub service: u32,
     /// Changes every time the slot is given to a backend, so a conntrack
     /// entry made for an earlier occupant of the slot is never followed.

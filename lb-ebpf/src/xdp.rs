@@ -151,6 +151,10 @@ struct Parsed {
     key: FlowKey,
 }
 
+/// Parse; a destination port no service listens on is not for a VIP. A
+/// flow with a usable conntrack entry follows its backend (its service is
+/// the backend's: one hash lookup per packet); any other packet looks its
+/// VIP up in `SERVICES` for a Maglev pick, or is not for a VIP.
 #[inline(always)]
 fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
     let Some(pkt) = parse(ctx)? else {
