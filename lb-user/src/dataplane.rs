@@ -502,6 +502,15 @@ mod tests {
     }
 
     #[test]
+    fn port_word_sets_the_bits_of_the_ports_in_that_word_only() {
+        // 80 and 127 share word 1 (ports 64..128); 443 is in word 6.
+        let ports = [80u16, 127, 443];
+        assert_eq!(port_word(ports.into_iter(), 80), (1, 1 << 16 | 1 << 63));
+        assert_eq!(port_word(ports.into_iter(), 443), (6, 1 << 59));
+        assert_eq!(port_word(ports.into_iter(), 22), (0, 0));
+    }
+
+    #[test]
     fn nat_sources_name_the_one_service_and_mark_shared_backends() {
         let mut book = NatBook::default();
         book.services.insert(1, (vip(30, 80), 0));
