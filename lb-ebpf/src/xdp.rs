@@ -167,19 +167,34 @@ fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
     // Katran), which saves a lookup that would miss and lets a reused
     // 5-tuple start afresh.
     let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
-    if let Some((idx, be, svc)) = tracked.and_then(tracked_backend) {
-        return forward_established(ctx, &pkt, idx, be, svc);
-    }
-    let vip = VipKey {
-        addr: pkt.key.dst,
-        port: pkt.key.dport,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
+    let (svc, idx, be, kind) = match tracked.and_then(tracked_backend) {
+        Some((idx, be, svc)) => {
+            count_established(svc);
+            (svc, idx, be, trace::HIT)
+        }
+        None => {
+            let vip = VipKey {
+                addr: pkt.key.dst,
+                port: pkt.key.dport,
+                proto: pkt.key.proto,
+                family: pkt.key.family,
+            };
+            let Some(svc) = (unsafe { SERVICES.get(&vip) }) else {
+                return reply_or_pass(ctx, &pkt);
+            };
+            let stale = tracked.is_some();
+            match pick(ctx, &pkt, svc, stale) {
+                Ok((idx, be)) => (svc, idx, be, if stale { trace::REPICK } else { trace::MISS }),
+                Err(reason) => {
+                    trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
+                    return Err(reason);
+                }
+            }
+        }
     };
-    match unsafe { SERVICES.get(&vip) } {
-        Some(svc) => forward_to_backend(ctx, &pkt, svc, tracked.is_some()),
-        None => reply_or_pass(ctx, &pkt),
-    }
+    let result = send_to_backend(ctx, &pkt, svc, idx, be, kind != trace::HIT);
+    trace_decision(&pkt.key, kind, svc.id, idx, result);
+    result
 }
 
 // ---------------------------------------------------------------- parse
@@ -349,35 +364,15 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
     Some((st.backend, be, SERVICES_BY_ID.get(be.service)?))
 }
 
-/// An established flow follows its backend.
+/// A packet of an established flow, for its service's counters.
 #[inline(always)]
-fn forward_established(ctx: &XdpContext, pkt: &Parsed, idx: u32, be: &Backend, svc: &Service) -> Result<u32, Reason> {
+fn count_established(svc: &Service) {
     if let Some(s) = SERVICE_STATS.get_ptr_mut(svc.id) {
         unsafe {
             (*s).packets += 1;
             (*s).established += 1;
         }
     }
-    let result = send_to_backend(ctx, pkt, svc, idx, be, false);
-    trace_decision(&pkt.key, trace::HIT, svc.id, idx, result);
-    result
-}
-
-/// A flow without a usable conntrack entry (`stale`: it had one, for a
-/// backend no longer usable) gets a backend by Maglev.
-#[inline(always)]
-fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<u32, Reason> {
-    let (idx, be) = match pick(ctx, pkt, svc, stale) {
-        Ok(picked) => picked,
-        Err(reason) => {
-            trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
-            return Err(reason);
-        }
-    };
-    let result = send_to_backend(ctx, pkt, svc, idx, be, true);
-    let kind = if stale { trace::REPICK } else { trace::MISS };
-    trace_decision(&pkt.key, kind, svc.id, idx, result);
-    result
 }
 
 /// Counts the packet for its backend, rewrites it (NAT) and sends it on.
@@ -401,7 +396,8 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: 
     forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
 }
 
-/// A Maglev pick, which makes or replaces the flow's conntrack entry.
+/// A Maglev pick for a flow without a usable conntrack entry (`stale`: it
+/// had one, for a backend no longer usable), which makes or replaces the entry.
 #[inline(always)]
 fn pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<(u32, &'static Backend), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
