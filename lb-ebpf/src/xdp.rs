@@ -172,25 +172,10 @@ fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
             count_established(svc);
             (svc, idx, be, trace::HIT)
         }
-        None => {
-            let vip = VipKey {
-                addr: pkt.key.dst,
-                port: pkt.key.dport,
-                proto: pkt.key.proto,
-                family: pkt.key.family,
-            };
-            let Some(svc) = (unsafe { SERVICES.get(&vip) }) else {
-                return reply_or_pass(ctx, &pkt);
-            };
-            let stale = tracked.is_some();
-            match pick(ctx, &pkt, svc, stale) {
-                Ok((idx, be)) => (svc, idx, be, if stale { trace::REPICK } else { trace::MISS }),
-                Err(reason) => {
-                    trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
-                    return Err(reason);
-                }
-            }
-        }
+        None => match pick_for_vip(ctx, &pkt, tracked.is_some())? {
+            Some(picked) => picked,
+            None => return reply_or_pass(ctx, &pkt),
+        },
     };
     let result = send_to_backend(ctx, &pkt, svc, idx, be, kind != trace::HIT);
     trace_decision(&pkt.key, kind, svc.id, idx, result);
@@ -394,6 +379,23 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: 
     }
     rewrite_dst(ctx, pkt, &be.addr, be.port)?;
     forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
+}
+
+/// The service of the packet's VIP and a Maglev pick in it, with how it was
+/// found (`trace::MISS` or `REPICK`); `None`: not for a VIP.
+#[inline(always)]
+fn pick_for_vip(ctx: &XdpContext, pkt: &Parsed, stale: bool) -> Result<Option<(&'static Service, u32, &'static Backend, u8)>, Reason> {
+    let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+    let Some(svc) = (unsafe { SERVICES.get(&vip) }) else {
+        return Ok(None);
+    };
+    match pick(ctx, pkt, svc, stale) {
+        Ok((idx, be)) => Ok(Some((svc, idx, be, if stale { trace::REPICK } else { trace::MISS }))),
+        Err(reason) => {
+            trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
+            Err(reason)
+        }
+    }
 }
 
 /// A Maglev pick for a flow without a usable conntrack entry (`stale`: it
