@@ -9,6 +9,8 @@
 /// Map names, shared so that the loader and the program cannot drift apart.
 pub mod maps {
     pub const SERVICES: &str = "SERVICES";
+    pub const SERVICES_BY_ID: &str = "SERVICES_BY_ID";
+    pub const VIP_PORTS: &str = "VIP_PORTS";
     pub const VIP_ADDRS: &str = "VIP_ADDRS";
     pub const BACKENDS: &str = "BACKENDS";
     pub const RING: &str = "RING";
@@ -68,7 +70,12 @@ pub const NUM_SETTINGS: u32 = 4;
 /// pass without the reverse-NAT lookup.
 pub const REPLY_PORT_WORDS: u32 = 65536 / 64;
 
-/// Word index and bit mask of `port` (host order) in `REPLY_PORTS`.
+/// `VIP_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
+/// while some service listens on port `p` (host order). A packet whose
+/// destination port is not set is not for a VIP: no map is searched for it.
+pub const VIP_PORT_WORDS: u32 = 65536 / 64;
+
+/// Word index and bit mask of `port` (host order) in `REPLY_PORTS` and `VIP_PORTS`.
 #[inline(always)]
 pub const fn reply_port_bit(port: u16) -> (u32, u64) {
     ((port >> 6) as u32, 1u64 << (port & 63))
@@ -129,7 +136,8 @@ pub struct Backend {
     pub port: u16,
     pub family: u8,
     pub _pad: u8,
-    /// `Service::id` of the service this backend belongs to.
+    /// `Service::id` of the service this backend belongs to: the data path
+    /// finds an established flow's service through it (`SERVICES_BY_ID`).
     pub service: u32,
     /// Changes every time the slot is given to a backend, so a conntrack
     /// entry made for an earlier occupant of the slot is never followed.

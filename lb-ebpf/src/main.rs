@@ -1,8 +1,9 @@
 //! xlb's data path: an XDP program that balances VIP traffic over backends
 //! with Maglev consistent hashing and a connection-tracking map.
 //!
-//! `process_packet` reads top to bottom: parse -> service -> conntrack or
-//! Maglev pick -> rewrite -> forward -> count. Everything that is not for a
+//! `process_packet` reads top to bottom: parse -> conntrack (established:
+//! the backend and its service) or service and Maglev pick -> rewrite ->
+//! forward -> count. Everything that is not for a
 //! VIP (and is not a NAT reply) goes to the kernel untouched.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 

@@ -12,7 +12,7 @@ use lb_common::{
     counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource, NextHop,
     Service, ServiceStats, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP, NAT_SOURCE_F_SHARED, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
     FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
-    REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE, TRACE_RING_BYTES,
+    REPLY_PORT_WORDS, SERVICE_F_DSR, VIP_PORT_WORDS, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE, TRACE_RING_BYTES,
     reply_port_bit, trace, TraceEvent,
 };
 use network_types::{
@@ -28,6 +28,13 @@ use crate::csum;
 
 #[map]
 static SERVICES: HashMap<VipKey, Service> = HashMap::with_max_entries(MAX_SERVICES, 0);
+/// `SERVICES` by `Service::id`: an established flow's backend names its
+/// service (`Backend::service`), so its packets need no `SERVICES` search.
+#[map]
+static SERVICES_BY_ID: Array<Service> = Array::with_max_entries(MAX_SERVICES, 0);
+/// Ports services listen on (bitmap): the cheap test for "not for a VIP".
+#[map]
+static VIP_PORTS: Array<u64> = Array::with_max_entries(VIP_PORT_WORDS, 0);
 #[map]
 static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_SERVICES, 0);
 #[map]
@@ -144,21 +151,35 @@ struct Parsed {
     key: FlowKey,
 }
 
+/// Parse; a destination port no service listens on is not for a VIP. A
+/// flow with a usable conntrack entry follows its backend (its service is
+/// the backend's: one hash lookup per packet); any other packet looks its
+/// VIP up in `SERVICES` for a Maglev pick, or is not for a VIP.
 #[inline(always)]
 fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
     let Some(pkt) = parse(ctx)? else {
         return Ok(xdp_action::XDP_PASS);
     };
-    let vip = VipKey {
-        addr: pkt.key.dst,
-        port: pkt.key.dport,
-        proto: pkt.key.proto,
-        family: pkt.key.family,
-    };
-    match unsafe { SERVICES.get(&vip) } {
-        Some(svc) => forward_to_backend(ctx, &pkt, svc),
-        None => reply_or_pass(ctx, &pkt),
+    if !port_listed(&VIP_PORTS, pkt.key.dport) {
+        return reply_or_pass(ctx, &pkt);
     }
+    // A TCP SYN opens a connection: it is picked without looking (as in
+    // Katran), which saves a lookup that would miss and lets a reused
+    // 5-tuple start afresh.
+    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
+    let (svc, idx, be, kind) = match tracked.and_then(tracked_backend) {
+        Some((idx, be, svc)) => {
+            count_established(svc);
+            (svc, idx, be, trace::HIT)
+        }
+        None => match pick_for_vip(ctx, &pkt, tracked.is_some())? {
+            Some(picked) => picked,
+            None => return reply_or_pass(ctx, &pkt),
+        },
+    };
+    let result = send_to_backend(ctx, &pkt, svc, idx, be, kind != trace::HIT);
+    trace_decision(&pkt.key, kind, svc.id, idx, result);
+    result
 }
 
 // ---------------------------------------------------------------- parse
@@ -314,18 +335,29 @@ fn parse_l4(
 
 // ---------------------------------------------------------------- service path
 
+/// The backend of a tracked flow and its service, while that backend is
+/// usable: up, and still the one the entry was made for (same generation).
+/// Such a backend belongs to the service of the flow's VIP: backends never
+/// change service, a removed one is cleared and a reused slot gets a new
+/// generation.
 #[inline(always)]
-fn forward_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<u32, Reason> {
-    let (idx, be, kind) = match lookup_or_pick(ctx, pkt, svc) {
-        Ok(picked) => picked,
-        Err(reason) => {
-            trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
-            return Err(reason);
+fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Service)> {
+    let be = BACKENDS.get(st.backend)?;
+    if be.flags & BACKEND_F_UP == 0 || be.generation != st.generation {
+        return None;
+    }
+    Some((st.backend, be, SERVICES_BY_ID.get(be.service)?))
+}
+
+/// A packet of an established flow, for its service's counters.
+#[inline(always)]
+fn count_established(svc: &Service) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(svc.id) {
+        unsafe {
+            (*s).packets += 1;
+            (*s).established += 1;
         }
-    };
-    let result = send_to_backend(ctx, pkt, svc, idx, &be, kind != trace::HIT);
-    trace_decision(&pkt.key, kind, svc.id, idx, result);
-    result
+    }
 }
 
 /// Counts the packet for its backend, rewrites it (NAT) and sends it on.
@@ -349,33 +381,35 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: 
     forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
 }
 
-/// The flow's backend and how it was found (`trace::HIT`, `MISS` or
-/// `REPICK`): its conntrack entry while that backend is still
-/// usable, otherwise a Maglev pick (which makes or replaces the entry). A TCP
-/// SYN opens a connection: it is picked without looking (as in Katran), which
-/// saves a lookup that would miss and lets a reused 5-tuple start afresh.
+/// The service of the packet's VIP and a Maglev pick in it, with how it was
+/// found (`trace::MISS` or `REPICK`); `None`: not for a VIP.
 #[inline(always)]
-fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32, Backend, u8), Reason> {
+fn pick_for_vip(ctx: &XdpContext, pkt: &Parsed, stale: bool) -> Result<Option<(&'static Service, u32, &'static Backend, u8)>, Reason> {
+    let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+    let Some(svc) = (unsafe { SERVICES.get(&vip) }) else {
+        return Ok(None);
+    };
+    match pick(ctx, pkt, svc, stale) {
+        Ok((idx, be)) => Ok(Some((svc, idx, be, if stale { trace::REPICK } else { trace::MISS }))),
+        Err(reason) => {
+            trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
+            Err(reason)
+        }
+    }
+}
+
+/// A Maglev pick for a flow without a usable conntrack entry (`stale`: it
+/// had one, for a backend no longer usable), which makes or replaces the entry.
+#[inline(always)]
+fn pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<(u32, &'static Backend), Reason> {
     let stats = SERVICE_STATS.get_ptr_mut(svc.id);
     if let Some(s) = stats {
-        unsafe { (*s).packets += 1 };
-    }
-    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
-    let mut kind = trace::MISS;
-    if let Some(st) = tracked {
-        let idx = st.backend;
-        if let Some(be) = BACKENDS.get(idx) {
-            if be.flags & BACKEND_F_UP != 0 && be.generation == st.generation {
-                if let Some(s) = stats {
-                    unsafe { (*s).established += 1 };
-                }
-                return Ok((idx, *be, trace::HIT));
+        unsafe {
+            (*s).packets += 1;
+            if stale {
+                (*s).repicked += 1;
             }
         }
-        if let Some(s) = stats {
-            unsafe { (*s).repicked += 1 };
-        }
-        kind = trace::REPICK;
     }
     // Maglev: ring[service][hash(flow) % M].
     if svc.table_size == 0 {
@@ -387,7 +421,7 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
         _ => return Err(counter::DROP_NO_BACKEND),
     };
     let be = match BACKENDS.get(idx) {
-        Some(b) if b.flags & BACKEND_F_UP != 0 => *b,
+        Some(b) if b.flags & BACKEND_F_UP != 0 => b,
         _ => return Err(counter::DROP_NO_BACKEND),
     };
     let nat = svc.flags & SERVICE_F_DSR == 0;
@@ -397,12 +431,12 @@ fn lookup_or_pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service) -> Result<(u32,
     // then the flow is simply picked again (same answer) at its next packet.
     let _ = CONNTRACK.insert(&pkt.key, &state, 0);
     if nat && be.flags & BACKEND_F_SHARED != 0 {
-        insert_reverse(pkt, &be, idx, reply_hop);
+        insert_reverse(pkt, be, idx, reply_hop);
     }
     if let Some(s) = stats {
         unsafe { (*s).new_flows += 1 };
     }
-    Ok((idx, be, kind))
+    Ok((idx, be))
 }
 
 /// Back where this packet came from: for the replies of a NAT flow.
@@ -444,7 +478,8 @@ fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
         Some(f) => *f & SETTINGS_F_NAT != 0,
         None => false,
     };
-    if nat && from_backend_port(pkt.key.sport) {
+    // Whether some backend answers from this source port.
+    if nat && port_listed(&REPLY_PORTS, pkt.key.sport) {
         if let Some((vip, vip_port, hop, backend)) = nat_reply(pkt) {
             let result = rewrite_src(ctx, pkt, &vip, vip_port).and_then(|()| {
                 count(counter::REPLY_NAT);
@@ -487,12 +522,12 @@ fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, st.reply_hop, src.backend))
 }
 
-/// Whether some backend answers from `sport` (network order): two array
-/// reads (inlined by the verifier) instead of hashing the 5-tuple.
+/// Whether `port` (network order) is set in the port bitmap `ports`: two
+/// array reads (inlined by the verifier) instead of a hash lookup.
 #[inline(always)]
-fn from_backend_port(sport: u16) -> bool {
-    let (word, bit) = reply_port_bit(u16::from_be(sport));
-    match REPLY_PORTS.get(word) {
+fn port_listed(ports: &Array<u64>, port: u16) -> bool {
+    let (word, bit) = reply_port_bit(u16::from_be(port));
+    match ports.get(word) {
         Some(w) => *w & bit != 0,
         None => false,
     }

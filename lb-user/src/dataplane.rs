@@ -145,11 +145,15 @@ impl Dataplane {
         self.ebpf.map(name).unwrap_or_else(|| panic!("map {name} missing from the object"))
     }
 
-    /// Publishes a service; the NAT sources of its backends are written first.
+    /// Publishes a service; the NAT sources of its backends, its entry by id
+    /// and its port's `VIP_PORTS` bit are written first.
     pub fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()> {
         let before = self.book.keys_of_service(svc.id);
         self.book.services.insert(svc.id, (*key, svc.flags));
         self.sync_service_sources(svc.id, before)?;
+        let mut by_id: Array<&mut MapData, Service> = Array::try_from(self.map_mut(maps::SERVICES_BY_ID))?;
+        by_id.set(svc.id, svc, 0).with_context(|| format!("writing SERVICES_BY_ID[{}]", svc.id))?;
+        self.sync_vip_port(key.port)?;
         let mut m: HashMap<&mut MapData, VipKey, Service> = HashMap::try_from(self.map_mut(maps::SERVICES))?;
         m.insert(key, svc, 0).context("writing SERVICES")?;
         let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
@@ -172,7 +176,17 @@ impl Dataplane {
             self.book.services.remove(&id);
             self.sync_service_sources(id, before)?;
         }
-        Ok(())
+        // Its `SERVICES_BY_ID` entry stays until the id is reused: it is only
+        // reached through its backends, which are cleared after it.
+        self.sync_vip_port(key.port)
+    }
+
+    /// Makes the `VIP_PORTS` word of `port` (network order) match the services in the book.
+    fn sync_vip_port(&mut self, port: u16) -> anyhow::Result<()> {
+        let port = u16::from_be(port);
+        let (word, value) = port_word(self.book.services.values().map(|(k, _)| u16::from_be(k.port)), port);
+        let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
+        m.set(word, value, 0).context("writing VIP_PORTS")
     }
 
     /// Writes `BACKENDS[slot]` (`Backend::default()` frees it) and what
@@ -443,15 +457,16 @@ impl NatBook {
 
     /// The `REPLY_PORTS` word holding `port` (host order), from the sources written.
     fn reply_port_word(&self, port: u16) -> (u32, u64) {
-        let (word, _) = reply_port_bit(port);
-        let value = self
-            .sources
-            .keys()
-            .map(|k| reply_port_bit(u16::from_be(k.port)))
-            .filter(|&(w, _)| w == word)
-            .fold(0, |acc, (_, bit)| acc | bit);
-        (word, value)
+        port_word(self.sources.keys().map(|k| u16::from_be(k.port)), port)
     }
+}
+
+/// Index and value of the port-bitmap word holding `port`, with the bits of
+/// `ports` (all host order).
+fn port_word(ports: impl Iterator<Item = u16>, port: u16) -> (u32, u64) {
+    let (word, _) = reply_port_bit(port);
+    let value = ports.map(reply_port_bit).filter(|&(w, _)| w == word).fold(0, |acc, (_, bit)| acc | bit);
+    (word, value)
 }
 
 #[cfg(test)]
@@ -484,6 +499,15 @@ mod tests {
                 None => book.sources.remove(&k),
             };
         }
+    }
+
+    #[test]
+    fn port_word_sets_the_bits_of_the_ports_in_that_word_only() {
+        // 80 and 127 share word 1 (ports 64..128); 443 is in word 6.
+        let ports = [80u16, 127, 443];
+        assert_eq!(port_word(ports.into_iter(), 80), (1, 1 << 16 | 1 << 63));
+        assert_eq!(port_word(ports.into_iter(), 443), (6, 1 << 59));
+        assert_eq!(port_word(ports.into_iter(), 22), (0, 0));
     }
 
     #[test]
