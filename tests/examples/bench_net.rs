@@ -5,7 +5,8 @@
 //!   nftables DNAT (numgen over the same backends), from an XDP live-frames
 //!   generator (xlb_testbed::bench::fwd);
 //! - `http_*`: wrk through xlb, through haproxy (mode tcp, roundrobin) and
-//!   straight to web1, kept-alive (`rps`, `p99_ms`) and one connection per
+//!   straight to web1, kept-alive (`rps`, `p99_ms` at full speed, `p99_ms_paced`
+//!   at a load below every contender's capacity) and one connection per
 //!   request (`cps`);
 //! - `lb_cpu_*`: CPU seconds the lb spent per million packets or requests
 //!   (xlb_testbed::bench::cpu);
@@ -24,7 +25,7 @@ use xlb_testbed::{
         cpu::{seconds_per_million, softirq_charged_to_task, LbCpu, NapiThreads},
         daemon_toml, failover,
         fwd::{run_once, Generator, FRAME_LEN},
-        http::{wrk, Haproxy, Load},
+        http::{wrk, Haproxy, Load, WrkResult},
         method, Figures, Opts,
     },
     http_url, is_root,
@@ -199,10 +200,16 @@ fn main() -> Result<()> {
 }
 
 const FWD_FIGURES: [&str; 3] = ["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "lb_cpu_fwd_xlb_nat"];
-const HTTP_FIGURES: [&str; 6] = [
+const HTTP_FIGURES: [&str; 12] = [
     "http_rps_xlb_nat",
     "http_rps_haproxy",
     "http_rps_direct",
+    "http_p99_ms_xlb_nat",
+    "http_p99_ms_haproxy",
+    "http_p99_ms_direct",
+    "http_p99_ms_paced_xlb_nat",
+    "http_p99_ms_paced_haproxy",
+    "http_p99_ms_paced_direct",
     "http_cps_xlb_nat",
     "http_cps_haproxy",
     "http_cps_direct",
@@ -372,7 +379,8 @@ fn start(topo: &Topology, c: Contender) -> Result<Running<'_>> {
 
 fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
     let (secs, cpu_secs) = if opts.quick { (1, 1) } else { (4, 2) };
-    let load = |close, secs| Load { threads: 2, connections: 64, duration: Duration::from_secs(secs), close };
+    let load =
+        |close, secs| Load { threads: 2, connections: 64, duration: Duration::from_secs(secs), close, think_ms: 0 };
     method(
         "http",
         &format!(
@@ -382,6 +390,20 @@ fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
              'balance roundrobin', default threads, VIP on the lb's lo; kernel default NAPI (softirq); contenders \
              alternate within each repetition; a run with more than 1% errors is discarded. lb CPU: the same loads for \
              {cpu_secs} s with threaded NAPI (see lb_cpu_http)"
+        ),
+    );
+    method(
+        "http_p99_ms",
+        &format!(
+            "99th percentile of wrk's request latency in the kept-alive rps runs. Those runs are closed loops at full \
+             speed: on 2 cores shared by wrk's 2 threads, nginx and the lb, the cheaper the lb, the closer wrk and the \
+             nginx workers come to using all CPU; then they rarely sleep, the scheduler time-slices them, and a \
+             request waits for the slices of the tasks ahead of it, so this p99 mostly measures CPU saturation of \
+             the load generator and the servers, not the forwarding path. http_p99_ms_paced_*: the same wrk with a \
+             think time of {THINK_MS} ms per connection after every answer (wrk Lua delay(); not counted as \
+             latency), which caps the offered load at about 64 / {THINK_MS} ms = {} k requests/s, well below every \
+             contender's capacity: the latency of the path at equal load",
+            64 / THINK_MS
         ),
     );
     method(
@@ -406,6 +428,7 @@ fn http(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
             for close in [false, true] {
                 throughput(topo, url, c, load(close, secs), figs);
             }
+            paced_latency(topo, url, c, Load { think_ms: THINK_MS, ..load(false, secs) }, figs);
             let napi = threaded_on(topo)?;
             let cpu = LbCpu { napi: &napi, pids: running.pids() };
             for close in [false, true] {
@@ -428,15 +451,38 @@ fn kind(load: &Load) -> &'static str {
 /// Requests (or connections) per second, and p99 for kept-alive connections.
 fn throughput(topo: &Topology, url: &str, c: Contender, load: Load, figs: &mut Figures) {
     let name = format!("http_{}_{}", kind(&load), c.name());
-    match wrk(topo.client_ns(), url, load) {
-        Ok(r) if r.errors * 100 <= r.requests => {
-            figs.push(&name, r.rps);
-            if !load.close {
-                figs.push(&format!("http_p99_ms_{}", c.name()), r.p99_ms);
-            }
+    if let Some(r) = measured(topo, url, load, &name, figs) {
+        figs.push(&name, r.rps);
+        if !load.close {
+            figs.push(&format!("http_p99_ms_{}", c.name()), r.p99_ms);
         }
-        Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
-        Err(e) => figs.fail(&name, format!("{e:#}")),
+    }
+}
+
+/// Think time per connection for `http_p99_ms_paced_*` (see the METHOD text).
+const THINK_MS: u32 = 4;
+
+/// p99 latency at a paced load (`load.think_ms`), below every contender's capacity.
+fn paced_latency(topo: &Topology, url: &str, c: Contender, load: Load, figs: &mut Figures) {
+    let name = format!("http_p99_ms_paced_{}", c.name());
+    if let Some(r) = measured(topo, url, load, &name, figs) {
+        figs.push(&name, r.p99_ms);
+    }
+}
+
+/// One wrk run for figure `name`: its result, or `None` with the failure
+/// recorded (wrk failed, or more than 1% errors).
+fn measured(topo: &Topology, url: &str, load: Load, name: &str, figs: &mut Figures) -> Option<WrkResult> {
+    match wrk(topo.client_ns(), url, load) {
+        Ok(r) if r.errors * 100 <= r.requests => Some(r),
+        Ok(r) => {
+            figs.fail(name, format!("{} errors in {} requests", r.errors, r.requests));
+            None
+        }
+        Err(e) => {
+            figs.fail(name, format!("{e:#}"));
+            None
+        }
     }
 }
 
@@ -444,16 +490,10 @@ fn throughput(topo: &Topology, url: &str, c: Contender, load: Load, figs: &mut F
 fn lb_cpu(topo: &Topology, url: &str, c: Contender, load: Load, cpu: &LbCpu, figs: &mut Figures) -> Result<()> {
     let name = format!("lb_cpu_http_{}_{}", kind(&load), c.name());
     let c0 = cpu.now_ns()?;
-    let r = wrk(topo.client_ns(), url, load);
+    let r = measured(topo, url, load, &name, figs);
     let c1 = cpu.now_ns()?;
-    match r {
-        Ok(r) if r.errors * 100 <= r.requests => {
-            if let Some(s) = seconds_per_million(c1 - c0, r.requests) {
-                figs.push(&name, s);
-            }
-        }
-        Ok(r) => figs.fail(&name, format!("{} errors in {} requests", r.errors, r.requests)),
-        Err(e) => figs.fail(&name, format!("{e:#}")),
+    if let Some(s) = r.and_then(|r| seconds_per_million(c1 - c0, r.requests)) {
+        figs.push(&name, s);
     }
     Ok(())
 }

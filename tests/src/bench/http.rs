@@ -25,6 +25,10 @@ pub struct Load {
     pub duration: Duration,
     /// `Connection: close` on every request: one TCP connection per request.
     pub close: bool,
+    /// Think time: each connection waits this many milliseconds after an
+    /// answer before it sends its next request (0: none, wrk's closed loop at
+    /// full speed). Caps the offered load at about `connections / think`.
+    pub think_ms: u32,
 }
 
 /// Runs wrk against `url` from `ns`.
@@ -38,6 +42,13 @@ pub fn wrk(ns: &Netns, url: &str, load: Load) -> Result<WrkResult> {
     if load.close {
         argv.extend(["-H", "Connection: close"]);
     }
+    let think = match load.think_ms {
+        0 => None,
+        ms => Some(think_file(ms)?),
+    };
+    if let Some((_, path)) = &think {
+        argv.extend(["-s", path]);
+    }
     argv.push(url);
     let out = ns.exec_timeout(&argv, load.duration + Duration::from_secs(15))?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -45,6 +56,24 @@ pub fn wrk(ns: &Netns, url: &str, load: Load) -> Result<WrkResult> {
         bail!("wrk failed ({}): {}{}", out.status, text, String::from_utf8_lossy(&out.stderr));
     }
     parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))
+}
+
+/// wrk's Lua hook for a think time: `delay()` is called after every answer and
+/// returns the milliseconds to wait before the connection's next request (wrk
+/// starts the latency clock when the request is written, so the wait is not
+/// counted as latency).
+fn think_script(ms: u32) -> String {
+    format!("function delay()\n  return {ms}\nend\n")
+}
+
+/// Writes [`think_script`] into a new temporary directory (kept while wrk
+/// runs); returns it and the script's path.
+fn think_file(ms: u32) -> Result<(TempDir, String)> {
+    let dir = TempDir::new("wrk")?;
+    let path = dir.path().join("think.lua");
+    std::fs::write(&path, think_script(ms)).with_context(|| format!("writing {}", path.display()))?;
+    let path = path.to_str().context("temporary path is not UTF-8")?.to_owned();
+    Ok((dir, path))
 }
 
 /// Reads `N requests in`, `Requests/sec:`, the 99% latency line and errors.
@@ -162,6 +191,11 @@ Transfer/sec:     14.02MB
         assert!((r.p99_ms - 2.31).abs() < 1e-9);
         assert_eq!(r.errors, 4);
         assert!(parse_wrk("nothing here").is_none());
+    }
+
+    #[test]
+    fn think_script_returns_the_delay() {
+        assert_eq!(think_script(2), "function delay()\n  return 2\nend\n");
     }
 
     #[test]
