@@ -190,6 +190,9 @@ fn main() -> Result<()> {
         failback.as_millis()
     );
 
+    // The daemon samples its counters (rates, conntrack use) once a second;
+    // the whole demo can be shorter than that.
+    std::thread::sleep(Duration::from_millis(2200));
     println!("== what xlb counted (xlb status)");
     let out = d.ctl(&["status"])?;
     if !out.status.success() {
