@@ -53,6 +53,21 @@ fn turn_order(backends: &[MaglevBackend<'_>]) -> Vec<u32> {
     order
 }
 
+/// One turn per backend in `order` with a quota above 0: where its
+/// permutation starts, its step, and how many slots it may still take.
+fn turns(backends: &[MaglevBackend<'_>], order: &[u32], size: u32) -> Vec<Turn> {
+    let weights: Vec<u32> = order.iter().map(|&i| backends[i as usize].weight).collect();
+    order
+        .iter()
+        .zip(quotas(&weights, size))
+        .filter(|&(_, quota)| quota > 0)
+        .map(|(&index, quota)| {
+            let (next, skip) = permutation(backends[index as usize].id, size);
+            Turn { next, skip, left: quota, index }
+        })
+        .collect()
+}
+
 /// Builds a Maglev table of `size` slots (`size` should be prime).
 ///
 /// Returns a table of `size` entries, each an index into `backends`, or
@@ -66,21 +81,7 @@ pub fn build_table(backends: &[MaglevBackend<'_>], size: u32) -> Vec<u32> {
     if size == 0 || order.is_empty() {
         return table;
     }
-    let weights: Vec<u32> = order.iter().map(|&i| backends[i as usize].weight).collect();
-    let mut turns: Vec<Turn> = order
-        .iter()
-        .zip(quotas(&weights, size))
-        .filter(|&(_, quota)| quota > 0)
-        .map(|(&index, quota)| {
-            let (offset, skip) = permutation(backends[index as usize].id, size);
-            Turn {
-                next: offset,
-                skip,
-                left: quota,
-                index,
-            }
-        })
-        .collect();
+    let mut turns = turns(backends, &order, size);
 
     let mut free = size;
     // Round by round while most proposals find a free slot; the tail by events.
@@ -532,21 +533,7 @@ mod tests {
 
     /// The rounds run to the end, without the event shortcut.
     fn build_by_rounds(backends: &[MaglevBackend<'_>], size: u32) -> Vec<u32> {
-        let order = turn_order(backends);
-        let weights: Vec<u32> = order.iter().map(|&i| backends[i as usize].weight).collect();
-        let mut turns: Vec<Turn> = order
-            .iter()
-            .zip(quotas(&weights, size))
-            .map(|(&index, quota)| {
-                let (offset, skip) = permutation(backends[index as usize].id, size);
-                Turn {
-                    next: offset,
-                    skip,
-                    left: quota,
-                    index,
-                }
-            })
-            .collect();
+        let mut turns = turns(backends, &turn_order(backends), size);
         let mut table = vec![NO_BACKEND; size as usize];
         while table.contains(&NO_BACKEND) {
             for turn in turns.iter_mut().filter(|t| t.left > 0) {
