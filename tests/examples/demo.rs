@@ -100,27 +100,24 @@ fn print_spread(per: &BTreeMap<String, usize>, n: usize) {
 fn until_answered_by(topo: &Topology, d: &Daemon, url: &str, backend: &str, t0: Instant) -> Result<Duration> {
     let mut failed = 0;
     let mut seen_log = d.log_text().lines().count();
-    loop {
-        check_interrupt()?;
-        let got = topo.client().get_many(url, 1, None, true);
+    let mut show_log = || {
         let log = d.log_text();
         for l in log.lines().skip(seen_log).filter(|l| l.contains("backend www") || l.contains("new flows now")) {
             println!("   +{:>4} ms  xlb: {}", t0.elapsed().as_millis(), l.split_once("] ").map(|(_, r)| r).unwrap_or(l));
         }
         seen_log = log.lines().count();
-        match got {
-            Ok(r) if r[0].body.trim() == backend => {
-                let t = t0.elapsed();
-                println!("   +{:>4} ms  first answer from {backend} ({failed} attempts failed or went elsewhere before)", t.as_millis());
-                return Ok(t);
-            }
-            _ => failed += 1,
-        }
-        if t0.elapsed() > Duration::from_secs(10) {
-            bail!("{backend} did not answer within 10 s; xlb log:\n{log}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    let step = Duration::from_millis(20);
+    let got = topo.client().until_answered(url, backend, t0, step, Duration::from_secs(10), |_| {
+        show_log();
+        failed += 1;
+        check_interrupt().is_ok()
+    });
+    check_interrupt()?;
+    show_log();
+    let Some(t) = got else { bail!("{backend} did not answer within 10 s; xlb log:\n{}", d.log_text()) };
+    println!("   +{:>4} ms  first answer from {backend} ({failed} attempts failed or went elsewhere before)", t.as_millis());
+    Ok(t)
 }
 
 fn check_interrupt() -> Result<()> {

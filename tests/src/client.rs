@@ -1,7 +1,7 @@
 //! HTTP client helpers: `curl` run inside a namespace (normally the client's).
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
@@ -11,6 +11,9 @@ use crate::netns::Netns;
 pub const CONNECT_TIMEOUT_SECS: u32 = 2;
 /// `curl --max-time` (per transfer) used by every helper, in seconds.
 pub const MAX_TIME_SECS: u32 = 5;
+/// Time limit of one [`Client::answer`]: short, so that a lost SYN costs a
+/// retry rather than a second (failover timing polls with it).
+pub const ANSWER_CAP: Duration = Duration::from_millis(300);
 /// Most transfers one [`Client::get_many`] call may ask for.
 pub const MAX_TRANSFERS: usize = 100_000;
 
@@ -81,6 +84,43 @@ impl<'a> Client<'a> {
             );
         }
         Ok(reply.body)
+    }
+
+    /// One GET of `url` on a new connection, capped at [`ANSWER_CAP`]: the
+    /// body, or `None` on any failure (refused, timeout, HTTP error).
+    pub fn answer(&self, url: &str) -> Option<String> {
+        let cap = format!("{}", ANSWER_CAP.as_secs_f64());
+        let out = self
+            .ns
+            .exec_timeout(&["curl", "-s", "-f", "--max-time", &cap, url], ANSWER_CAP + Duration::from_secs(2))
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A new connection to `url` every `step` until one is answered with
+    /// `body` (compared without surrounding whitespace): the time from `since`
+    /// to that answer, or `None` after `limit` or once `each` (which sees
+    /// every attempt's answer, e.g. for progress output) returns false.
+    pub fn until_answered(
+        &self,
+        url: &str,
+        body: &str,
+        since: Instant,
+        step: Duration,
+        limit: Duration,
+        mut each: impl FnMut(Option<&str>) -> bool,
+    ) -> Option<Duration> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let got = self.answer(url);
+            if got.as_deref().is_some_and(|b| b.trim() == body.trim()) {
+                return Some(since.elapsed());
+            }
+            if !each(got.as_deref()) || Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(step);
+        }
     }
 
     /// GETs `url` `n` times over ONE keep-alive connection (one curl process) and

@@ -70,15 +70,15 @@ fn names(m: &BTreeMap<String, usize>) -> Vec<String> {
 /// Opens a new connection to the VIP every ~20 ms until `backend` answers
 /// one; returns how long that took (gives up after 10 s).
 fn until_answered_by(topo: &Topology, backend: &str, since: Instant) -> Duration {
-    let url = vip_url();
-    loop {
-        let got = topo.client().get_many(&url, 1, None, true).ok();
-        if got.as_ref().is_some_and(|r| r[0].body.trim() == backend) {
-            return since.elapsed();
-        }
-        assert!(since.elapsed() < Duration::from_secs(10), "{backend} never answered (last: {got:?})");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut last = None;
+    let client = topo.client();
+    let step = Duration::from_millis(20);
+    client
+        .until_answered(&vip_url(), backend, since, step, Duration::from_secs(10), |a| {
+            last = a.map(str::to_owned);
+            true
+        })
+        .unwrap_or_else(|| panic!("{backend} never answered (last answer: {last:?})"))
 }
 
 fn wait_log(d: &Daemon, what: &str) {

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 
 use crate::{
-    bench::{daemon_toml, poll},
-    http_url, Netns, Nginx,
+    bench::daemon_toml,
+    http_url, Client, Netns, Nginx,
 };
 
 /// A repetition without failover after this long counts as failed.
@@ -49,15 +49,9 @@ role = "backup"
     )
 }
 
-/// One GET on a new connection; the body, or `None` on any failure.
-pub fn answer(client: &Netns, url: &str) -> Option<String> {
-    let out = client.exec_timeout(&["curl", "-s", "--max-time", "0.3", url], Duration::from_secs(2)).ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Waits until the VIP answers `body` (at most `limit`).
 pub fn wait_for(client: &Netns, url: &str, body: &str, limit: Duration) -> bool {
-    poll(limit, Duration::from_millis(20), || (answer(client, url).as_deref() == Some(body)).then_some(())).is_some()
+    Client::new(client).until_answered(url, body, Instant::now(), Duration::from_millis(20), limit, |_| true).is_some()
 }
 
 /// One repetition: ms from stopping `primary` to the first answer of the backup.
@@ -65,9 +59,7 @@ pub fn measure(client: &Netns, primary: &mut Nginx, backup_body: &str) -> Result
     let url = http_url("198.18.0.10".parse().unwrap(), 80, "/");
     primary.stop()?;
     let killed = Instant::now();
-    let got = poll(GIVE_UP, Duration::from_millis(10), || {
-        (answer(client, &url).as_deref() == Some(backup_body)).then(|| killed.elapsed())
-    });
+    let got = Client::new(client).until_answered(&url, backup_body, killed, Duration::from_millis(10), GIVE_UP, |_| true);
     match got {
         Some(t) => Ok(t.as_secs_f64() * 1000.0),
         None => bail!(
