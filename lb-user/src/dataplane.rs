@@ -263,29 +263,28 @@ impl Dataplane {
     /// either the old or the new backend of a slot, both in the configured set.
     /// Returns how many slots were written.
     pub fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize> {
+        // The slots that differ from `old` (all of them without it).
+        let changed = new
+            .iter()
+            .enumerate()
+            .filter(|&(i, b)| old.is_none_or(|o| o.get(i) != Some(b)))
+            .map(|(i, &b)| (offset + i as u32, b));
+        let mut written = 0;
         if let Some(ring) = &self.ring {
-            let base = offset as usize;
-            if base + new.len() > ring.entries() {
-                bail!("RING too small: slots {base}..{} of {}", base + new.len(), ring.entries());
+            let end = offset as usize + new.len();
+            if end > ring.entries() {
+                bail!("RING too small: slots {offset}..{end} of {}", ring.entries());
             }
-            let mut written = 0;
-            for (i, &b) in new.iter().enumerate() {
-                if old.is_some_and(|o| o.get(i) == Some(&b)) {
-                    continue;
-                }
-                ring.set(base + i, b);
+            for (slot, b) in changed {
+                ring.set(slot as usize, b);
                 written += 1;
             }
-            return Ok(written);
-        }
-        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::RING))?;
-        let mut written = 0;
-        for (i, &b) in new.iter().enumerate() {
-            if old.is_some_and(|o| o.get(i) == Some(&b)) {
-                continue;
+        } else {
+            let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::RING))?;
+            for (slot, b) in changed {
+                m.set(slot, b, 0).context("writing RING")?;
+                written += 1;
             }
-            m.set(offset + i as u32, b, 0).context("writing RING")?;
-            written += 1;
         }
         Ok(written)
     }
