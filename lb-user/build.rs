@@ -17,7 +17,10 @@ fn main() {
     match fs::read(&src) {
         Ok(bytes) => fs::write(&out, bytes).unwrap(),
         Err(_) => {
-            println!("cargo:warning=XDP object not found at {}; embedding an empty stub (run `cargo xtask build-ebpf`)", src.display());
+            println!(
+                "cargo:warning=XDP object not found at {}; embedding an empty stub (run `cargo xtask build-ebpf`)",
+                src.display()
+            );
             fs::write(&out, []).unwrap()
         }
     }

@@ -9,11 +9,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    counter, flow_hash, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource, NextHop,
-    Service, ServiceStats, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP, NAT_SOURCE_F_SHARED, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4,
-    FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP,
-    REPLY_PORT_WORDS, SERVICE_F_DSR, VIP_PORT_WORDS, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE, TRACE_RING_BYTES,
-    reply_port_bit, trace, TraceEvent,
+    counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
+    NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND,
+    NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE,
+    TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -46,13 +46,11 @@ static RING: Array<u32> = Array::with_max_entries(1, 1 << 10);
 /// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
 /// NAT flow may arrive on another CPU than the packet that made the entry.
 #[map]
-static CONNTRACK: LruHashMap<FlowKey, FlowState> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
 /// backend -> client flows of NAT services whose backend is shared with
 /// another NAT service (`BACKEND_F_SHARED`): what to restore as the source.
 #[map]
-static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> =
-    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
 /// NAT backend (address, port, protocol) -> its service's VIP: turns a reply
 /// back into its flow's `CONNTRACK` key. Filled by the loader.
 #[map]
@@ -274,9 +272,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
         // anything else goes to the kernel.
         return match next {
             IPV6_NEXT_FRAGMENT => refuse(src, dst, next, FAMILY_V6, counter::DROP_FRAGMENT),
-            0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 => {
-                refuse(src, dst, next, FAMILY_V6, counter::DROP_IPV6_EXT)
-            }
+            0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 => refuse(src, dst, next, FAMILY_V6, counter::DROP_IPV6_EXT),
             _ => Ok(None),
         };
     }
@@ -362,7 +358,14 @@ fn count_established(svc: &Service) {
 
 /// Counts the packet for its backend, rewrites it (NAT) and sends it on.
 #[inline(always)]
-fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: &Backend, new_flow: bool) -> Result<u32, Reason> {
+fn send_to_backend(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    svc: &Service,
+    idx: u32,
+    be: &Backend,
+    new_flow: bool,
+) -> Result<u32, Reason> {
     let len = (ctx.data_end() - ctx.data()) as u64;
     if let Some(s) = BACKEND_STATS.get_ptr_mut(idx) {
         unsafe {
@@ -384,7 +387,11 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Parsed, svc: &Service, idx: u32, be: 
 /// The service of the packet's VIP and a Maglev pick in it, with how it was
 /// found (`trace::MISS` or `REPICK`); `None`: not for a VIP.
 #[inline(always)]
-fn pick_for_vip(ctx: &XdpContext, pkt: &Parsed, stale: bool) -> Result<Option<(&'static Service, u32, &'static Backend, u8)>, Reason> {
+fn pick_for_vip(
+    ctx: &XdpContext,
+    pkt: &Parsed,
+    stale: bool,
+) -> Result<Option<(&'static Service, u32, &'static Backend, u8)>, Reason> {
     let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
     let Some(svc) = (unsafe { SERVICES.get(&vip) }) else {
         return Ok(None);

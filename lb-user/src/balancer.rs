@@ -21,9 +21,9 @@ use lb_common::{
 };
 
 use crate::{
-    health::Probe,
     config::{BackendConfig, CheckKind, Config, Forwarding, Role, ServiceConfig},
     dataplane::{Dataplane, Sizes},
+    health::Probe,
     maglev::{build_table, MaglevBackend},
 };
 
@@ -137,10 +137,8 @@ impl Balancer {
     pub fn load(cfg: &Config) -> anyhow::Result<Self> {
         let stride = cfg.services.iter().map(|s| s.table_size).max().unwrap_or(lb_common::DEFAULT_TABLE_SIZE);
         let regions = (cfg.services.len() as u32 * 2).clamp(16, MAX_SERVICES);
-        let dp = Dataplane::load(Sizes {
-            conntrack_entries: cfg.daemon.conntrack_entries,
-            ring_entries: stride * regions,
-        })?;
+        let dp =
+            Dataplane::load(Sizes { conntrack_entries: cfg.daemon.conntrack_entries, ring_entries: stride * regions })?;
         Ok(Self {
             dp,
             services: Vec::new(),
@@ -205,7 +203,15 @@ impl Balancer {
                         .iter()
                         .map(|b| self.new_backend(b, &s.health.check))
                         .collect::<anyhow::Result<Vec<_>>>()?;
-                    ServiceState { cfg: s.clone(), key, id, backends, ring: Vec::new(), on_backup: false, serving: false }
+                    ServiceState {
+                        cfg: s.clone(),
+                        key,
+                        id,
+                        backends,
+                        ring: Vec::new(),
+                        on_backup: false,
+                        serving: false,
+                    }
                 }
             };
             next.push(st);
@@ -213,7 +219,8 @@ impl Balancer {
         self.services = next;
         // Services no longer configured: first unpublish them, then their backends.
         for gone in old {
-            let still_used = self.services.iter().any(|s| s.key.addr == gone.key.addr && s.key.family == gone.key.family);
+            let still_used =
+                self.services.iter().any(|s| s.key.addr == gone.key.addr && s.key.family == gone.key.family);
             self.dp.remove_service(&gone.key, still_used)?;
             self.free_ids.push(gone.id);
             removed_backends.extend(gone.backends);

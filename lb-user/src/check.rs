@@ -26,10 +26,7 @@ pub fn load(path: &Path) -> anyhow::Result<Config> {
 fn invalid(e: ConfigError) -> anyhow::Error {
     let n = e.problems.len();
     let plural = if n == 1 { "" } else { "s" };
-    anyhow!(
-        "invalid configuration {} ({n} problem{plural})\n{e}",
-        e.file
-    )
+    anyhow!("invalid configuration {} ({n} problem{plural})\n{e}", e.file)
 }
 
 /// Share of the table's slots each backend holds when every backend is up, in
@@ -40,10 +37,7 @@ pub fn slot_shares(service: &ServiceConfig) -> Vec<f64> {
     for entry in table.iter().filter(|&&e| e != NO_BACKEND) {
         counts[*entry as usize] += 1;
     }
-    counts
-        .iter()
-        .map(|&c| 100.0 * c as f64 / table.len().max(1) as f64)
-        .collect()
+    counts.iter().map(|&c| 100.0 * c as f64 / table.len().max(1) as f64).collect()
 }
 
 /// The human-readable plan of a valid configuration.
@@ -53,17 +47,10 @@ pub fn plan(cfg: &Config, file: &str) -> String {
     // Writing to a String cannot fail.
     let _ = writeln!(out, "configuration {file}");
     let _ = writeln!(out, "daemon:");
-    let _ = writeln!(
-        out,
-        "  interfaces:        {} (client side: {})",
-        d.interfaces.join(", "),
-        d.interfaces[0]
-    );
+    let _ = writeln!(out, "  interfaces:        {} (client side: {})", d.interfaces.join(", "), d.interfaces[0]);
     let _ = writeln!(out, "  xdp_mode:          {}", d.xdp_mode.as_str());
     let _ = writeln!(out, "  admin_socket:      {}", d.admin_socket.display());
-    let metrics = d
-        .metrics
-        .map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
+    let metrics = d.metrics.map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
     let _ = writeln!(out, "  metrics:           {metrics}");
     let _ = writeln!(out, "  conntrack_entries: {}", d.conntrack_entries);
 
@@ -120,10 +107,7 @@ fn health_summary(service: &ServiceConfig) -> String {
         CheckKind::None => return "none (backends are always up)".to_owned(),
         CheckKind::Tcp => "tcp connect".to_owned(),
         CheckKind::Http => {
-            let host = h
-                .host
-                .as_ref()
-                .map_or_else(String::new, |host| format!(" Host: {host}"));
+            let host = h.host.as_ref().map_or_else(String::new, |host| format!(" Host: {host}"));
             format!("http GET {}{host} expecting {}", h.path, h.expect_status)
         }
     };
@@ -158,10 +142,7 @@ role = "backup"
 "#;
         let cfg = config::parse(text, "t.toml").expect("valid");
         let shares = slot_shares(&cfg.services[0]);
-        assert!(
-            (shares[0] - 25.0).abs() < 0.5 && (shares[1] - 75.0).abs() < 0.5 && shares[2] == 0.0,
-            "{shares:?}"
-        );
+        assert!((shares[0] - 25.0).abs() < 0.5 && (shares[1] - 75.0).abs() < 0.5 && shares[2] == 0.0, "{shares:?}");
         let plan = plan(&cfg, "t.toml");
         for want in [
             "198.18.1.11:80",
@@ -171,10 +152,7 @@ role = "backup"
             "metrics:           off",
             "configuration OK: 1 service, 3 backends",
         ] {
-            assert!(
-                plan.contains(want),
-                "expected the plan to mention {want:?}:\n{plan}"
-            );
+            assert!(plan.contains(want), "expected the plan to mention {want:?}:\n{plan}");
         }
     }
 
@@ -182,9 +160,6 @@ role = "backup"
     fn invalid_error_counts_problems() {
         let err = config::parse("[daemon]\ninterfaces = []\n", "bad.toml").unwrap_err();
         let text = format!("{:#}", invalid(err));
-        assert!(
-            text.starts_with("invalid configuration bad.toml (2 problems)\nbad.toml: "),
-            "{text}"
-        );
+        assert!(text.starts_with("invalid configuration bad.toml (2 problems)\nbad.toml: "), "{text}");
     }
 }

@@ -53,9 +53,7 @@ impl Config {
 
     /// The service listening on `vip` for `protocol`.
     pub fn find_service(&self, vip: SocketAddr, protocol: Protocol) -> Option<&ServiceConfig> {
-        self.services
-            .iter()
-            .find(|s| s.vip == vip && s.protocol == protocol)
+        self.services.iter().find(|s| s.vip == vip && s.protocol == protocol)
     }
 }
 
@@ -79,11 +77,8 @@ pub enum XdpModeConfig {
 
 impl XdpModeConfig {
     /// Every value with its name in the configuration file.
-    pub const CHOICES: [(&'static str, Self); 3] = [
-        ("auto", Self::Auto),
-        ("native", Self::Native),
-        ("generic", Self::Generic),
-    ];
+    pub const CHOICES: [(&'static str, Self); 3] =
+        [("auto", Self::Auto), ("native", Self::Native), ("generic", Self::Generic)];
     pub fn as_str(self) -> &'static str {
         choice_name(&Self::CHOICES, self)
     }
@@ -207,11 +202,7 @@ pub enum CheckKind {
 
 impl CheckKind {
     /// Every value with its name in the configuration file.
-    pub const CHOICES: [(&'static str, Self); 3] = [
-        ("tcp", Self::Tcp),
-        ("http", Self::Http),
-        ("none", Self::None),
-    ];
+    pub const CHOICES: [(&'static str, Self); 3] = [("tcp", Self::Tcp), ("http", Self::Http), ("none", Self::None)];
     pub fn as_str(self) -> &'static str {
         choice_name(&Self::CHOICES, self)
     }
@@ -239,18 +230,14 @@ pub enum Role {
 
 impl Role {
     /// Every value with its name in the configuration file.
-    pub const CHOICES: [(&'static str, Self); 2] =
-        [("primary", Self::Primary), ("backup", Self::Backup)];
+    pub const CHOICES: [(&'static str, Self); 2] = [("primary", Self::Primary), ("backup", Self::Backup)];
     pub fn as_str(self) -> &'static str {
         choice_name(&Self::CHOICES, self)
     }
 }
 
 fn choice_name<T: Copy + PartialEq>(choices: &[(&'static str, T)], value: T) -> &'static str {
-    choices
-        .iter()
-        .find(|(_, v)| *v == value)
-        .map_or("?", |(name, _)| name)
+    choices.iter().find(|(_, v)| *v == value).map_or("?", |(name, _)| name)
 }
 
 // ---------------------------------------------------------------------------
@@ -322,18 +309,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses and validates a configuration given as text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-    let fail = |problems: Vec<Problem>| ConfigError {
-        file: file.to_owned(),
-        problems,
-    };
+    let fail = |problems: Vec<Problem>| ConfigError { file: file.to_owned(), problems };
     let doc = DeTable::parse(text).map_err(|e| fail(vec![syntax_problem(text, &e)]))?;
-    let raw: RawConfig =
-        toml::from_str(text).map_err(|e| fail(vec![serde_problem(text, doc.get_ref(), &e)]))?;
-    let mut v = Validator {
-        text,
-        doc: doc.get_ref(),
-        problems: Vec::new(),
-    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| fail(vec![serde_problem(text, doc.get_ref(), &e)]))?;
+    let mut v = Validator { text, doc: doc.get_ref(), problems: Vec::new() };
     let config = v.config(raw);
     if v.problems.is_empty() {
         Ok(config)
@@ -450,19 +429,13 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     }
     let before = &text[..offset];
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    (
-        before.matches('\n').count() + 1,
-        before[line_start..].chars().count() + 1,
-    )
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }
 
 /// The `name` of an array element that is a table with a string `name` key.
 fn element_name<'a>(value: &'a DeValue<'_>) -> Option<&'a str> {
     match value {
-        DeValue::Table(t) => t
-            .iter()
-            .find(|(k, _)| k.get_ref() == "name")
-            .and_then(|(_, v)| v.get_ref().as_str()),
+        DeValue::Table(t) => t.iter().find(|(k, _)| k.get_ref() == "name").and_then(|(_, v)| v.get_ref().as_str()),
         _ => None,
     }
 }
@@ -508,13 +481,8 @@ fn offset_of(table: &DeTable<'_>, path: &[Seg]) -> Option<usize> {
     let mut offset = None;
     for seg in path {
         let found = match (seg, current) {
-            (Seg::Key(key), None) => table
-                .iter()
-                .find(|(k, _)| k.get_ref() == key)
-                .map(|(_, v)| v),
-            (Seg::Key(key), Some(DeValue::Table(t))) => {
-                t.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v)
-            }
+            (Seg::Key(key), None) => table.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v),
+            (Seg::Key(key), Some(DeValue::Table(t))) => t.iter().find(|(k, _)| k.get_ref() == key).map(|(_, v)| v),
             (Seg::Index(i, _), Some(DeValue::Array(a))) => a.get(*i),
             _ => None,
         };
@@ -538,11 +506,7 @@ fn syntax_problem(text: &str, error: &toml::de::Error) -> Problem {
             message = format!("{message}: `{snippet}`");
         }
     }
-    Problem {
-        field: format!("line {line}, column {column}"),
-        message,
-        line: Some(line),
-    }
+    Problem { field: format!("line {line}, column {column}"), message, line: Some(line) }
 }
 
 /// A deserialization error (unknown key, wrong TOML type), located by its key path.
@@ -553,11 +517,7 @@ fn serde_problem(text: &str, doc: &DeTable<'_>, error: &toml::de::Error) -> Prob
         .replace("expected i64", "expected an integer")
         .replace("expected a boolean", "expected true or false");
     let Some(span) = error.span() else {
-        return Problem {
-            field: "(document)".to_owned(),
-            message,
-            line: None,
-        };
+        return Problem { field: "(document)".to_owned(), message, line: None };
     };
     let (line, column) = line_col(text, span.start);
     let at = format!("line {line}, column {column}");
@@ -565,11 +525,7 @@ fn serde_problem(text: &str, doc: &DeTable<'_>, error: &toml::de::Error) -> Prob
         Some(path) => format!("{} ({at})", FieldPath(path)),
         None => at,
     };
-    Problem {
-        field,
-        message,
-        line: Some(line),
-    }
+    Problem { field, message, line: Some(line) }
 }
 
 // ---------------------------------------------------------------------------
@@ -594,11 +550,7 @@ impl Validator<'_> {
             Some(line) => format!("{path} (line {line})"),
             None => path.to_string(),
         };
-        self.problems.push(Problem {
-            field,
-            message: message.into(),
-            line,
-        });
+        self.problems.push(Problem { field, message: message.into(), line });
     }
 
     /// An enum value, or its default when absent; reports unknown names.
@@ -614,20 +566,11 @@ impl Validator<'_> {
             return *v;
         }
         let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
-        let hint = match choices
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(value.trim()))
-        {
+        let hint = match choices.iter().find(|(name, _)| name.eq_ignore_ascii_case(value.trim())) {
             Some((name, _)) => format!(" (did you mean \"{name}\"?)"),
             None => String::new(),
         };
-        self.report(
-            path,
-            format!(
-                "unknown value \"{value}\"{hint}; expected one of: {}",
-                names.join(", ")
-            ),
-        );
+        self.report(path, format!("unknown value \"{value}\"{hint}; expected one of: {}", names.join(", ")));
         default
     }
 
@@ -644,10 +587,7 @@ impl Validator<'_> {
         match T::try_from(value) {
             Ok(v) if (min..=max).contains(&value) => v,
             _ => {
-                self.report(
-                    path,
-                    format!("{value} is out of range; expected {expected}"),
-                );
+                self.report(path, format!("{value} is out of range; expected {expected}"));
                 default
             }
         }
@@ -666,11 +606,7 @@ impl Validator<'_> {
         if raw.service.len() > lb_common::MAX_SERVICES as usize {
             self.report(
                 &services_path,
-                format!(
-                    "{} services; at most {} are supported",
-                    raw.service.len(),
-                    lb_common::MAX_SERVICES
-                ),
+                format!("{} services; at most {} are supported", raw.service.len(), lb_common::MAX_SERVICES),
             );
         }
         let total_backends: usize = raw.service.iter().map(|s| s.backend.len()).sum();
@@ -697,10 +633,7 @@ impl Validator<'_> {
                 match names.get(&name.value) {
                     Some(first) => {
                         let first = first.to_string();
-                        self.report(
-                            &name.path,
-                            format!("duplicate service name \"{}\" (also {first})", name.value),
-                        );
+                        self.report(&name.path, format!("duplicate service name \"{}\" (also {first})", name.value));
                     }
                     None => {
                         names.insert(name.value.clone(), path.clone());
@@ -744,10 +677,7 @@ impl Validator<'_> {
             }
         }
 
-        Config {
-            daemon,
-            services: services.into_iter().map(|s| s.config).collect(),
-        }
+        Config { daemon, services: services.into_iter().map(|s| s.config).collect() }
     }
 
     fn daemon(&mut self, raw: Option<RawDaemon>) -> DaemonConfig {
@@ -771,31 +701,20 @@ impl Validator<'_> {
         for (i, name) in interfaces.iter().enumerate() {
             let item = interfaces_path.index(i, None);
             if let Some(j) = interfaces[..i].iter().position(|n| n == name) {
-                self.report(
-                    &item,
-                    format!("duplicate interface \"{name}\" (also daemon.interfaces[{j}])"),
-                );
+                self.report(&item, format!("duplicate interface \"{name}\" (also daemon.interfaces[{j}])"));
             } else if let Err(why) = check_ifname(name) {
                 self.report(&item, why);
             }
         }
 
-        let xdp_mode = self.choice(
-            &path.key("xdp_mode"),
-            raw.xdp_mode.as_deref(),
-            &XdpModeConfig::CHOICES,
-            XdpModeConfig::Auto,
-        );
+        let xdp_mode =
+            self.choice(&path.key("xdp_mode"), raw.xdp_mode.as_deref(), &XdpModeConfig::CHOICES, XdpModeConfig::Auto);
 
-        let admin_socket = raw
-            .admin_socket
-            .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.to_owned());
+        let admin_socket = raw.admin_socket.unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.to_owned());
         if admin_socket.is_empty() {
             self.report(
                 &path.key("admin_socket"),
-                format!(
-                    "empty path; expected the admin socket's path, e.g. \"{DEFAULT_ADMIN_SOCKET}\""
-                ),
+                format!("empty path; expected the admin socket's path, e.g. \"{DEFAULT_ADMIN_SOCKET}\""),
             );
         }
 
@@ -824,13 +743,7 @@ impl Validator<'_> {
             ),
         );
 
-        DaemonConfig {
-            interfaces,
-            xdp_mode,
-            admin_socket: admin_socket.into(),
-            metrics,
-            conntrack_entries,
-        }
+        DaemonConfig { interfaces, xdp_mode, admin_socket: admin_socket.into(), metrics, conntrack_entries }
     }
 
     /// Validates one service; `None` only when it has no usable VIP to build from.
@@ -841,10 +754,7 @@ impl Validator<'_> {
                 if let Err(why) = check_service_name(&name) {
                     self.report(&name_path, why);
                 }
-                Some(Located {
-                    value: name,
-                    path: name_path,
-                })
+                Some(Located { value: name, path: name_path })
             }
             None => None,
         };
@@ -852,14 +762,14 @@ impl Validator<'_> {
         let vip_path = path.key("vip");
         let vip = match raw.vip.as_deref() {
             None => {
-                self.report(&vip_path, "missing; expected the virtual address clients connect to, e.g. vip = \"198.18.0.10:80\"");
+                self.report(
+                    &vip_path,
+                    "missing; expected the virtual address clients connect to, e.g. vip = \"198.18.0.10:80\"",
+                );
                 None
             }
             Some(text) => match parse_endpoint(text, "198.18.0.10:80") {
-                Ok(addr) => Some(Located {
-                    value: addr,
-                    path: vip_path,
-                }),
+                Ok(addr) => Some(Located { value: addr, path: vip_path }),
                 Err(why) => {
                     self.report(&vip_path, why);
                     None
@@ -867,18 +777,9 @@ impl Validator<'_> {
             },
         };
 
-        let protocol = self.choice(
-            &path.key("protocol"),
-            raw.protocol.as_deref(),
-            &Protocol::CHOICES,
-            Protocol::Tcp,
-        );
-        let forwarding = self.choice(
-            &path.key("forwarding"),
-            raw.forwarding.as_deref(),
-            &Forwarding::CHOICES,
-            Forwarding::Nat,
-        );
+        let protocol = self.choice(&path.key("protocol"), raw.protocol.as_deref(), &Protocol::CHOICES, Protocol::Tcp);
+        let forwarding =
+            self.choice(&path.key("forwarding"), raw.forwarding.as_deref(), &Forwarding::CHOICES, Forwarding::Nat);
         let health = self.health(&path.key("health"), raw.health);
 
         let backends_path = path.key("backend");
@@ -892,9 +793,7 @@ impl Validator<'_> {
         let mut configs = Vec::new();
         for (j, raw) in raw.backend.into_iter().enumerate() {
             let bpath = backends_path.index(j, None);
-            if let Some(backend) =
-                self.backend(&bpath, raw, vip.as_ref().map(|v| v.value), forwarding)
-            {
+            if let Some(backend) = self.backend(&bpath, raw, vip.as_ref().map(|v| v.value), forwarding) {
                 if let Some(first) = backends.iter().find(|b| b.value == backend.address) {
                     let first = first.path.to_string();
                     self.report(
@@ -902,10 +801,7 @@ impl Validator<'_> {
                         format!("duplicate backend {} (also {first}); list each backend once and use weight to give it more flows", backend.address),
                     );
                 }
-                backends.push(Located {
-                    value: backend.address,
-                    path: bpath.key("address"),
-                });
+                backends.push(Located { value: backend.address, path: bpath.key("address") });
                 configs.push(backend);
             }
         }
@@ -921,10 +817,7 @@ impl Validator<'_> {
         let vip = vip?;
         Some(CheckedService {
             config: ServiceConfig {
-                name: name.as_ref().map_or_else(
-                    || format!("{}/{}", vip.value, protocol.as_str()),
-                    |n| n.value.clone(),
-                ),
+                name: name.as_ref().map_or_else(|| format!("{}/{}", vip.value, protocol.as_str()), |n| n.value.clone()),
                 vip: vip.value,
                 protocol,
                 forwarding,
@@ -956,11 +849,7 @@ impl Validator<'_> {
         if !is_prime(size) {
             let below = (MIN_TABLE_SIZE..size).rev().find(|&n| is_prime(n));
             let above = (size..=lb_common::MAX_TABLE_SIZE).find(|&n| is_prime(n));
-            let near: Vec<String> = below
-                .into_iter()
-                .chain(above)
-                .map(|n| n.to_string())
-                .collect();
+            let near: Vec<String> = below.into_iter().chain(above).map(|n| n.to_string()).collect();
             self.report(
                 path,
                 format!(
@@ -984,25 +873,30 @@ impl Validator<'_> {
     fn health(&mut self, path: &FieldPath, raw: Option<RawHealth>) -> HealthConfig {
         let defaults = HealthConfig::default();
         let Some(raw) = raw else { return defaults };
-        let check = self.choice(
-            &path.key("check"),
-            raw.check.as_deref(),
-            &CheckKind::CHOICES,
-            defaults.check,
-        );
+        let check = self.choice(&path.key("check"), raw.check.as_deref(), &CheckKind::CHOICES, defaults.check);
 
         let http_path = raw.path.unwrap_or(defaults.path);
         if !http_path.starts_with('/') {
-            self.report(&path.key("path"), format!("\"{http_path}\" does not start with '/'; expected an HTTP path such as \"/\" or \"/healthz\""));
-        } else if http_path
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control())
-        {
-            self.report(&path.key("path"), format!("{http_path:?} contains spaces or control characters; expected an HTTP path (percent-encode them)"));
+            self.report(
+                &path.key("path"),
+                format!("\"{http_path}\" does not start with '/'; expected an HTTP path such as \"/\" or \"/healthz\""),
+            );
+        } else if http_path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            self.report(
+                &path.key("path"),
+                format!(
+                    "{http_path:?} contains spaces or control characters; expected an HTTP path (percent-encode them)"
+                ),
+            );
         }
         if let Some(host) = &raw.host {
             if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                self.report(&path.key("host"), format!("{host:?} is not a valid Host header value; expected e.g. \"www.example.org\", or leave it out"));
+                self.report(
+                    &path.key("host"),
+                    format!(
+                        "{host:?} is not a valid Host header value; expected e.g. \"www.example.org\", or leave it out"
+                    ),
+                );
             }
         }
 
@@ -1047,16 +941,7 @@ impl Validator<'_> {
             (1, 1000),
             "the number of failed checks that take a backend down, 1 to 1000",
         );
-        HealthConfig {
-            check,
-            path: http_path,
-            host: raw.host,
-            expect_status,
-            interval_ms,
-            timeout_ms,
-            rise,
-            fall,
-        }
+        HealthConfig { check, path: http_path, host: raw.host, expect_status, interval_ms, timeout_ms, rise, fall }
     }
 
     fn backend(
@@ -1073,12 +958,7 @@ impl Validator<'_> {
             (0, MAX_WEIGHT.into()),
             &format!("a weight from 0 (no new flows) to {MAX_WEIGHT}"),
         );
-        let role = self.choice(
-            &path.key("role"),
-            raw.role.as_deref(),
-            &Role::CHOICES,
-            Role::Primary,
-        );
+        let role = self.choice(&path.key("role"), raw.role.as_deref(), &Role::CHOICES, Role::Primary);
         let address_path = path.key("address");
         let Some(text) = raw.address.as_deref() else {
             self.report(
@@ -1117,11 +997,7 @@ impl Validator<'_> {
                 );
             }
         }
-        Some(BackendConfig {
-            address,
-            weight,
-            role,
-        })
+        Some(BackendConfig { address, weight, role })
     }
 }
 
@@ -1144,51 +1020,32 @@ fn parse_endpoint(text: &str, example: &str) -> Result<SocketAddr, String> {
     }
     if let Ok(ip) = text.parse::<IpAddr>() {
         let with_port = SocketAddr::new(ip, 80);
-        let note = if ip.is_ipv6() {
-            " (an IPv6 address takes brackets when a port follows)"
-        } else {
-            ""
-        };
-        return Err(format!(
-            "\"{text}\" has no port; expected IP:port, e.g. \"{with_port}\"{note}"
-        ));
+        let note = if ip.is_ipv6() { " (an IPv6 address takes brackets when a port follows)" } else { "" };
+        return Err(format!("\"{text}\" has no port; expected IP:port, e.g. \"{with_port}\"{note}"));
     }
     if let Some((host, port)) = text.rsplit_once(':') {
         let host_ok = host.parse::<IpAddr>().is_ok()
-            || host
-                .strip_prefix('[')
-                .and_then(|h| h.strip_suffix(']'))
-                .is_some_and(|h| h.parse::<IpAddr>().is_ok());
+            || host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).is_some_and(|h| h.parse::<IpAddr>().is_ok());
         if host_ok {
-            return Err(format!(
-                "\"{text}\": \"{port}\" is not a port; expected a port from 1 to 65535"
-            ));
+            return Err(format!("\"{text}\": \"{port}\" is not a port; expected a port from 1 to 65535"));
         }
     }
-    Err(format!(
-        "\"{text}\" is not an IP:port address (host names are not resolved); {expected}"
-    ))
+    Err(format!("\"{text}\" is not an IP:port address (host names are not resolved); {expected}"))
 }
 
 fn check_endpoint(addr: SocketAddr) -> Result<SocketAddr, String> {
     if addr.port() == 0 {
-        return Err(format!(
-            "port 0 in \"{addr}\"; expected a port from 1 to 65535"
-        ));
+        return Err(format!("port 0 in \"{addr}\"; expected a port from 1 to 65535"));
     }
     if let SocketAddr::V6(v6) = addr {
         if v6.scope_id() != 0 {
-            return Err(format!(
-                "\"{addr}\" has a zone index; expected a global IPv6 address without %zone"
-            ));
+            return Err(format!("\"{addr}\" has a zone index; expected a global IPv6 address without %zone"));
         }
     }
     let ip = addr.ip();
     let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
     if ip.is_unspecified() || ip.is_multicast() || broadcast {
-        return Err(format!(
-            "{ip} is not a unicast address; expected the address of one host"
-        ));
+        return Err(format!("{ip} is not a unicast address; expected the address of one host"));
     }
     Ok(addr)
 }
@@ -1198,19 +1055,11 @@ fn check_ifname(name: &str) -> Result<(), String> {
         return Err("empty interface name; expected a name such as \"eth0\"".to_owned());
     }
     if name.len() > MAX_IFNAME_LEN {
-        return Err(format!(
-            "interface name \"{name}\" is longer than {MAX_IFNAME_LEN} bytes, the kernel's limit"
-        ));
+        return Err(format!("interface name \"{name}\" is longer than {MAX_IFNAME_LEN} bytes, the kernel's limit"));
     }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-        || name == "."
-        || name == ".."
+    if name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control()) || name == "." || name == ".."
     {
-        return Err(format!(
-            "\"{name}\" is not a valid interface name; expected a name such as \"eth0\""
-        ));
+        return Err(format!("\"{name}\" is not a valid interface name; expected a name such as \"eth0\""));
     }
     Ok(())
 }
@@ -1292,9 +1141,7 @@ address = "198.18.1.12:80"
     fn assert_one(text: &str, field: &str, message: &str) {
         let problems = problems(text);
         assert!(
-            problems.len() == 1
-                && problems[0].field.contains(field)
-                && problems[0].message.contains(message),
+            problems.len() == 1 && problems[0].field.contains(field) && problems[0].message.contains(message),
             "expected one problem on `{field}` saying `{message}`, got: {problems:#?}"
         );
     }
@@ -1304,31 +1151,18 @@ address = "198.18.1.12:80"
         let config = parse(DESIGN_EXAMPLE, "design.toml").expect("the design.md example is valid");
         assert_eq!(config.daemon.interfaces, ["eth0"]);
         assert_eq!(config.daemon.xdp_mode, XdpModeConfig::Auto);
-        assert_eq!(
-            config.daemon.admin_socket,
-            PathBuf::from("/run/xlb/xlb.sock")
-        );
-        assert_eq!(
-            config.daemon.metrics,
-            Some("127.0.0.1:9477".parse().unwrap())
-        );
+        assert_eq!(config.daemon.admin_socket, PathBuf::from("/run/xlb/xlb.sock"));
+        assert_eq!(config.daemon.metrics, Some("127.0.0.1:9477".parse().unwrap()));
         assert_eq!(config.daemon.conntrack_entries, 1_048_576);
         let service = &config.services[0];
         assert_eq!(service.name, "www");
         assert_eq!(service.vip, "198.18.0.10:80".parse().unwrap());
-        assert_eq!(
-            (service.protocol, service.forwarding, service.table_size),
-            (Protocol::Tcp, Forwarding::Nat, 65537)
-        );
+        assert_eq!((service.protocol, service.forwarding, service.table_size), (Protocol::Tcp, Forwarding::Nat, 65537));
         assert!(service.preempt);
         assert_eq!(service.health.check, CheckKind::Http);
         assert_eq!(
             service.backends,
-            [BackendConfig {
-                address: "198.18.1.11:80".parse().unwrap(),
-                weight: 1,
-                role: Role::Primary
-            }]
+            [BackendConfig { address: "198.18.1.11:80".parse().unwrap(), weight: 1, role: Role::Primary }]
         );
     }
 
@@ -1343,18 +1177,10 @@ address = "198.18.1.12:80"
         let s = &config.services[0];
         assert_eq!(
             (s.protocol, s.forwarding, s.table_size, s.preempt),
-            (
-                Protocol::Tcp,
-                Forwarding::Nat,
-                lb_common::DEFAULT_TABLE_SIZE,
-                true
-            )
+            (Protocol::Tcp, Forwarding::Nat, lb_common::DEFAULT_TABLE_SIZE, true)
         );
         assert_eq!(s.health, HealthConfig::default());
-        assert!(s
-            .backends
-            .iter()
-            .all(|b| b.weight == 1 && b.role == Role::Primary));
+        assert!(s.backends.iter().all(|b| b.weight == 1 && b.role == Role::Primary));
     }
 
     #[test]
@@ -1380,10 +1206,7 @@ address = "[2001:db8:1::12]:443"
         let config = parse(text, "v6.toml").expect("valid");
         assert_eq!(config.daemon.metrics, None);
         let s = &config.services[0];
-        assert_eq!(
-            s.name, "[2001:db8::10]:443/udp",
-            "a service without a name is named by its VIP"
-        );
+        assert_eq!(s.name, "[2001:db8::10]:443/udp", "a service without a name is named by its VIP");
         assert!(!s.preempt);
         assert_eq!(s.health.check, CheckKind::None);
         assert_eq!(s.backends[0].role, Role::Backup);
@@ -1407,11 +1230,7 @@ weight = 0
 "#;
         let s = &parse(text, "t.toml").expect("valid").services[0];
         assert_eq!(s.serving_when_all_up(), [1]);
-        assert_eq!(
-            s.serving_backends(|i| i != 1),
-            [0],
-            "backup takes over when the primary is down"
-        );
+        assert_eq!(s.serving_backends(|i| i != 1), [0], "backup takes over when the primary is down");
         assert_eq!(s.serving_backends(|_| false), Vec::<usize>::new());
     }
 
@@ -1426,20 +1245,9 @@ weight = 0
 
     #[test]
     fn unknown_key_reports_path_and_line() {
-        let text = BASE.replace(
-            "address = \"198.18.1.12:80\"",
-            "address = \"198.18.1.12:80\"\nwieght = 2",
-        );
-        assert_one(
-            &text,
-            "service[0] (www).backend[1].wieght (line 14, column 1)",
-            "unknown key `wieght`",
-        );
-        assert_one(
-            &format!("{BASE}\n[daemon]\n"),
-            "line 15, column 2",
-            "duplicate key: `daemon`",
-        );
+        let text = BASE.replace("address = \"198.18.1.12:80\"", "address = \"198.18.1.12:80\"\nwieght = 2");
+        assert_one(&text, "service[0] (www).backend[1].wieght (line 14, column 1)", "unknown key `wieght`");
+        assert_one(&format!("{BASE}\n[daemon]\n"), "line 15, column 2", "duplicate key: `daemon`");
         assert_one(
             &format!("{BASE}\n[daemon.extra]\n"),
             "daemon.extra (line 15, column 9)",
@@ -1464,78 +1272,28 @@ weight = 0
     #[test]
     fn bad_values_name_their_fields() {
         let cases: &[(&str, &str, &str, &str)] = &[
-            (
-                "interfaces = [\"eth0\", \"eth1\"]",
-                "interfaces = []",
-                "daemon.interfaces",
-                "no interfaces",
-            ),
+            ("interfaces = [\"eth0\", \"eth1\"]", "interfaces = []", "daemon.interfaces", "no interfaces"),
             (
                 "interfaces = [\"eth0\", \"eth1\"]",
                 "interfaces = [\"eth0\", \"eth0\"]",
                 "daemon.interfaces[1]",
                 "duplicate interface",
             ),
-            (
-                "[daemon]",
-                "[daemon]\nxdp_mode = \"fast\"",
-                "daemon.xdp_mode",
-                "expected one of: auto, native, generic",
-            ),
-            (
-                "[daemon]",
-                "[daemon]\nmetrics = \"localhost\"",
-                "daemon.metrics",
-                "not an IP:port",
-            ),
-            (
-                "[daemon]",
-                "[daemon]\nconntrack_entries = 0",
-                "daemon.conntrack_entries",
-                "out of range",
-            ),
-            (
-                "[daemon]",
-                "[daemon]\nconntrack_entries = 134217729",
-                "daemon.conntrack_entries",
-                "out of range",
-            ),
-            (
-                "vip = \"198.18.0.10:80\"",
-                "vip = \"198.18.0.10\"",
-                "service[0] (www).vip",
-                "has no port",
-            ),
-            (
-                "vip = \"198.18.0.10:80\"",
-                "vip = \"2001:db8::10:80\"",
-                "service[0] (www).vip",
-                "takes brackets",
-            ),
+            ("[daemon]", "[daemon]\nxdp_mode = \"fast\"", "daemon.xdp_mode", "expected one of: auto, native, generic"),
+            ("[daemon]", "[daemon]\nmetrics = \"localhost\"", "daemon.metrics", "not an IP:port"),
+            ("[daemon]", "[daemon]\nconntrack_entries = 0", "daemon.conntrack_entries", "out of range"),
+            ("[daemon]", "[daemon]\nconntrack_entries = 134217729", "daemon.conntrack_entries", "out of range"),
+            ("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10\"", "service[0] (www).vip", "has no port"),
+            ("vip = \"198.18.0.10:80\"", "vip = \"2001:db8::10:80\"", "service[0] (www).vip", "takes brackets"),
             (
                 "vip = \"198.18.0.10:80\"",
                 "vip = \"2001:db8::10::80\"",
                 "service[0] (www).vip",
                 "is not an IP:port address",
             ),
-            (
-                "vip = \"198.18.0.10:80\"",
-                "vip = \"198.18.0.10:0\"",
-                "service[0] (www).vip",
-                "port 0",
-            ),
-            (
-                "vip = \"198.18.0.10:80\"",
-                "vip = \"198.18.0.10:http\"",
-                "service[0] (www).vip",
-                "not a port",
-            ),
-            (
-                "vip = \"198.18.0.10:80\"",
-                "vip = \"www.example.org:80\"",
-                "service[0] (www).vip",
-                "not an IP:port",
-            ),
+            ("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:0\"", "service[0] (www).vip", "port 0"),
+            ("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:http\"", "service[0] (www).vip", "not a port"),
+            ("vip = \"198.18.0.10:80\"", "vip = \"www.example.org:80\"", "service[0] (www).vip", "not an IP:port"),
             (
                 "vip = \"198.18.0.10:80\"",
                 "vip = \"198.18.0.10:80\"\nprotocol = \"sctp\"",
@@ -1566,12 +1324,7 @@ weight = 0
                 "service[0] (www).table_size",
                 "out of range",
             ),
-            (
-                "name = \"www\"",
-                "name = \"w w\"",
-                "service[0] (w w).name",
-                "not a valid service name",
-            ),
+            ("name = \"www\"", "name = \"w w\"", "service[0] (w w).name", "not a valid service name"),
             (
                 "address = \"198.18.1.12:80\"",
                 "address = \"198.18.1.12:0\"",
@@ -1602,12 +1355,7 @@ weight = 0
                 "service[0] (www).backend[1].role",
                 "expected one of: primary, backup",
             ),
-            (
-                "address = \"198.18.1.12:80\"",
-                "role = \"backup\"",
-                "service[0] (www).backend[1].address",
-                "missing",
-            ),
+            ("address = \"198.18.1.12:80\"", "role = \"backup\"", "service[0] (www).backend[1].address", "missing"),
             (
                 "address = \"198.18.1.12:80\"",
                 "address = \"198.18.0.10:80\"",
@@ -1637,13 +1385,13 @@ weight = 0
         let text = format!("{BASE}\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:80\"\n[[service.backend]]\naddress = \"198.18.1.13:80\"\n");
         let p = problems(&text);
         assert!(
-            p.iter().any(|p| p.field.contains("service[1] (www).name")
-                && p.message.contains("duplicate service name")),
+            p.iter().any(|p| p.field.contains("service[1] (www).name") && p.message.contains("duplicate service name")),
             "{p:#?}"
         );
         assert!(
-            p.iter().any(|p| p.field.contains("service[1] (www).vip")
-                && p.message.contains("duplicate VIP 198.18.0.10:80 tcp")),
+            p.iter()
+                .any(|p| p.field.contains("service[1] (www).vip")
+                    && p.message.contains("duplicate VIP 198.18.0.10:80 tcp")),
             "{p:#?}"
         );
         // Same VIP over UDP is another service.
@@ -1653,44 +1401,20 @@ weight = 0
         let text = BASE
             .replace("name = \"www\"", "name = \"www\"\nforwarding = \"dsr\"")
             .replace("198.18.1.12:80", "198.18.1.12:8080");
-        assert_one(
-            &text,
-            "service[0] (www).backend[1].address",
-            "differs from the VIP port 80",
-        );
+        assert_one(&text, "service[0] (www).backend[1].address", "differs from the VIP port 80");
         // Table not larger than the backends.
         let mut text = BASE.replace("name = \"www\"", "name = \"www\"\ntable_size = 7");
         for i in 0..6 {
-            text.push_str(&format!(
-                "[[service.backend]]\naddress = \"198.18.2.{i}:80\"\n"
-            ));
+            text.push_str(&format!("[[service.backend]]\naddress = \"198.18.2.{i}:80\"\n"));
         }
-        assert_one(
-            &text,
-            "service[0] (www).table_size",
-            "not larger than the number of backends (8)",
-        );
+        assert_one(&text, "service[0] (www).table_size", "not larger than the number of backends (8)");
         // All weights zero.
         let text = BASE
-            .replace(
-                "address = \"198.18.1.11:80\"",
-                "address = \"198.18.1.11:80\"\nweight = 0",
-            )
-            .replace(
-                "address = \"198.18.1.12:80\"",
-                "address = \"198.18.1.12:80\"\nweight = 0",
-            );
-        assert_one(
-            &text,
-            "service[0] (www).backend",
-            "every backend has weight 0",
-        );
+            .replace("address = \"198.18.1.11:80\"", "address = \"198.18.1.11:80\"\nweight = 0")
+            .replace("address = \"198.18.1.12:80\"", "address = \"198.18.1.12:80\"\nweight = 0");
+        assert_one(&text, "service[0] (www).backend", "every backend has weight 0");
         // No services at all.
-        assert_one(
-            "[daemon]\ninterfaces = [\"eth0\"]\n",
-            "service",
-            "no services",
-        );
+        assert_one("[daemon]\ninterfaces = [\"eth0\"]\n", "service", "no services");
         // No daemon section.
         assert_one(
             &BASE.replace("[daemon]\ninterfaces = [\"eth0\", \"eth1\"]", ""),
@@ -1704,61 +1428,23 @@ weight = 0
         // [service.health] after the backends belongs to the last [[service]].
         let with = |lines: &str| format!("{BASE}\n[service.health]\n{lines}\n");
         let cases = [
-            (
-                "interval_ms = 0",
-                "service[0] (www).health.interval_ms",
-                "out of range",
-            ),
-            (
-                "timeout_ms = 0",
-                "service[0] (www).health.timeout_ms",
-                "out of range",
-            ),
-            (
-                "timeout_ms = 2000",
-                "service[0] (www).health.timeout_ms",
-                "greater than interval_ms (1000)",
-            ),
+            ("interval_ms = 0", "service[0] (www).health.interval_ms", "out of range"),
+            ("timeout_ms = 0", "service[0] (www).health.timeout_ms", "out of range"),
+            ("timeout_ms = 2000", "service[0] (www).health.timeout_ms", "greater than interval_ms (1000)"),
             ("rise = 0", "service[0] (www).health.rise", "out of range"),
             ("fall = 0", "service[0] (www).health.fall", "out of range"),
-            (
-                "expect_status = 99",
-                "service[0] (www).health.expect_status",
-                "100 to 599",
-            ),
-            (
-                "expect_status = 600",
-                "service[0] (www).health.expect_status",
-                "100 to 599",
-            ),
-            (
-                "path = \"healthz\"",
-                "service[0] (www).health.path",
-                "does not start with '/'",
-            ),
-            (
-                "check = \"icmp\"",
-                "service[0] (www).health.check",
-                "expected one of: tcp, http, none",
-            ),
-            (
-                "host = \"\"",
-                "service[0] (www).health.host",
-                "not a valid Host",
-            ),
+            ("expect_status = 99", "service[0] (www).health.expect_status", "100 to 599"),
+            ("expect_status = 600", "service[0] (www).health.expect_status", "100 to 599"),
+            ("path = \"healthz\"", "service[0] (www).health.path", "does not start with '/'"),
+            ("check = \"icmp\"", "service[0] (www).health.check", "expected one of: tcp, http, none"),
+            ("host = \"\"", "service[0] (www).health.host", "not a valid Host"),
         ];
         for (line, field, message) in cases {
             assert_one(&with(line), field, message);
         }
-        let config = parse(
-            &with("check = \"http\"\npath = \"/healthz\"\nhost = \"www.example.org\""),
-            "t.toml",
-        )
-        .expect("valid");
-        assert_eq!(
-            config.services[0].health.host.as_deref(),
-            Some("www.example.org")
-        );
+        let config =
+            parse(&with("check = \"http\"\npath = \"/healthz\"\nhost = \"www.example.org\""), "t.toml").expect("valid");
+        assert_eq!(config.services[0].health.host.as_deref(), Some("www.example.org"));
     }
 
     #[test]
@@ -1786,20 +1472,13 @@ role = "leader"
             ("daemon.xdp_mode (line 4)", "unknown value \"turbo\""),
             ("service[0] (www).vip (line 8)", "has no port"),
             ("service[0] (www).table_size (line 9)", "not prime"),
-            (
-                "service[0] (www).health.timeout_ms (line 12)",
-                "greater than interval_ms",
-            ),
+            ("service[0] (www).health.timeout_ms (line 12)", "greater than interval_ms"),
             ("service[0] (www).backend[0].address (line 15)", "port 0"),
-            (
-                "service[0] (www).backend[0].role (line 16)",
-                "unknown value \"leader\"",
-            ),
+            ("service[0] (www).backend[0].role (line 16)", "unknown value \"leader\""),
         ];
         for (field, message) in expect {
             assert!(
-                p.iter()
-                    .any(|p| p.field == field && p.message.contains(message)),
+                p.iter().any(|p| p.field == field && p.message.contains(message)),
                 "expected a problem `{field}: ...{message}...` among {p:#?}"
             );
         }
@@ -1808,32 +1487,19 @@ role = "leader"
 
     #[test]
     fn display_is_one_problem_per_line() {
-        let err = parse(
-            "[daemon]\ninterfaces = []\nxdp_mode = \"x\"\n",
-            "/etc/xlb.toml",
-        )
-        .unwrap_err();
+        let err = parse("[daemon]\ninterfaces = []\nxdp_mode = \"x\"\n", "/etc/xlb.toml").unwrap_err();
         let text = err.to_string();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), err.problems.len(), "{text}");
-        assert!(
-            lines.iter().all(|l| l.starts_with("/etc/xlb.toml: ")),
-            "{text}"
-        );
-        assert!(
-            lines[0].starts_with("/etc/xlb.toml: daemon.interfaces (line 2): "),
-            "{text}"
-        );
+        assert!(lines.iter().all(|l| l.starts_with("/etc/xlb.toml: ")), "{text}");
+        assert!(lines[0].starts_with("/etc/xlb.toml: daemon.interfaces (line 2): "), "{text}");
     }
 
     #[test]
     fn unreadable_file_names_the_file() {
         let err = load(Path::new("/nonexistent/xlb-test.toml")).unwrap_err();
         let text = err.to_string();
-        assert!(
-            text.starts_with("/nonexistent/xlb-test.toml: cannot read"),
-            "{text}"
-        );
+        assert!(text.starts_with("/nonexistent/xlb-test.toml: cannot read"), "{text}");
     }
 
     #[test]

@@ -40,7 +40,8 @@ pub struct BatchAttr {
 /// the map's key and value types (and at u32 cursors), alive for the call.
 pub unsafe fn batch(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     // SAFETY: the caller vouches for the buffers behind `attr`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, std::mem::size_of::<BatchAttr>() as u32) };
     if rc == 0 {
         Ok(())
     } else {

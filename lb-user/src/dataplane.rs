@@ -12,9 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, maps, reply_port_bit, Backend, BackendStats, NatSource, Service, ServiceStats,
-    VipAddrKey, VipKey, BACKEND_F_SHARED, NAT_SOURCE_F_SHARED, SERVICE_F_DSR, SETTING_FLAGS,
-    SETTING_TRACE,
+    counter, maps, reply_port_bit, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey,
+    BACKEND_F_SHARED, NAT_SOURCE_F_SHARED, SERVICE_F_DSR, SETTING_FLAGS, SETTING_TRACE,
 };
 
 use crate::{config::XdpModeConfig, ring::RingMem};
@@ -69,10 +68,8 @@ impl Dataplane {
             .map_max_entries(maps::RING, sizes.ring_entries.max(1))
             .load(object()?)
             .context("loading the XDP object into the kernel")?;
-        let prog: &mut Xdp = ebpf
-            .program_mut(lb_common::PROGRAM_NAME)
-            .context("the XDP object has no program `xlb`")?
-            .try_into()?;
+        let prog: &mut Xdp =
+            ebpf.program_mut(lb_common::PROGRAM_NAME).context("the XDP object has no program `xlb`")?.try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
         let ring = match ebpf.map(maps::RING) {
             Some(aya::maps::Map::Array(m)) => RingMem::map(m.fd(), sizes.ring_entries.max(1) as usize)
@@ -104,11 +101,7 @@ impl Dataplane {
 
     /// Attaches to `iface`. `auto` tries native (driver) mode first, then generic.
     pub fn attach(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(lb_common::PROGRAM_NAME)
-            .expect("loaded")
-            .try_into()?;
+        let prog: &mut Xdp = self.ebpf.program_mut(lb_common::PROGRAM_NAME).expect("loaded").try_into()?;
         let tries: &[(XdpMode, &'static str)] = match mode {
             XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
             XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
@@ -318,9 +311,7 @@ impl Dataplane {
     /// `COUNTERS`, summed over CPUs.
     pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS))?;
-        (0..counter::NUM_COUNTERS)
-            .map(|i| Ok(m.get(&i, 0)?.iter().sum()))
-            .collect()
+        (0..counter::NUM_COUNTERS).map(|i| Ok(m.get(&i, 0)?.iter().sum())).collect()
     }
 
     /// `BACKEND_STATS[slot]`, summed over CPUs.
@@ -336,8 +327,7 @@ impl Dataplane {
     /// Clears `BACKEND_STATS[slot]` (a slot handed to a new backend starts at 0).
     pub fn reset_backend_stats(&mut self, slot: u32) -> anyhow::Result<()> {
         let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut m: PerCpuArray<&mut MapData, BackendStats> =
-            PerCpuArray::try_from(self.map_mut(maps::BACKEND_STATS))?;
+        let mut m: PerCpuArray<&mut MapData, BackendStats> = PerCpuArray::try_from(self.map_mut(maps::BACKEND_STATS))?;
         m.set(slot, aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); n])?, 0)?;
         Ok(())
     }
@@ -415,7 +405,8 @@ impl NatBook {
     }
 
     fn keys_of_service(&self, id: u32) -> Vec<VipKey> {
-        let mut keys: Vec<VipKey> = self.slots_of_service(id).iter().filter_map(|s| self.key_of(&self.backends[s])).collect();
+        let mut keys: Vec<VipKey> =
+            self.slots_of_service(id).iter().filter_map(|s| self.key_of(&self.backends[s])).collect();
         keys.dedup();
         keys
     }
@@ -447,10 +438,8 @@ impl NatBook {
         let Some(be) = self.backends.get(&slot) else {
             return Backend::default();
         };
-        let shared = self
-            .key_of(be)
-            .and_then(|k| self.sources.get(&k))
-            .is_some_and(|s| s.flags & NAT_SOURCE_F_SHARED != 0);
+        let shared =
+            self.key_of(be).and_then(|k| self.sources.get(&k)).is_some_and(|s| s.flags & NAT_SOURCE_F_SHARED != 0);
         Backend { flags: be.flags | if shared { BACKEND_F_SHARED } else { 0 }, ..*be }
     }
 
@@ -491,7 +480,8 @@ mod tests {
 
     /// Keeps `book.sources` as `Dataplane::sync_nat_source` would.
     fn sync(book: &mut NatBook) {
-        let keys: Vec<VipKey> = book.backends.values().filter_map(|b| book.key_of(b)).chain(book.sources.keys().copied()).collect();
+        let keys: Vec<VipKey> =
+            book.backends.values().filter_map(|b| book.key_of(b)).chain(book.sources.keys().copied()).collect();
         for k in keys {
             match book.want(&k) {
                 Some(s) => book.sources.insert(k, s),

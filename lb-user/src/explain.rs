@@ -29,11 +29,7 @@ pub struct Explanation {
 }
 
 /// The flow key the XDP program builds for a packet from `client` to `vip`.
-pub fn flow_key(
-    client: SocketAddr,
-    vip: SocketAddr,
-    protocol: Protocol,
-) -> anyhow::Result<FlowKey> {
+pub fn flow_key(client: SocketAddr, vip: SocketAddr, protocol: Protocol) -> anyhow::Result<FlowKey> {
     let (src, dst, family) = match (client, vip) {
         (SocketAddr::V4(c), SocketAddr::V4(v)) => {
             (lb_common::addr_v4(c.ip().octets()), lb_common::addr_v4(v.ip().octets()), lb_common::FAMILY_V4)
@@ -55,31 +51,15 @@ pub fn flow_key(
 }
 
 /// Explains where a new flow from `client` to `vip` goes when every backend is up.
-pub fn explain(
-    cfg: &Config,
-    client: SocketAddr,
-    vip: SocketAddr,
-    protocol: Protocol,
-) -> anyhow::Result<Explanation> {
+pub fn explain(cfg: &Config, client: SocketAddr, vip: SocketAddr, protocol: Protocol) -> anyhow::Result<Explanation> {
     let key = flow_key(client, vip, protocol)?;
-    let Some(index) = cfg
-        .services
-        .iter()
-        .position(|s| s.vip == vip && s.protocol == protocol)
-    else {
-        let configured: Vec<String> = cfg
-            .services
-            .iter()
-            .map(|s| format!("{} {} ({})", s.vip, s.protocol.as_str(), s.name))
-            .collect();
+    let Some(index) = cfg.services.iter().position(|s| s.vip == vip && s.protocol == protocol) else {
+        let configured: Vec<String> =
+            cfg.services.iter().map(|s| format!("{} {} ({})", s.vip, s.protocol.as_str(), s.name)).collect();
         bail!(
             "no service has VIP {vip} {}; configured VIPs: {}",
             protocol.as_str(),
-            if configured.is_empty() {
-                "none".to_owned()
-            } else {
-                configured.join(", ")
-            }
+            if configured.is_empty() { "none".to_owned() } else { configured.join(", ") }
         );
     };
     let service = &cfg.services[index];
@@ -88,27 +68,13 @@ pub fn explain(
     let slot = hash % service.table_size;
     let backend = table[slot as usize];
     if backend == NO_BACKEND {
-        bail!(
-            "service {} has no backend that takes new flows (every weight is 0)",
-            service.name
-        );
+        bail!("service {} has no backend that takes new flows (every weight is 0)", service.name);
     }
-    Ok(Explanation {
-        service: index,
-        key,
-        hash,
-        slot,
-        backend: backend as usize,
-    })
+    Ok(Explanation { service: index, key, hash, slot, backend: backend as usize })
 }
 
 /// The backend a new flow from `client` to `vip` gets when every backend is up.
-pub fn pick(
-    cfg: &Config,
-    client: SocketAddr,
-    vip: SocketAddr,
-    proto: Protocol,
-) -> anyhow::Result<SocketAddr> {
+pub fn pick(cfg: &Config, client: SocketAddr, vip: SocketAddr, proto: Protocol) -> anyhow::Result<SocketAddr> {
     let e = explain(cfg, client, vip, proto)?;
     Ok(cfg.services[e.service].backends[e.backend].address)
 }
@@ -123,9 +89,8 @@ pub fn parse_protocol(text: &str) -> anyhow::Result<Protocol> {
 }
 
 fn parse_addr(text: &str, what: &str, example: &str) -> anyhow::Result<SocketAddr> {
-    text.parse().with_context(|| {
-        format!("{what} \"{text}\" is not IP:port; expected e.g. {example} or [2001:db8::1]:40000")
-    })
+    text.parse()
+        .with_context(|| format!("{what} \"{text}\" is not IP:port; expected e.g. {example} or [2001:db8::1]:40000"))
 }
 
 pub fn run(config: &Path, client: &str, vip: &str, protocol: &str) -> anyhow::Result<()> {
@@ -177,24 +142,13 @@ address = "[2001:db8:1::11]:53"
 
     #[test]
     fn key_is_built_like_the_kernel() {
-        let key = flow_key(
-            "198.18.0.1:40000".parse().unwrap(),
-            "198.18.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-        )
-        .unwrap();
+        let key =
+            flow_key("198.18.0.1:40000".parse().unwrap(), "198.18.0.10:80".parse().unwrap(), Protocol::Tcp).unwrap();
         assert_eq!(key.src, lb_common::addr_v4([198, 18, 0, 1]));
         assert_eq!(key.dst, lb_common::addr_v4([198, 18, 0, 10]));
         assert_eq!((key.sport, key.dport), (40000u16.to_be(), 80u16.to_be()));
-        assert_eq!(
-            (key.proto, key.family),
-            (lb_common::PROTO_TCP, lb_common::FAMILY_V4)
-        );
-        let mixed = flow_key(
-            "[2001:db8::1]:40000".parse().unwrap(),
-            "198.18.0.10:80".parse().unwrap(),
-            Protocol::Tcp,
-        );
+        assert_eq!((key.proto, key.family), (lb_common::PROTO_TCP, lb_common::FAMILY_V4));
+        let mixed = flow_key("[2001:db8::1]:40000".parse().unwrap(), "198.18.0.10:80".parse().unwrap(), Protocol::Tcp);
         assert!(mixed.is_err(), "mixed families must be refused");
     }
 
@@ -206,25 +160,12 @@ address = "[2001:db8:1::11]:53"
         for port in 40000..40200 {
             let client = SocketAddr::from(([198, 18, 0, 1], port));
             let a = pick(&cfg, client, vip, Protocol::Tcp).unwrap();
-            assert_eq!(
-                a,
-                pick(&cfg, client, vip, Protocol::Tcp).unwrap(),
-                "same flow, different answer"
-            );
+            assert_eq!(a, pick(&cfg, client, vip, Protocol::Tcp).unwrap(), "same flow, different answer");
             seen.insert(a);
         }
-        assert_eq!(
-            seen.len(),
-            2,
-            "expected both backends over 200 client ports, got {seen:?}"
-        );
-        let v6 = pick(
-            &cfg,
-            "[2001:db8::1]:5353".parse().unwrap(),
-            "[2001:db8::10]:53".parse().unwrap(),
-            Protocol::Udp,
-        )
-        .unwrap();
+        assert_eq!(seen.len(), 2, "expected both backends over 200 client ports, got {seen:?}");
+        let v6 = pick(&cfg, "[2001:db8::1]:5353".parse().unwrap(), "[2001:db8::10]:53".parse().unwrap(), Protocol::Udp)
+            .unwrap();
         assert_eq!(v6, "[2001:db8:1::11]:53".parse().unwrap());
     }
 
@@ -232,17 +173,9 @@ address = "[2001:db8:1::11]:53"
     fn unknown_vip_lists_configured_ones() {
         let cfg = config::parse(TEXT, "t.toml").expect("valid");
         let client = "198.18.0.1:40000".parse().unwrap();
-        let err = pick(
-            &cfg,
-            client,
-            "198.18.0.10:80".parse().unwrap(),
-            Protocol::Udp,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = pick(&cfg, client, "198.18.0.10:80".parse().unwrap(), Protocol::Udp).unwrap_err().to_string();
         assert!(
-            err.contains("no service has VIP 198.18.0.10:80 udp")
-                && err.contains("198.18.0.10:80 tcp (www)"),
+            err.contains("no service has VIP 198.18.0.10:80 udp") && err.contains("198.18.0.10:80 tcp (www)"),
             "{err}"
         );
     }

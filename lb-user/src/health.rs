@@ -45,10 +45,9 @@ pub async fn probe(addr: SocketAddr, hc: &HealthConfig) -> Probe {
             .await
             .map_err(|_| "timeout".to_string())
             .and_then(|r| r.map(drop).map_err(|e| io_reason(&e))),
-        CheckKind::Http => tokio::time::timeout(limit, http_get(addr, hc))
-            .await
-            .map_err(|_| "timeout".to_string())
-            .and_then(|r| r),
+        CheckKind::Http => {
+            tokio::time::timeout(limit, http_get(addr, hc)).await.map_err(|_| "timeout".to_string()).and_then(|r| r)
+        }
     };
     let (ok, detail) = match result {
         Ok(()) => (true, "ok".to_string()),
@@ -136,7 +135,9 @@ impl Checker {
                 .iter()
                 .filter(|s| s.cfg.health.check != CheckKind::None)
                 .flat_map(|s| {
-                    s.backends.iter().map(|be| (Target { service: s.id, address: be.cfg.address }, s.cfg.health.clone()))
+                    s.backends
+                        .iter()
+                        .map(|be| (Target { service: s.id, address: be.cfg.address }, s.cfg.health.clone()))
                 })
                 .collect()
         };
@@ -279,7 +280,9 @@ mod tests {
         assert_eq!((p.ok, p.detail.as_str()), (false, "refused"));
 
         // An HTTP server answering 503, then 200.
-        for (answer, ok, detail) in [("HTTP/1.1 503 Busy\r\n\r\n", false, "status 503"), ("HTTP/1.1 200 OK\r\n\r\n", true, "ok")] {
+        for (answer, ok, detail) in
+            [("HTTP/1.1 503 Busy\r\n\r\n", false, "status 503"), ("HTTP/1.1 200 OK\r\n\r\n", true, "ok")]
+        {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();
             let server = tokio::spawn(async move {
@@ -306,6 +309,10 @@ mod tests {
         });
         let p = probe(addr, &hc(CheckKind::Http)).await;
         assert_eq!((p.ok, p.detail.as_str()), (false, "timeout"));
-        assert!(p.duration >= Duration::from_millis(300) && p.duration < Duration::from_millis(1000), "{:?}", p.duration);
+        assert!(
+            p.duration >= Duration::from_millis(300) && p.duration < Duration::from_millis(1000),
+            "{:?}",
+            p.duration
+        );
     }
 }

@@ -41,15 +41,8 @@ pub struct MaglevBackend<'a> {
 /// Indices of the backends that take turns (weight > 0), in id order (then
 /// position), so the table does not depend on the order of `backends`.
 fn turn_order(backends: &[MaglevBackend<'_>]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..backends.len() as u32)
-        .filter(|&i| backends[i as usize].weight > 0)
-        .collect();
-    order.sort_by(|&a, &b| {
-        backends[a as usize]
-            .id
-            .cmp(backends[b as usize].id)
-            .then(a.cmp(&b))
-    });
+    let mut order: Vec<u32> = (0..backends.len() as u32).filter(|&i| backends[i as usize].weight > 0).collect();
+    order.sort_by(|&a, &b| backends[a as usize].id.cmp(backends[b as usize].id).then(a.cmp(&b)));
     order
 }
 
@@ -140,9 +133,7 @@ impl Turn {
 /// rounds would, since a proposal of a taken slot changes nothing.
 fn finish_by_events(table: &mut [u32], turns: &mut [Turn], size: u32) {
     let size64 = u64::from(size);
-    let free: Vec<u32> = (0..size)
-        .filter(|&s| table[s as usize] == NO_BACKEND)
-        .collect();
+    let free: Vec<u32> = (0..size).filter(|&s| table[s as usize] == NO_BACKEND).collect();
     let mut events: Vec<(u64, u32)> = Vec::with_capacity(free.len() * turns.len());
     for (position, turn) in turns.iter().enumerate() {
         let inverse = mod_inverse(turn.skip, size);
@@ -217,14 +208,8 @@ pub fn is_prime(n: u32) -> bool {
 /// entry is an index into `service.backends`, or [`NO_BACKEND`].
 pub fn service_table(service: &ServiceConfig, serving: &[usize]) -> Vec<u32> {
     let ids: Vec<String> = serving.iter().map(|&i| service.backends[i].id()).collect();
-    let members: Vec<MaglevBackend<'_>> = serving
-        .iter()
-        .zip(&ids)
-        .map(|(&i, id)| MaglevBackend {
-            id,
-            weight: service.backends[i].weight,
-        })
-        .collect();
+    let members: Vec<MaglevBackend<'_>> =
+        serving.iter().zip(&ids).map(|(&i, id)| MaglevBackend { id, weight: service.backends[i].weight }).collect();
     let mut table = build_table(&members, service.table_size);
     for entry in &mut table {
         if *entry != NO_BACKEND {
@@ -238,11 +223,7 @@ pub fn service_table(service: &ServiceConfig, serving: &[usize]) -> Vec<u32> {
 fn permutation(id: &str, size: u32) -> (u32, u32) {
     let size64 = u64::from(size);
     let offset = (h1(id.as_bytes()) % size64) as u32;
-    let mut skip = if size > 1 {
-        (h2(id.as_bytes()) % (size64 - 1)) as u32 + 1
-    } else {
-        1
-    };
+    let mut skip = if size > 1 { (h2(id.as_bytes()) % (size64 - 1)) as u32 + 1 } else { 1 };
     // With a prime size every skip visits every slot. For any other size, step
     // to a skip coprime with it so that the permutation still covers the table.
     while size > 1 && gcd(skip, size) != 1 {
@@ -265,9 +246,7 @@ const FNV_BASIS_1: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_BASIS_2: u64 = 0xb7e1_5162_8aed_2a6a;
 
 fn fnv1a64(basis: u64, bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(basis, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    bytes.iter().fold(basis, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
 
 /// murmur3's 64-bit finaliser: every input bit reaches every output bit.
@@ -297,15 +276,11 @@ mod tests {
     const M: u32 = lb_common::DEFAULT_TABLE_SIZE;
 
     fn ids(n: usize) -> Vec<String> {
-        (0..n)
-            .map(|i| format!("198.18.{}.{}:80", 1 + i / 250, 1 + i % 250))
-            .collect()
+        (0..n).map(|i| format!("198.18.{}.{}:80", 1 + i / 250, 1 + i % 250)).collect()
     }
 
     fn equal(ids: &[String]) -> Vec<MaglevBackend<'_>> {
-        ids.iter()
-            .map(|id| MaglevBackend { id, weight: 1 })
-            .collect()
+        ids.iter().map(|id| MaglevBackend { id, weight: 1 }).collect()
     }
 
     /// Slots held by each backend index.
@@ -339,28 +314,16 @@ mod tests {
     #[test]
     fn same_input_same_table_in_any_order() {
         let ids = ids(50);
-        let backends: Vec<MaglevBackend<'_>> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| MaglevBackend {
-                id,
-                weight: 1 + (i % 3) as u32,
-            })
-            .collect();
+        let backends: Vec<MaglevBackend<'_>> =
+            ids.iter().enumerate().map(|(i, id)| MaglevBackend { id, weight: 1 + (i % 3) as u32 }).collect();
         let table = build_table(&backends, M);
-        assert_eq!(
-            table,
-            build_table(&backends, M),
-            "two builds of the same input differ"
-        );
+        assert_eq!(table, build_table(&backends, M), "two builds of the same input differ");
 
         // Shuffle (deterministic LCG Fisher-Yates) and compare by id.
         let mut shuffled = backends.clone();
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
         for i in (1..shuffled.len()).rev() {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             shuffled.swap(i, (state >> 33) as usize % (i + 1));
         }
         assert_ne!(shuffled, backends, "the shuffle should change the order");
@@ -374,11 +337,7 @@ mod tests {
     /// table): they must not change between versions, machines or toolchains.
     #[test]
     fn hashes_and_table_are_stable() {
-        assert_eq!(
-            fnv1a64(FNV_BASIS_1, b"a"),
-            0xaf63_dc4c_8601_ec8c,
-            "FNV-1a 64 reference value"
-        );
+        assert_eq!(fnv1a64(FNV_BASIS_1, b"a"), 0xaf63_dc4c_8601_ec8c, "FNV-1a 64 reference value");
         assert_eq!(permutation("198.18.1.11:80", M), (567, 51_583));
         assert_eq!(permutation("[2001:db8::11]:80", M), (595, 10_518));
         let ids = ids(3);
@@ -397,11 +356,7 @@ mod tests {
         let counts = counts(&table, 1000);
         let max = *counts.iter().max().unwrap() as f64;
         let mean = f64::from(M) / 1000.0;
-        assert!(
-            max / mean <= 1.01,
-            "expected max/mean <= 1.01, got {max}/{mean} = {:.4}",
-            max / mean
-        );
+        assert!(max / mean <= 1.01, "expected max/mean <= 1.01, got {max}/{mean} = {:.4}", max / mean);
     }
 
     #[test]
@@ -411,12 +366,8 @@ mod tests {
         let all = equal(&ids);
         let before = by_id(&build_table(&all, M), &all);
         for removed in (0..n).step_by(9) {
-            let rest: Vec<MaglevBackend<'_>> = all
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != removed)
-                .map(|(_, b)| *b)
-                .collect();
+            let rest: Vec<MaglevBackend<'_>> =
+                all.iter().enumerate().filter(|&(i, _)| i != removed).map(|(_, b)| *b).collect();
             let after = by_id(&build_table(&rest, M), &rest);
             let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
             let ideal = f64::from(M) / n as f64;
@@ -424,19 +375,11 @@ mod tests {
                 moved as f64 <= 1.5 * ideal,
                 "removing 1 of {n} moved {moved} slots; expected at most 1.5 x the ideal {ideal:.0}"
             );
-            let survivors_kept = before
-                .iter()
-                .zip(&after)
-                .filter(|(a, _)| **a != all[removed].id)
-                .filter(|(a, b)| a == b)
-                .count();
+            let survivors_kept =
+                before.iter().zip(&after).filter(|(a, _)| **a != all[removed].id).filter(|(a, b)| a == b).count();
             let survivors_total = before.iter().filter(|a| **a != all[removed].id).count();
             let kept = survivors_kept as f64 / survivors_total as f64;
-            assert!(
-                kept >= 0.99,
-                "expected >= 99% of the survivors' slots to stay, {:.2}% did",
-                kept * 100.0
-            );
+            assert!(kept >= 0.99, "expected >= 99% of the survivors' slots to stay, {:.2}% did", kept * 100.0);
         }
     }
 
@@ -449,20 +392,14 @@ mod tests {
         let after = by_id(&build_table(&after_set, M), &after_set);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         let ideal = f64::from(M) / 101.0;
-        assert!(
-            moved as f64 <= 1.5 * ideal,
-            "adding 1 backend to 100 moved {moved} slots; ideal {ideal:.0}"
-        );
+        assert!(moved as f64 <= 1.5 * ideal, "adding 1 backend to 100 moved {moved} slots; ideal {ideal:.0}");
     }
 
     #[test]
     fn slots_proportional_to_weights() {
         let ids = ids(3);
-        let backends: Vec<MaglevBackend<'_>> = ids
-            .iter()
-            .zip([1, 2, 3])
-            .map(|(id, weight)| MaglevBackend { id, weight })
-            .collect();
+        let backends: Vec<MaglevBackend<'_>> =
+            ids.iter().zip([1, 2, 3]).map(|(id, weight)| MaglevBackend { id, weight }).collect();
         let counts = counts(&build_table(&backends, M), 3);
         for (i, want) in [1.0 / 6.0, 2.0 / 6.0, 3.0 / 6.0].into_iter().enumerate() {
             let share = counts[i] as f64 / f64::from(M);
@@ -475,14 +412,8 @@ mod tests {
 
         // Many backends with mixed weights: each within 2% of its ideal share.
         let ids = self::ids(40);
-        let backends: Vec<MaglevBackend<'_>> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| MaglevBackend {
-                id,
-                weight: [1, 5, 10, 100][i % 4],
-            })
-            .collect();
+        let backends: Vec<MaglevBackend<'_>> =
+            ids.iter().enumerate().map(|(i, id)| MaglevBackend { id, weight: [1, 5, 10, 100][i % 4] }).collect();
         let total: u32 = backends.iter().map(|b| b.weight).sum();
         let counts = self::counts(&build_table(&backends, M), 40);
         for (b, &count) in backends.iter().zip(&counts) {
@@ -499,35 +430,19 @@ mod tests {
     #[test]
     fn zero_weight_gets_nothing() {
         let ids = ids(3);
-        let backends: Vec<MaglevBackend<'_>> = ids
-            .iter()
-            .zip([1, 0, 1])
-            .map(|(id, weight)| MaglevBackend { id, weight })
-            .collect();
+        let backends: Vec<MaglevBackend<'_>> =
+            ids.iter().zip([1, 0, 1]).map(|(id, weight)| MaglevBackend { id, weight }).collect();
         let counts = counts(&build_table(&backends, M), 3);
-        assert_eq!(
-            counts[1], 0,
-            "a backend of weight 0 must get no slots, got {}",
-            counts[1]
-        );
+        assert_eq!(counts[1], 0, "a backend of weight 0 must get no slots, got {}", counts[1]);
         assert_eq!(counts[0] + counts[2], M as usize);
     }
 
     #[test]
     fn all_zero_or_none_gives_no_backend() {
         let ids = ids(2);
-        let backends: Vec<MaglevBackend<'_>> = ids
-            .iter()
-            .map(|id| MaglevBackend { id, weight: 0 })
-            .collect();
-        assert!(
-            build_table(&backends, 7).iter().all(|&e| e == NO_BACKEND),
-            "all weights 0: expected all NO_BACKEND"
-        );
-        assert!(
-            build_table(&[], 7).iter().all(|&e| e == NO_BACKEND),
-            "no backends: expected all NO_BACKEND"
-        );
+        let backends: Vec<MaglevBackend<'_>> = ids.iter().map(|id| MaglevBackend { id, weight: 0 }).collect();
+        assert!(build_table(&backends, 7).iter().all(|&e| e == NO_BACKEND), "all weights 0: expected all NO_BACKEND");
+        assert!(build_table(&[], 7).iter().all(|&e| e == NO_BACKEND), "no backends: expected all NO_BACKEND");
         assert!(build_table(&backends, 0).is_empty());
     }
 
@@ -550,21 +465,13 @@ mod tests {
     #[test]
     fn event_tail_matches_the_rounds() {
         let ids = ids(300);
-        for (n, size, weighted) in [
-            (1, 13, false),
-            (5, 251, true),
-            (40, 4099, false),
-            (100, 65537, false),
-            (300, 65537, true),
-            (7, 100, true),
-        ] {
+        for (n, size, weighted) in
+            [(1, 13, false), (5, 251, true), (40, 4099, false), (100, 65537, false), (300, 65537, true), (7, 100, true)]
+        {
             let backends: Vec<MaglevBackend<'_>> = ids[..n]
                 .iter()
                 .enumerate()
-                .map(|(i, id)| MaglevBackend {
-                    id,
-                    weight: if weighted { 1 + (i as u32 * 7) % 10 } else { 1 },
-                })
+                .map(|(i, id)| MaglevBackend { id, weight: if weighted { 1 + (i as u32 * 7) % 10 } else { 1 } })
                 .collect();
             assert!(
                 build_table(&backends, size) == build_by_rounds(&backends, size),
@@ -576,11 +483,7 @@ mod tests {
     #[test]
     fn modular_inverse() {
         for (a, m) in [(1, 7), (3, 7), (51_583, 65537), (65_536, 65537), (7, 100)] {
-            assert_eq!(
-                u64::from(a) * mod_inverse(a, m) % u64::from(m),
-                1,
-                "{a}^-1 mod {m}"
-            );
+            assert_eq!(u64::from(a) * mod_inverse(a, m) % u64::from(m), 1, "{a}^-1 mod {m}");
         }
     }
 
@@ -589,24 +492,16 @@ mod tests {
         for size in [1, 2, 4, 9, 12, 100, 65536] {
             let ids = ids(5);
             let table = build_table(&equal(&ids), size);
-            assert!(
-                table.iter().all(|&e| e < 5),
-                "size {size}: a slot was left empty"
-            );
+            assert!(table.iter().all(|&e| e < 5), "size {size}: a slot was left empty");
         }
     }
 
     #[test]
     fn primes() {
         let small: Vec<u32> = (0..50).filter(|&n| is_prime(n)).collect();
-        assert_eq!(
-            small,
-            [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]
-        );
+        assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]);
         assert!(is_prime(65537) && is_prime(lb_common::MAX_TABLE_SIZE) && is_prime(4_294_967_291));
-        assert!(
-            !is_prime(65536) && !is_prime(65535) && !is_prime(1_046_529) && !is_prime(u32::MAX)
-        );
+        assert!(!is_prime(65536) && !is_prime(65535) && !is_prime(1_046_529) && !is_prime(u32::MAX));
     }
 
     #[test]
@@ -632,11 +527,6 @@ address = "198.18.1.13:80"
         for entry in table {
             *seen.entry(entry).or_default() += 1;
         }
-        assert_eq!(
-            seen.keys()
-                .copied()
-                .collect::<std::collections::BTreeSet<_>>(),
-            [1, 2].into()
-        );
+        assert_eq!(seen.keys().copied().collect::<std::collections::BTreeSet<_>>(), [1, 2].into());
     }
 }

@@ -117,7 +117,9 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_timestamp_millis().init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_millis()
+        .init();
     let result = match cli.command {
         Command::Run { config } => xlb::daemon::run(&config),
         Command::Check { config } => xlb::check::run(&config),
@@ -128,17 +130,12 @@ fn main() -> ExitCode {
         Command::Top { daemon, interval } => xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
             .and_then(|p| xlb::top::run(&p, std::time::Duration::from_secs_f64(interval))),
         Command::Trace { daemon, sample, count, seconds } => {
-            let limits = xlb::trace::Limits {
-                sample,
-                max_events: count,
-                max_duration: std::time::Duration::from_secs(seconds),
-            };
+            let limits =
+                xlb::trace::Limits { sample, max_events: count, max_duration: std::time::Duration::from_secs(seconds) };
             xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
                 .and_then(|p| xlb::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
         }
-        Command::Explain { config, client, vip, protocol } => {
-            xlb::explain::run(&config, &client, &vip, &protocol)
-        }
+        Command::Explain { config, client, vip, protocol } => xlb::explain::run(&config, &client, &vip, &protocol),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ use lb_common::{counter, BackendStats, ServiceStats};
 use tokio::task::JoinHandle;
 
 use crate::{
-    balancer::{Balancer, BackendState},
+    balancer::{BackendState, Balancer},
     config::{DaemonConfig, Role},
     conntrack_count::ConntrackCount,
 };
@@ -201,9 +201,12 @@ const BACKEND_METRICS: &[BackendMetric] = &[
         f64::from(u8::from(b.state == State::Drained))
     }),
     ("xlb_backend_weight", "gauge", "Configured weight (0: no new flows).", |b| f64::from(b.weight)),
-    ("xlb_backend_state_changes_total", "counter", "Health state changes (up->down, down->up) since the backend was added.", |b| {
-        b.transitions as f64
-    }),
+    (
+        "xlb_backend_state_changes_total",
+        "counter",
+        "Health state changes (up->down, down->up) since the backend was added.",
+        |b| b.transitions as f64,
+    ),
     ("xlb_backend_state_since_timestamp_seconds", "gauge", "When the health state last changed (Unix time).", |b| {
         unix_seconds(b.since)
     }),
@@ -215,20 +218,31 @@ type ServiceMetric = (&'static str, &'static str, fn(&ServiceStats) -> u64);
 const SERVICE_COUNTERS: &[ServiceMetric] = &[
     ("xlb_service_packets_total", "Packets to the service's VIP and port.", |s| s.packets),
     ("xlb_service_new_flows_total", "Flows given a backend by the Maglev table (new, or re-picked).", |s| s.new_flows),
-    ("xlb_service_established_packets_total", "Packets that found a usable conntrack entry (established-flow lookups).", |s| {
-        s.established
-    }),
-    ("xlb_service_repicked_flows_total", "Conntrack entries found pointing at a backend no longer usable; the flow was re-picked.", |s| {
-        s.repicked
-    }),
+    (
+        "xlb_service_established_packets_total",
+        "Packets that found a usable conntrack entry (established-flow lookups).",
+        |s| s.established,
+    ),
+    (
+        "xlb_service_repicked_flows_total",
+        "Conntrack entries found pointing at a backend no longer usable; the flow was re-picked.",
+        |s| s.repicked,
+    ),
 ];
 
 /// The whole `/metrics` answer.
 pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String {
     let mut e = Exposition { out: String::with_capacity(4096) };
-    e.family("xlb_build_info", "gauge", "Always 1; the running xlb's version.")
-        .sample("xlb_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
-    e.family("xlb_xdp_attached_info", "gauge", "Always 1, per interface the XDP program is attached to, with its mode.");
+    e.family("xlb_build_info", "gauge", "Always 1; the running xlb's version.").sample(
+        "xlb_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    e.family(
+        "xlb_xdp_attached_info",
+        "gauge",
+        "Always 1, per interface the XDP program is attached to, with its mode.",
+    );
     for (iface, mode) in &snap.attached {
         e.sample("xlb_xdp_attached_info", &[("interface", iface), ("mode", mode)], 1);
     }
@@ -236,7 +250,11 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
     e.family("xlb_service_info", "gauge", "Always 1, per service: its VIP, protocol and forwarding mode.");
     for s in &snap.services {
         let vip = s.vip.to_string();
-        e.sample("xlb_service_info", &[("service", &s.name), ("vip", &vip), ("protocol", s.protocol), ("forwarding", s.forwarding)], 1);
+        e.sample(
+            "xlb_service_info",
+            &[("service", &s.name), ("vip", &vip), ("protocol", s.protocol), ("forwarding", s.forwarding)],
+            1,
+        );
     }
     for (name, help, get) in SERVICE_COUNTERS {
         e.family(name, "counter", help);
@@ -251,7 +269,11 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
 
     backend_families(&mut e, snap);
 
-    e.family("xlb_dropped_packets_total", "counter", "Packets to a VIP dropped, by reason (no_backend: no backend up).");
+    e.family(
+        "xlb_dropped_packets_total",
+        "counter",
+        "Packets to a VIP dropped, by reason (no_backend: no backend up).",
+    );
     for (i, reason) in counter::DROP_NAMES.iter().enumerate() {
         e.sample("xlb_dropped_packets_total", &[("reason", reason)], snap.counter(i as u32));
     }
@@ -259,19 +281,36 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
     for (i, reason) in PASS_REASONS {
         e.sample("xlb_kernel_passed_packets_total", &[("reason", reason)], snap.counter(i));
     }
-    e.family("xlb_nat_replies_total", "counter", "Backend replies rewritten back to the VIP (NAT).")
-        .sample("xlb_nat_replies_total", &[], snap.counter(counter::REPLY_NAT));
+    e.family("xlb_nat_replies_total", "counter", "Backend replies rewritten back to the VIP (NAT).").sample(
+        "xlb_nat_replies_total",
+        &[],
+        snap.counter(counter::REPLY_NAT),
+    );
 
     if let Some(ct) = conntrack {
-        e.family("xlb_conntrack_entries", "gauge", "Flows in the conntrack table (counted every few seconds, not per scrape).")
-            .sample("xlb_conntrack_entries", &[], ct.entries);
-        e.family("xlb_conntrack_entries_limit", "gauge", "Capacity of the conntrack table (LRU: the oldest flows are evicted beyond it).")
-            .sample("xlb_conntrack_entries_limit", &[], ct.limit);
+        e.family(
+            "xlb_conntrack_entries",
+            "gauge",
+            "Flows in the conntrack table (counted every few seconds, not per scrape).",
+        )
+        .sample("xlb_conntrack_entries", &[], ct.entries);
+        e.family(
+            "xlb_conntrack_entries_limit",
+            "gauge",
+            "Capacity of the conntrack table (LRU: the oldest flows are evicted beyond it).",
+        )
+        .sample("xlb_conntrack_entries_limit", &[], ct.limit);
     }
-    e.family("xlb_table_rebuilds_total", "counter", "Maglev table rebuilds that changed at least one slot.")
-        .sample("xlb_table_rebuilds_total", &[], snap.rebuilds);
-    e.family("xlb_table_slots_written_total", "counter", "Maglev table slots written to the kernel.")
-        .sample("xlb_table_slots_written_total", &[], snap.slots_written);
+    e.family("xlb_table_rebuilds_total", "counter", "Maglev table rebuilds that changed at least one slot.").sample(
+        "xlb_table_rebuilds_total",
+        &[],
+        snap.rebuilds,
+    );
+    e.family("xlb_table_slots_written_total", "counter", "Maglev table slots written to the kernel.").sample(
+        "xlb_table_slots_written_total",
+        &[],
+        snap.slots_written,
+    );
     e.out
 }
 
@@ -293,10 +332,18 @@ fn backend_families(e: &mut Exposition, snap: &Snapshot) {
     each(&mut |s, b, addr| {
         e.sample("xlb_backend_info", &[("service", &s.name), ("backend", &addr), ("role", b.role.as_str())], 1);
     });
-    e.family("xlb_backend_last_check_duration_seconds", "gauge", "How long the last health check took (absent before the first check).");
+    e.family(
+        "xlb_backend_last_check_duration_seconds",
+        "gauge",
+        "How long the last health check took (absent before the first check).",
+    );
     each(&mut |s, b, addr| {
         if let Some(d) = b.last_check_duration {
-            e.sample("xlb_backend_last_check_duration_seconds", &[("service", &s.name), ("backend", &addr)], d.as_secs_f64());
+            e.sample(
+                "xlb_backend_last_check_duration_seconds",
+                &[("service", &s.name), ("backend", &addr)],
+                d.as_secs_f64(),
+            );
         }
     });
 }
@@ -412,11 +459,7 @@ pub(crate) mod tests {
     }
 
     fn value(text: &str, key: &str) -> String {
-        samples(text)
-            .into_iter()
-            .find(|(k, _)| k == key)
-            .unwrap_or_else(|| panic!("no sample {key} in:\n{text}"))
-            .1
+        samples(text).into_iter().find(|(k, _)| k == key).unwrap_or_else(|| panic!("no sample {key} in:\n{text}")).1
     }
 
     #[test]
@@ -469,7 +512,10 @@ pub(crate) mod tests {
             "7"
         );
         for (i, reason) in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"].iter().enumerate() {
-            assert_eq!(value(&text, &format!("xlb_dropped_packets_total{{reason=\"{reason}\"}}")), (i * 10).to_string());
+            assert_eq!(
+                value(&text, &format!("xlb_dropped_packets_total{{reason=\"{reason}\"}}")),
+                (i * 10).to_string()
+            );
         }
         assert_eq!(value(&text, "xlb_xdp_attached_info{interface=\"eth1\",mode=\"generic\"}"), "1");
         assert_eq!(value(&text, "xlb_table_slots_written_total"), "131074");

@@ -90,8 +90,9 @@ mod tests {
             eprintln!("skipped: needs root and the XDP object");
             return;
         }
-        let mut dp = crate::dataplane::Dataplane::load(crate::dataplane::Sizes { conntrack_entries: 1024, ring_entries: 1000 })
-            .expect("loading the XDP object");
+        let mut dp =
+            crate::dataplane::Dataplane::load(crate::dataplane::Sizes { conntrack_entries: 1024, ring_entries: 1000 })
+                .expect("loading the XDP object");
         let table: Vec<u32> = (0..997).map(|i| i * 3 + 1).collect();
         dp.write_ring(3, &table, None).unwrap();
         for (i, &v) in table.iter().enumerate() {

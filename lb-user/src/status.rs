@@ -78,7 +78,8 @@ pub fn text(v: &View) -> String {
         let _ = writeln!(o, "  {name:<16} {:>12} {:>9}", v.snap.counter(i as u32), si(rate));
     }
     let c = |i| v.snap.counter(i);
-    let _ = writeln!(o, "to the kernel: no route/neighbour {}, ttl {}", c(counter::PASS_NO_ROUTE), c(counter::PASS_TTL));
+    let _ =
+        writeln!(o, "to the kernel: no route/neighbour {}, ttl {}", c(counter::PASS_NO_ROUTE), c(counter::PASS_TTL));
     let _ = writeln!(o, "nat replies rewritten: {}", c(counter::REPLY_NAT));
     o
 }
@@ -95,8 +96,19 @@ fn backend_table(o: &mut String, v: &View) {
     let _ = writeln!(
         o,
         "\n{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
-        "SERVICE", "BACKEND", "ROLE", "STATE", "WEIGHT", "SINCE", "LAST CHECK", "NEW/S", "PKTS/S", "BYTES/S", "NEW FLOWS",
-        "PACKETS", "BYTES"
+        "SERVICE",
+        "BACKEND",
+        "ROLE",
+        "STATE",
+        "WEIGHT",
+        "SINCE",
+        "LAST CHECK",
+        "NEW/S",
+        "PKTS/S",
+        "BYTES/S",
+        "NEW FLOWS",
+        "PACKETS",
+        "BYTES"
     );
     for s in &v.snap.services {
         for b in &s.backends {

@@ -17,7 +17,8 @@ const CLEAR: &str = "\x1b[H\x1b[2J";
 /// Polls the daemon at `socket` every `every` until interrupted. An error
 /// from the daemon (stopped, restarting) is shown and retried.
 pub fn run(socket: &Path, every: Duration) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the tokio runtime")?;
     rt.block_on(watch(socket, every))
 }
 

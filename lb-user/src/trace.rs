@@ -177,7 +177,11 @@ impl Drop for Session {
 
 /// Enables tracing, streams events to `out` until `limits` are reached, and
 /// always disables tracing at the end. The number of events written.
-pub async fn stream(bal: &Arc<Mutex<Balancer>>, limits: Limits, out: &mut (impl AsyncWrite + Unpin)) -> anyhow::Result<u64> {
+pub async fn stream(
+    bal: &Arc<Mutex<Balancer>>,
+    limits: Limits,
+    out: &mut (impl AsyncWrite + Unpin),
+) -> anyhow::Result<u64> {
     let mut session = Session::start(bal, limits.sample)?;
     session.run(limits, out).await
 }

@@ -17,8 +17,7 @@ impl TempConfig {
     fn new(name: &str, text: &str) -> TempConfig {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("xlb-check-{}-{n}-{name}.toml", std::process::id()));
+        let path = std::env::temp_dir().join(format!("xlb-check-{}-{n}-{name}.toml", std::process::id()));
         fs::write(&path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         TempConfig(path)
     }
@@ -39,11 +38,7 @@ fn example() -> PathBuf {
 }
 
 fn xlb(args: &[&str]) -> Output {
-    Command::new(XLB)
-        .args(args)
-        .env("RUST_LOG", "off")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {XLB}: {e}"))
+    Command::new(XLB).args(args).env("RUST_LOG", "off").output().unwrap_or_else(|e| panic!("cannot run {XLB}: {e}"))
 }
 
 fn check(path: &Path) -> Output {
@@ -55,12 +50,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn describe(out: &Output) -> String {
-    format!(
-        "exit status {}\n--- stdout:\n{}--- stderr:\n{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    )
+    format!("exit status {}\n--- stdout:\n{}--- stderr:\n{}", out.status, text(&out.stdout), text(&out.stderr))
 }
 
 /// Runs `xlb check` on `config` and expects exit code 1 with stderr naming the
@@ -70,18 +60,10 @@ fn assert_refused(name: &str, config: &str, expected: &[(&str, &str)]) {
     let file = TempConfig::new(name, config);
     let out = check(file.path());
     let stderr = text(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{name}: expected `xlb check` to exit with 1; {}",
-        describe(&out)
-    );
+    assert_eq!(out.status.code(), Some(1), "{name}: expected `xlb check` to exit with 1; {}", describe(&out));
     let file_name = file.path().display().to_string();
     assert!(
-        stderr.contains(&format!(
-            "invalid configuration {file_name} ({} problem",
-            expected.len()
-        )),
+        stderr.contains(&format!("invalid configuration {file_name} ({} problem", expected.len())),
         "{name}: expected stderr to say `invalid configuration {file_name} ({} problem...)`; {}",
         expected.len(),
         describe(&out)
@@ -90,9 +72,7 @@ fn assert_refused(name: &str, config: &str, expected: &[(&str, &str)]) {
         assert!(
             stderr
                 .lines()
-                .any(|l| l.starts_with(&format!("{file_name}: "))
-                    && l.contains(field)
-                    && l.contains(message)),
+                .any(|l| l.starts_with(&format!("{file_name}: ")) && l.contains(field) && l.contains(message)),
             "{name}: expected a line `{file_name}: ...{field}...: ...{message}...` on stderr; {}",
             describe(&out)
         );
@@ -125,11 +105,7 @@ fn edit(from: &str, to: &str) -> String {
 fn valid_config_prints_the_plan() {
     let out = check(&example());
     let stdout = text(&out.stdout);
-    assert!(
-        out.status.success(),
-        "expected `xlb check` of the example to succeed; {}",
-        describe(&out)
-    );
+    assert!(out.status.success(), "expected `xlb check` of the example to succeed; {}", describe(&out));
     for want in [
         "service www",
         "service dns6",
@@ -140,23 +116,13 @@ fn valid_config_prints_the_plan() {
         "[2001:db8:1::12]:53",
         "configuration OK: 2 services, 4 backends",
     ] {
-        assert!(
-            stdout.contains(want),
-            "expected the plan to mention {want:?}; {}",
-            describe(&out)
-        );
+        assert!(stdout.contains(want), "expected the plan to mention {want:?}; {}", describe(&out));
     }
     // Two equal primaries share the table about half and half.
     let shares: Vec<f64> = stdout
         .lines()
         .filter(|l| l.contains("backend 198.18.1.1"))
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find(|w| w.ends_with('%'))?
-                .trim_end_matches('%')
-                .parse()
-                .ok()
-        })
+        .filter_map(|l| l.split_whitespace().find(|w| w.ends_with('%'))?.trim_end_matches('%').parse().ok())
         .collect();
     assert!(
         shares.len() == 2 && shares.iter().all(|s| (s - 50.0).abs() < 1.0),
@@ -169,170 +135,98 @@ fn valid_config_prints_the_plan() {
 fn base_config_is_valid() {
     let file = TempConfig::new("base", BASE);
     let out = check(file.path());
-    assert!(
-        out.status.success(),
-        "expected BASE to be valid; {}",
-        describe(&out)
-    );
+    assert!(out.status.success(), "expected BASE to be valid; {}", describe(&out));
 }
 
 #[test]
 fn missing_file_is_an_error() {
     let out = xlb(&["check", "-c", "/nonexistent/xlb.toml"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
-    assert!(
-        text(&out.stderr).contains("/nonexistent/xlb.toml: cannot read"),
-        "{}",
-        describe(&out)
-    );
+    assert!(text(&out.stderr).contains("/nonexistent/xlb.toml: cannot read"), "{}", describe(&out));
 }
 
 #[test]
 fn unknown_key_is_reported_with_its_line() {
-    let config = edit(
-        "address = \"198.18.1.12:80\"",
-        "address = \"198.18.1.12:80\"\nwieght = 2",
-    );
+    let config = edit("address = \"198.18.1.12:80\"", "address = \"198.18.1.12:80\"\nwieght = 2");
     assert_refused(
         "unknown-key",
         &config,
-        &[(
-            "service[0] (www).backend[1].wieght (line 14, column 1)",
-            "unknown key `wieght`",
-        )],
+        &[("service[0] (www).backend[1].wieght (line 14, column 1)", "unknown key `wieght`")],
     );
 }
 
 #[test]
 fn toml_syntax_error_is_reported_with_its_line() {
     let config = edit("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:80");
-    assert_refused(
-        "syntax",
-        &config,
-        &[("line 7, column", "invalid basic string")],
-    );
+    assert_refused("syntax", &config, &[("line 7, column", "invalid basic string")]);
 }
 
 #[test]
 fn bad_address() {
     let config = edit("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10\"");
-    assert_refused(
-        "bad-address",
-        &config,
-        &[(
-            "service[0] (www).vip (line 7)",
-            "has no port; expected IP:port",
-        )],
-    );
+    assert_refused("bad-address", &config, &[("service[0] (www).vip (line 7)", "has no port; expected IP:port")]);
     let config = edit("address = \"198.18.1.11:80\"", "address = \"backend-1:80\"");
     assert_refused(
         "bad-backend-address",
         &config,
-        &[(
-            "service[0] (www).backend[0].address (line 10)",
-            "is not an IP:port address",
-        )],
+        &[("service[0] (www).backend[0].address (line 10)", "is not an IP:port address")],
     );
 }
 
 #[test]
 fn port_zero() {
-    let config = edit(
-        "address = \"198.18.1.12:80\"",
-        "address = \"198.18.1.12:0\"",
-    );
-    assert_refused(
-        "port-zero",
-        &config,
-        &[("service[0] (www).backend[1].address", "port 0")],
-    );
+    let config = edit("address = \"198.18.1.12:80\"", "address = \"198.18.1.12:0\"");
+    assert_refused("port-zero", &config, &[("service[0] (www).backend[1].address", "port 0")]);
 }
 
 #[test]
 fn duplicate_vip() {
     let config = format!("{BASE}\n[[service]]\nname = \"www2\"\nvip = \"198.18.0.10:80\"\n[[service.backend]]\naddress = \"198.18.1.13:80\"\n");
-    assert_refused(
-        "duplicate-vip",
-        &config,
-        &[("service[1] (www2).vip", "duplicate VIP 198.18.0.10:80 tcp")],
-    );
+    assert_refused("duplicate-vip", &config, &[("service[1] (www2).vip", "duplicate VIP 198.18.0.10:80 tcp")]);
 }
 
 #[test]
 fn duplicate_backend() {
-    let config = edit(
-        "address = \"198.18.1.12:80\"",
-        "address = \"198.18.1.11:80\"",
-    );
+    let config = edit("address = \"198.18.1.12:80\"", "address = \"198.18.1.11:80\"");
     assert_refused(
         "duplicate-backend",
         &config,
-        &[(
-            "service[0] (www).backend[1].address",
-            "duplicate backend 198.18.1.11:80",
-        )],
+        &[("service[0] (www).backend[1].address", "duplicate backend 198.18.1.11:80")],
     );
 }
 
 #[test]
 fn no_backends() {
     let config = "[daemon]\ninterfaces = [\"eth0\"]\n\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:80\"\n";
-    assert_refused(
-        "no-backends",
-        config,
-        &[("service[0] (www).backend", "no backends")],
-    );
+    assert_refused("no-backends", config, &[("service[0] (www).backend", "no backends")]);
 }
 
 #[test]
 fn table_size_not_prime() {
-    let config = edit(
-        "vip = \"198.18.0.10:80\"",
-        "vip = \"198.18.0.10:80\"\ntable_size = 65536",
-    );
-    assert_refused(
-        "not-prime",
-        &config,
-        &[("service[0] (www).table_size (line 8)", "65536 is not prime")],
-    );
+    let config = edit("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:80\"\ntable_size = 65536");
+    assert_refused("not-prime", &config, &[("service[0] (www).table_size (line 8)", "65536 is not prime")]);
 }
 
 #[test]
 fn bad_enum_value() {
-    let config = edit(
-        "vip = \"198.18.0.10:80\"",
-        "vip = \"198.18.0.10:80\"\nprotocol = \"sctp\"",
-    );
+    let config = edit("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:80\"\nprotocol = \"sctp\"");
     assert_refused(
         "bad-enum",
         &config,
-        &[(
-            "service[0] (www).protocol (line 8)",
-            "unknown value \"sctp\"; expected one of: tcp, udp",
-        )],
+        &[("service[0] (www).protocol (line 8)", "unknown value \"sctp\"; expected one of: tcp, udp")],
     );
     let config = edit("[daemon]", "[daemon]\nxdp_mode = \"offload\"");
-    assert_refused(
-        "bad-xdp-mode",
-        &config,
-        &[("daemon.xdp_mode", "expected one of: auto, native, generic")],
-    );
+    assert_refused("bad-xdp-mode", &config, &[("daemon.xdp_mode", "expected one of: auto, native, generic")]);
 }
 
 #[test]
 fn dsr_port_mismatch() {
-    let config = edit(
-        "vip = \"198.18.0.10:80\"",
-        "vip = \"198.18.0.10:80\"\nforwarding = \"dsr\"",
-    )
-    .replace("198.18.1.12:80", "198.18.1.12:8080");
+    let config = edit("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:80\"\nforwarding = \"dsr\"")
+        .replace("198.18.1.12:80", "198.18.1.12:8080");
     assert_refused(
         "dsr-port",
         &config,
-        &[(
-            "service[0] (www).backend[1].address",
-            "port 8080 differs from the VIP port 80",
-        )],
+        &[("service[0] (www).backend[1].address", "port 8080 differs from the VIP port 80")],
     );
 }
 
@@ -342,23 +236,14 @@ fn timeout_longer_than_interval() {
     assert_refused(
         "timeout",
         &config,
-        &[(
-            "service[0] (www).health.timeout_ms",
-            "timeout_ms (1500) is greater than interval_ms (1000)",
-        )],
+        &[("service[0] (www).health.timeout_ms", "timeout_ms (1500) is greater than interval_ms (1000)")],
     );
 }
 
 #[test]
 fn three_problems_are_all_reported() {
-    let config = edit(
-        "vip = \"198.18.0.10:80\"",
-        "vip = \"198.18.0.10:0\"\ntable_size = 100",
-    )
-    .replace(
-        "address = \"198.18.1.12:80\"",
-        "address = \"198.18.1.12:80\"\nrole = \"master\"",
-    );
+    let config = edit("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:0\"\ntable_size = 100")
+        .replace("address = \"198.18.1.12:80\"", "address = \"198.18.1.12:80\"\nrole = \"master\"");
     assert_refused(
         "three",
         &config,
@@ -383,22 +268,10 @@ fn explain(args: &[&str]) -> Output {
 /// The address on the `backend: ADDRESS` line.
 #[track_caller]
 fn backend_of(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected `xlb explain` to succeed; {}",
-        describe(out)
-    );
+    assert!(out.status.success(), "expected `xlb explain` to succeed; {}", describe(out));
     let stdout = text(&out.stdout);
-    let lines: Vec<&str> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("backend: "))
-        .collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "expected exactly one `backend: ADDRESS` line; {}",
-        describe(out)
-    );
+    let lines: Vec<&str> = stdout.lines().filter_map(|l| l.strip_prefix("backend: ")).collect();
+    assert_eq!(lines.len(), 1, "expected exactly one `backend: ADDRESS` line; {}", describe(out));
     lines[0].to_owned()
 }
 
@@ -412,65 +285,34 @@ fn explain_names_a_configured_backend() {
         describe(&out)
     );
     let again = backend_of(&explain(&["198.18.0.1:40000", "198.18.0.10:80", "tcp"]));
-    assert_eq!(
-        backend, again,
-        "the same flow must get the same backend twice"
-    );
+    assert_eq!(backend, again, "the same flow must get the same backend twice");
 
     // IPv6, UDP, active-passive: the primary takes every new flow.
     let out = explain(&["[2001:db8::1]:5353", "[2001:db8::53]:53", "udp"]);
-    assert_eq!(
-        backend_of(&out),
-        "[2001:db8:1::11]:53",
-        "expected the IPv6 primary; {}",
-        describe(&out)
-    );
+    assert_eq!(backend_of(&out), "[2001:db8:1::11]:53", "expected the IPv6 primary; {}", describe(&out));
 }
 
 #[test]
 fn explain_spreads_over_both_backends() {
     let mut seen = BTreeSet::new();
     for port in 40000..40200 {
-        seen.insert(backend_of(&explain(&[
-            &format!("198.18.0.1:{port}"),
-            "198.18.0.10:80",
-        ])));
+        seen.insert(backend_of(&explain(&[&format!("198.18.0.1:{port}"), "198.18.0.10:80"])));
     }
-    let want: BTreeSet<String> = ["198.18.1.11:80", "198.18.1.12:80"]
-        .map(String::from)
-        .into();
-    assert_eq!(
-        seen, want,
-        "expected 200 client ports to reach both backends of www"
-    );
+    let want: BTreeSet<String> = ["198.18.1.11:80", "198.18.1.12:80"].map(String::from).into();
+    assert_eq!(seen, want, "expected 200 client ports to reach both backends of www");
 }
 
 #[test]
 fn explain_unknown_vip_is_a_clear_error() {
     let out = explain(&["198.18.0.1:40000", "198.18.0.99:80", "tcp"]);
     let stderr = text(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit code 1 for an unknown VIP; {}",
-        describe(&out)
-    );
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1 for an unknown VIP; {}", describe(&out));
     assert!(
-        stderr.contains("no service has VIP 198.18.0.99:80 tcp")
-            && stderr.contains("198.18.0.10:80 tcp (www)"),
+        stderr.contains("no service has VIP 198.18.0.99:80 tcp") && stderr.contains("198.18.0.10:80 tcp (www)"),
         "expected the error to name the VIP and list the configured ones; {}",
         describe(&out)
     );
     let out = explain(&["[2001:db8::1]:40000", "198.18.0.10:80", "tcp"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected exit code 1 for mixed address families; {}",
-        describe(&out)
-    );
-    assert!(
-        text(&out.stderr).contains("different address families"),
-        "{}",
-        describe(&out)
-    );
+    assert_eq!(out.status.code(), Some(1), "expected exit code 1 for mixed address families; {}", describe(&out));
+    assert!(text(&out.stderr).contains("different address families"), "{}", describe(&out));
 }

@@ -58,7 +58,8 @@ fn main() {
         eprintln!("conntrack_count: needs root (loads the XDP program)");
         std::process::exit(1);
     }
-    let dp = Dataplane::load(Sizes { conntrack_entries: CAPACITY, ring_entries: 65537 }).expect("loading the XDP object");
+    let dp =
+        Dataplane::load(Sizes { conntrack_entries: CAPACITY, ring_entries: 65537 }).expect("loading the XDP object");
     let (fd, limit) = dp.conntrack_fd().unwrap();
     println!("conntrack capacity {limit}; median of 5 counts (batch), 1 walk (key by key)");
     println!("{:>10} {:>10} {:>14} {:>14}", "filled", "counted", "batched", "key by key");
@@ -80,6 +81,10 @@ fn main() {
         let walked = dp.conntrack_len().unwrap() as u64;
         let walk = t0.elapsed();
         assert_eq!(walked, counted, "the two counts differ");
-        println!("{level:>10} {counted:>10} {:>11.1} ms {:>11.1} ms", batched.as_secs_f64() * 1e3, walk.as_secs_f64() * 1e3);
+        println!(
+            "{level:>10} {counted:>10} {:>11.1} ms {:>11.1} ms",
+            batched.as_secs_f64() * 1e3,
+            walk.as_secs_f64() * 1e3
+        );
     }
 }

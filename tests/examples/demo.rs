@@ -16,11 +16,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use xlb_testbed::{
-    http_url, is_root,
-    xlb::Daemon,
-    Topology, VIP_V4, VIP_V6,
-};
+use xlb_testbed::{http_url, is_root, xlb::Daemon, Topology, VIP_V4, VIP_V6};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -103,7 +99,11 @@ fn until_answered_by(topo: &Topology, d: &Daemon, url: &str, backend: &str, t0: 
     let mut show_log = || {
         let log = d.log_text();
         for l in log.lines().skip(seen_log).filter(|l| l.contains("backend www") || l.contains("new flows now")) {
-            println!("   +{:>4} ms  xlb: {}", t0.elapsed().as_millis(), l.split_once("] ").map(|(_, r)| r).unwrap_or(l));
+            println!(
+                "   +{:>4} ms  xlb: {}",
+                t0.elapsed().as_millis(),
+                l.split_once("] ").map(|(_, r)| r).unwrap_or(l)
+            );
         }
         seen_log = log.lines().count();
     };
@@ -116,7 +116,10 @@ fn until_answered_by(topo: &Topology, d: &Daemon, url: &str, backend: &str, t0: 
     check_interrupt()?;
     show_log();
     let Some(t) = got else { bail!("{backend} did not answer within 10 s; xlb log:\n{}", d.log_text()) };
-    println!("   +{:>4} ms  first answer from {backend} ({failed} attempts failed or went elsewhere before)", t.as_millis());
+    println!(
+        "   +{:>4} ms  first answer from {backend} ({failed} attempts failed or went elsewhere before)",
+        t.as_millis()
+    );
     Ok(t)
 }
 

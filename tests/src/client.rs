@@ -78,10 +78,7 @@ impl<'a> Client<'a> {
     pub fn curl_with_local_port(&self, url: &str, local_port: u16) -> Result<String> {
         let reply = self.get_one(url, Some(local_port))?;
         if reply.local_port != local_port {
-            bail!(
-                "curl {url}: used local port {} instead of {local_port}",
-                reply.local_port
-            );
+            bail!("curl {url}: used local port {} instead of {local_port}", reply.local_port);
         }
         Ok(reply.body)
     }
@@ -140,13 +137,7 @@ impl<'a> Client<'a> {
     /// Connections are reused unless `close_each` (sends `Connection: close`).
     /// `local_port` pins the source port (only sensible with `n == 1` or
     /// with reuse).
-    pub fn get_many(
-        &self,
-        url: &str,
-        n: usize,
-        local_port: Option<u16>,
-        close_each: bool,
-    ) -> Result<Vec<HttpReply>> {
+    pub fn get_many(&self, url: &str, n: usize, local_port: Option<u16>, close_each: bool) -> Result<Vec<HttpReply>> {
         let replies = self.transfers(url, n, local_port, close_each)?;
         for r in &replies {
             if !(200..300).contains(&r.status) {
@@ -162,13 +153,7 @@ impl<'a> Client<'a> {
     }
 
     /// Runs one curl process for `n` transfers of `url`; errors if curl fails.
-    fn transfers(
-        &self,
-        url: &str,
-        n: usize,
-        local_port: Option<u16>,
-        close_each: bool,
-    ) -> Result<Vec<HttpReply>> {
+    fn transfers(&self, url: &str, n: usize, local_port: Option<u16>, close_each: bool) -> Result<Vec<HttpReply>> {
         if n == 0 || n > MAX_TRANSFERS {
             bail!("transfer count {n} not in 1..={MAX_TRANSFERS}");
         }
@@ -177,8 +162,7 @@ impl<'a> Client<'a> {
         }
         let connect_timeout = CONNECT_TIMEOUT_SECS.to_string();
         let max_time = MAX_TIME_SECS.to_string();
-        let write_out =
-            format!("{RS}%{{http_code}} %{{num_connects}} %{{local_port}} %{{remote_ip}}{RS}");
+        let write_out = format!("{RS}%{{http_code}} %{{num_connects}} %{{local_port}} %{{remote_ip}}{RS}");
         let port_s = local_port.map(|p| p.to_string());
         let mut argv = vec![
             "curl",
@@ -205,16 +189,14 @@ impl<'a> Client<'a> {
         argv.extend(["--config", "-"]);
         let config = format!("url = \"{url}\"\n").repeat(n);
         // A bound for the whole process: every transfer may use its full budget.
-        let timeout = Duration::from_secs(u64::from(MAX_TIME_SECS + 1))
-            .saturating_mul(n.min(20) as u32)
+        let timeout = Duration::from_secs(u64::from(MAX_TIME_SECS + 1)).saturating_mul(n.min(20) as u32)
             + Duration::from_millis(20).saturating_mul(n as u32);
         let out = self
             .ns
             .exec_stdin(&argv, config.as_bytes(), timeout)
             .with_context(|| format!("curl {url} in {}", self.ns.name()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let replies = parse_write_out(&stdout)
-            .with_context(|| format!("parsing curl output for {url}: {stdout:?}"))?;
+        let replies = parse_write_out(&stdout).with_context(|| format!("parsing curl output for {url}: {stdout:?}"))?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             bail!(
@@ -226,10 +208,7 @@ impl<'a> Client<'a> {
             );
         }
         if replies.len() != n {
-            bail!(
-                "curl {url}: expected {n} transfers, curl reported {}",
-                replies.len()
-            );
+            bail!("curl {url}: expected {n} transfers, curl reported {}", replies.len());
         }
         Ok(replies)
     }
@@ -243,21 +222,12 @@ fn parse_write_out(out: &str) -> Result<Vec<HttpReply>> {
     for pair in parts.chunks_exact(2) {
         let (body, meta) = (pair[0], pair[1]);
         let mut f = meta.split(' ');
-        let mut next = |what: &str| {
-            f.next()
-                .with_context(|| format!("missing {what} in {meta:?}"))
-        };
+        let mut next = |what: &str| f.next().with_context(|| format!("missing {what} in {meta:?}"));
         let status = next("http_code")?.parse().context("http_code")?;
         let num_connects = next("num_connects")?.parse().context("num_connects")?;
         let local_port = next("local_port")?.parse().unwrap_or(0);
         let remote_ip = next("remote_ip").map(str::to_owned).unwrap_or_default();
-        replies.push(HttpReply {
-            status,
-            body: body.to_owned(),
-            num_connects,
-            local_port,
-            remote_ip,
-        });
+        replies.push(HttpReply { status, body: body.to_owned(), num_connects, local_port, remote_ip });
     }
     Ok(replies)
 }
@@ -268,15 +238,11 @@ mod tests {
 
     #[test]
     fn parses_write_out_records() {
-        let out =
-            "web1\n\u{1e}200 1 40000 198.18.1.11\u{1e}web1\n\u{1e}200 0 40000 198.18.1.11\u{1e}";
+        let out = "web1\n\u{1e}200 1 40000 198.18.1.11\u{1e}web1\n\u{1e}200 0 40000 198.18.1.11\u{1e}";
         let r = parse_write_out(out).unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].body, "web1\n");
-        assert_eq!(
-            (r[0].status, r[0].num_connects, r[0].local_port),
-            (200, 1, 40000)
-        );
+        assert_eq!((r[0].status, r[0].num_connects, r[0].local_port), (200, 1, 40000));
         assert_eq!(r[1].num_connects, 0);
         assert_eq!(r[1].remote_ip, "198.18.1.11");
     }
@@ -289,14 +255,8 @@ mod tests {
 
     #[test]
     fn brackets_ipv6() {
-        assert_eq!(
-            http_url("2001:db8:1::12".parse().unwrap(), 80, "/"),
-            "http://[2001:db8:1::12]:80/"
-        );
-        assert_eq!(
-            http_url("198.18.1.11".parse().unwrap(), 80, "/x"),
-            "http://198.18.1.11:80/x"
-        );
+        assert_eq!(http_url("2001:db8:1::12".parse().unwrap(), 80, "/"), "http://[2001:db8:1::12]:80/");
+        assert_eq!(http_url("198.18.1.11".parse().unwrap(), 80, "/x"), "http://198.18.1.11:80/x");
     }
 }
 

@@ -29,13 +29,11 @@ pub mod xlb;
 use std::net::IpAddr;
 
 pub use client::{http_url, Client, HttpReply, KeptAlive};
-pub use netns::{
-    cleanup_stale_namespaces, is_root, list_namespaces, require_root, run_suffix, BgProcess, Netns,
-};
+pub use netns::{cleanup_stale_namespaces, is_root, list_namespaces, require_root, run_suffix, BgProcess, Netns};
 pub use nginx::{Nginx, NginxConfig};
 pub use topology::{
-    backend_v4, backend_v6, Backend, Topology, TopologyBuilder, CLIENT_V4, CLIENT_V6,
-    LB_BACKEND_V4, LB_BACKEND_V6, LB_CLIENT_V4, LB_CLIENT_V6, LB_INTERFACES, VIP_V4, VIP_V6,
+    backend_v4, backend_v6, Backend, Topology, TopologyBuilder, CLIENT_V4, CLIENT_V6, LB_BACKEND_V4, LB_BACKEND_V6,
+    LB_CLIENT_V4, LB_CLIENT_V6, LB_INTERFACES, VIP_V4, VIP_V6,
 };
 
 /// Whether `addr` lies in the ranges tests may use: 198.18.0.0/15 or 2001:db8::/32.
@@ -58,12 +56,7 @@ mod tests {
 
     #[test]
     fn test_address_ranges() {
-        for ok in [
-            "198.18.0.1",
-            "198.19.255.255",
-            "2001:db8::10",
-            "2001:db8:1::11",
-        ] {
+        for ok in ["198.18.0.1", "198.19.255.255", "2001:db8::10", "2001:db8:1::11"] {
             assert!(is_test_address(ok.parse().unwrap()), "{ok}");
         }
         for bad in ["198.20.0.1", "198.17.0.1", "10.0.0.1", "2001:db9::1", "::1"] {

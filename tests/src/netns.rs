@@ -21,11 +21,7 @@ static RUN_COUNTER: AtomicU32 = AtomicU32::new(0);
 /// A fresh per-run suffix, `"<pid>-<counter>"`, unique within this host for as
 /// long as this process lives.
 pub fn run_suffix() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{}-{}", std::process::id(), RUN_COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Whether the current process runs as root (needed for namespaces).
@@ -47,10 +43,7 @@ pub fn require_root(test: &str) -> bool {
 
 /// Names of the existing network namespaces (`ip netns list`).
 pub fn list_namespaces() -> Result<Vec<String>> {
-    let out = run_checked(
-        Command::new("ip").args(["netns", "list"]),
-        DEFAULT_COMMAND_TIMEOUT,
-    )?;
+    let out = run_checked(Command::new("ip").args(["netns", "list"]), DEFAULT_COMMAND_TIMEOUT)?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -78,12 +71,7 @@ pub fn cleanup_stale_namespaces() -> Result<Vec<String>> {
             continue;
         }
         kill_ns_pids(&name);
-        if Command::new("ip")
-            .args(["netns", "del", &name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        if Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
             removed.push(name);
         }
     }
@@ -110,18 +98,10 @@ fn describe_status(status: ExitStatus) -> String {
 
 /// Runs `cmd` to completion, feeding it `stdin`, killing it after `timeout`.
 /// Does not look at the exit status.
-pub fn run_with_timeout(
-    cmd: &mut Command,
-    stdin: Option<&[u8]>,
-    timeout: Duration,
-) -> Result<Output> {
+pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Result<Output> {
     let what = describe(cmd);
     let mut child = cmd
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -148,10 +128,7 @@ pub fn run_with_timeout(
     let deadline = Instant::now() + timeout;
     let mut sleep = Duration::from_millis(1);
     let status = loop {
-        if let Some(status) = child
-            .try_wait()
-            .with_context(|| format!("waiting for `{what}`"))?
-        {
+        if let Some(status) = child.try_wait().with_context(|| format!("waiting for `{what}`"))? {
             break status;
         }
         if Instant::now() >= deadline {
@@ -167,11 +144,7 @@ pub fn run_with_timeout(
     }
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
-    Ok(Output {
-        status,
-        stdout,
-        stderr,
-    })
+    Ok(Output { status, stdout, stderr })
 }
 
 /// Like [`run_with_timeout`] without stdin, but fails unless the command exits 0;
@@ -201,11 +174,7 @@ fn check_output(what: &str, out: &Output) -> Result<()> {
 
 /// SIGKILLs every process inside namespace `name` (best effort).
 fn kill_ns_pids(name: &str) {
-    let Ok(out) = Command::new("ip")
-        .args(["netns", "pids", name])
-        .stderr(Stdio::null())
-        .output()
-    else {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).stderr(Stdio::null()).output() else {
         return;
     };
     for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
@@ -266,11 +235,8 @@ impl Netns {
     /// should start with [`NS_PREFIX`] and carry a per-run suffix ([`run_suffix`]).
     pub fn new(name: impl Into<String>) -> Result<Self> {
         let name = name.into();
-        run_checked(
-            Command::new("ip").args(["netns", "add", &name]),
-            DEFAULT_COMMAND_TIMEOUT,
-        )
-        .with_context(|| format!("creating network namespace {name}"))?;
+        run_checked(Command::new("ip").args(["netns", "add", &name]), DEFAULT_COMMAND_TIMEOUT)
+            .with_context(|| format!("creating network namespace {name}"))?;
         // From here on the guard owns the namespace: any error below deletes it.
         let ns = Netns { name };
         ns.ip(&["link", "set", "lo", "up"])?;
@@ -324,10 +290,7 @@ impl Netns {
 
     /// Runs `ip -n NS ARGS...` and fails unless it exits 0.
     pub fn ip(&self, args: &[&str]) -> Result<()> {
-        run_checked(
-            Command::new("ip").arg("-n").arg(&self.name).args(args),
-            DEFAULT_COMMAND_TIMEOUT,
-        )?;
+        run_checked(Command::new("ip").arg("-n").arg(&self.name).args(args), DEFAULT_COMMAND_TIMEOUT)?;
         Ok(())
     }
 
@@ -368,8 +331,7 @@ impl Netns {
     /// Whether a TCP connection to `addr` succeeds from inside the namespace
     /// within `timeout`.
     pub fn tcp_connects(&self, addr: std::net::SocketAddr, timeout: Duration) -> bool {
-        self.run_in(|| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok())
-            .unwrap_or(false)
+        self.run_in(|| std::net::TcpStream::connect_timeout(&addr, timeout).is_ok()).unwrap_or(false)
     }
 }
 
@@ -379,10 +341,7 @@ impl Drop for Netns {
         let mut last_err = String::new();
         // `ip netns del` can race with processes that are still exiting; retry briefly.
         for _ in 0..20 {
-            match Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .output()
-            {
+            match Command::new("ip").args(["netns", "del", &self.name]).output() {
                 Ok(o) if o.status.success() => return,
                 Ok(o) => last_err = String::from_utf8_lossy(&o.stderr).trim().to_owned(),
                 Err(e) => last_err = e.to_string(),
@@ -392,10 +351,7 @@ impl Drop for Netns {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        eprintln!(
-            "xlb-testbed: could not delete namespace {}: {last_err}",
-            self.name
-        );
+        eprintln!("xlb-testbed: could not delete namespace {}: {last_err}", self.name);
     }
 }
 
@@ -414,13 +370,8 @@ impl BgProcess {
     /// Spawns `cmd` and guards it.
     pub fn spawn(mut cmd: Command) -> Result<Self> {
         let what = describe(&cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start `{what}`"))?;
-        Ok(BgProcess {
-            child: Some(child),
-            what,
-        })
+        let child = cmd.spawn().with_context(|| format!("cannot start `{what}`"))?;
+        Ok(BgProcess { child: Some(child), what })
     }
 
     /// The process id.

@@ -46,23 +46,15 @@ pub const MAX_BACKENDS: usize = 200;
 
 /// IPv4 address of backend number `n` (1-based: web1 = 198.18.1.11).
 pub fn backend_v4(n: usize) -> Ipv4Addr {
-    assert!(
-        (1..=MAX_BACKENDS).contains(&n),
-        "backend number {n} out of range"
-    );
+    assert!((1..=MAX_BACKENDS).contains(&n), "backend number {n} out of range");
     Ipv4Addr::new(198, 18, 1, (10 + n) as u8)
 }
 
 /// IPv6 address of backend number `n` (1-based: web1 = 2001:db8:1::11; the last
 /// group reads like the IPv4 host part).
 pub fn backend_v6(n: usize) -> Ipv6Addr {
-    assert!(
-        (1..=MAX_BACKENDS).contains(&n),
-        "backend number {n} out of range"
-    );
-    format!("2001:db8:1::{}", 10 + n)
-        .parse()
-        .expect("valid IPv6 literal")
+    assert!((1..=MAX_BACKENDS).contains(&n), "backend number {n} out of range");
+    format!("2001:db8:1::{}", 10 + n).parse().expect("valid IPv6 literal")
 }
 
 /// Runs `ethtool -K` on each interface (`gro on`, and `tx off` when asked).
@@ -72,8 +64,7 @@ fn tune_veths(ns: &Netns, ifaces: &[&str], tx_csum_off: bool) -> Result<()> {
         if tx_csum_off {
             argv.extend(["tx", "off"]);
         }
-        ns.run(&argv)
-            .with_context(|| format!("tuning {iface} in {}", ns.name()))?;
+        ns.run(&argv).with_context(|| format!("tuning {iface} in {}", ns.name()))?;
     }
     Ok(())
 }
@@ -115,11 +106,7 @@ pub struct TopologyBuilder {
 
 impl Default for TopologyBuilder {
     fn default() -> Self {
-        TopologyBuilder {
-            backends: 2,
-            vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)],
-            tx_checksum_offload: false,
-        }
+        TopologyBuilder { backends: 2, vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)], tx_checksum_offload: false }
     }
 }
 
@@ -176,23 +163,12 @@ impl TopologyBuilder {
             ("net.ipv4.conf.default.send_redirects", "0"),
         ])?;
         // The switch is pure L2: no addresses, no IPv6 chatter of its own.
-        switch.sysctl(&[
-            ("net.ipv6.conf.all.disable_ipv6", "1"),
-            ("net.ipv6.conf.default.disable_ipv6", "1"),
-        ])?;
+        switch.sysctl(&[("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")])?;
 
         // client eth0 <-> lb eth0
         veth(&client, "eth0", &lb, "eth0")?;
         // lb eth1 <-> switch p-lb, enslaved to br0
-        switch.ip(&[
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
+        switch.ip(&["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
         veth(&lb, "eth1", &switch, "p-lb")?;
         switch.ip(&["link", "set", "p-lb", "master", "br0"])?;
 
@@ -205,13 +181,7 @@ impl TopologyBuilder {
             veth(&ns, "eth0", &switch, &port)?;
             switch.ip(&["link", "set", &port, "master", "br0"])?;
             switch_ports.push(port);
-            backends.push(Backend {
-                n,
-                name,
-                ns,
-                ipv4: backend_v4(n),
-                ipv6: backend_v6(n),
-            });
+            backends.push(Backend { n, name, ns, ipv4: backend_v4(n), ipv6: backend_v6(n) });
         }
 
         // Links up everywhere before addresses and routes (IPv6 wants carrier).
@@ -238,78 +208,25 @@ impl TopologyBuilder {
 
         // Addresses (nodad: usable at once).
         client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "eth0"])?;
-        client.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{CLIENT_V6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        client.ip(&["-6", "addr", "add", &format!("{CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
         lb.ip(&["addr", "add", &format!("{LB_CLIENT_V4}/24"), "dev", "eth0"])?;
-        lb.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{LB_CLIENT_V6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ])?;
+        lb.ip(&["-6", "addr", "add", &format!("{LB_CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
         lb.ip(&["addr", "add", &format!("{LB_BACKEND_V4}/24"), "dev", "eth1"])?;
-        lb.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{LB_BACKEND_V6}/64"),
-            "dev",
-            "eth1",
-            "nodad",
-        ])?;
+        lb.ip(&["-6", "addr", "add", &format!("{LB_BACKEND_V6}/64"), "dev", "eth1", "nodad"])?;
         for b in &backends {
             b.ns.ip(&["addr", "add", &format!("{}/24", b.ipv4), "dev", "eth0"])?;
-            b.ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{}/64", b.ipv6),
-                "dev",
-                "eth0",
-                "nodad",
-            ])?;
+            b.ns.ip(&["-6", "addr", "add", &format!("{}/64", b.ipv6), "dev", "eth0", "nodad"])?;
         }
 
         // Routes: client via lb (the VIPs lie inside the client's own prefix, so
         // they need host routes to beat the connected route); backends via lb.
         client.ip(&["route", "add", "default", "via", &LB_CLIENT_V4.to_string()])?;
-        client.ip(&[
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &LB_CLIENT_V6.to_string(),
-        ])?;
+        client.ip(&["-6", "route", "add", "default", "via", &LB_CLIENT_V6.to_string()])?;
         for b in &backends {
             b.ns.ip(&["route", "add", "default", "via", &LB_BACKEND_V4.to_string()])?;
-            b.ns.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                &LB_BACKEND_V6.to_string(),
-            ])?;
+            b.ns.ip(&["-6", "route", "add", "default", "via", &LB_BACKEND_V6.to_string()])?;
         }
-        let mut topo = Topology {
-            suffix,
-            client,
-            lb,
-            switch,
-            backends,
-            vips: Vec::new(),
-        };
+        let mut topo = Topology { suffix, client, lb, switch, backends, vips: Vec::new() };
         for vip in self.vips {
             topo.add_client_vip_route(vip)?;
         }
@@ -371,18 +288,8 @@ impl Backend {
             ("net.ipv4.conf.eth0.arp_announce", "2"),
         ])?;
         match vip {
-            IpAddr::V4(v4) => self
-                .ns
-                .ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"]),
-            IpAddr::V6(v6) => self.ns.ip(&[
-                "-6",
-                "addr",
-                "add",
-                &format!("{v6}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ]),
+            IpAddr::V4(v4) => self.ns.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"]),
+            IpAddr::V6(v6) => self.ns.ip(&["-6", "addr", "add", &format!("{v6}/128"), "dev", "lo", "nodad"]),
         }
         .with_context(|| format!("adding VIP {vip} to lo of {}", self.name))
     }
@@ -424,11 +331,7 @@ impl Topology {
 
     /// Names of all namespaces of this topology.
     pub fn namespace_names(&self) -> Vec<String> {
-        let mut v = vec![
-            self.client.name().to_owned(),
-            self.lb.name().to_owned(),
-            self.switch.name().to_owned(),
-        ];
+        let mut v = vec![self.client.name().to_owned(), self.lb.name().to_owned(), self.switch.name().to_owned()];
         v.extend(self.backends.iter().map(|b| b.ns.name().to_owned()));
         v
     }
@@ -477,11 +380,7 @@ impl Topology {
     /// Backend number `n`, 1-based (`backend(1)` is web1). Panics if absent.
     #[track_caller]
     pub fn backend(&self, n: usize) -> &Backend {
-        assert!(
-            (1..=self.backends.len()).contains(&n),
-            "no backend web{n}: topology has {}",
-            self.backends.len()
-        );
+        assert!((1..=self.backends.len()).contains(&n), "no backend web{n}: topology has {}", self.backends.len());
         &self.backends[n - 1]
     }
 
@@ -516,21 +415,10 @@ impl Topology {
             return Ok(());
         }
         match vip {
-            IpAddr::V4(v4) => self.client.ip(&[
-                "route",
-                "add",
-                &format!("{v4}/32"),
-                "via",
-                &LB_CLIENT_V4.to_string(),
-            ]),
-            IpAddr::V6(v6) => self.client.ip(&[
-                "-6",
-                "route",
-                "add",
-                &format!("{v6}/128"),
-                "via",
-                &LB_CLIENT_V6.to_string(),
-            ]),
+            IpAddr::V4(v4) => self.client.ip(&["route", "add", &format!("{v4}/32"), "via", &LB_CLIENT_V4.to_string()]),
+            IpAddr::V6(v6) => {
+                self.client.ip(&["-6", "route", "add", &format!("{v6}/128"), "via", &LB_CLIENT_V6.to_string()])
+            }
         }?;
         self.vips.push(vip);
         Ok(())

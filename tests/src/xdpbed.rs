@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use xlb::{
     balancer::Balancer,
     config::{
-        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role,
-        ServiceConfig, XdpModeConfig,
+        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role, ServiceConfig,
+        XdpModeConfig,
     },
 };
 
@@ -52,7 +52,12 @@ pub fn bed() -> Bed {
     add("addr add 2001:db8:1::1/64 dev b0 nodad");
     add(&format!("neigh add 198.18.0.1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
     add(&format!("neigh add 2001:db8::1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
-    for (a, m) in [("198.18.1.11", WEB1_MAC), ("198.18.1.12", WEB2_MAC), ("2001:db8:1::11", WEB1_MAC), ("2001:db8:1::12", WEB2_MAC)] {
+    for (a, m) in [
+        ("198.18.1.11", WEB1_MAC),
+        ("198.18.1.12", WEB2_MAC),
+        ("2001:db8:1::11", WEB1_MAC),
+        ("2001:db8:1::12", WEB2_MAC),
+    ] {
         add(&format!("neigh add {a} lladdr {} dev b0 nud permanent", mac(m)));
     }
     ns.sysctl(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")]).unwrap();
@@ -89,7 +94,6 @@ pub fn run(bal: &Balancer, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     (r.return_value, out)
 }
 
-
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -103,10 +107,7 @@ fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[
         table_size: 251,
         preempt: true,
         health: HealthConfig { check: CheckKind::None, ..HealthConfig::default() },
-        backends: backends
-            .iter()
-            .map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary })
-            .collect(),
+        backends: backends.iter().map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary }).collect(),
     }
 }
 

@@ -21,7 +21,6 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
-
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
@@ -29,7 +28,6 @@ fn ip(s: &str) -> IpAddr {
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
-
 
 struct Fixture {
     desc: &'static str,
@@ -59,83 +57,171 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
         p
     };
     let (cl4, vip4, web1, web2) = (ip("198.18.0.1"), ip("198.18.0.10"), ip("198.18.1.11"), ip("198.18.1.12"));
-    let (cl6, vip6, web1_6, web2_6) = (ip("2001:db8::1"), ip("2001:db8::10"), ip("2001:db8:1::11"), ip("2001:db8:1::12"));
+    let (cl6, vip6, web1_6, web2_6) =
+        (ip("2001:db8::1"), ip("2001:db8::10"), ip("2001:db8:1::11"), ip("2001:db8:1::12"));
     let mut fx = vec![];
     let mut f = |desc, ingress, input: Pkt, action, output: Option<Pkt>, counter| {
         fx.push(Fixture { desc, ingress, input: input.build(), action, output: output.map(|p| p.build()), counter })
     };
 
     // ---- NAT, both directions, IPv4 and IPv6, TCP and UDP
-    f("nat v4 tcp: client -> VIP becomes client -> web1:8080, TTL-1, MACs of the next hop",
-        c0, from_client(Pkt::tcp(cl4, vip4, 40000, 80)), XDP_REDIRECT,
-        Some(to_backend(ttl(Pkt::tcp(cl4, web1, 40000, 8080), 63), WEB1_MAC)), None);
-    f("nat v4 tcp reply: web1:8080 -> client becomes VIP:80 -> client",
-        b0, from_backend(Pkt::tcp(web1, cl4, 8080, 40000), WEB1_MAC), XDP_REDIRECT,
-        Some(to_client(ttl(Pkt::tcp(vip4, cl4, 80, 40000), 63))), Some(counter::REPLY_NAT));
+    f(
+        "nat v4 tcp: client -> VIP becomes client -> web1:8080, TTL-1, MACs of the next hop",
+        c0,
+        from_client(Pkt::tcp(cl4, vip4, 40000, 80)),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(Pkt::tcp(cl4, web1, 40000, 8080), 63), WEB1_MAC)),
+        None,
+    );
+    f(
+        "nat v4 tcp reply: web1:8080 -> client becomes VIP:80 -> client",
+        b0,
+        from_backend(Pkt::tcp(web1, cl4, 8080, 40000), WEB1_MAC),
+        XDP_REDIRECT,
+        Some(to_client(ttl(Pkt::tcp(vip4, cl4, 80, 40000), 63))),
+        Some(counter::REPLY_NAT),
+    );
     let mut udp = Pkt::udp(cl4, vip4, 40001, 53);
     udp.payload = b"a query".to_vec();
     let mut udp_out = Pkt::udp(cl4, web1, 40001, 5353);
     udp_out.payload = udp.payload.clone();
-    f("nat v4 udp: port translated 53 -> 5353, checksum updated",
-        c0, from_client(udp.clone()), XDP_REDIRECT, Some(to_backend(ttl(udp_out.clone(), 63), WEB1_MAC)), None);
+    f(
+        "nat v4 udp: port translated 53 -> 5353, checksum updated",
+        c0,
+        from_client(udp.clone()),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(udp_out.clone(), 63), WEB1_MAC)),
+        None,
+    );
     let (mut z, mut z_out) = (udp.clone(), udp_out.clone());
     z.sport = 40002;
     z.udp_no_csum = true;
     z_out.sport = 40002;
     z_out.udp_no_csum = true;
-    f("nat v4 udp without checksum: the checksum stays zero",
-        c0, from_client(z), XDP_REDIRECT, Some(to_backend(ttl(z_out, 63), WEB1_MAC)), None);
+    f(
+        "nat v4 udp without checksum: the checksum stays zero",
+        c0,
+        from_client(z),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(z_out, 63), WEB1_MAC)),
+        None,
+    );
     let mut opt = Pkt::tcp(cl4, vip4, 40003, 80);
     opt.ipv4_options = vec![1, 1, 1, 0]; // NOP NOP NOP EOL: IHL 6
     let mut opt_out = Pkt::tcp(cl4, web1, 40003, 8080);
     opt_out.ipv4_options = opt.ipv4_options.clone();
-    f("nat v4 tcp with IPv4 options: IHL honoured, options kept",
-        c0, from_client(opt), XDP_REDIRECT, Some(to_backend(ttl(opt_out, 63), WEB1_MAC)), None);
-    f("nat v6 tcp: client -> VIP becomes client -> web1:8080, hop limit-1",
-        c0, from_client(Pkt::tcp(cl6, vip6, 40000, 80)), XDP_REDIRECT,
-        Some(to_backend(ttl(Pkt::tcp(cl6, web1_6, 40000, 8080), 63), WEB1_MAC)), None);
-    f("nat v6 tcp reply: web1 -> client becomes VIP -> client",
-        b0, from_backend(Pkt::tcp(web1_6, cl6, 8080, 40000), WEB1_MAC), XDP_REDIRECT,
-        Some(to_client(ttl(Pkt::tcp(vip6, cl6, 80, 40000), 63))), Some(counter::REPLY_NAT));
-    f("nat v6 udp",
-        c0, from_client(Pkt::udp(cl6, vip6, 40000, 53)), XDP_REDIRECT,
-        Some(to_backend(ttl(Pkt::udp(cl6, web1_6, 40000, 53), 63), WEB1_MAC)), None);
-    f("nat v6 udp reply",
-        b0, from_backend(Pkt::udp(web1_6, cl6, 53, 40000), WEB1_MAC), XDP_REDIRECT,
-        Some(to_client(ttl(Pkt::udp(vip6, cl6, 53, 40000), 63))), Some(counter::REPLY_NAT));
+    f(
+        "nat v4 tcp with IPv4 options: IHL honoured, options kept",
+        c0,
+        from_client(opt),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(opt_out, 63), WEB1_MAC)),
+        None,
+    );
+    f(
+        "nat v6 tcp: client -> VIP becomes client -> web1:8080, hop limit-1",
+        c0,
+        from_client(Pkt::tcp(cl6, vip6, 40000, 80)),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(Pkt::tcp(cl6, web1_6, 40000, 8080), 63), WEB1_MAC)),
+        None,
+    );
+    f(
+        "nat v6 tcp reply: web1 -> client becomes VIP -> client",
+        b0,
+        from_backend(Pkt::tcp(web1_6, cl6, 8080, 40000), WEB1_MAC),
+        XDP_REDIRECT,
+        Some(to_client(ttl(Pkt::tcp(vip6, cl6, 80, 40000), 63))),
+        Some(counter::REPLY_NAT),
+    );
+    f(
+        "nat v6 udp",
+        c0,
+        from_client(Pkt::udp(cl6, vip6, 40000, 53)),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(Pkt::udp(cl6, web1_6, 40000, 53), 63), WEB1_MAC)),
+        None,
+    );
+    f(
+        "nat v6 udp reply",
+        b0,
+        from_backend(Pkt::udp(web1_6, cl6, 53, 40000), WEB1_MAC),
+        XDP_REDIRECT,
+        Some(to_client(ttl(Pkt::udp(vip6, cl6, 53, 40000), 63))),
+        Some(counter::REPLY_NAT),
+    );
 
     let (mut tagged, mut tagged_out) = (Pkt::tcp(cl4, vip4, 40020, 80), Pkt::tcp(cl4, web1, 40020, 8080));
     tagged.vlan = Some(100);
     tagged_out.vlan = Some(100);
-    f("nat v4 tcp with one 802.1Q tag: balanced, tag kept",
-        c0, from_client(tagged), XDP_REDIRECT, Some(to_backend(ttl(tagged_out, 63), WEB1_MAC)), None);
+    f(
+        "nat v4 tcp with one 802.1Q tag: balanced, tag kept",
+        c0,
+        from_client(tagged),
+        XDP_REDIRECT,
+        Some(to_backend(ttl(tagged_out, 63), WEB1_MAC)),
+        None,
+    );
 
     // ---- DSR: only the destination (and source) MAC change
-    f("dsr v4: IP packet untouched, sent to web2's MAC",
-        c0, from_client(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80)), XDP_REDIRECT,
-        Some(to_backend(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80), WEB2_MAC)), None);
-    f("dsr v6: IP packet untouched, sent to web2's MAC",
-        c0, from_client(Pkt::tcp(cl6, ip("2001:db8::20"), 40000, 80)), XDP_REDIRECT,
-        Some(to_backend(Pkt::tcp(cl6, ip("2001:db8::20"), 40000, 80), WEB2_MAC)), None);
+    f(
+        "dsr v4: IP packet untouched, sent to web2's MAC",
+        c0,
+        from_client(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80)),
+        XDP_REDIRECT,
+        Some(to_backend(Pkt::tcp(cl4, ip("198.18.0.20"), 40000, 80), WEB2_MAC)),
+        None,
+    );
+    f(
+        "dsr v6: IP packet untouched, sent to web2's MAC",
+        c0,
+        from_client(Pkt::tcp(cl6, ip("2001:db8::20"), 40000, 80)),
+        XDP_REDIRECT,
+        Some(to_backend(Pkt::tcp(cl6, ip("2001:db8::20"), 40000, 80), WEB2_MAC)),
+        None,
+    );
     let _ = (web2, web2_6);
 
     // ---- not for a VIP: untouched
-    f("not a VIP (the lb's own address)", c0, from_client(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)),
-        XDP_PASS, None, None);
-    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)),
-        XDP_PASS, None, None);
-    f("VIP address and port, other protocol (udp/80)", c0, from_client(Pkt::udp(cl4, vip4, 40000, 80)),
-        XDP_PASS, None, None);
+    f(
+        "not a VIP (the lb's own address)",
+        c0,
+        from_client(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)),
+        XDP_PASS,
+        None,
+        None,
+    );
+    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)), XDP_PASS, None, None);
+    f(
+        "VIP address and port, other protocol (udp/80)",
+        c0,
+        from_client(Pkt::udp(cl4, vip4, 40000, 80)),
+        XDP_PASS,
+        None,
+        None,
+    );
     f("not a VIP, v6", c0, from_client(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)), XDP_PASS, None, None);
-    f("reply-looking packet with no NAT entry", b0,
-        from_backend(Pkt::tcp(web1, cl4, 8080, 49999), WEB1_MAC), XDP_PASS, None, None);
+    f(
+        "reply-looking packet with no NAT entry",
+        b0,
+        from_backend(Pkt::tcp(web1, cl4, 8080, 49999), WEB1_MAC),
+        XDP_PASS,
+        None,
+        None,
+    );
     let mut frag_other = Pkt::udp(cl4, ip("198.18.0.2"), 40000, 53);
     frag_other.ipv4_frag = 0x2000;
     f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, None);
     let mut ttl1 = Pkt::tcp(cl4, vip4, 40010, 80);
     ttl1.ttl = 1;
-    f("TTL 1 to a NAT VIP: the kernel gets it (it answers ICMP time exceeded)", c0, from_client(ttl1), XDP_PASS,
-        Some(ttl(from_client(Pkt::tcp(cl4, web1, 40010, 8080)), 1)), Some(counter::PASS_TTL));
+    f(
+        "TTL 1 to a NAT VIP: the kernel gets it (it answers ICMP time exceeded)",
+        c0,
+        from_client(ttl1),
+        XDP_PASS,
+        Some(ttl(from_client(Pkt::tcp(cl4, web1, 40010, 8080)), 1)),
+        Some(counter::PASS_TTL),
+    );
 
     // ---- refused: dropped and counted
     let mut frag = Pkt::udp(cl4, vip4, 40000, 53);
@@ -170,17 +256,32 @@ fn raw_refusals(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
     let mut doff = base.clone();
     doff[14 + 20 + 12] = 4 << 4;
     v.push(("TCP data offset 4 (< 5), to a VIP", doff, counter::DROP_BAD_HEADER));
-    let mut v6trunc = with_macs(Pkt::tcp(ip("2001:db8::1"), ip("2001:db8::10"), 40000, 80), b.c0_mac, CLIENT_MAC).build();
+    let mut v6trunc =
+        with_macs(Pkt::tcp(ip("2001:db8::1"), ip("2001:db8::10"), 40000, 80), b.c0_mac, CLIENT_MAC).build();
     v6trunc.truncate(v6trunc.len() - 8);
     v.push(("IPv6 payload length beyond the frame, to a VIP", v6trunc, counter::DROP_TRUNCATED));
     let mut fx: Vec<Fixture> = v
         .into_iter()
-        .map(|(desc, input, c)| Fixture { desc, ingress: b.c0, input, action: XDP_DROP, output: None, counter: Some(c) })
+        .map(|(desc, input, c)| Fixture {
+            desc,
+            ingress: b.c0,
+            input,
+            action: XDP_DROP,
+            output: None,
+            counter: Some(c),
+        })
         .collect();
     let mut short_other = with_macs(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22), b.c0_mac, CLIENT_MAC).build();
     short_other.truncate(14 + 20 + 10);
     short_other[16..18].copy_from_slice(&30u16.to_be_bytes());
-    fx.push(Fixture { desc: "tcp header cut short, not to a VIP: the kernel's business", ingress: b.c0, input: short_other, action: XDP_PASS, output: None, counter: None });
+    fx.push(Fixture {
+        desc: "tcp header cut short, not to a VIP: the kernel's business",
+        ingress: b.c0,
+        input: short_other,
+        action: XDP_PASS,
+        output: None,
+        counter: None,
+    });
     let mut arp = base;
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     fx.push(Fixture { desc: "ARP (not IP)", ingress: b.c0, input: arp, action: XDP_PASS, output: None, counter: None });
@@ -197,9 +298,8 @@ fn xdp_fixtures() {
         return;
     }
     let b = bed();
-    let failures = b
-        .ns
-        .run_in(|| {
+    let failures =
+        b.ns.run_in(|| {
             let cfg = config();
             let mut failures = vec![];
             // Twice: next hops from the FIB (a fresh daemon), then from the
@@ -255,9 +355,8 @@ fn kernel_agrees_with_explain_and_repicks_dead_backends() {
         return;
     }
     let b = bed();
-    let problems = b
-        .ns
-        .run_in(|| {
+    let problems =
+        b.ns.run_in(|| {
             let cfg = config();
             let mut bal = Balancer::load(&cfg).unwrap();
             bal.apply(&cfg).unwrap();
@@ -279,7 +378,10 @@ fn kernel_agrees_with_explain_and_repicks_dead_backends() {
             }
             // A flow on web1 moves when web1 goes down, and stays moved.
             let port = (41000..41064u16)
-                .find(|&p| xlb::explain::pick(&cfg, SocketAddr::new(cl, p), vip, Protocol::Tcp).unwrap() == sa("198.18.1.11:80"))
+                .find(|&p| {
+                    xlb::explain::pick(&cfg, SocketAddr::new(cl, p), vip, Protocol::Tcp).unwrap()
+                        == sa("198.18.1.11:80")
+                })
                 .unwrap();
             let mut ack = Pkt::tcp(cl, vip.ip(), port, 80);
             ack.tcp_flags = TCP_ACK;
@@ -319,9 +421,8 @@ fn shared_nat_backend_answers_from_each_flows_vip() {
         return;
     }
     let b = bed();
-    let problems = b
-        .ns
-        .run_in(|| {
+    let problems =
+        b.ns.run_in(|| {
             let one = config();
             let mut two = one.clone();
             let mut pair2 = two.services.iter().find(|s| s.name == "pair").unwrap().clone();

@@ -38,7 +38,10 @@ impl Svc<'_> {
             self.preempt, self.check, self.rise, self.fall
         );
         for (n, role, weight) in &self.backends {
-            s += &format!("[[service.backend]]\naddress = \"198.18.1.{}:80\"\nrole = \"{role}\"\nweight = {weight}\n", 10 + n);
+            s += &format!(
+                "[[service.backend]]\naddress = \"198.18.1.{}:80\"\nrole = \"{role}\"\nweight = {weight}\n",
+                10 + n
+            );
         }
         s
     }
@@ -54,8 +57,10 @@ fn vip_addr() -> SocketAddr {
 
 /// Fresh connections to the VIP: how many each backend answered.
 fn spread(topo: &Topology, d: &Daemon, n: usize) -> BTreeMap<String, usize> {
-    let replies =
-        topo.client().get_many(&vip_url(), n, None, true).unwrap_or_else(|e| panic!("{e:#}\nxlb log:\n{}", d.log_text()));
+    let replies = topo
+        .client()
+        .get_many(&vip_url(), n, None, true)
+        .unwrap_or_else(|e| panic!("{e:#}\nxlb log:\n{}", d.log_text()));
     let mut m = BTreeMap::new();
     for r in replies {
         *m.entry(r.body.trim().to_string()).or_insert(0) += 1;
@@ -126,7 +131,13 @@ fn active_passive_fails_over_and_back() {
     if !require_root("active-passive failover") {
         return;
     }
-    let svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: true, backends: vec![(1, "primary", 1), (2, "backup", 1)] };
+    let svc = Svc {
+        check: "http",
+        rise: RISE,
+        fall: FALL,
+        preempt: true,
+        backends: vec![(1, "primary", 1), (2, "backup", 1)],
+    };
     let (topo, mut web, d) = start(2, &svc);
     assert_eq!(names(&spread(&topo, &d, 20)), ["web1"], "active-passive: only the primary serves");
 
@@ -187,7 +198,13 @@ fn no_preempt_stays_on_the_backup() {
     if !require_root("no-preempt failover") {
         return;
     }
-    let svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: false, backends: vec![(1, "primary", 1), (2, "backup", 1)] };
+    let svc = Svc {
+        check: "http",
+        rise: RISE,
+        fall: FALL,
+        preempt: false,
+        backends: vec![(1, "primary", 1), (2, "backup", 1)],
+    };
     let (topo, mut web, d) = start(2, &svc);
     assert_eq!(names(&spread(&topo, &d, 10)), ["web1"]);
 
@@ -223,7 +240,8 @@ fn connections_on(topo: &Topology, want: &[&str]) -> Vec<(KeptAlive, String)> {
 /// Every connection still answers, from the same backend as before.
 fn assert_still_served(conns: &mut [(KeptAlive, String)], when: &str) {
     for (k, was) in conns.iter_mut() {
-        let (status, body) = k.get("/").unwrap_or_else(|e| panic!("{when}: kept-alive connection to {was} broke: {e:#}"));
+        let (status, body) =
+            k.get("/").unwrap_or_else(|e| panic!("{when}: kept-alive connection to {was} broke: {e:#}"));
         assert_eq!((status, body.trim()), (200, was.as_str()), "{when}: a kept-alive connection moved");
     }
 }
@@ -292,7 +310,8 @@ fn flapping_backend_is_held_by_hysteresis() {
     if !require_root("flapping backend") {
         return;
     }
-    let svc = Svc { check: "tcp", rise: 3, fall: 3, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
+    let svc =
+        Svc { check: "tcp", rise: 3, fall: 3, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
     let (topo, _web, d) = start(2, &svc);
 
     for _ in 0..5 {
@@ -329,13 +348,23 @@ fn drain_weight_zero_and_reload_keep_established_flows() {
     if !require_root("drain and reload") {
         return;
     }
-    let mut svc = Svc { check: "http", rise: RISE, fall: FALL, preempt: true, backends: vec![(1, "primary", 1), (2, "primary", 1)] };
+    let mut svc = Svc {
+        check: "http",
+        rise: RISE,
+        fall: FALL,
+        preempt: true,
+        backends: vec![(1, "primary", 1), (2, "primary", 1)],
+    };
     let (topo, _web, d) = start(2, &svc);
     let mut conns = connections_on(&topo, &["web1", "web2"]);
 
     let out = d.ctl(&["drain", "www", "198.18.1.11:80"]).unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("drained"), "xlb drain: {text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("drained"),
+        "xlb drain: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(names(&spread(&topo, &d, 40)), ["web2"], "drained web1 takes no new flows");
     assert_still_served(&mut conns, "web1 drained");
     let row = backend_row(&d.status(), "198.18.1.11:80");

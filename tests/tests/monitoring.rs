@@ -49,7 +49,10 @@ fn get(ns: &Netns, path: &str, extra: &[&str]) -> (u16, String) {
     let out = ns.exec(&argv).unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or_else(|| panic!("curl {url}: {text:?}"));
-    (code.parse().unwrap_or_else(|_| panic!("curl {url}: {text:?} {}", String::from_utf8_lossy(&out.stderr))), body.to_string())
+    (
+        code.parse().unwrap_or_else(|_| panic!("curl {url}: {text:?} {}", String::from_utf8_lossy(&out.stderr))),
+        body.to_string(),
+    )
 }
 
 /// `/metrics` as `name{labels}` -> value.
@@ -79,7 +82,9 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Result<T, String>
     loop {
         match f() {
             Ok(v) => return v,
-            Err(last) if t0.elapsed() > Duration::from_secs(secs) => panic!("{what}: not within {secs} s; last: {last}"),
+            Err(last) if t0.elapsed() > Duration::from_secs(secs) => {
+                panic!("{what}: not within {secs} s; last: {last}")
+            }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
@@ -123,7 +128,8 @@ fn send_frames(ns: &Netns, iface: &str, frames: &[Vec<u8>]) {
 
 /// Malformed frames to the VIPs, by the drop reason each must be counted under.
 fn malformed(dst: [u8; 6], src: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
-    let (c4, v4, c6, v6) = (IpAddr::from(CLIENT_V4), IpAddr::from(VIP_V4), IpAddr::from(CLIENT_V6), IpAddr::from(VIP_V6));
+    let (c4, v4, c6, v6) =
+        (IpAddr::from(CLIENT_V4), IpAddr::from(VIP_V4), IpAddr::from(CLIENT_V6), IpAddr::from(VIP_V6));
     let frame = |mut p: Pkt| {
         p.eth_dst = dst;
         p.eth_src = src;
@@ -184,7 +190,11 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
     for n in [1, 2] {
         let flows = delta(&backend_key("xlb_backend_new_flows_total", "www4", n));
         let name = format!("web{n}");
-        assert_eq!(flows, answered.get(&name).copied().unwrap_or(0.0), "{name}: new flows vs connections it answered {answered:?}");
+        assert_eq!(
+            flows,
+            answered.get(&name).copied().unwrap_or(0.0),
+            "{name}: new flows vs connections it answered {answered:?}"
+        );
         let packets = delta(&backend_key("xlb_backend_packets_total", "www4", n));
         // Each connection sends SYN, ACK, the request, ACKs, FIN/ACK: 4 to 12 packets.
         assert!(packets >= 4.0 * flows && packets <= 12.0 * flows, "{name}: {packets} packets for {flows} flows");
@@ -204,7 +214,11 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
         let now = metrics(lb);
         let entries = m(&now, "xlb_conntrack_entries");
         assert_eq!(m(&now, "xlb_conntrack_entries_limit"), 65536.0);
-        if entries == ports.len() as f64 { Ok(()) } else { Err(format!("{entries} entries, {} flows", ports.len())) }
+        if entries == ports.len() as f64 {
+            Ok(())
+        } else {
+            Err(format!("{entries} entries, {} flows", ports.len()))
+        }
     });
 
     // Malformed frames straight onto the wire from the client.
@@ -225,7 +239,11 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
             })
             .filter(|(_, d)| *d != 0.0)
             .collect();
-        if got == expected { Ok(()) } else { Err(format!("drops {got:?}, expected {expected:?}")) }
+        if got == expected {
+            Ok(())
+        } else {
+            Err(format!("drops {got:?}, expected {expected:?}"))
+        }
     });
     let now = metrics(lb);
     for n in [1, 2] {
@@ -241,7 +259,11 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
     let status = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line = status.lines().find(|l| l.trim_start().starts_with("fragment")).unwrap_or_else(|| panic!("{status}"));
-    assert_eq!(line.split_whitespace().nth(1), Some(&*format!("{}", m(&now, "xlb_dropped_packets_total{reason=\"fragment\"}"))), "{status}");
+    assert_eq!(
+        line.split_whitespace().nth(1),
+        Some(&*format!("{}", m(&now, "xlb_dropped_packets_total{reason=\"fragment\"}"))),
+        "{status}"
+    );
 }
 
 /// The HTTP side: content types, HEAD, 404, 405; `/status.json` shows rates
@@ -255,7 +277,8 @@ fn http_answers_rates_status_and_top() {
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
     let socket = "/tmp/xlb-test-monitoring-top.sock";
-    let mut d = Daemon::start(topo.lb_ns(), &config(socket, &[(1, "primary"), (2, "backup")]), &["eth0", "eth1"]).unwrap();
+    let mut d =
+        Daemon::start(topo.lb_ns(), &config(socket, &[(1, "primary"), (2, "backup")]), &["eth0", "eth1"]).unwrap();
     let lb = topo.lb_ns();
 
     let (code, head) = get(lb, "/metrics", &["-I"]);
@@ -319,7 +342,11 @@ fn http_answers_rates_status_and_top() {
     let text = std::fs::read_to_string(&out_path).unwrap();
     assert_eq!(st.code(), Some(0), "xlb top exit status; output:\n{text}");
     assert!(text.contains("198.18.1.12:80") && text.contains("backup"), "{text}");
-    assert!(text.ends_with("\x1b[?25h\x1b[?1049l"), "the terminal was not restored: {:?}", &text[text.len().saturating_sub(40)..]);
+    assert!(
+        text.ends_with("\x1b[?25h\x1b[?1049l"),
+        "the terminal was not restored: {:?}",
+        &text[text.len().saturating_sub(40)..]
+    );
 
     // An address the daemon cannot bind: a clear error, nothing left attached.
     assert!(d.stop().unwrap().success(), "{}", d.log_text());
@@ -363,7 +390,8 @@ fn status_page_renders_live_backends_in_a_browser() {
 
     let dir = TempDir::new("chromium").unwrap();
     let url = format!("http://{METRICS}/");
-    let browse = |n: usize, extra: &[&str]| chromium(topo.lb_ns(), &dir.path().join(format!("profile-{n}")), &url, extra);
+    let browse =
+        |n: usize, extra: &[&str]| chromium(topo.lb_ns(), &dir.path().join(format!("profile-{n}")), &url, extra);
     let dom = browse(1, &["--dump-dom"]);
     let expect = [
         ("198.18.1.11:80", "primary", "up"),
@@ -406,7 +434,8 @@ fn status_page_renders_live_backends_in_a_browser() {
 /// Headless Chromium in `ns` loads `url` with a fresh profile in `profile`
 /// (bounded: 90 s); returns its standard output (`--dump-dom`: the DOM).
 fn chromium(ns: &Netns, profile: &Path, url: &str, extra: &[&str]) -> String {
-    let Some(bin) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists()) else {
+    let Some(bin) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists())
+    else {
         panic!("chromium is not installed; run `cargo xtask setup` (installs Debian's chromium)");
     };
     let profile_arg = format!("--user-data-dir={}", profile.display());
@@ -494,17 +523,43 @@ fn status_page_renders_down_and_drained_backends() {
 
     let ns = Netns::new(format!("{}-{}-page", xlb_testbed::netns::NS_PREFIX, xlb_testbed::run_suffix())).unwrap();
     let addr = "127.0.0.1:9478";
-    let mut server = ns.command(&["python3", "-m", "http.server", "9478", "--bind", "127.0.0.1", "--directory", site.to_str().unwrap()]);
+    let mut server = ns.command(&[
+        "python3",
+        "-m",
+        "http.server",
+        "9478",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        site.to_str().unwrap(),
+    ]);
     server.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     let _server = xlb_testbed::BgProcess::spawn(server).unwrap();
-    eventually(10, "the file server", || if ns.tcp_connects(addr.parse().unwrap(), Duration::from_millis(200)) { Ok(()) } else { Err("no".into()) });
+    eventually(10, "the file server", || {
+        if ns.tcp_connects(addr.parse().unwrap(), Duration::from_millis(200)) {
+            Ok(())
+        } else {
+            Err("no".into())
+        }
+    });
     let dom = chromium(&ns, &dir.path().join("profile"), &format!("http://{addr}/"), &["--dump-dom"]);
-    for (a, role, state) in [("198.18.1.11:80", "primary", "down"), ("198.18.1.12:80", "primary", "drained"), ("198.18.1.13:80", "backup", "up")] {
+    for (a, role, state) in [
+        ("198.18.1.11:80", "primary", "down"),
+        ("198.18.1.12:80", "primary", "drained"),
+        ("198.18.1.13:80", "backup", "up"),
+    ] {
         let row = backend_row(&dom, a).unwrap_or_else(|| panic!("no row for {a}:\n{dom}"));
         assert!(row.starts_with(&format!("<tr class=\"backend {state}")), "{a}: row class: {row}");
-        assert!(row.contains(&format!("<td class=\"l role\">{role}</td>")) && row.contains(&format!("<td class=\"l st\">{state}</td>")), "{a}: {row}");
+        assert!(
+            row.contains(&format!("<td class=\"l role\">{role}</td>"))
+                && row.contains(&format!("<td class=\"l st\">{state}</td>")),
+            "{a}: {row}"
+        );
     }
     assert!(backend_row(&dom, "198.18.1.11:80").unwrap().contains("status 503"));
-    assert!(backend_row(&dom, "198.18.1.13:80").unwrap().contains("backend up active"), "the backup takes new flows (on_backup)");
+    assert!(
+        backend_row(&dom, "198.18.1.13:80").unwrap().contains("backend up active"),
+        "the backup takes new flows (on_backup)"
+    );
     assert!(dom.contains("2/3 backends up") && dom.contains("new flows to the backups"), "caption:\n{dom}");
 }

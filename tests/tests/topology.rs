@@ -20,7 +20,8 @@ fn config(forwarding: &str, vip4: IpAddr, vip6: IpAddr, backends: usize) -> Stri
             "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:80\"\nprotocol = \"tcp\"\nforwarding = \"{forwarding}\"\ntable_size = 65537\n[service.health]\ncheck = \"none\"\n"
         );
         for n in 1..=backends {
-            let addr = if fam == 4 { format!("198.18.1.{}:80", 10 + n) } else { format!("[2001:db8:1::{}]:80", 10 + n) };
+            let addr =
+                if fam == 4 { format!("198.18.1.{}:80", 10 + n) } else { format!("[2001:db8:1::{}]:80", 10 + n) };
             s += &format!("[[service.backend]]\naddress = \"{addr}\"\n");
         }
     }
@@ -133,7 +134,10 @@ fn explain_matches_the_backend_that_answered() {
             let v = if vip.is_ipv6() { format!("[{vip}]:80") } else { format!("{vip}:80") };
             let out = xlb(None, &["explain", "-c", &conf, &c, &v, "tcp"]).unwrap();
             let text = String::from_utf8_lossy(&out.stdout);
-            let line = text.lines().find(|l| l.starts_with("backend:")).unwrap_or_else(|| panic!("no backend line in:\n{text}"));
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("backend:"))
+                .unwrap_or_else(|| panic!("no backend line in:\n{text}"));
             let addr = line.trim_start_matches("backend:").trim();
             let named = match addr {
                 "198.18.1.11:80" | "[2001:db8:1::11]:80" => "web1",
@@ -155,7 +159,11 @@ fn a_bad_config_is_refused_and_nothing_is_attached() {
     let topo = Topology::new(1).unwrap();
     let dir = xlb_testbed::xlb::TempDir::new("badcfg").unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, config("nat", VIP_V4.into(), VIP_V6.into(), 1).replace("table_size = 65537", "table_size = 65536")).unwrap();
+    std::fs::write(
+        &path,
+        config("nat", VIP_V4.into(), VIP_V6.into(), 1).replace("table_size = 65537", "table_size = 65536"),
+    )
+    .unwrap();
     let out = xlb(Some(topo.lb_ns()), &["run", "-c", path.to_str().unwrap()]).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{err}");

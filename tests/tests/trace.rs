@@ -101,12 +101,17 @@ fn trace_shows_flows_backends_replies_and_drop_reasons() {
         let miss = lines
             .iter()
             .position(|l| l.contains(&flow) && l.contains(&format!("conntrack=miss backend={backend} action=redirect")))
-            .unwrap_or_else(|| panic!("no conntrack miss to {backend} for client port {port} ({body} answered):\n{text}"));
+            .unwrap_or_else(|| {
+                panic!("no conntrack miss to {backend} for client port {port} ({body} answered):\n{text}")
+            });
         assert!(
-            lines[miss..].iter().any(|l| l.contains(&flow) && l.contains(&format!("conntrack=hit backend={backend} action=redirect"))),
+            lines[miss..]
+                .iter()
+                .any(|l| l.contains(&flow) && l.contains(&format!("conntrack=hit backend={backend} action=redirect"))),
             "no conntrack hit after the miss for client port {port}:\n{text}"
         );
-        let reply = format!(" tcp {backend} -> {CLIENT_V4}:{port} service=www nat-reply backend={backend} action=redirect");
+        let reply =
+            format!(" tcp {backend} -> {CLIENT_V4}:{port} service=www nat-reply backend={backend} action=redirect");
         assert!(lines.iter().any(|l| l.contains(&reply)), "no NAT reply line {reply:?}:\n{text}");
     }
     let refused = format!(" tcp {CLIENT_V4} -> {VIP_V4} refused action=drop reason=truncated");

@@ -130,11 +130,7 @@ fn missing(needs: Needs) -> Result<Vec<Fix>> {
         wanted.extend(TEST_PACKAGES);
         wanted.extend(BENCH_PACKAGES);
     }
-    let packages: Vec<String> = wanted
-        .into_iter()
-        .filter(|p| !package_installed(p))
-        .map(str::to_owned)
-        .collect();
+    let packages: Vec<String> = wanted.into_iter().filter(|p| !package_installed(p)).map(str::to_owned).collect();
     if !packages.is_empty() {
         println!("   missing Debian packages: {}", packages.join(" "));
         fixes.push(Fix::AptInstall(packages));
@@ -182,13 +178,15 @@ enum Nightly {
 }
 
 fn nightly() -> Result<Nightly> {
-    let list = probe(Command::new("rustup").args(["toolchain", "list"]))?
-        .context("rustup not found: xlb builds its XDP program with rustup's nightly toolchain; install rustup first")?;
+    let list = probe(Command::new("rustup").args(["toolchain", "list"]))?.context(
+        "rustup not found: xlb builds its XDP program with rustup's nightly toolchain; install rustup first",
+    )?;
     if !list.status.success() || !has_nightly(&String::from_utf8_lossy(&list.stdout)) {
         return Ok(Nightly::Missing);
     }
-    let components = probe(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?
-        .context("rustup vanished")?;
+    let components =
+        probe(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?
+            .context("rustup vanished")?;
     if components.status.success() && has_rust_src(&String::from_utf8_lossy(&components.stdout)) {
         Ok(Nightly::Ready)
     } else {
@@ -205,7 +203,10 @@ fn has_nightly(list: &str) -> bool {
 }
 
 fn has_rust_src(components: &str) -> bool {
-    components.lines().filter_map(|l| l.split_whitespace().next()).any(|c| c == "rust-src" || c.starts_with("rust-src-"))
+    components
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .any(|c| c == "rust-src" || c.starts_with("rust-src-"))
 }
 
 fn bpf_linker() -> Result<(), String> {
@@ -267,7 +268,9 @@ mod tests {
     fn nightly_is_the_undated_channel() {
         assert!(has_nightly("stable-x86_64-unknown-linux-gnu (active, default)\nnightly-x86_64-unknown-linux-gnu\n"));
         assert!(has_nightly("nightly\n"));
-        assert!(!has_nightly("stable-x86_64-unknown-linux-gnu (default)\nnightly-2025-01-01-x86_64-unknown-linux-gnu\n"));
+        assert!(!has_nightly(
+            "stable-x86_64-unknown-linux-gnu (default)\nnightly-2025-01-01-x86_64-unknown-linux-gnu\n"
+        ));
         assert!(!has_nightly(""));
     }
 

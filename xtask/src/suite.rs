@@ -217,10 +217,7 @@ mod tests {
         ] {
             t.read_line(line);
         }
-        assert_eq!(
-            t,
-            Totals { runs: 2, passed: 7, failed: 1, ignored: 1, failed_names: vec!["b::c".to_owned()] }
-        );
+        assert_eq!(t, Totals { runs: 2, passed: 7, failed: 1, ignored: 1, failed_names: vec!["b::c".to_owned()] });
     }
 
     #[test]

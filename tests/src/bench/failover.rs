@@ -12,10 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{
-    bench::daemon_toml,
-    http_url, Client, Netns, Nginx,
-};
+use crate::{bench::daemon_toml, http_url, Client, Netns, Nginx};
 
 /// A repetition without failover after this long counts as failed.
 pub const GIVE_UP: Duration = Duration::from_secs(5);
@@ -59,7 +56,8 @@ pub fn measure(client: &Netns, primary: &mut Nginx, backup_body: &str) -> Result
     let url = http_url("198.18.0.10".parse().unwrap(), 80, "/");
     primary.stop()?;
     let killed = Instant::now();
-    let got = Client::new(client).until_answered(&url, backup_body, killed, Duration::from_millis(10), GIVE_UP, |_| true);
+    let got =
+        Client::new(client).until_answered(&url, backup_body, killed, Duration::from_millis(10), GIVE_UP, |_| true);
     match got {
         Some(t) => Ok(t.as_secs_f64() * 1000.0),
         None => bail!(
