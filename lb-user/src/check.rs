@@ -2,11 +2,10 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use anyhow::anyhow;
 use lb_common::NO_BACKEND;
 
 use crate::{
-    config::{self, CheckKind, Config, ConfigError, Role, ServiceConfig},
+    config::{self, CheckKind, Config, Role, ServiceConfig},
     maglev,
 };
 
@@ -17,16 +16,10 @@ pub fn run(config: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Loads a configuration, turning a [`ConfigError`] into an error whose text
-/// is `invalid configuration FILE (N problems)` followed by one line per problem.
+/// [`config::load`] for callers that want an `anyhow` error; its text is
+/// `invalid configuration FILE (N problems)` and one line per problem.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
-    config::load(path).map_err(invalid)
-}
-
-fn invalid(e: ConfigError) -> anyhow::Error {
-    let n = e.problems.len();
-    let plural = if n == 1 { "" } else { "s" };
-    anyhow!("invalid configuration {} ({n} problem{plural})\n{e}", e.file)
+    Ok(config::load(path)?)
 }
 
 /// Share of the table's slots each backend holds when every backend is up, in
@@ -154,12 +147,5 @@ role = "backup"
         ] {
             assert!(plan.contains(want), "expected the plan to mention {want:?}:\n{plan}");
         }
-    }
-
-    #[test]
-    fn invalid_error_counts_problems() {
-        let err = config::parse("[daemon]\ninterfaces = []\n", "bad.toml").unwrap_err();
-        let text = format!("{:#}", invalid(err));
-        assert!(text.starts_with("invalid configuration bad.toml (2 problems)\nbad.toml: "), "{text}");
     }
 }
