@@ -22,12 +22,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use xlb_testbed::{
     bench::{
+        self,
         cpu::{seconds_per_million, softirq_charged_to_task, LbCpu, NapiThreads},
-        daemon_toml, failover,
+        failover,
         fwd::{run_once, Generator, FRAME_LEN},
         http::{wrk, Haproxy, Load, WrkResult},
         method, Figures, Opts,
     },
+    config::{web, ServiceToml},
     http_url, is_root,
     packet::{mac_string, Pkt},
     xlb::Daemon,
@@ -39,37 +41,18 @@ const FLOWS: u32 = 4096;
 const FIRST_PORT: u16 = 10_000;
 const FWD_PORT: u16 = 9;
 
-fn admin_socket(tag: &str) -> String {
-    format!("/run/xlb/bench-{}-{tag}.sock", std::process::id())
-}
-
 /// xlb for the forwarding and HTTP runs: UDP port 9 and HTTP on the VIP, NAT,
 /// over web1 and web2, no health checks.
 fn xlb_config() -> String {
-    let backends = |port: u16| {
-        (1..=2).map(|n| format!("[[service.backend]]\naddress = \"198.18.1.{}:{port}\"\n", 10 + n)).collect::<String>()
+    let service = |name, port: u16, protocol| {
+        ServiceToml::new(name, (VIP_V4, port).into())
+            .set("protocol", protocol)
+            .set("forwarding", "nat")
+            .no_checks()
+            .backend(web(1, port))
+            .backend(web(2, port))
     };
-    format!(
-        r#"{}
-[[service]]
-name = "www"
-vip = "{VIP_V4}:80"
-forwarding = "nat"
-[service.health]
-check = "none"
-{}
-[[service]]
-name = "fwd"
-vip = "{VIP_V4}:{FWD_PORT}"
-protocol = "udp"
-forwarding = "nat"
-[service.health]
-check = "none"
-{}"#,
-        daemon_toml(&admin_socket("nat")),
-        backends(80),
-        backends(FWD_PORT)
-    )
+    bench::xlb_config().service(service("www", 80, "tcp")).service(service("fwd", FWD_PORT, "udp")).to_string()
 }
 
 const NFT_TABLE: &str = "xlb_bench";
@@ -499,7 +482,7 @@ fn failover_bench(topo: &Topology, web: &mut [Nginx], opts: &Opts, figs: &mut Fi
             failover::GIVE_UP.as_secs()
         ),
     );
-    let d = Daemon::start(topo.lb_ns(), &failover::config(&admin_socket("failover")), &["eth0", "eth1"])?;
+    let d = Daemon::start(topo.lb_ns(), &failover::config(), &["eth0", "eth1"])?;
     // Steady state first: a backend's first check decides at once (no `fall`),
     // which would make the first repetition look faster than a failover is.
     d.wait_checked(Duration::from_secs(5)).context("after starting xlb")?;
