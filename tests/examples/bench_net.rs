@@ -17,19 +17,21 @@
 //! `cargo run --release -p xlb-testbed --example bench_net -- [--quick] [--reps N]` as root.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use xlb_testbed::{
     bench::{
+        self,
         cpu::{seconds_per_million, softirq_charged_to_task, LbCpu, NapiThreads},
-        daemon_toml, failover,
+        failover,
         fwd::{run_once, Generator, FRAME_LEN},
         http::{wrk, Haproxy, Load, WrkResult},
         method, Figures, Opts,
     },
+    config::{web, ServiceToml},
     http_url, is_root,
-    packet::Pkt,
+    packet::{mac_string, Pkt},
     xlb::Daemon,
     Netns, Nginx, NginxConfig, Topology, CLIENT_V4, VIP_V4,
 };
@@ -39,37 +41,18 @@ const FLOWS: u32 = 4096;
 const FIRST_PORT: u16 = 10_000;
 const FWD_PORT: u16 = 9;
 
-fn admin_socket(tag: &str) -> String {
-    format!("/run/xlb/bench-{}-{tag}.sock", std::process::id())
-}
-
 /// xlb for the forwarding and HTTP runs: UDP port 9 and HTTP on the VIP, NAT,
 /// over web1 and web2, no health checks.
 fn xlb_config() -> String {
-    let backends = |port: u16| {
-        (1..=2).map(|n| format!("[[service.backend]]\naddress = \"198.18.1.{}:{port}\"\n", 10 + n)).collect::<String>()
+    let service = |name, port: u16, protocol| {
+        ServiceToml::new(name, (VIP_V4, port).into())
+            .set("protocol", protocol)
+            .set("forwarding", "nat")
+            .no_checks()
+            .backend(web(1, port))
+            .backend(web(2, port))
     };
-    format!(
-        r#"{}
-[[service]]
-name = "www"
-vip = "{VIP_V4}:80"
-forwarding = "nat"
-[service.health]
-check = "none"
-{}
-[[service]]
-name = "fwd"
-vip = "{VIP_V4}:{FWD_PORT}"
-protocol = "udp"
-forwarding = "nat"
-[service.health]
-check = "none"
-{}"#,
-        daemon_toml(&admin_socket("nat")),
-        backends(80),
-        backends(FWD_PORT)
-    )
+    bench::xlb_config().service(service("www", 80, "tcp")).service(service("fwd", FWD_PORT, "udp")).to_string()
 }
 
 const NFT_TABLE: &str = "xlb_bench";
@@ -105,17 +88,11 @@ impl Drop for NftDnat<'_> {
     }
 }
 
-fn mac_of(ns: &Netns, dev: &str) -> Result<[u8; 6]> {
-    let s = ns.run(&["cat", &format!("/sys/class/net/{dev}/address")])?;
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16)).collect::<Result<_, _>>()?;
-    v.try_into().map_err(|_| anyhow::anyhow!("bad MAC {s:?}"))
-}
-
 /// Static neighbour entries on the lb for the backends: neither contender
 /// waits for ARP during a run.
 fn pin_backend_neighbours(topo: &Topology) -> Result<()> {
     for b in topo.backends() {
-        let mac = ns_mac_string(b.ns(), "eth0")?;
+        let mac = mac_string(b.ns().mac("eth0")?);
         topo.lb_ns().ip(&[
             "neigh",
             "replace",
@@ -129,10 +106,6 @@ fn pin_backend_neighbours(topo: &Topology) -> Result<()> {
         ])?;
     }
     Ok(())
-}
-
-fn ns_mac_string(ns: &Netns, dev: &str) -> Result<String> {
-    Ok(ns.run(&["cat", &format!("/sys/class/net/{dev}/address")])?.trim().to_owned())
 }
 
 /// Every veth end of the topology, by namespace.
@@ -263,8 +236,8 @@ fn fwd(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
     let mut pkt = Pkt::udp(CLIENT_V4.into(), VIP_V4.into(), FIRST_PORT, FWD_PORT);
     pkt.udp_no_csum = true;
     pkt.payload = vec![0; FRAME_LEN - 14 - 20 - 8];
-    pkt.eth_src = mac_of(topo.client_ns(), "eth0")?;
-    pkt.eth_dst = mac_of(topo.lb_ns(), "eth0")?;
+    pkt.eth_src = topo.client_ns().mac("eth0")?;
+    pkt.eth_dst = topo.lb_ns().mac("eth0")?;
     g.set_frame(&pkt.build())?;
     g.attach_sink(topo.switch_ns(), "p-lb")?;
     let client = topo.client_ns();
@@ -509,16 +482,10 @@ fn failover_bench(topo: &Topology, web: &mut [Nginx], opts: &Opts, figs: &mut Fi
             failover::GIVE_UP.as_secs()
         ),
     );
-    let d = Daemon::start(topo.lb_ns(), &failover::config(&admin_socket("failover")), &["eth0", "eth1"])?;
+    let d = Daemon::start(topo.lb_ns(), &failover::config(), &["eth0", "eth1"])?;
     // Steady state first: a backend's first check decides at once (no `fall`),
     // which would make the first repetition look faster than a failover is.
-    let checked = Instant::now();
-    while d.status().contains("not checked yet") {
-        if checked.elapsed() > Duration::from_secs(5) {
-            bail!("backends not checked within 5 s of starting xlb");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_checked(Duration::from_secs(5)).context("after starting xlb")?;
     let client = topo.client_ns();
     let url = http_url(VIP_V4.into(), 80, "/");
     let [web1, ..] = web else { bail!("no backend") };

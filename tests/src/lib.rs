@@ -7,21 +7,36 @@
 //! namespace. Needs root, `ip` (iproute2), `ethtool`, `sysctl`, `curl` and
 //! `/usr/sbin/nginx`.
 //!
+//! A test that needs root (namespaces, XDP, bpffs) says so with `#[ignore]`:
+//! plain `cargo test` lists it as ignored, and `cargo xtask test` runs it
+//! (`--include-ignored`), so a test that could not run never counts as passed.
+//!
 //! ```no_run
-//! use xlb_testbed::{Topology, require_root};
-//! if require_root("example") {
+//! use xlb_testbed::Topology;
+//!
+//! #[test]
+//! #[ignore = "needs root (network namespaces): cargo xtask test runs it"]
+//! fn web1_answers() {
 //!     let topo = Topology::new(2).unwrap();
 //!     let _web = topo.start_nginx_all().unwrap();
 //!     let body = topo.client().curl("http://198.18.1.11/").unwrap();
 //!     assert_eq!(body, "web1\n");
 //! } // namespaces, veths, nginx: all gone here
 //! ```
+//!
+//! Helpers the tests share (one of each): [`config::ConfigToml`] writes
+//! xlb.toml; [`xlb::Daemon`] runs `xlb run` (`status_json`, `wait_log`,
+//! `wait_log_count`); [`Netns::mac`] and [`Netns::send_frames`] read a MAC and
+//! put raw frames on the wire; [`packet::malformed_frames`] is the set of
+//! frames xlb must drop, each with its reason.
 
 pub mod bench;
 pub mod client;
+pub mod config;
 pub mod netns;
 pub mod nginx;
 pub mod packet;
+pub mod status_page;
 pub mod topology;
 pub mod xdpbed;
 pub mod xlb;

@@ -4,7 +4,10 @@
 //! Checksums are computed here from scratch over the whole packet (RFC 1071),
 //! never incrementally, so they check the XDP program's RFC 1624 updates.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use anyhow::{bail, Result};
+use lb_common::counter;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -272,6 +275,109 @@ pub fn parse_and_verify(f: &[u8]) -> Result<Parsed, String> {
     })
 }
 
+/// Parses a MAC address written `02:00:00:00:00:aa` (as in `/sys/class/net/*/address`).
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .trim()
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("bad MAC address {text:?}: {e}"))?;
+    match bytes.try_into() {
+        Ok(mac) => Ok(mac),
+        Err(_) => bail!("bad MAC address {text:?}: expected six bytes"),
+    }
+}
+
+/// A MAC address as `ip neigh` takes it: `02:00:00:00:00:aa`.
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One malformed frame to a VIP, and the drop counter xlb must count it under.
+#[derive(Clone, Debug)]
+pub struct Malformed {
+    /// What is wrong with it, for messages.
+    pub desc: &'static str,
+    /// The whole Ethernet frame.
+    pub frame: Vec<u8>,
+    /// The drop counter (`lb_common::counter::DROP_*`) it must raise by one.
+    pub counter: u32,
+}
+
+impl Malformed {
+    /// The counter's `reason` label (`xlb_dropped_packets_total{reason=...}`,
+    /// `drops[].reason` in the status JSON, `reason=` in `xlb trace`).
+    pub fn reason(&self) -> &'static str {
+        counter::DROP_NAMES[self.counter as usize]
+    }
+}
+
+/// The malformed-frame set: every kind of frame to a VIP that xlb must drop
+/// and count by reason, TCP to `vip:port` from `client`, each with its own
+/// source port, from `eth_src` to `eth_dst`. Per reason: 3 truncated, 4
+/// fragment, 1 ipv6_extension, 2 bad_header (distinct counts, so a frame
+/// counted under the wrong reason shows). The first frame is an IPv4 TCP
+/// header cut short (10 of its 20 bytes, total length 30).
+pub fn malformed_frames(
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    client: (Ipv4Addr, Ipv6Addr),
+    vip: (Ipv4Addr, Ipv6Addr),
+    port: u16,
+) -> Vec<Malformed> {
+    let mut sport = 45000u16;
+    let mut tcp = |v6: bool| {
+        sport += 1;
+        let mut p = if v6 {
+            Pkt::tcp(client.1.into(), vip.1.into(), sport, port)
+        } else {
+            Pkt::tcp(client.0.into(), vip.0.into(), sport, port)
+        };
+        p.eth_dst = eth_dst;
+        p.eth_src = eth_src;
+        p
+    };
+    let mut out = Vec::new();
+    let mut push = |desc, frame, counter| out.push(Malformed { desc, frame, counter });
+
+    let mut f = tcp(false).build();
+    f.truncate(14 + 20 + 10);
+    f[16..18].copy_from_slice(&30u16.to_be_bytes());
+    push("IPv4 TCP header cut short", f, counter::DROP_TRUNCATED);
+    let mut f = tcp(false).build();
+    f[16..18].copy_from_slice(&400u16.to_be_bytes());
+    push("IPv4 total length beyond the frame", f, counter::DROP_TRUNCATED);
+    let mut f = tcp(true).build();
+    f.truncate(f.len() - 8);
+    push("IPv6 payload length beyond the frame", f, counter::DROP_TRUNCATED);
+
+    for (desc, frag) in [
+        ("IPv4 first fragment (MF)", 0x2000),
+        ("IPv4 middle fragment (MF, offset 128)", 0x2010),
+        ("IPv4 last fragment (offset 128)", 0x0010),
+    ] {
+        let mut p = tcp(false);
+        p.ipv4_frag = frag;
+        push(desc, p.build(), counter::DROP_FRAGMENT);
+    }
+    let mut p = tcp(true);
+    p.ipv6_ext = Some(44);
+    push("IPv6 fragment header", p.build(), counter::DROP_FRAGMENT);
+
+    let mut p = tcp(true);
+    p.ipv6_ext = Some(0);
+    push("IPv6 hop-by-hop options header", p.build(), counter::DROP_IPV6_EXT);
+
+    let mut f = tcp(false).build();
+    f[14] = 0x44; // IHL 4
+    push("IPv4 IHL 4 (< 5)", f, counter::DROP_BAD_HEADER);
+    let mut f = tcp(false).build();
+    f[14 + 20 + 12] = 4 << 4;
+    push("TCP data offset 4 (< 5)", f, counter::DROP_BAD_HEADER);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +396,32 @@ mod tests {
         let mut f = Pkt::tcp("198.18.0.1".parse().unwrap(), "198.18.0.10".parse().unwrap(), 1, 2).build();
         f[14 + 20 + 4] ^= 1;
         assert!(parse_and_verify(&f).is_err());
+    }
+
+    #[test]
+    fn macs_round_trip() {
+        let mac = parse_mac("02:00:0a:ff:01:11\n").unwrap();
+        assert_eq!(mac, [2, 0, 10, 255, 1, 0x11]);
+        assert_eq!(mac_string(mac), "02:00:0a:ff:01:11");
+        assert!(parse_mac("02:00:0a").is_err());
+        assert!(parse_mac("02:00:0a:ff:01:zz").is_err());
+    }
+
+    #[test]
+    fn malformed_set_counts_differ_per_reason() {
+        let set = malformed_frames(
+            [2, 0, 0, 0, 0, 2],
+            [2, 0, 0, 0, 0, 1],
+            ("198.18.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap()),
+            ("198.18.0.10".parse().unwrap(), "2001:db8::10".parse().unwrap()),
+            80,
+        );
+        let count = |r: &str| set.iter().filter(|m| m.reason() == r).count();
+        assert_eq!([count("truncated"), count("fragment"), count("ipv6_extension"), count("bad_header")], [3, 4, 1, 2]);
+        assert_eq!(set.len(), 10, "every frame has a drop reason");
+        assert_eq!(set[0].frame.len(), 14 + 20 + 10, "the first frame is the cut-short IPv4 TCP header");
+        for m in &set {
+            assert_eq!(&m.frame[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1], "{}", m.desc);
+        }
     }
 }

@@ -15,7 +15,7 @@ use xlb::{
     },
 };
 
-use crate::{run_suffix, Netns};
+use crate::{packet::mac_string, run_suffix, Netns};
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const WEB1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x11];
@@ -30,15 +30,8 @@ pub struct Bed {
     pub b0: u32,
 }
 
-fn mac_of(ns: &Netns, dev: &str) -> [u8; 6] {
-    let s = ns.must(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
-}
-
 pub fn bed() -> Bed {
     let ns = Netns::new(format!("xlb-{}-fx", run_suffix())).expect("create namespace");
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     let mut cmds: Vec<Vec<String>> = vec![];
     let mut add = |s: &str| cmds.push(s.split_whitespace().map(String::from).collect());
     add("link add c0 type veth peer name c1");
@@ -50,23 +43,24 @@ pub fn bed() -> Bed {
     add("addr add 2001:db8::2/64 dev c0 nodad");
     add("addr add 198.18.1.1/24 dev b0");
     add("addr add 2001:db8:1::1/64 dev b0 nodad");
-    add(&format!("neigh add 198.18.0.1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
-    add(&format!("neigh add 2001:db8::1 lladdr {} dev c0 nud permanent", mac(CLIENT_MAC)));
+    add(&format!("neigh add 198.18.0.1 lladdr {} dev c0 nud permanent", mac_string(CLIENT_MAC)));
+    add(&format!("neigh add 2001:db8::1 lladdr {} dev c0 nud permanent", mac_string(CLIENT_MAC)));
     for (a, m) in [
         ("198.18.1.11", WEB1_MAC),
         ("198.18.1.12", WEB2_MAC),
         ("2001:db8:1::11", WEB1_MAC),
         ("2001:db8:1::12", WEB2_MAC),
     ] {
-        add(&format!("neigh add {a} lladdr {} dev b0 nud permanent", mac(m)));
+        add(&format!("neigh add {a} lladdr {} dev b0 nud permanent", mac_string(m)));
     }
     ns.sysctl(&[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")]).unwrap();
     for c in &cmds {
         let args: Vec<&str> = c.iter().map(String::as_str).collect();
         ns.ip(&args).unwrap_or_else(|e| panic!("ip {c:?}: {e:#}"));
     }
-    let idx = |d: &str| ns.must(&["cat", &format!("/sys/class/net/{d}/ifindex")]).trim().parse().unwrap();
-    Bed { c0_mac: mac_of(&ns, "c0"), b0_mac: mac_of(&ns, "b0"), c0: idx("c0"), b0: idx("b0"), ns }
+    let mac = |d: &str| ns.mac(d).unwrap_or_else(|e| panic!("{e:#}"));
+    let idx = |d: &str| ns.ifindex(d).unwrap_or_else(|e| panic!("{e:#}"));
+    Bed { c0_mac: mac("c0"), b0_mac: mac("b0"), c0: idx("c0"), b0: idx("b0"), ns }
 }
 
 /// `struct xdp_md` for ctx_in: data = 0, data_end = len, ingress_ifindex.

@@ -3,6 +3,7 @@
 
 use std::{
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -50,6 +51,8 @@ pub struct Daemon {
     /// concurrent runs never share one).
     pub socket: PathBuf,
     interfaces: Vec<String>,
+    /// `daemon.metrics` of the config the daemon was started with.
+    metrics: Option<SocketAddr>,
     _dir: TempDir,
 }
 
@@ -61,6 +64,7 @@ impl Daemon {
         let config = dir.path().join("xlb.toml");
         let log = dir.path().join("xlb.log");
         let socket = dir.path().join("xlb.sock");
+        let metrics = metrics_address(config_toml)?;
         fs::write(&config, with_admin_socket(config_toml, &socket))?;
         let logf = fs::File::create(&log)?;
         let mut cmd = ns.command(&[xlb_bin().to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
@@ -73,6 +77,7 @@ impl Daemon {
             log,
             socket,
             interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            metrics,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -116,6 +121,43 @@ impl Daemon {
         text
     }
 
+    /// The daemon's status as JSON: the document `xlb status --json` prints
+    /// (and `/status.json` serves). Panics with what went wrong.
+    #[track_caller]
+    pub fn status_json(&self) -> serde_json::Value {
+        // TODO(merge): xlb status --json (then no metrics address is needed).
+        let Some(addr) = self.metrics else {
+            panic!("status_json reads /status.json: start the daemon with daemon.metrics set (it is \"\" here)")
+        };
+        let url = format!("http://{addr}/status.json");
+        let argv = ["curl", "-q", "-sS", "--max-time", "5", &url];
+        let out = crate::netns::run_with_timeout(
+            &mut crate::netns::ns_command(&self.ns, &argv),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// Waits (up to `timeout`) until every backend with health checks has been
+    /// checked once (none is "not checked yet").
+    pub fn wait_checked(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if !status.contains("not checked yet") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("backends not checked within {timeout:?}:\n{status}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits (up to `timeout`) until `pred` holds for the log text.
     pub fn wait_log(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> Result<()> {
         let deadline = Instant::now() + timeout;
@@ -128,6 +170,19 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// How many times `text` occurs in the log so far.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log_text().matches(text).count()
+    }
+
+    /// Waits (up to `timeout`) until `text` occurs at least `times` times in
+    /// the log: `d.wait_log_count(t, line, d.log_count(line) + 1)` waits for
+    /// the next one.
+    pub fn wait_log_count(&self, timeout: Duration, text: &str, times: usize) -> Result<()> {
+        let what = if times == 1 { format!("{text:?}") } else { format!("{text:?} ({times} times)") };
+        self.wait_log(timeout, &what, |log| log.matches(text).count() >= times)
     }
 
     pub fn log_text(&self) -> String {
@@ -177,6 +232,47 @@ impl Drop for Daemon {
             let _ = self.stop();
         }
     }
+}
+
+/// `daemon.metrics` of a config: `None` when it is `""`, xlb's default
+/// (127.0.0.1:9477) when absent.
+fn metrics_address(config_toml: &str) -> Result<Option<SocketAddr>> {
+    let table: toml::Table = toml::from_str(config_toml).context("the daemon's config is not TOML")?;
+    let metrics = table.get("daemon").and_then(|d| d.get("metrics"));
+    match metrics.map(|m| m.as_str().context("daemon.metrics is not a string")).transpose()? {
+        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9477)))),
+        Some("") => Ok(None),
+        Some(a) => Ok(Some(a.parse().with_context(|| format!("daemon.metrics {a:?}"))?)),
+    }
+}
+
+/// Backend `address` of service `service` in a status JSON document
+/// ([`Daemon::status_json`]); panics with the document if there is none.
+#[track_caller]
+pub fn json_backend<'a>(status: &'a serde_json::Value, service: &str, address: &str) -> &'a serde_json::Value {
+    json_service(status, service)["backends"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["address"] == address))
+        .unwrap_or_else(|| panic!("no backend {address} in service {service} of the status:\n{status:#}"))
+}
+
+/// Service `name` in a status JSON document; panics with the document if there is none.
+#[track_caller]
+pub fn json_service<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["services"]
+        .as_array()
+        .and_then(|ss| ss.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no service {name} in the status:\n{status:#}"))
+}
+
+/// The drop total under `reason` in a status JSON document; panics if absent.
+#[track_caller]
+pub fn json_drops(status: &serde_json::Value, reason: &str) -> u64 {
+    status["drops"]
+        .as_array()
+        .and_then(|ds| ds.iter().find(|d| d["reason"] == reason))
+        .and_then(|d| d["total"].as_u64())
+        .unwrap_or_else(|| panic!("no drop total for reason {reason} in the status:\n{status:#}"))
 }
 
 /// `toml` with `daemon.admin_socket` set to `socket` (replaced or added).

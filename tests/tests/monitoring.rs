@@ -7,37 +7,31 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-    path::Path,
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use xlb_testbed::{
+    config::{web_like, BackendToml, ConfigToml, ServiceToml},
     http_url,
-    netns::run_with_timeout,
-    packet::Pkt,
-    require_root,
-    xlb::{xlb, Daemon, TempDir},
+    packet::malformed_frames,
+    status_page::{backend_row, chromium, StatusScene, METRICS},
+    xlb::{json_backend, json_drops, xlb, Daemon, TempDir},
     Netns, Topology, CLIENT_V4, CLIENT_V6, VIP_V4, VIP_V6,
 };
 
-/// Where the daemon serves metrics, inside the lb namespace.
-const METRICS: &str = "127.0.0.1:9477";
-
 /// Services www4 and www6 (port 80, NAT, no health checks) over `backends`
 /// given as (number, role).
-fn config(socket: &str, backends: &[(usize, &str)]) -> String {
-    let mut s = format!(
-        "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"{METRICS}\"\nconntrack_entries = 65536\nadmin_socket = \"{socket}\"\n"
-    );
-    for (name, vip, v6) in [("www4", VIP_V4.to_string(), false), ("www6", format!("[{VIP_V6}]"), true)] {
-        s += &format!("\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:80\"\n[service.health]\ncheck = \"none\"\n");
-        for (n, role) in backends {
-            let addr = if v6 { format!("[2001:db8:1::{}]:80", 10 + n) } else { format!("198.18.1.{}:80", 10 + n) };
-            s += &format!("[[service.backend]]\naddress = \"{addr}\"\nrole = \"{role}\"\n");
+fn config(backends: &[(usize, &str)]) -> ConfigToml {
+    let mut cfg = ConfigToml::new().daemon("metrics", METRICS).daemon("conntrack_entries", 65536u32);
+    for (name, vip) in [("www4", SocketAddr::new(VIP_V4.into(), 80)), ("www6", SocketAddr::new(VIP_V6.into(), 80))] {
+        let mut svc = ServiceToml::new(name, vip).no_checks();
+        for &(n, role) in backends {
+            svc = svc.backend(BackendToml::new(web_like(vip.ip(), n, 80)).role(role));
         }
+        cfg = cfg.service(svc);
     }
-    s
+    cfg
 }
 
 /// GET `path` from the daemon's metrics address, from inside `ns`: (status, body).
@@ -90,89 +84,16 @@ fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Result<T, String>
     }
 }
 
-/// The MAC address of `iface` in `ns`.
-fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
-    let text = ns.run(&["cat", &format!("/sys/class/net/{iface}/address")]).unwrap();
-    let b: Vec<u8> = text.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    b.try_into().unwrap_or_else(|_| panic!("bad MAC {text:?}"))
-}
-
-/// Sends raw Ethernet frames out of `iface` in `ns` (AF_PACKET).
-fn send_frames(ns: &Netns, iface: &str, frames: &[Vec<u8>]) {
-    let iface = std::ffi::CString::new(iface).unwrap();
-    ns.run_in(|| {
-        // SAFETY: plain socket calls with valid pointers and lengths; the fd is closed below.
-        unsafe {
-            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
-            let mut addr: libc::sockaddr_ll = std::mem::zeroed();
-            addr.sll_family = libc::AF_PACKET as u16;
-            addr.sll_ifindex = libc::if_nametoindex(iface.as_ptr()) as i32;
-            addr.sll_halen = 6;
-            for f in frames {
-                let sent = libc::sendto(
-                    fd,
-                    f.as_ptr().cast(),
-                    f.len(),
-                    0,
-                    (&addr as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                );
-                assert_eq!(sent, f.len() as isize, "sendto: {}", std::io::Error::last_os_error());
-            }
-            libc::close(fd);
-        }
-    })
-    .unwrap();
-}
-
-/// Malformed frames to the VIPs, by the drop reason each must be counted under.
-fn malformed(dst: [u8; 6], src: [u8; 6]) -> Vec<(&'static str, Vec<u8>)> {
-    let (c4, v4, c6, v6) =
-        (IpAddr::from(CLIENT_V4), IpAddr::from(VIP_V4), IpAddr::from(CLIENT_V6), IpAddr::from(VIP_V6));
-    let frame = |mut p: Pkt| {
-        p.eth_dst = dst;
-        p.eth_src = src;
-        p
-    };
-    let base = frame(Pkt::tcp(c4, v4, 40000, 80)).build();
-    let mut out = Vec::new();
-    for i in 0..7u16 {
-        // IPv4 total length beyond the end of the frame.
-        let mut f = frame(Pkt::tcp(c4, v4, 41000 + i, 80)).build();
-        f[16..18].copy_from_slice(&400u16.to_be_bytes());
-        out.push(("truncated", f));
-    }
-    for i in 0..5u16 {
-        let mut p = frame(Pkt::tcp(c4, v4, 42000 + i, 80));
-        p.ipv4_frag = 0x2000; // more fragments
-        out.push(("fragment", p.build()));
-    }
-    for _ in 0..3 {
-        let mut f = base.clone();
-        f[14] = 0x44; // IHL 4 < 5
-        out.push(("bad_header", f));
-    }
-    for i in 0..4u16 {
-        let mut p = frame(Pkt::tcp(c6, v6, 43000 + i, 80));
-        p.ipv6_ext = Some(0); // hop-by-hop options
-        out.push(("ipv6_extension", p.build()));
-    }
-    out
-}
-
 /// 100 new connections raise the new-flow counters by exactly 100, packets
 /// and bytes by plausible amounts; malformed frames to the VIPs are counted
 /// under their reasons and reach no backend; conntrack use matches the flows.
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn counters_are_exact_and_drops_are_counted_by_reason() {
-    if !require_root("monitoring counters") {
-        return;
-    }
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
-    let socket = "/tmp/xlb-test-monitoring.sock";
-    let d = Daemon::start(topo.lb_ns(), &config(socket, &[(1, "primary"), (2, "primary")]), &["eth0", "eth1"]).unwrap();
+    let d =
+        Daemon::start(topo.lb_ns(), &config(&[(1, "primary"), (2, "primary")]).to_string(), &["eth0", "eth1"]).unwrap();
     let lb = topo.lb_ns();
 
     let before = metrics(lb);
@@ -222,11 +143,17 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
     });
 
     // Malformed frames straight onto the wire from the client.
-    let frames = malformed(mac(lb, "eth0"), mac(topo.client_ns(), "eth0"));
+    let frames = malformed_frames(
+        lb.mac("eth0").unwrap(),
+        topo.client_ns().mac("eth0").unwrap(),
+        (CLIENT_V4, CLIENT_V6),
+        (VIP_V4, VIP_V6),
+        80,
+    );
     let before = metrics(lb);
-    send_frames(topo.client_ns(), "eth0", &frames.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>());
-    let expected: BTreeMap<&str, f64> = frames.iter().fold(BTreeMap::new(), |mut acc, (r, _)| {
-        *acc.entry(*r).or_insert(0.0) += 1.0;
+    topo.client_ns().send_frames("eth0", &frames.iter().map(|m| &m.frame).collect::<Vec<_>>()).unwrap();
+    let expected: BTreeMap<&str, f64> = frames.iter().fold(BTreeMap::new(), |mut acc, m| {
+        *acc.entry(m.reason()).or_insert(0.0) += 1.0;
         acc
     });
     eventually(5, "drop counters", || {
@@ -254,31 +181,24 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
         let k = format!("xlb_service_packets_total{{service=\"{svc}\"}}");
         assert_eq!(m(&now, &k), m(&before, &k), "a malformed frame was counted as {svc} traffic");
     }
-    // The same figures in xlb status.
-    let out = d.ctl(&["status"]).unwrap();
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let line = status.lines().find(|l| l.trim_start().starts_with("fragment")).unwrap_or_else(|| panic!("{status}"));
-    assert_eq!(
-        line.split_whitespace().nth(1),
-        Some(&*format!("{}", m(&now, "xlb_dropped_packets_total{reason=\"fragment\"}"))),
-        "{status}"
-    );
+    // The same figures in the daemon's status.
+    let status = d.status_json();
+    for reason in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"] {
+        let k = format!("xlb_dropped_packets_total{{reason=\"{reason}\"}}");
+        assert_eq!(json_drops(&status, reason) as f64, m(&now, &k), "{reason} drops in the status and on /metrics");
+    }
 }
 
 /// The HTTP side: content types, HEAD, 404, 405; `/status.json` shows rates
 /// while traffic flows; `xlb status` shows them too; `xlb top` redraws and
 /// exits 0 on Ctrl-C (SIGINT).
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn http_answers_rates_status_and_top() {
-    if !require_root("monitoring http") {
-        return;
-    }
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
-    let socket = "/tmp/xlb-test-monitoring-top.sock";
     let mut d =
-        Daemon::start(topo.lb_ns(), &config(socket, &[(1, "primary"), (2, "backup")]), &["eth0", "eth1"]).unwrap();
+        Daemon::start(topo.lb_ns(), &config(&[(1, "primary"), (2, "backup")]).to_string(), &["eth0", "eth1"]).unwrap();
     let lb = topo.lb_ns();
 
     let (code, head) = get(lb, "/metrics", &["-I"]);
@@ -315,16 +235,17 @@ fn http_answers_rates_status_and_top() {
     assert!(load.0 > 0.0);
     assert_eq!(load.1, 300);
 
-    let out = d.ctl(&["status"]).unwrap();
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(status.contains("rates: per second, over the last"), "{status}");
-    let web1 = status.lines().find(|l| l.contains("198.18.1.11:80")).unwrap_or_else(|| panic!("{status}"));
-    let cols: Vec<&str> = web1.split_whitespace().rev().collect();
-    // Totals last (BYTES PACKETS NEW FLOWS), then BYTES/S PKTS/S NEW/S.
-    assert_eq!(cols[2], "300", "web1 took every new flow (web2 is a backup): {web1}");
-    for rate in &cols[3..6] {
-        assert!(rate.trim_end_matches(['k', 'M', 'G']).parse::<f64>().is_ok(), "rate column {rate:?}: {web1}");
+    let status = d.status_json();
+    let web1 = json_backend(&status, "www4", "198.18.1.11:80");
+    assert_eq!(web1["new_flows"], 300, "web1 took every new flow (web2 is a backup): {web1}");
+    assert!(status["rate_window_seconds"].as_f64().is_some_and(|w| w > 0.0), "no rate window:\n{status:#}");
+    for rate in ["bytes_per_second", "packets_per_second", "new_flows_per_second"] {
+        assert!(web1[rate].as_f64().is_some(), "web1's {rate} is not a number: {web1}");
     }
+    let out = d.ctl(&["status"]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "xlb status: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("198.18.1.11:80") && text.contains("198.18.1.12:80"), "xlb status:\n{text}");
 
     // xlb top: two redraws, then SIGINT.
     let dir = TempDir::new("top").unwrap();
@@ -350,7 +271,7 @@ fn http_answers_rates_status_and_top() {
 
     // An address the daemon cannot bind: a clear error, nothing left attached.
     assert!(d.stop().unwrap().success(), "{}", d.log_text());
-    let bad = config(socket, &[(1, "primary")]).replace(METRICS, "198.18.5.5:9477");
+    let bad = config(&[(1, "primary")]).daemon("metrics", "198.18.5.5:9477").to_string();
     let path = dir.path().join("bad-metrics.toml");
     std::fs::write(&path, bad).unwrap();
     let out = xlb(Some(lb), &["run", "-c", path.to_str().unwrap()]).unwrap();
@@ -362,37 +283,15 @@ fn http_answers_rates_status_and_top() {
 
 /// The status page in a real browser: headless Chromium loads `/`, the
 /// page's script fetches `/status.json` and builds one row per backend with
-/// its address, role and state. Also saves a screenshot (to
-/// `$XLB_STATUS_SCREENSHOT` when set, for the README).
+/// its address, role and state, from a live daemon showing every state
+/// (`cargo xtask screenshot` photographs the same scene for the README).
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn status_page_renders_live_backends_in_a_browser() {
-    if !require_root("monitoring status page") {
-        return;
-    }
-    let topo = Topology::new(3).unwrap();
-    let mut web = topo.start_nginx_all().unwrap();
-    let socket = "/tmp/xlb-test-monitoring-page.sock";
-    // Fast HTTP checks; web2 is stopped and web1 drained in www6, so the page
-    // shows every state from the live daemon.
-    let cfg = config(socket, &[(1, "primary"), (2, "primary"), (3, "backup")]).replace(
-        "check = \"none\"",
-        "check = \"http\"\npath = \"/health\"\ninterval_ms = 200\ntimeout_ms = 150\nrise = 2\nfall = 2",
-    );
-    let d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
-    web[1].stop().unwrap();
-    for svc in ["www4/198.18.1.12:80", "www6/[2001:db8:1::12]:80"] {
-        let what = format!("backend {svc} is DOWN");
-        d.wait_log(Duration::from_secs(10), &what, |l| l.contains(&what)).unwrap();
-    }
-    let out = d.ctl(&["drain", "www6", "[2001:db8:1::11]:80"]).unwrap();
-    assert!(out.status.success(), "xlb drain: {}", String::from_utf8_lossy(&out.stderr));
-    topo.client().get_many(&http_url(VIP_V4.into(), 80, "/"), 40, None, true).unwrap();
-
+    let scene = StatusScene::start().unwrap();
+    scene.send_malformed().unwrap();
     let dir = TempDir::new("chromium").unwrap();
-    let url = format!("http://{METRICS}/");
-    let browse =
-        |n: usize, extra: &[&str]| chromium(topo.lb_ns(), &dir.path().join(format!("profile-{n}")), &url, extra);
-    let dom = browse(1, &["--dump-dom"]);
+    let dom = chromium(scene.topo.lb_ns(), &dir.path().join("profile"), &scene.url(), &["--dump-dom"]).unwrap();
     let expect = [
         ("198.18.1.11:80", "primary", "up"),
         ("198.18.1.12:80", "primary", "down"),
@@ -403,163 +302,26 @@ fn status_page_renders_live_backends_in_a_browser() {
     ];
     for (addr, role, state) in expect {
         let row = backend_row(&dom, addr).unwrap_or_else(|| panic!("no row for {addr} in the rendered page:\n{dom}"));
+        assert!(row.starts_with(&format!("<tr class=\"backend {state}")), "{addr}: row class: {row}");
         assert!(row.contains(&format!("<td class=\"l role\">{role}</td>")), "{addr}: role {role} missing: {row}");
         assert!(row.contains(&format!("<td class=\"l st\">{state}</td>")), "{addr}: state {state} missing: {row}");
     }
+    // Who takes new flows: www4's up primary; in www6 (its primaries drained
+    // or down) the backup.
+    for active in ["198.18.1.11:80", "[2001:db8:1::13]:80"] {
+        let row = backend_row(&dom, active).unwrap();
+        assert!(row.contains("class=\"backend up active\""), "{active} takes new flows: {row}");
+    }
+    assert!(
+        dom.matches("2/3 backends up").count() == 2
+            && dom.contains("new flows to the primaries")
+            && dom.contains("new flows to the backups"),
+        "service captions:\n{dom}"
+    );
     let down = backend_row(&dom, "198.18.1.12:80").unwrap();
     assert!(down.contains("refused"), "the down backend's last check result is shown: {down}");
     for reason in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"] {
         assert!(dom.contains(&format!("data-reason=\"{reason}\"")), "drop reason {reason} missing:\n{dom}");
     }
     assert!(dom.contains("eth0 (") && dom.contains("conntrack: "), "header line missing:\n{dom}");
-
-    // The screenshot shows live rates: traffic and a few malformed frames meanwhile.
-    let frames = malformed(mac(topo.lb_ns(), "eth0"), mac(topo.client_ns(), "eth0"));
-    send_frames(topo.client_ns(), "eth0", &frames.into_iter().map(|(_, f)| f).collect::<Vec<_>>());
-    let shot = dir.path().join("status-page.png");
-    let url = http_url(VIP_V4.into(), 80, "/");
-    std::thread::scope(|s| {
-        let traffic = s.spawn(|| topo.client().get_many(&url, 4000, None, true).map(|r| r.len()));
-        std::thread::sleep(Duration::from_millis(1200));
-        browse(2, &[&format!("--screenshot={}", shot.display()), "--hide-scrollbars"]);
-        assert_eq!(traffic.join().unwrap().unwrap(), 4000);
-    });
-    let png = std::fs::read(&shot).unwrap_or_else(|e| panic!("no screenshot at {}: {e}", shot.display()));
-    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000, "not a real screenshot ({} bytes)", png.len());
-    if let Some(dest) = std::env::var_os("XLB_STATUS_SCREENSHOT") {
-        std::fs::write(&dest, &png).unwrap();
-    }
-}
-
-/// Headless Chromium in `ns` loads `url` with a fresh profile in `profile`
-/// (bounded: 90 s); returns its standard output (`--dump-dom`: the DOM).
-fn chromium(ns: &Netns, profile: &Path, url: &str, extra: &[&str]) -> String {
-    let Some(bin) = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| Path::new(p).exists())
-    else {
-        panic!("chromium is not installed; run `cargo xtask setup` (installs Debian's chromium)");
-    };
-    let profile_arg = format!("--user-data-dir={}", profile.display());
-    let mut argv = vec![
-        bin,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        &profile_arg,
-        "--virtual-time-budget=5000",
-        "--window-size=1500,820",
-    ];
-    argv.extend_from_slice(extra);
-    argv.push(url);
-    let out = run_with_timeout(&mut ns.command(&argv), None, Duration::from_secs(90)).unwrap();
-    assert!(out.status.success(), "chromium failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-/// The `<tr ...>...</tr>` of the backend row for `addr` in the rendered DOM.
-fn backend_row<'a>(dom: &'a str, addr: &str) -> Option<&'a str> {
-    let start = dom.find(&format!("data-backend=\"{addr}\""))?;
-    let start = dom[..start].rfind("<tr")?;
-    let end = start + dom[start..].find("</tr>")?;
-    Some(&dom[start..end])
-}
-
-/// The page's script renders down and drained backends (which the daemon on
-/// this branch cannot produce without health checks) from `/status.json` as
-/// `xlb::status::json` writes it, served by a plain file server.
-#[test]
-fn status_page_renders_down_and_drained_backends() {
-    if !require_root("monitoring status page states") {
-        return;
-    }
-    use xlb::{
-        config::Role,
-        metrics::{BackendSample, ServiceSample, Snapshot, State},
-        status::{json, View},
-    };
-    let backend = |addr: &str, role, state| BackendSample {
-        address: addr.parse().unwrap(),
-        role,
-        weight: 1,
-        state,
-        since: std::time::SystemTime::now() - Duration::from_secs(125),
-        last_check: if state == State::Down { "status 503".into() } else { "ok".into() },
-        last_check_duration: Some(Duration::from_millis(3)),
-        transitions: if state == State::Down { 1 } else { 0 },
-        generation: 1,
-        stats: Default::default(),
-    };
-    let snap = Snapshot {
-        at: Instant::now(),
-        services: vec![ServiceSample {
-            name: "www".into(),
-            vip: "198.18.0.10:80".parse().unwrap(),
-            protocol: "tcp",
-            forwarding: "nat",
-            on_backup: true,
-            stats: Default::default(),
-            backends: vec![
-                backend("198.18.1.11:80", Role::Primary, State::Down),
-                backend("198.18.1.12:80", Role::Primary, State::Drained),
-                backend("198.18.1.13:80", Role::Backup, State::Up),
-            ],
-        }],
-        counters: vec![0; 16],
-        rebuilds: 1,
-        slots_written: 65537,
-        attached: vec![("eth0".into(), "native")],
-    };
-    let dir = TempDir::new("page-states").unwrap();
-    let site = dir.path().join("site");
-    std::fs::create_dir(&site).unwrap();
-    std::fs::write(site.join("index.html"), xlb::http::STATUS_PAGE).unwrap();
-    let body = serde_json::to_string(&json(&View { snap: &snap, rates: None, conntrack: None })).unwrap();
-    std::fs::write(site.join("status.json"), body).unwrap();
-
-    let ns = Netns::new(format!("{}-{}-page", xlb_testbed::netns::NS_PREFIX, xlb_testbed::run_suffix())).unwrap();
-    let addr = "127.0.0.1:9478";
-    let mut server = ns.command(&[
-        "python3",
-        "-m",
-        "http.server",
-        "9478",
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-        site.to_str().unwrap(),
-    ]);
-    server.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
-    let _server = xlb_testbed::BgProcess::spawn(server).unwrap();
-    eventually(10, "the file server", || {
-        if ns.tcp_connects(addr.parse().unwrap(), Duration::from_millis(200)) {
-            Ok(())
-        } else {
-            Err("no".into())
-        }
-    });
-    let dom = chromium(&ns, &dir.path().join("profile"), &format!("http://{addr}/"), &["--dump-dom"]);
-    for (a, role, state) in [
-        ("198.18.1.11:80", "primary", "down"),
-        ("198.18.1.12:80", "primary", "drained"),
-        ("198.18.1.13:80", "backup", "up"),
-    ] {
-        let row = backend_row(&dom, a).unwrap_or_else(|| panic!("no row for {a}:\n{dom}"));
-        assert!(row.starts_with(&format!("<tr class=\"backend {state}")), "{a}: row class: {row}");
-        assert!(
-            row.contains(&format!("<td class=\"l role\">{role}</td>"))
-                && row.contains(&format!("<td class=\"l st\">{state}</td>")),
-            "{a}: {row}"
-        );
-    }
-    assert!(backend_row(&dom, "198.18.1.11:80").unwrap().contains("status 503"));
-    assert!(
-        backend_row(&dom, "198.18.1.13:80").unwrap().contains("backend up active"),
-        "the backup takes new flows (on_backup)"
-    );
-    assert!(dom.contains("2/3 backends up") && dom.contains("new flows to the backups"), "caption:\n{dom}");
 }

@@ -3,29 +3,30 @@
 //!
 //! Needs root and a release build with the XDP object (`cargo xtask test`).
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, net::SocketAddr, time::Duration};
 
 use xlb_testbed::{
-    http_url, require_root,
-    xlb::{xlb, Daemon},
+    config::{web, web_like, ConfigToml, ServiceToml},
+    http_url,
+    xlb::{json_service, xlb, Daemon},
     Nginx, Topology, CLIENT_V4, CLIENT_V6, LB_CLIENT_V4, VIP_V4, VIP_V6,
 };
 
-fn config(forwarding: &str, vip4: IpAddr, vip6: IpAddr, backends: usize) -> String {
-    let mut s = String::from(
-        "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nxdp_mode = \"native\"\nmetrics = \"\"\nconntrack_entries = 65536\n",
-    );
-    for (name, vip, fam) in [("www4", vip4.to_string(), 4), ("www6", format!("[{vip6}]"), 6)] {
-        s += &format!(
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:80\"\nprotocol = \"tcp\"\nforwarding = \"{forwarding}\"\ntable_size = 65537\n[service.health]\ncheck = \"none\"\n"
-        );
+/// Services www4 and www6 on port 80 over web1..web`backends`, no checks.
+fn config(forwarding: &str, vip4: IpAddr, vip6: IpAddr, backends: usize) -> ConfigToml {
+    let mut cfg = ConfigToml::new().daemon("xdp_mode", "native").daemon("conntrack_entries", 65536u32);
+    for (name, vip) in [("www4", vip4), ("www6", vip6)] {
+        let mut svc = ServiceToml::new(name, SocketAddr::new(vip, 80))
+            .set("protocol", "tcp")
+            .set("forwarding", forwarding)
+            .set("table_size", 65537u32)
+            .no_checks();
         for n in 1..=backends {
-            let addr =
-                if fam == 4 { format!("198.18.1.{}:80", 10 + n) } else { format!("[2001:db8:1::{}]:80", 10 + n) };
-            s += &format!("[[service.backend]]\naddress = \"{addr}\"\n");
+            svc = svc.backend(web_like(vip, n, 80));
         }
+        cfg = cfg.service(svc);
     }
-    s
+    cfg
 }
 
 /// Fresh connections to `url`: how many each backend answered.
@@ -53,15 +54,13 @@ fn assert_keepalive_sticks(topo: &Topology, url: &str) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn nat_v4_and_v6_spread_stick_and_leave_host_traffic_alone() {
-    if !require_root("nat topology") {
-        return;
-    }
     let topo = Topology::new(2).unwrap();
     let web = topo.start_nginx_all().unwrap();
     // The lb host's own web service: not a VIP, must be unaffected.
     let _own = Nginx::spawn(topo.lb_ns(), "lbhost").unwrap();
-    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 2);
+    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 2).to_string();
     let mut d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
 
     let (u4, u6) = (http_url(VIP_V4.into(), 80, "/"), http_url(VIP_V6.into(), 80, "/"));
@@ -82,14 +81,13 @@ fn nat_v4_and_v6_spread_stick_and_leave_host_traffic_alone() {
     assert!(log.contains(&CLIENT_V6.to_string()), "backends did not see the client's v6 address:\n{log}");
 
     // Counters are exact: 60 new connections + 1 kept-alive one per family.
-    let status = d.status();
+    let status = d.status_json();
     for svc in ["www4", "www6"] {
-        let new_flows: u64 = status
-            .lines()
-            .filter(|l| l.starts_with(&format!("{svc} ")) && l.contains("primary"))
-            .map(|l| l.split_whitespace().rev().nth(2).unwrap().parse::<u64>().unwrap())
-            .sum();
-        assert_eq!(new_flows, 61, "{svc}: backend new-flow counters in xlb status:\n{status}");
+        let s = json_service(&status, svc);
+        let backends = s["backends"].as_array().unwrap();
+        let new_flows: u64 = backends.iter().map(|b| b["new_flows"].as_u64().unwrap()).sum();
+        assert_eq!(new_flows, 61, "{svc}: backend new-flow counters in the status:\n{status:#}");
+        assert_eq!(s["new_flows"], 61, "{svc}: service new-flow counter in the status:\n{status:#}");
     }
 
     let st = d.stop().unwrap();
@@ -99,14 +97,12 @@ fn nat_v4_and_v6_spread_stick_and_leave_host_traffic_alone() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn dsr_v4_and_v6_spread_and_stick() {
-    if !require_root("dsr topology") {
-        return;
-    }
     let topo = Topology::new(2).unwrap();
     topo.add_vips_to_backends().unwrap();
     let _web = topo.start_nginx_all().unwrap();
-    let cfg = config("dsr", VIP_V4.into(), VIP_V6.into(), 2);
+    let cfg = config("dsr", VIP_V4.into(), VIP_V6.into(), 2).to_string();
     let _d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
     let (u4, u6) = (http_url(VIP_V4.into(), 80, "/"), http_url(VIP_V6.into(), 80, "/"));
     assert_balanced("dsr v4", &spread(&topo, &u4, 60), 60);
@@ -117,13 +113,11 @@ fn dsr_v4_and_v6_spread_and_stick() {
 
 /// `xlb explain` names the backend that each of 20 fixed-port flows reached.
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn explain_matches_the_backend_that_answered() {
-    if !require_root("explain topology") {
-        return;
-    }
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
-    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 2);
+    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 2).to_string();
     let d = Daemon::start(topo.lb_ns(), &cfg, &["eth0", "eth1"]).unwrap();
     let conf = d.config.to_str().unwrap().to_string();
     let mut seen = BTreeMap::new();
@@ -152,18 +146,13 @@ fn explain_matches_the_backend_that_answered() {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn a_bad_config_is_refused_and_nothing_is_attached() {
-    if !require_root("bad config") {
-        return;
-    }
     let topo = Topology::new(1).unwrap();
     let dir = xlb_testbed::xlb::TempDir::new("badcfg").unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        config("nat", VIP_V4.into(), VIP_V6.into(), 1).replace("table_size = 65537", "table_size = 65536"),
-    )
-    .unwrap();
+    let cfg = config("nat", VIP_V4.into(), VIP_V6.into(), 1).with_service("www4", |s| s.set("table_size", 65536u32));
+    std::fs::write(&path, cfg.to_string()).unwrap();
     let out = xlb(Some(topo.lb_ns()), &["run", "-c", path.to_str().unwrap()]).unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr:\n{err}");
@@ -175,41 +164,34 @@ fn a_bad_config_is_refused_and_nothing_is_attached() {
 /// SIGHUP: a backend added and one removed by reload take effect; a broken
 /// file is refused and the running configuration keeps serving.
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn sighup_reload_adds_removes_and_refuses_a_broken_file() {
-    if !require_root("reload topology") {
-        return;
-    }
     let topo = Topology::new(3).unwrap();
     let _web = topo.start_nginx_all().unwrap();
     let with = |backends: &[usize]| {
-        let mut s = String::from("[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nmetrics = \"\"\n\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:80\"\n[service.health]\ncheck = \"none\"\n");
-        for n in backends {
-            s += &format!("[[service.backend]]\naddress = \"198.18.1.{}:80\"\n", 10 + n);
-        }
-        s
+        let svc = backends
+            .iter()
+            .fold(ServiceToml::new("www", (VIP_V4, 80).into()).no_checks(), |svc, &n| svc.backend(web(n, 80)));
+        ConfigToml::new().daemon("metrics", "").service(svc)
     };
-    let d = Daemon::start(topo.lb_ns(), &with(&[1, 2]), &["eth0", "eth1"]).unwrap();
+    let d = Daemon::start(topo.lb_ns(), &with(&[1, 2]).to_string(), &["eth0", "eth1"]).unwrap();
     let url = http_url(VIP_V4.into(), 80, "/");
-    let reload = |text: &str, expect: &str| {
-        let before = d.log_text().matches(expect).count();
-        d.write_config(text).unwrap();
+    let reload = |cfg: ConfigToml, expect: &str| {
+        let before = d.log_count(expect);
+        d.write_config(&cfg.to_string()).unwrap();
         d.signal(libc::SIGHUP).unwrap();
-        let t0 = std::time::Instant::now();
-        while d.log_text().matches(expect).count() == before {
-            assert!(t0.elapsed().as_secs() < 10, "no {expect:?} in the log after SIGHUP:\n{}", d.log_text());
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        d.wait_log_count(Duration::from_secs(10), expect, before + 1).unwrap();
     };
     let names = |m: BTreeMap<String, usize>| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(spread(&topo, &url, 30)), ["web1", "web2"]);
 
-    reload(&with(&[1, 2, 3]), "reloaded");
+    reload(with(&[1, 2, 3]), "reloaded");
     assert_eq!(names(spread(&topo, &url, 60)), ["web1", "web2", "web3"], "web3 added by reload");
 
-    reload(&with(&[1, 2, 3]).replace("name = \"www\"", "name = \"www\"\ntable_size = 65536"), "reload refused");
+    reload(with(&[1, 2, 3]).with_service("www", |s| s.set("table_size", 65536u32)), "reload refused");
     assert!(d.log_text().contains("table_size"), "the refusal names the field:\n{}", d.log_text());
     assert_eq!(names(spread(&topo, &url, 60)), ["web1", "web2", "web3"], "still serving after a refused reload");
 
-    reload(&with(&[2, 3]), "reloaded");
+    reload(with(&[2, 3]), "reloaded");
     assert_eq!(names(spread(&topo, &url, 60)), ["web2", "web3"], "web1 removed by reload");
 }

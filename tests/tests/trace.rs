@@ -5,45 +5,38 @@
 //!
 //! Needs root and a release build with the XDP object (`cargo xtask test`).
 
-use std::{
-    net::IpAddr,
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, time::Duration};
 
 use xlb_testbed::{
+    config::{web, ConfigToml, ServiceToml},
     http_url,
-    packet::Pkt,
-    require_root,
+    packet::malformed_frames,
     xlb::{xlb, Daemon},
-    Netns, Topology, CLIENT_V4, VIP_V4,
+    Topology, CLIENT_V4, CLIENT_V6, VIP_V4, VIP_V6,
 };
 
-fn config(socket: &str) -> String {
-    format!(
-        "[daemon]\ninterfaces = [\"eth0\", \"eth1\"]\nxdp_mode = \"native\"\nmetrics = \"\"\nconntrack_entries = 4096\n\
-         admin_socket = \"{socket}\"\n\n[[service]]\nname = \"www\"\nvip = \"{VIP_V4}:80\"\n[service.health]\ncheck = \"none\"\n\
-         [[service.backend]]\naddress = \"198.18.1.11:80\"\n[[service.backend]]\naddress = \"198.18.1.12:80\"\n"
-    )
-}
-
-fn mac(ns: &Netns, dev: &str) -> [u8; 6] {
-    let s = ns.must(&["cat", &format!("/sys/class/net/{dev}/address")]);
-    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).unwrap()).collect();
-    v.try_into().unwrap()
+fn config() -> String {
+    ConfigToml::new()
+        .daemon("xdp_mode", "native")
+        .daemon("metrics", "")
+        .daemon("conntrack_entries", 4096u32)
+        .service(ServiceToml::new("www", (VIP_V4, 80).into()).no_checks().backend(web(1, 80)).backend(web(2, 80)))
+        .to_string()
 }
 
 /// A TCP packet to the VIP whose header is cut short (IPv4 total length 30:
-/// 10 bytes of a 20-byte TCP header), sent from the client's eth0 as a raw frame.
+/// 10 bytes of a 20-byte TCP header), sent from the client's eth0 as a raw
+/// frame: the first of the malformed-frame set.
 fn send_truncated_tcp(topo: &Topology) {
-    let mut p = Pkt::tcp(CLIENT_V4.into(), VIP_V4.into(), 44444, 80);
-    p.eth_dst = mac(topo.lb_ns(), "eth0");
-    p.eth_src = mac(topo.client_ns(), "eth0");
-    let mut f = p.build();
-    f.truncate(14 + 20 + 10);
-    f[16..18].copy_from_slice(&30u16.to_be_bytes());
-    let hex: String = f.iter().map(|b| format!("{b:02x}")).collect();
-    let py = "import socket, sys\ns = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\ns.bind(('eth0', 0))\ns.send(bytes.fromhex(sys.argv[1]))";
-    topo.client_ns().run(&["python3", "-c", py, &hex]).expect("send a raw frame from the client");
+    let set = malformed_frames(
+        topo.lb_ns().mac("eth0").unwrap(),
+        topo.client_ns().mac("eth0").unwrap(),
+        (CLIENT_V4, CLIENT_V6),
+        (VIP_V4, VIP_V6),
+        80,
+    );
+    assert_eq!((set[0].desc, set[0].reason()), ("IPv4 TCP header cut short", "truncated"));
+    topo.client_ns().send_frames("eth0", &[&set[0].frame]).expect("send a raw frame from the client");
 }
 
 /// Runs `xlb trace` for `seconds` in a thread once started; the caller
@@ -57,11 +50,7 @@ fn trace(socket: &str, seconds: u64) -> std::thread::JoinHandle<std::process::Ou
 }
 
 fn wait_for_log(d: &Daemon, text: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.log_text().matches(text).count() < count {
-        assert!(Instant::now() < deadline, "no {text:?} (x{count}) in the daemon log:\n{}", d.log_text());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_log_count(Duration::from_secs(10), text, count).unwrap();
 }
 
 fn stdout(out: &std::process::Output) -> String {
@@ -70,14 +59,11 @@ fn stdout(out: &std::process::Output) -> String {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn trace_shows_flows_backends_replies_and_drop_reasons() {
-    if !require_root("trace topology") {
-        return;
-    }
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
-    // Daemon::start puts the admin socket in the daemon's own directory.
-    let d = Daemon::start(topo.lb_ns(), &config("/run/xlb/unused.sock"), &["eth0", "eth1"]).unwrap();
+    let d = Daemon::start(topo.lb_ns(), &config(), &["eth0", "eth1"]).unwrap();
     let socket = d.socket.to_str().unwrap().to_string();
 
     let t = trace(&socket, 4);
@@ -88,6 +74,7 @@ fn trace_shows_flows_backends_replies_and_drop_reasons() {
         .collect();
     send_truncated_tcp(&topo);
     let text = stdout(&t.join().unwrap());
+    eprintln!("xlb trace printed:\n{text}");
     wait_for_log(&d, "trace stopped", 1);
 
     let lines: Vec<&str> = text.lines().collect();

@@ -53,16 +53,22 @@ impl Paths {
     }
 }
 
-/// `cargo +nightly build -p lb-ebpf ...`: the XDP object.
-pub fn ebpf(paths: &Paths) -> Result<PathBuf> {
+/// `cargo +nightly SUBCOMMAND -p lb-ebpf --target bpfel-unknown-none ...`
+/// (`build`, `clippy`), as the XDP object is built.
+pub fn ebpf_cargo(subcommand: &str) -> Command {
     let mut cmd = cargo();
-    cmd.args(["+nightly", "build", "-p", "lb-ebpf", "--target", BPF_TARGET, "-Z", "build-std=core", "--release"])
+    cmd.args(["+nightly", subcommand, "-p", "lb-ebpf", "--target", BPF_TARGET, "-Z", "build-std=core", "--release"])
         // `cargo xtask` runs under the stable toolchain; do not pass that on.
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
         .env_remove("RUSTC_WRAPPER")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
-    run(&mut cmd)?;
+    cmd
+}
+
+/// `cargo +nightly build -p lb-ebpf ...`: the XDP object.
+pub fn ebpf(paths: &Paths) -> Result<PathBuf> {
+    run(&mut ebpf_cargo("build"))?;
     let object = paths.ebpf_object();
     check_bpf_elf(&object)?;
     println!("XDP object: {}", object.display());

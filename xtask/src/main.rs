@@ -1,4 +1,5 @@
-//! `cargo xtask`: set up a machine, build xlb, run its tests and its demo.
+//! `cargo xtask`: set up a machine, build xlb, run its tests, its demo, its
+//! benchmarks, and take the README's status-page screenshot.
 //!
 //! Every command it runs is printed first (`$ ...`). `setup`, `test` and `demo`
 //! install what is missing on a Debian 12 machine when run as root.
@@ -32,7 +33,9 @@ enum Task {
     BuildEbpf,
     /// Build the XDP object, then the `xlb` binary that embeds it.
     Build,
-    /// Set up, build, then run the whole test suite one test at a time.
+    /// Set up; check formatting and clippy (user space and the XDP program,
+    /// warnings are errors); build; then run the whole test suite one test
+    /// at a time, including the tests that need root (`--include-ignored`).
     Test {
         /// Passed to the test harness after `--test-threads=1`, e.g. a test name filter.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -42,6 +45,12 @@ enum Task {
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Set up, build, then take the README's screenshot of the status page
+    /// (headless Chromium, a live daemon in namespaces). Needs root.
+    Screenshot {
+        /// Where to write the PNG (default: docs/status-page.png in the workspace).
+        out: Option<PathBuf>,
     },
     /// Set up, build, then run the benchmarks: a table on stdout and
     /// target/bench/report.{json,md,png}. `--quick` (under 3 minutes),
@@ -78,6 +87,7 @@ fn run(task: Task) -> Result<ExitCode> {
         }
         Task::Test { args } => {
             setup::ensure(Needs::Everything)?;
+            suite::lint(&paths)?;
             build(&paths)?;
             suite::run(&paths, &args)?;
         }
@@ -94,6 +104,26 @@ fn run(task: Task) -> Result<ExitCode> {
                 let code = status.code().and_then(|c| u8::try_from(c).ok()).filter(|&c| c != 0);
                 return Ok(ExitCode::from(code.unwrap_or(1)));
             }
+        }
+        Task::Screenshot { out } => {
+            if !cmd::is_root() {
+                anyhow::bail!(
+                    "cargo xtask screenshot builds network namespaces and attaches XDP programs: run it as root"
+                );
+            }
+            setup::ensure(Needs::Everything)?;
+            build(&paths)?;
+            // The example runs in the workspace root: make a relative path mean the same there.
+            let out = match out {
+                None => cmd::workspace_root().join("docs").join("status-page.png"),
+                Some(p) if p.is_relative() => std::env::current_dir()?.join(p),
+                Some(p) => p,
+            };
+            let mut c = cmd::cargo();
+            c.args(["run", "--release", "-p", "xlb-testbed", "--example", "screenshot", "--"]).arg(&out);
+            paths.xlb_bin_env(&mut c);
+            paths.user_env(&mut c);
+            cmd::run(&mut c)?;
         }
         Task::Bench { args } => {
             let opts = bench::Options::parse(&args)?;

@@ -13,11 +13,37 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
-    cmd::{announce, cargo, display, probe, spawn_failed},
+    cmd::{announce, cargo, display, probe, spawn_failed, status},
     compile::Paths,
 };
 
-/// Runs `cargo test --workspace --exclude lb-ebpf --no-fail-fast -- --test-threads=1 [ARGS]`.
+/// Lints that gate the test run: rustfmt, clippy of the user-space crates
+/// and clippy of the XDP program (nightly, BPF target), each with warnings
+/// as errors. Stops at the first that fails.
+pub fn lint(paths: &Paths) -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    if !status(&mut fmt)?.success() {
+        bail!(
+            "the tree is not formatted as rustfmt.toml says (diff above): run `cargo fmt --all` and commit the result"
+        );
+    }
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--workspace", "--all-targets", "--exclude", "lb-ebpf", "--", "-D", "warnings"]);
+    paths.user_env(&mut clippy);
+    if !status(&mut clippy)?.success() {
+        bail!("clippy found problems in the user-space crates (above); fix them, the run needs them clean");
+    }
+    let mut ebpf = crate::compile::ebpf_cargo("clippy");
+    ebpf.args(["--", "-D", "warnings"]);
+    if !status(&mut ebpf)?.success() {
+        bail!("clippy found problems in lb-ebpf (above); fix them, the run needs them clean");
+    }
+    Ok(())
+}
+
+/// Runs `cargo test --workspace --exclude lb-ebpf --no-fail-fast -- --test-threads=1 --include-ignored [ARGS]`:
+/// the tests that need root are `#[ignore]`d for plain `cargo test` and run here.
 pub fn run(paths: &Paths, harness_args: &[OsString]) -> Result<()> {
     let started = Instant::now();
     let before = xlb_namespaces()?;
@@ -31,7 +57,8 @@ pub fn run(paths: &Paths, harness_args: &[OsString]) -> Result<()> {
     }
 
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast", "--", "--test-threads=1"])
+    cmd.args(["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast", "--"])
+        .args(["--test-threads=1", "--include-ignored"])
         .args(harness_args);
     paths.xlb_bin_env(&mut cmd);
     paths.user_env(&mut cmd);
@@ -211,6 +238,7 @@ mod tests {
         for line in [
             "running 3 tests\n",
             "test a ... ok\n",
+            "test r ... ignored, needs root (network namespaces): cargo xtask test runs it\n",
             "test b::c ... FAILED\n",
             "test result: FAILED. 2 passed; 1 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s\n",
             "test result: ok. 5 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.20s\n",

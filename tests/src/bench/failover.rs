@@ -12,38 +12,31 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-use crate::{bench::daemon_toml, http_url, Client, Netns, Nginx};
+use crate::{
+    bench::xlb_config,
+    config::{web, BackendToml, ServiceToml},
+    http_url, Client, Netns, Nginx,
+};
 
 /// A repetition without failover after this long counts as failed.
 pub const GIVE_UP: Duration = Duration::from_secs(5);
 
-/// The daemon configuration (the caller fills in the admin socket).
-pub fn config(admin_socket: &str) -> String {
-    let daemon = daemon_toml(admin_socket);
-    format!(
-        r#"{daemon}
-[[service]]
-name = "www"
-vip = "198.18.0.10:80"
-forwarding = "nat"
-
-[service.health]
-check = "http"
-path = "/health"
-interval_ms = 200
-timeout_ms = 150
-rise = 2
-fall = 2
-
-[[service.backend]]
-address = "198.18.1.11:80"
-role = "primary"
-
-[[service.backend]]
-address = "198.18.1.12:80"
-role = "backup"
-"#
-    )
+/// The daemon configuration: web1 primary, web2 backup, HTTP checks every 200 ms.
+pub fn config() -> String {
+    xlb_config()
+        .service(
+            ServiceToml::new("www", "198.18.0.10:80".parse().unwrap())
+                .set("forwarding", "nat")
+                .health("check", "http")
+                .health("path", "/health")
+                .health("interval_ms", 200u64)
+                .health("timeout_ms", 150u64)
+                .health("rise", 2u64)
+                .health("fall", 2u64)
+                .backend(BackendToml::new(web(1, 80)).role("primary"))
+                .backend(BackendToml::new(web(2, 80)).role("backup")),
+        )
+        .to_string()
 }
 
 /// Waits until the VIP answers `body` (at most `limit`).
@@ -64,5 +57,15 @@ pub fn measure(client: &Netns, primary: &mut Nginx, backup_body: &str) -> Result
             "no answer from the backup within {} s of stopping the primary (are health checks implemented in this xlb?)",
             GIVE_UP.as_secs()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn config_is_valid() {
+        let cfg = xlb::config::parse(&super::config(), "bench-failover.toml").unwrap();
+        assert_eq!(cfg.services[0].health.interval_ms, 200);
+        assert_eq!(cfg.services[0].backends.len(), 2);
     }
 }

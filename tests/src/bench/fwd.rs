@@ -106,8 +106,7 @@ impl Generator {
     /// long the generator ran and the CPU time of its thread.
     pub fn send(&self, ns: &Netns, iface: &str, frames: u32) -> Result<(Duration, Duration)> {
         let prog: &Xdp = self.ebpf.program(GEN).context("no generator")?.try_into()?;
-        let ifindex: u32 =
-            ns.run(&["cat", &format!("/sys/class/net/{iface}/ifindex")])?.trim().parse().context("ifindex")?;
+        let ifindex = ns.ifindex(iface)?;
         let frame = [0u8; FRAME_LEN];
         let ctx = xdp_md(frame.len(), ifindex);
         // In live-frames mode the kernel reports no return value: the sink's

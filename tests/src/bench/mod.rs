@@ -17,6 +17,8 @@ pub mod http;
 
 use std::time::{Duration, Instant};
 
+use crate::config::ConfigToml;
+
 /// Median, min and max of a set of repetitions.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
@@ -101,17 +103,10 @@ impl Figures {
     }
 }
 
-/// The `[daemon]` table of the benchmarks' xlb configurations: XDP in native
-/// mode on the lb's `eth0` (client side) and `eth1`, no metrics endpoint.
-pub fn daemon_toml(admin_socket: &str) -> String {
-    format!(
-        r#"[daemon]
-interfaces = ["eth0", "eth1"]
-xdp_mode = "native"
-metrics = ""
-admin_socket = "{admin_socket}"
-"#
-    )
+/// The benchmarks' xlb configuration without services: XDP in native mode
+/// on the lb's `eth0` (client side) and `eth1`, no metrics endpoint.
+pub fn xlb_config() -> ConfigToml {
+    ConfigToml::new().daemon("xdp_mode", "native").daemon("metrics", "")
 }
 
 /// Polls `f` every `step` until it returns `Some`, for at most `limit`.
