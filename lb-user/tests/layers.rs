@@ -77,7 +77,7 @@ fn references(me: &[String], text: &str) -> Vec<Vec<String>> {
         text.lines().map(|l| l.split_once("//").map_or(l, |(code, _)| code)).collect::<Vec<_>>().join("\n");
     let mut out = Vec::new();
     let mut at = 0;
-    while let Some(i) = code[at..].find(|c| c == 'c' || c == 's').map(|i| at + i) {
+    while let Some(i) = code[at..].find(['c', 's']).map(|i| at + i) {
         at = i + 1;
         let preceded = code[..i].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_');
         if preceded {
@@ -160,7 +160,7 @@ fn graphs(src: &Path) -> (Graph, BTreeMap<String, Graph>) {
             }
             if their_top != my_top {
                 top.entry(my_top.clone()).or_default().insert(their_top.clone());
-            } else if me.len() == 2 && r.len() >= 2 && r[1] != me[1] && known.contains(&r[..2].to_vec()) {
+            } else if me.len() == 2 && r.len() >= 2 && r[1] != me[1] && known.contains(&r[..2]) {
                 folders.entry(my_top.clone()).or_default().entry(me[1].clone()).or_default().insert(r[1].clone());
             }
         }
