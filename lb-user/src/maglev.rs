@@ -27,8 +27,6 @@
 
 use lb_common::NO_BACKEND;
 
-use crate::config::ServiceConfig;
-
 /// A backend as Maglev sees it: a stable identity and a weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MaglevBackend<'a> {
@@ -203,22 +201,6 @@ pub fn is_prime(n: u32) -> bool {
     true
 }
 
-/// The Maglev table of a service over the backends `serving` (indices into
-/// `service.backends`, e.g. [`ServiceConfig::serving_when_all_up`]); each
-/// entry is an index into `service.backends`, or [`NO_BACKEND`].
-pub fn service_table(service: &ServiceConfig, serving: &[usize]) -> Vec<u32> {
-    let ids: Vec<String> = serving.iter().map(|&i| service.backends[i].id()).collect();
-    let members: Vec<MaglevBackend<'_>> =
-        serving.iter().zip(&ids).map(|(&i, id)| MaglevBackend { id, weight: service.backends[i].weight }).collect();
-    let mut table = build_table(&members, service.table_size);
-    for entry in &mut table {
-        if *entry != NO_BACKEND {
-            *entry = serving[*entry as usize] as u32;
-        }
-    }
-    table
-}
-
 /// `(offset, skip)` of a backend's permutation of a table of `size` slots.
 fn permutation(id: &str, size: u32) -> (u32, u32) {
     let size64 = u64::from(size);
@@ -269,7 +251,7 @@ fn h2(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashMap, time::Instant};
+    use std::time::Instant;
 
     use super::*;
 
@@ -502,31 +484,5 @@ mod tests {
         assert_eq!(small, [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47]);
         assert!(is_prime(65537) && is_prime(lb_common::MAX_TABLE_SIZE) && is_prime(4_294_967_291));
         assert!(!is_prime(65536) && !is_prime(65535) && !is_prime(1_046_529) && !is_prime(u32::MAX));
-    }
-
-    #[test]
-    fn service_table_maps_to_service_indices() {
-        let text = r#"
-[daemon]
-interfaces = ["eth0"]
-[[service]]
-vip = "198.18.0.10:80"
-table_size = 251
-[[service.backend]]
-address = "198.18.1.11:80"
-role = "backup"
-[[service.backend]]
-address = "198.18.1.12:80"
-[[service.backend]]
-address = "198.18.1.13:80"
-"#;
-        let config = crate::config::parse(text, "t.toml").expect("valid");
-        let service = &config.services[0];
-        let table = service_table(service, &service.serving_when_all_up());
-        let mut seen: HashMap<u32, usize> = HashMap::new();
-        for entry in table {
-            *seen.entry(entry).or_default() += 1;
-        }
-        assert_eq!(seen.keys().copied().collect::<std::collections::BTreeSet<_>>(), [1, 2].into());
     }
 }

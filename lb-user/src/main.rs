@@ -27,6 +27,9 @@ enum Command {
     Status {
         #[command(flatten)]
         daemon: DaemonArgs,
+        /// Print the JSON document `/status.json` serves instead of the table.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop sending new flows to a backend; its established flows continue.
     Drain {
@@ -99,10 +102,14 @@ struct DaemonArgs {
 }
 
 impl DaemonArgs {
+    /// The admin socket to use.
+    fn socket(self) -> anyhow::Result<PathBuf> {
+        xlb::cli::socket_path(self.socket, self.config.as_deref())
+    }
+
     /// Sends `req` to the daemon and prints its answer.
     fn ask(self, req: &str) -> anyhow::Result<()> {
-        let path = xlb::admin::socket_path(self.socket, self.config.as_deref())?;
-        print!("{}", xlb::admin::request(&path, req)?);
+        print!("{}", xlb::cli::request(&self.socket()?, req)?);
         Ok(())
     }
 }
@@ -122,20 +129,23 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Run { config } => xlb::daemon::run(&config),
-        Command::Check { config } => xlb::check::run(&config),
-        Command::Status { daemon } => daemon.ask("status"),
+        Command::Check { config } => xlb::cli::check::run(&config),
+        Command::Status { daemon, json } => daemon.socket().and_then(|p| xlb::cli::status::run(&p, json)),
         Command::Drain { service, backend, daemon } => daemon.ask(&format!("drain {service} {backend}")),
         Command::Enable { service, backend, daemon } => daemon.ask(&format!("enable {service} {backend}")),
         Command::Reload { daemon } => daemon.ask("reload"),
-        Command::Top { daemon, interval } => xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
-            .and_then(|p| xlb::top::run(&p, std::time::Duration::from_secs_f64(interval))),
-        Command::Trace { daemon, sample, count, seconds } => {
-            let limits =
-                xlb::trace::Limits { sample, max_events: count, max_duration: std::time::Duration::from_secs(seconds) };
-            xlb::admin::socket_path(daemon.socket, daemon.config.as_deref())
-                .and_then(|p| xlb::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
+        Command::Top { daemon, interval } => {
+            daemon.socket().and_then(|p| xlb::cli::top::run(&p, std::time::Duration::from_secs_f64(interval)))
         }
-        Command::Explain { config, client, vip, protocol } => xlb::explain::run(&config, &client, &vip, &protocol),
+        Command::Trace { daemon, sample, count, seconds } => {
+            let limits = xlb::monitor::trace::Limits {
+                sample,
+                max_events: count,
+                max_duration: std::time::Duration::from_secs(seconds),
+            };
+            daemon.socket().and_then(|p| xlb::cli::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
+        }
+        Command::Explain { config, client, vip, protocol } => xlb::cli::explain::run(&config, &client, &vip, &protocol),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,7 +14,7 @@ use std::{
 
 use lb_common::{addr_v4, FlowKey, FlowState, FAMILY_V4, PROTO_TCP};
 use xlb::{
-    conntrack_count::{self, BatchAttr, BPF_MAP_UPDATE_BATCH},
+    dataplane::conntrack_count::{self, BatchAttr, BPF_MAP_UPDATE_BATCH},
     dataplane::{Dataplane, Sizes},
 };
 

@@ -3,7 +3,6 @@
 
 use std::{
     fs,
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     time::{Duration, Instant},
@@ -51,8 +50,6 @@ pub struct Daemon {
     /// concurrent runs never share one).
     pub socket: PathBuf,
     interfaces: Vec<String>,
-    /// `daemon.metrics` of the config the daemon was started with.
-    metrics: Option<SocketAddr>,
     _dir: TempDir,
 }
 
@@ -64,7 +61,6 @@ impl Daemon {
         let config = dir.path().join("xlb.toml");
         let log = dir.path().join("xlb.log");
         let socket = dir.path().join("xlb.sock");
-        let metrics = metrics_address(config_toml)?;
         fs::write(&config, with_admin_socket(config_toml, &socket))?;
         let logf = fs::File::create(&log)?;
         let mut cmd = ns.command(&[xlb_bin().to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
@@ -77,7 +73,6 @@ impl Daemon {
             log,
             socket,
             interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
-            metrics,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -125,21 +120,11 @@ impl Daemon {
     /// (and `/status.json` serves). Panics with what went wrong.
     #[track_caller]
     pub fn status_json(&self) -> serde_json::Value {
-        // TODO(merge): xlb status --json (then no metrics address is needed).
-        let Some(addr) = self.metrics else {
-            panic!("status_json reads /status.json: start the daemon with daemon.metrics set (it is \"\" here)")
-        };
-        let url = format!("http://{addr}/status.json");
-        let argv = ["curl", "-q", "-sS", "--max-time", "5", &url];
-        let out = crate::netns::run_with_timeout(
-            &mut crate::netns::ns_command(&self.ns, &argv),
-            None,
-            Duration::from_secs(10),
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
-        assert!(out.status.success(), "curl {url}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{url} is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        let out = self.ctl(&["status", "--json"]).expect("running xlb status --json");
+        assert!(out.status.success(), "xlb status --json failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("xlb status --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        })
     }
 
     /// Waits (up to `timeout`) until every backend with health checks has been
@@ -231,18 +216,6 @@ impl Drop for Daemon {
         if self.proc.is_some() {
             let _ = self.stop();
         }
-    }
-}
-
-/// `daemon.metrics` of a config: `None` when it is `""`, xlb's default
-/// (127.0.0.1:9477) when absent.
-fn metrics_address(config_toml: &str) -> Result<Option<SocketAddr>> {
-    let table: toml::Table = toml::from_str(config_toml).context("the daemon's config is not TOML")?;
-    let metrics = table.get("daemon").and_then(|d| d.get("metrics"));
-    match metrics.map(|m| m.as_str().context("daemon.metrics is not a string")).transpose()? {
-        None => Ok(Some(SocketAddr::from(([127, 0, 0, 1], 9477)))),
-        Some("") => Ok(None),
-        Some(a) => Ok(Some(a.parse().with_context(|| format!("daemon.metrics {a:?}"))?)),
     }
 }
 

@@ -367,7 +367,7 @@ fn kernel_agrees_with_explain_and_repicks_dead_backends() {
                 let pkt = with_macs(Pkt::tcp(cl, vip.ip(), port, 80), b.c0_mac, CLIENT_MAC).build();
                 let (action, out) = run(&bal, &pkt, b.c0);
                 let got = parse_and_verify(&out).map(|p| SocketAddr::new(p.dst, p.dport));
-                let want = xlb::explain::pick(&cfg, SocketAddr::new(cl, port), vip, Protocol::Tcp).unwrap();
+                let want = xlb::cli::explain::pick(&cfg, SocketAddr::new(cl, port), vip, Protocol::Tcp).unwrap();
                 if action != XDP_REDIRECT || got.as_ref() != Ok(&want) {
                     problems.push(format!("port {port}: kernel {action} {got:?}, explain {want}"));
                 }
@@ -379,7 +379,7 @@ fn kernel_agrees_with_explain_and_repicks_dead_backends() {
             // A flow on web1 moves when web1 goes down, and stays moved.
             let port = (41000..41064u16)
                 .find(|&p| {
-                    xlb::explain::pick(&cfg, SocketAddr::new(cl, p), vip, Protocol::Tcp).unwrap()
+                    xlb::cli::explain::pick(&cfg, SocketAddr::new(cl, p), vip, Protocol::Tcp).unwrap()
                         == sa("198.18.1.11:80")
                 })
                 .unwrap();
@@ -436,7 +436,9 @@ fn shared_nat_backend_answers_from_each_flows_vip() {
             let (cl, web1) = (ip("198.18.0.1"), sa("198.18.1.11:80"));
             let (vip30, vip31) = (sa("198.18.0.30:80"), sa("198.18.0.31:80"));
             let on_web1: Vec<u16> = (42000..42100u16)
-                .filter(|&p| xlb::explain::pick(&one, SocketAddr::new(cl, p), vip30, Protocol::Tcp).unwrap() == web1)
+                .filter(|&p| {
+                    xlb::cli::explain::pick(&one, SocketAddr::new(cl, p), vip30, Protocol::Tcp).unwrap() == web1
+                })
                 .take(2)
                 .collect();
             let mut problems = vec![];

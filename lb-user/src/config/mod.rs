@@ -109,38 +109,6 @@ pub struct ServiceConfig {
     pub backends: Vec<BackendConfig>,
 }
 
-// Moves to plan.rs (which backends serve is planning, not configuration);
-// kept here until that module lands so the crate builds.
-impl ServiceConfig {
-    /// Indices (into `backends`) of the backends that take new flows, given
-    /// which backends are up: the primaries that are up with weight > 0, or,
-    /// when there is none, the backups that are up with weight > 0.
-    ///
-    /// This is the stateless rule; with `preempt = false` the daemon may keep
-    /// a backup serving after a primary came back.
-    pub fn serving_backends(&self, up: impl Fn(usize) -> bool) -> Vec<usize> {
-        let pick = |role: Role| -> Vec<usize> {
-            self.backends
-                .iter()
-                .enumerate()
-                .filter(|&(i, b)| b.role == role && b.weight > 0 && up(i))
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let primaries = pick(Role::Primary);
-        if primaries.is_empty() {
-            pick(Role::Backup)
-        } else {
-            primaries
-        }
-    }
-
-    /// The backends that take new flows when every backend is up.
-    pub fn serving_when_all_up(&self) -> Vec<usize> {
-        self.serving_backends(|_| true)
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Tcp,
@@ -349,28 +317,6 @@ role = "primary"                   # primary | backup
             service.backends,
             [BackendConfig { address: "198.18.1.11:80".parse().unwrap(), weight: 1, role: Role::Primary }]
         );
-    }
-
-    #[test]
-    fn serving_backends_prefers_primaries_then_backups() {
-        let text = r#"
-[daemon]
-interfaces = ["eth0"]
-[[service]]
-vip = "198.18.0.10:80"
-[[service.backend]]
-address = "198.18.1.11:80"
-role = "backup"
-[[service.backend]]
-address = "198.18.1.12:80"
-[[service.backend]]
-address = "198.18.1.13:80"
-weight = 0
-"#;
-        let s = &parse(text, "t.toml").expect("valid").services[0];
-        assert_eq!(s.serving_when_all_up(), [1]);
-        assert_eq!(s.serving_backends(|i| i != 1), [0], "backup takes over when the primary is down");
-        assert_eq!(s.serving_backends(|_| false), Vec::<usize>::new());
     }
 
     #[test]

@@ -1,30 +1,17 @@
-//! Health checks: one tokio task per checked backend, spread over the
-//! interval, each probing the backend's own address and reporting to the
-//! balancer, which applies rise/fall hysteresis and rewrites the tables when
-//! a backend changes state (see [`Balancer::record_check`]).
-//!
-//! Probes never touch the data path: they are ordinary sockets from the lb
-//! host, and the only shared step is a short lock on the balancer to record
-//! the result.
+//! One health probe of one backend: a TCP connect or an HTTP GET from the
+//! lb host, bounded by the check's timeout. Probes never touch the data path.
 
 use std::{
-    collections::{hash_map::DefaultHasher, HashMap},
-    hash::{Hash as _, Hasher as _},
     net::SocketAddr,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    task::JoinHandle,
 };
 
-use crate::{
-    balancer::Balancer,
-    config::{CheckKind, HealthConfig},
-};
+use crate::config::{CheckKind, HealthConfig};
 
 /// What one probe found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,131 +99,6 @@ fn parse_status_line(line: &str) -> Option<u16> {
     (code.len() == 3).then(|| code.parse().ok()).flatten()
 }
 
-/// Where a backend's checks report: its service's id and its address.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Target {
-    pub service: u32,
-    pub address: SocketAddr,
-}
-
-/// The running check tasks, kept in step with the balancer's backends.
-#[derive(Default)]
-pub struct Checker {
-    tasks: HashMap<Target, (HealthConfig, JoinHandle<()>)>,
-}
-
-impl Checker {
-    /// Starts the checks of backends that have none, restarts the ones whose
-    /// check settings changed, stops the ones of removed backends.
-    pub fn sync(&mut self, bal: &Arc<Mutex<Balancer>>) {
-        let wanted: HashMap<Target, HealthConfig> = {
-            let b = bal.lock().unwrap();
-            b.services
-                .iter()
-                .filter(|s| s.cfg.health.check != CheckKind::None)
-                .flat_map(|s| {
-                    s.backends
-                        .iter()
-                        .map(|be| (Target { service: s.id, address: be.cfg.address }, s.cfg.health.clone()))
-                })
-                .collect()
-        };
-        self.tasks.retain(|t, (hc, task)| {
-            let keep = wanted.get(t) == Some(hc);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (t, hc) in wanted {
-            self.tasks.entry(t).or_insert_with(|| {
-                let task = tokio::spawn(check_loop(bal.clone(), t, hc.clone()));
-                (hc, task)
-            });
-        }
-    }
-
-    /// Number of running check tasks.
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-
-    pub fn stop(&mut self) {
-        for (_, (_, task)) in self.tasks.drain() {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for Checker {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// A small xorshift generator: jitter needs no more.
-struct Jitter(u64);
-
-impl Jitter {
-    fn new(t: &Target) -> Self {
-        let mut h = DefaultHasher::new();
-        t.hash(&mut h);
-        std::process::id().hash(&mut h);
-        Self(h.finish() | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform in `[0, max)`.
-    fn below(&mut self, max: Duration) -> Duration {
-        let ns = max.as_nanos().max(1) as u64;
-        Duration::from_nanos(self.next() % ns)
-    }
-}
-
-/// The next check's start: one interval after this one's, give or take 10%,
-/// so that checks of many backends do not fall into lockstep.
-pub fn next_start(started: Instant, interval: Duration, jitter: Duration) -> Instant {
-    started + interval - interval / 10 + jitter
-}
-
-async fn check_loop(bal: Arc<Mutex<Balancer>>, target: Target, hc: HealthConfig) {
-    let interval = Duration::from_millis(hc.interval_ms);
-    let mut jitter = Jitter::new(&target);
-    // The first check comes at a random point of the first interval.
-    tokio::time::sleep(jitter.below(interval)).await;
-    loop {
-        let started = Instant::now();
-        let result = probe(target.address, &hc).await;
-        let bal = bal.clone();
-        // Recording may rewrite a table: a few ms of map writes.
-        let gone = tokio::task::block_in_place(move || {
-            let mut b = bal.lock().unwrap();
-            match b.record_check(target.service, target.address, &result) {
-                Ok(found) => !found,
-                Err(e) => {
-                    log::error!("applying a health check result for {}: {e:#}", target.address);
-                    false
-                }
-            }
-        });
-        if gone {
-            return;
-        }
-        let next = next_start(started, interval, jitter.below(interval / 5));
-        // A late wake-up never makes two checks follow each other closely.
-        let earliest = Instant::now() + interval / 2;
-        tokio::time::sleep_until(next.max(earliest).into()).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,21 +111,6 @@ mod tests {
         assert_eq!(parse_status_line("SSH-2.0-OpenSSH"), None);
         assert_eq!(parse_status_line("HTTP/1.1 20 OK"), None);
         assert_eq!(parse_status_line(""), None);
-    }
-
-    #[test]
-    fn jittered_starts_stay_within_ten_percent() {
-        let t = Target { service: 1, address: "198.18.1.11:80".parse().unwrap() };
-        let mut j = Jitter::new(&t);
-        let interval = Duration::from_millis(200);
-        let now = Instant::now();
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..1000 {
-            let d = next_start(now, interval, j.below(interval / 5)) - now;
-            assert!(d >= Duration::from_millis(180) && d < Duration::from_millis(220), "{d:?}");
-            seen.insert(d.as_millis());
-        }
-        assert!(seen.len() > 20, "jitter too coarse: {seen:?}");
     }
 
     fn hc(check: CheckKind) -> HealthConfig {

@@ -1,146 +1,12 @@
-//! Monitoring: a snapshot of the balancer's state and counters, its Prometheus
-//! text exposition (format 0.0.4) for `/metrics`, and the daemon's monitoring
-//! tasks (the rate sampler and the HTTP server of `daemon.metrics`).
-//!
-//! Counters are the kernel's per-CPU values summed; a snapshot is taken under
-//! the balancer's lock, quickly (a few map lookups per backend), and rendered
-//! after the lock is released.
+//! The Prometheus text exposition (format 0.0.4) of a [`Snapshot`], served
+//! at `/metrics`.
 
-use std::{
-    fmt::Write as _,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime},
-};
+use std::{fmt::Write as _, time::SystemTime};
 
-use anyhow::Context as _;
-use lb_common::{counter, BackendStats, ServiceStats};
-use tokio::task::JoinHandle;
+use lb_common::{counter, ServiceStats};
 
-use crate::{
-    balancer::{BackendState, Balancer},
-    config::{DaemonConfig, Role},
-    conntrack_count::ConntrackCount,
-};
-
-/// A backend's health as operators read it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    Up,
-    Down,
-    /// Up, but taking no new flows (drained by the operator).
-    Drained,
-}
-
-impl State {
-    pub fn of(b: &BackendState) -> Self {
-        match (b.healthy, b.drained) {
-            (false, _) => State::Down,
-            (true, true) => State::Drained,
-            (true, false) => State::Up,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Up => "up",
-            State::Down => "down",
-            State::Drained => "drained",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct BackendSample {
-    pub address: SocketAddr,
-    pub role: Role,
-    pub weight: u32,
-    pub state: State,
-    /// When the health state last changed.
-    pub since: SystemTime,
-    pub last_check: String,
-    pub last_check_duration: Option<Duration>,
-    /// Health state changes since the backend was added.
-    pub transitions: u64,
-    /// Changes when the backend's slot (and its counters) is handed out anew.
-    pub generation: u32,
-    pub stats: BackendStats,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServiceSample {
-    pub name: String,
-    pub vip: SocketAddr,
-    pub protocol: &'static str,
-    pub forwarding: &'static str,
-    /// New flows go to the backup backends.
-    pub on_backup: bool,
-    pub stats: ServiceStats,
-    pub backends: Vec<BackendSample>,
-}
-
-/// Everything the monitoring outputs show, read at one moment.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Snapshot {
-    pub at: Instant,
-    pub services: Vec<ServiceSample>,
-    /// `COUNTERS` (drop reasons and events), summed over CPUs.
-    pub counters: Vec<u64>,
-    pub rebuilds: u64,
-    pub slots_written: u64,
-    /// Interface and XDP mode.
-    pub attached: Vec<(String, &'static str)>,
-}
-
-impl Snapshot {
-    /// Reads the balancer's state and the kernel's counters.
-    pub fn collect(bal: &Balancer) -> anyhow::Result<Self> {
-        let mut services = Vec::with_capacity(bal.services.len());
-        for s in &bal.services {
-            let backends = s
-                .backends
-                .iter()
-                .map(|b| {
-                    Ok(BackendSample {
-                        address: b.cfg.address,
-                        role: b.cfg.role,
-                        weight: b.cfg.weight,
-                        state: State::of(b),
-                        since: b.since,
-                        last_check: b.last_check.clone(),
-                        last_check_duration: b.last_check_duration,
-                        transitions: b.transitions,
-                        generation: b.generation,
-                        stats: bal.dp.backend_stats(b.slot)?,
-                    })
-                })
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            services.push(ServiceSample {
-                name: s.cfg.name.clone(),
-                vip: s.cfg.vip,
-                protocol: s.cfg.protocol.as_str(),
-                forwarding: s.cfg.forwarding.as_str(),
-                on_backup: s.on_backup,
-                stats: bal.dp.service_stats(s.id)?,
-                backends,
-            });
-        }
-        Ok(Snapshot {
-            at: Instant::now(),
-            services,
-            counters: bal.dp.counters()?,
-            rebuilds: bal.rebuilds,
-            slots_written: bal.slots_written,
-            attached: bal.dp.attached().iter().map(|(i, m)| (i.clone(), *m)).collect(),
-        })
-    }
-
-    pub fn counter(&self, index: u32) -> u64 {
-        self.counters.get(index as usize).copied().unwrap_or(0)
-    }
-}
-
-// ------------------------------------------------------------ Prometheus text
+use super::snapshot::{BackendSample, ServiceSample, Snapshot, State, PASS_REASONS};
+use crate::dataplane::conntrack_count::ConntrackCount;
 
 /// Prometheus text format 0.0.4 content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -182,10 +48,6 @@ fn escape_label(v: &str) -> String {
 fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
-
-/// Names of the `COUNTERS` events that pass packets to the kernel, as `reason` labels.
-const PASS_REASONS: [(u32, &str); 3] =
-    [(counter::PASS_NO_ROUTE, "no_route"), (counter::PASS_TTL, "ttl_expired"), (counter::PASS_NOT_VIP, "not_vip")];
 
 /// One per-backend metric: name, type, help and how to read it.
 type BackendMetric = (&'static str, &'static str, &'static str, fn(&BackendSample) -> f64);
@@ -348,104 +210,12 @@ fn backend_families(e: &mut Exposition, snap: &Snapshot) {
     });
 }
 
-// ------------------------------------------------------------ daemon tasks
-
-/// The daemon's monitoring tasks: the rate sampler and, unless
-/// `daemon.metrics = ""`, the HTTP server for `/metrics` and the status page.
-pub struct Monitor {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Monitor {
-    /// Binds `daemon.metrics` (an error names the address) and starts the tasks.
-    /// The address is read at start only; a reload does not move it.
-    pub async fn start(daemon: &DaemonConfig, bal: Arc<Mutex<Balancer>>) -> anyhow::Result<Self> {
-        let conntrack = bal.lock().unwrap().dp.conntrack_fd();
-        let conntrack = match conntrack {
-            Ok(c) => Some(c),
-            Err(e) => {
-                log::warn!("conntrack entries will not be counted: {e:#}");
-                None
-            }
-        };
-        let mut tasks = vec![tokio::spawn(crate::rates::sample(bal.clone(), conntrack))];
-        if let Some(addr) = daemon.metrics {
-            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("binding daemon.metrics address {addr} (it must be an address of this host that no other program uses; metrics = \"\" turns the endpoint off)")
-            })?;
-            log::info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
-            tasks.push(tokio::spawn(crate::http::serve(listener, bal)));
-        }
-        Ok(Monitor { tasks })
-    }
-
-    /// Stops the tasks and waits until they have let go of the balancer.
-    pub async fn stop(self) {
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-}
-
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
-
-    fn backend(addr: &str, role: Role, state: State, stats: (u64, u64, u64)) -> BackendSample {
-        BackendSample {
-            address: addr.parse().unwrap(),
-            role,
-            weight: 1,
-            state,
-            since: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
-            last_check: "checks off".into(),
-            last_check_duration: None,
-            transitions: 0,
-            generation: 1,
-            stats: BackendStats { packets: stats.0, bytes: stats.1, new_flows: stats.2 },
-        }
-    }
-
-    /// Two services: www (a primary up, a primary down, a backup drained)
-    /// and a v6 one with a quote in its name.
-    pub(crate) fn snapshot() -> Snapshot {
-        let mut down = backend("198.18.1.12:80", Role::Primary, State::Down, (40, 4000, 4));
-        down.transitions = 3;
-        down.last_check = "status 503".into();
-        down.last_check_duration = Some(Duration::from_micros(1500));
-        Snapshot {
-            at: Instant::now(),
-            services: vec![
-                ServiceSample {
-                    name: "www".into(),
-                    vip: "198.18.0.10:80".parse().unwrap(),
-                    protocol: "tcp",
-                    forwarding: "nat",
-                    on_backup: false,
-                    stats: ServiceStats { packets: 1000, established: 900, new_flows: 100, repicked: 2 },
-                    backends: vec![
-                        backend("198.18.1.11:80", Role::Primary, State::Up, (960, 96_000, 96)),
-                        down,
-                        backend("198.18.1.13:80", Role::Backup, State::Drained, (0, 0, 0)),
-                    ],
-                },
-                ServiceSample {
-                    name: "we\"b6".into(),
-                    vip: "[2001:db8::10]:443".parse().unwrap(),
-                    protocol: "tcp",
-                    forwarding: "dsr",
-                    on_backup: true,
-                    stats: ServiceStats::default(),
-                    backends: vec![backend("[2001:db8:1::11]:443", Role::Backup, State::Up, (7, 700, 1))],
-                },
-            ],
-            counters: (0..counter::NUM_COUNTERS as u64).map(|i| i * 10).collect(),
-            rebuilds: 4,
-            slots_written: 131_074,
-            attached: vec![("eth0".into(), "native"), ("eth1".into(), "generic")],
-        }
-    }
+    use crate::monitor::snapshot::tests::snapshot;
 
     /// `name{labels} value` lines of the exposition, by name and labels.
     fn samples(text: &str) -> Vec<(String, String)> {

@@ -34,7 +34,7 @@ async fn watch(socket: &Path, every: Duration) -> anyhow::Result<()> {
             _ = term.recv() => break Ok(()),
             _ = tick.tick() => {
                 let path = socket.to_path_buf();
-                let answer = tokio::task::spawn_blocking(move || crate::admin::request(&path, "status")).await?;
+                let answer = tokio::task::spawn_blocking(move || super::request(&path, "status")).await?;
                 let now = humantime_now();
                 let screen = match answer {
                     Ok(text) => format!("{CLEAR}xlb top - {now} - every {}s, Ctrl-C quits\n{text}", every.as_secs_f64()),

@@ -2,35 +2,16 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use lb_common::NO_BACKEND;
-
 use crate::{
-    config::{self, CheckKind, Config, Role, ServiceConfig},
-    maglev,
+    config::{CheckKind, Config, Role, ServiceConfig},
+    plan,
 };
 
 /// Loads and validates `config`; prints the plan, or fails with every problem.
 pub fn run(config: &Path) -> anyhow::Result<()> {
-    let cfg = load(config)?;
+    let cfg = crate::config::load(config)?;
     print!("{}", plan(&cfg, &config.display().to_string()));
     Ok(())
-}
-
-/// [`config::load`] for callers that want an `anyhow` error; its text is
-/// `invalid configuration FILE (N problems)` and one line per problem.
-pub fn load(path: &Path) -> anyhow::Result<Config> {
-    Ok(config::load(path)?)
-}
-
-/// Share of the table's slots each backend holds when every backend is up, in
-/// percent, indexed like `service.backends` (0 for the ones not serving).
-pub fn slot_shares(service: &ServiceConfig) -> Vec<f64> {
-    let table = maglev::service_table(service, &service.serving_when_all_up());
-    let mut counts = vec![0usize; service.backends.len()];
-    for entry in table.iter().filter(|&&e| e != NO_BACKEND) {
-        counts[*entry as usize] += 1;
-    }
-    counts.iter().map(|&c| 100.0 * c as f64 / table.len().max(1) as f64).collect()
 }
 
 /// The human-readable plan of a valid configuration.
@@ -60,8 +41,8 @@ pub fn plan(cfg: &Config, file: &str) -> String {
             if service.preempt { "yes" } else { "no" },
         );
         let _ = writeln!(out, "  health: {}", health_summary(service));
-        let shares = slot_shares(service);
-        let serving = service.serving_when_all_up();
+        let shares = plan::slot_shares(service);
+        let serving = plan::serving_when_all_up(service);
         for (i, (backend, share)) in service.backends.iter().zip(&shares).enumerate() {
             let note = if serving.contains(&i) {
                 ""
@@ -133,8 +114,8 @@ weight = 3
 address = "198.18.1.13:80"
 role = "backup"
 "#;
-        let cfg = config::parse(text, "t.toml").expect("valid");
-        let shares = slot_shares(&cfg.services[0]);
+        let cfg = crate::config::parse(text, "t.toml").expect("valid");
+        let shares = plan::slot_shares(&cfg.services[0]);
         assert!((shares[0] - 25.0).abs() < 0.5 && (shares[1] - 75.0).abs() < 0.5 && shares[2] == 0.0, "{shares:?}");
         let plan = plan(&cfg, "t.toml");
         for want in [

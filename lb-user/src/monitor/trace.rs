@@ -10,9 +10,7 @@
 use std::{
     collections::HashMap,
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -202,32 +200,6 @@ pub async fn serve(args: &str, bal: &Arc<Mutex<Balancer>>, out: &mut (impl Async
         }
     }
     out.shutdown().await?;
-    Ok(())
-}
-
-/// `xlb trace`: sends `limits` to the daemon at `socket` and copies the
-/// event lines to `out` as they come.
-pub fn follow(socket: &Path, limits: &Limits, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {} (is xlb running? are you root?)", socket.display()))?;
-    s.write_all(format!("{}\n", limits.request()).as_bytes())?;
-    let mut lines = BufReader::new(s).lines();
-    match lines.next().transpose()?.as_deref() {
-        Some("ok") => {}
-        Some("error") => {
-            let why: Vec<String> = lines.collect::<Result<_, _>>()?;
-            bail!("{}", why.join("\n"));
-        }
-        other => bail!("unexpected answer from {}: {other:?}", socket.display()),
-    }
-    for line in lines {
-        let line = line?;
-        if let Some(e) = line.strip_prefix("error: ") {
-            bail!("trace ended: {e}");
-        }
-        writeln!(out, "{line}")?;
-        out.flush()?;
-    }
     Ok(())
 }
 

@@ -2,11 +2,13 @@
 //! table regions they hold in the maps, which backends take new flows, and
 //! the Maglev tables written to the kernel.
 //!
-//! Every change (start, reload, health, drain) goes through [`Balancer::sync`]
-//! which writes only what differs, in an order that never lets a packet reach
-//! a backend outside the configured set:
-//! new backends are written before any table slot points at them, and a
-//! backend is marked unusable only after no slot points at it any more.
+//! Every change (start, reload, health, drain) goes through
+//! [`Balancer::sync_service`], which writes only what differs, in an order
+//! that never lets a packet reach a backend outside the configured set nor
+//! find a slot that names a backend it may not use: a backend is written
+//! (and marked up) before any table slot points at it, and it is marked
+//! down only after no slot points at it any more. The writes go through the
+//! [`Tables`] trait, so that order is tested without the kernel.
 
 use std::{
     collections::HashMap,
@@ -20,12 +22,18 @@ use lb_common::{
     MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SETTINGS_F_NAT,
 };
 
+pub use self::tables::Tables;
 use crate::{
-    config::{BackendConfig, CheckKind, Config, Forwarding, Role, ServiceConfig},
+    config::{BackendConfig, CheckKind, Config, Forwarding, HealthConfig, ServiceConfig},
     dataplane::{Dataplane, Sizes},
-    health::Probe,
-    maglev::{build_table, MaglevBackend},
+    health::{
+        hysteresis::{Hysteresis, Step},
+        Probe, Target,
+    },
+    plan,
 };
+
+mod tables;
 
 /// Address words, port (network order) and family of a socket address, as the maps hold them.
 pub fn map_addr(a: &SocketAddr) -> ([u32; 4], u16, u8) {
@@ -59,13 +67,9 @@ pub struct BackendState {
     pub last_check_duration: Option<std::time::Duration>,
     /// Health state changes (up->down and down->up) since the backend was added.
     pub transitions: u64,
-    /// Consecutive successful / failed checks (hysteresis: `rise`, `fall`).
-    pub ok_streak: u32,
-    pub fail_streak: u32,
-    /// Whether any check has run since the backend was added (or its checks
-    /// were turned on): until then it is assumed up, and the first check
-    /// decides at once.
-    pub checked: bool,
+    /// Its check history (rise/fall hysteresis): until its first check it
+    /// is assumed up, and the first check decides at once.
+    pub checks: Hysteresis,
     /// Egress interface and MACs, resolved by the daemon (0: ask the FIB).
     pub next_hop: NextHop,
 }
@@ -74,9 +78,7 @@ impl BackendState {
     /// The service's check settings changed: the new checks start afresh.
     /// With checks off a backend counts as healthy.
     fn restart_checks(&mut self, check: &CheckKind) {
-        self.checked = false;
-        self.ok_streak = 0;
-        self.fail_streak = 0;
+        self.checks.restart();
         if *check == CheckKind::None {
             if !self.healthy {
                 self.healthy = true;
@@ -90,10 +92,6 @@ impl BackendState {
     /// Established flows may continue to it.
     pub fn up(&self) -> bool {
         self.healthy
-    }
-    /// It may take new flows.
-    pub fn takes_new_flows(&self) -> bool {
-        self.healthy && !self.drained && self.cfg.weight > 0
     }
 }
 
@@ -118,8 +116,9 @@ impl ServiceState {
     }
 }
 
-pub struct Balancer {
-    pub dp: Dataplane,
+/// The balancer over the maps it writes (`T`: the kernel's, or a test's).
+pub struct Balancer<T = Dataplane> {
+    pub dp: T,
     pub services: Vec<ServiceState>,
     /// Slots of `RING` per service (the largest table size at start).
     stride: u32,
@@ -135,11 +134,31 @@ pub struct Balancer {
 impl Balancer {
     /// Loads the program with maps sized for `cfg` (and room to grow on reload).
     pub fn load(cfg: &Config) -> anyhow::Result<Self> {
-        let stride = cfg.services.iter().map(|s| s.table_size).max().unwrap_or(lb_common::DEFAULT_TABLE_SIZE);
-        let regions = (cfg.services.len() as u32 * 2).clamp(16, MAX_SERVICES);
+        let (stride, regions) = Self::table_room(cfg);
         let dp =
             Dataplane::load(Sizes { conntrack_entries: cfg.daemon.conntrack_entries, ring_entries: stride * regions })?;
-        Ok(Self {
+        Ok(Self::new(dp, stride, regions))
+    }
+
+    /// Resolves and writes next hops now (blocking: runs `ip`).
+    pub fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
+        let hops = crate::dataplane::neigh::resolve(&self.backend_ips());
+        self.set_next_hops(&hops)
+    }
+}
+
+impl<T: Tables> Balancer<T> {
+    /// Slots of `RING` per service region and the number of regions for
+    /// `cfg`, with room for more services on reload.
+    pub fn table_room(cfg: &Config) -> (u32, u32) {
+        let stride = cfg.services.iter().map(|s| s.table_size).max().unwrap_or(lb_common::DEFAULT_TABLE_SIZE);
+        (stride, (cfg.services.len() as u32 * 2).clamp(16, MAX_SERVICES))
+    }
+
+    /// A balancer with nothing configured yet over `dp`, whose `RING` holds
+    /// `regions` tables of `stride` slots.
+    pub fn new(dp: T, stride: u32, regions: u32) -> Self {
+        Self {
             dp,
             services: Vec::new(),
             stride,
@@ -148,7 +167,7 @@ impl Balancer {
             next_generation: 1,
             slots_written: 0,
             rebuilds: 0,
-        })
+        }
     }
 
     /// Makes the running state match `cfg`: services and backends are added,
@@ -263,9 +282,7 @@ impl Balancer {
             },
             last_check_duration: None,
             transitions: 0,
-            ok_streak: 0,
-            fail_streak: 0,
-            checked: false,
+            checks: Hysteresis::default(),
             next_hop: NextHop::default(),
         })
     }
@@ -294,10 +311,16 @@ impl Balancer {
         Ok(changed)
     }
 
-    /// Resolves and writes next hops now (blocking: runs `ip`).
-    pub fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
-        let hops = crate::neigh::resolve(&self.backend_ips());
-        self.set_next_hops(&hops)
+    /// The checks the backends need: one per backend of a service whose
+    /// checks are on.
+    pub fn health_targets(&self) -> HashMap<Target, HealthConfig> {
+        self.services
+            .iter()
+            .filter(|s| s.cfg.health.check != CheckKind::None)
+            .flat_map(|s| {
+                s.backends.iter().map(|be| (Target { service: s.id, address: be.cfg.address }, s.cfg.health.clone()))
+            })
+            .collect()
     }
 
     /// Applies one health check result of backend `address` in service `id`
@@ -313,40 +336,22 @@ impl Balancer {
         let took = probe.duration.as_secs_f64() * 1000.0;
         be.last_check = probe.detail.clone();
         be.last_check_duration = Some(probe.duration);
-        let first = !be.checked;
-        be.checked = true;
-        let changed = if probe.ok {
-            be.fail_streak = 0;
-            be.ok_streak = be.ok_streak.saturating_add(1);
-            if !be.healthy && be.ok_streak >= rise {
-                log::info!("backend {name} is UP after {rise} successful checks ({took:.1} ms)");
-                true
-            } else {
-                if !be.healthy {
-                    log::info!("backend {name}: check ok ({} of {rise} to come up)", be.ok_streak);
-                }
-                false
+        let step = be.checks.record(be.healthy, probe.ok, rise, fall);
+        let detail = &probe.detail;
+        match step {
+            Step::Steady | Step::StillDown(2..) => {}
+            Step::Rising(n) => log::info!("backend {name}: check ok ({n} of {rise} to come up)"),
+            Step::Up => log::info!("backend {name} is UP after {rise} successful checks ({took:.1} ms)"),
+            Step::Falling(n) => {
+                log::info!("backend {name}: check failed: {detail} ({took:.1} ms) ({n} of {fall} to go down)")
             }
-        } else {
-            be.ok_streak = 0;
-            be.fail_streak = be.fail_streak.saturating_add(1);
-            if be.healthy && first {
-                log::warn!("backend {name} is DOWN: its first check failed: {} ({took:.1} ms)", probe.detail);
-                true
-            } else if be.healthy && be.fail_streak >= fall {
-                log::warn!("backend {name} is DOWN after {fall} failed checks: {} ({took:.1} ms)", probe.detail);
-                true
-            } else {
-                if be.healthy || be.fail_streak == 1 {
-                    log::info!(
-                        "backend {name}: check failed: {} ({took:.1} ms){}",
-                        probe.detail,
-                        if be.healthy { format!(" ({} of {fall} to go down)", be.fail_streak) } else { String::new() }
-                    );
-                }
-                false
+            Step::StillDown(_) => log::info!("backend {name}: check failed: {detail} ({took:.1} ms)"),
+            Step::DownAtFirstCheck => {
+                log::warn!("backend {name} is DOWN: its first check failed: {detail} ({took:.1} ms)")
             }
-        };
+            Step::Down => log::warn!("backend {name} is DOWN after {fall} failed checks: {detail} ({took:.1} ms)"),
+        }
+        let changed = step.changed();
         if changed {
             be.healthy = !be.healthy;
             be.since = SystemTime::now();
@@ -403,31 +408,32 @@ impl Balancer {
     }
 
     /// Recomputes service `i`'s table from its backends' states and writes
-    /// what changed: the table slots, then backends that are no longer up.
+    /// what changed, in this order: the backends that are up (so a slot
+    /// never names a backend not yet marked up), the table slots, the
+    /// service entry, then the backends that are down (so they are marked
+    /// down only once no slot names them).
     pub fn sync_service(&mut self, i: usize) -> anyhow::Result<()> {
         let stride = self.stride;
         let svc = &mut self.services[i];
-        let primaries: Vec<&BackendState> =
-            svc.backends.iter().filter(|b| b.cfg.role == Role::Primary && b.takes_new_flows()).collect();
-        let backups: Vec<&BackendState> =
-            svc.backends.iter().filter(|b| b.cfg.role == Role::Backup && b.takes_new_flows()).collect();
-        let on_backup = !backups.is_empty() && (primaries.is_empty() || (!svc.cfg.preempt && svc.on_backup));
-        let members = if on_backup { backups } else { primaries };
-        let ids: Vec<String> = members.iter().map(|b| b.cfg.id()).collect();
-        let mb: Vec<MaglevBackend<'_>> =
-            members.iter().zip(&ids).map(|(b, id)| MaglevBackend { id, weight: b.cfg.weight }).collect();
-        let ring: Vec<u32> = build_table(&mb, svc.cfg.table_size)
+        debug_assert!(svc.backends.iter().zip(&svc.cfg.backends).all(|(b, c)| b.cfg.address == c.address));
+        let backends = &svc.backends;
+        let serving = plan::serving(&svc.cfg, |j| backends[j].healthy && !backends[j].drained, svc.on_backup);
+        let ring: Vec<u32> = plan::service_table(&svc.cfg, &serving.members)
             .into_iter()
-            .map(|m| if m == NO_BACKEND { NO_BACKEND } else { members[m as usize].slot })
+            .map(|j| if j == NO_BACKEND { NO_BACKEND } else { backends[j as usize].slot })
             .collect();
-        if on_backup != svc.on_backup {
+        if serving.on_backup != svc.on_backup {
             log::warn!(
                 "service {}: new flows now go to the {} backends",
                 svc.cfg.name,
-                if on_backup { "backup" } else { "primary" }
+                if serving.on_backup { "backup" } else { "primary" }
             );
         }
-        svc.on_backup = on_backup;
+        svc.on_backup = serving.on_backup;
+        // Up first: the table may name them from the next write on.
+        for be in svc.backends.iter().filter(|b| b.up()) {
+            self.dp.set_backend(be.slot, &backend_entry(svc, be))?;
+        }
         let offset = svc.ring_offset(stride);
         let old = (svc.ring.len() == ring.len()).then_some(svc.ring.as_slice());
         let t0 = std::time::Instant::now();
@@ -458,9 +464,9 @@ impl Balancer {
             log::info!("service {}: serving again", svc.cfg.name);
         }
         svc.serving = serving;
-        // Backend up/down flags follow the table: set after it.
+        // Down last: no slot names them any more.
         let svc = &self.services[i];
-        for be in &svc.backends {
+        for be in svc.backends.iter().filter(|b| !b.up()) {
             self.dp.set_backend(be.slot, &backend_entry(svc, be))?;
         }
         Ok(())
@@ -478,5 +484,149 @@ fn backend_entry(svc: &ServiceState, be: &BackendState) -> Backend {
         generation: be.generation,
         flags: if be.up() { BACKEND_F_UP } else { 0 },
         next_hop: be.next_hop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The maps as a packet sees them, checked after every single write: no
+    /// table slot may name a backend slot that is not marked up (such a
+    /// packet would be dropped as `no_backend`).
+    #[derive(Default)]
+    struct Kernel {
+        backends: HashMap<u32, Backend>,
+        ring: HashMap<u32, u32>,
+        writes: Vec<String>,
+    }
+
+    impl Kernel {
+        fn check(&self) {
+            for (&i, &slot) in &self.ring {
+                let up = self.backends.get(&slot).is_some_and(|b| b.flags & BACKEND_F_UP != 0);
+                assert!(
+                    slot == NO_BACKEND || up,
+                    "table slot {i} names backend slot {slot}, which is not marked up; writes so far:\n{}",
+                    self.writes.join("\n")
+                );
+            }
+        }
+    }
+
+    impl Tables for Kernel {
+        fn set_service(&mut self, _: &VipKey, svc: &Service) -> anyhow::Result<()> {
+            self.writes.push(format!("service {}", svc.id));
+            Ok(())
+        }
+        fn remove_service(&mut self, _: &VipKey, _: bool) -> anyhow::Result<()> {
+            self.writes.push("remove service".into());
+            Ok(())
+        }
+        fn set_backend(&mut self, slot: u32, be: &Backend) -> anyhow::Result<()> {
+            self.backends.insert(slot, *be);
+            let state = if be.flags & BACKEND_F_UP != 0 { "up" } else { "down" };
+            self.writes.push(format!("backend {slot} {state}"));
+            self.check();
+            Ok(())
+        }
+        fn reset_backend_stats(&mut self, _: u32) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize> {
+            let mut n = 0;
+            for (i, &b) in new.iter().enumerate() {
+                if old.is_none_or(|o| o.get(i) != Some(&b)) {
+                    self.ring.insert(offset + i as u32, b);
+                    self.writes.push(format!("ring {} -> {b}", offset + i as u32));
+                    self.check();
+                    n += 1;
+                }
+            }
+            Ok(n)
+        }
+        fn set_flags(&mut self, _: u32) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    const CONFIG: &str = r#"
+[daemon]
+interfaces = ["eth0"]
+[[service]]
+name = "www"
+vip = "198.18.0.10:80"
+table_size = 31
+[service.health]
+check = "tcp"
+rise = 1
+fall = 1
+[[service.backend]]
+address = "198.18.1.11:80"
+[[service.backend]]
+address = "198.18.1.12:80"
+[[service.backend]]
+address = "198.18.1.13:80"
+role = "backup"
+"#;
+
+    fn balancer() -> (Balancer<Kernel>, u32) {
+        let cfg = crate::config::parse(CONFIG, "t.toml").expect("valid");
+        let (stride, regions) = Balancer::<Kernel>::table_room(&cfg);
+        let mut bal = Balancer::new(Kernel::default(), stride, regions);
+        bal.apply(&cfg).expect("apply");
+        let id = bal.services[0].id;
+        (bal, id)
+    }
+
+    fn check(bal: &mut Balancer<Kernel>, service: u32, backend: &str, ok: bool) {
+        let probe = Probe { ok, detail: if ok { "ok" } else { "refused" }.into(), duration: Duration::from_millis(1) };
+        assert!(bal.record_check(service, backend.parse().unwrap(), &probe).unwrap(), "{backend} is known");
+    }
+
+    fn up(bal: &Balancer<Kernel>, backend: &str) -> bool {
+        bal.services[0].backends.iter().find(|b| b.cfg.address.to_string() == backend).unwrap().healthy
+    }
+
+    /// Going down, coming back up, backups taking over and handing back: at
+    /// no point does a slot name a backend not marked up (the kernel fake
+    /// asserts it after each write).
+    #[test]
+    fn slots_never_name_a_backend_not_marked_up() {
+        let (mut bal, id) = balancer();
+        let (web1, web2, backup) = ("198.18.1.11:80", "198.18.1.12:80", "198.18.1.13:80");
+        check(&mut bal, id, web1, false);
+        assert!(!up(&bal, web1), "web1 down after its first failed check");
+        check(&mut bal, id, web1, true);
+        assert!(up(&bal, web1), "web1 up again (rise = 1)");
+        // Both primaries down: the backup takes new flows; then they come back.
+        check(&mut bal, id, web1, false);
+        check(&mut bal, id, web2, false);
+        assert!(bal.services[0].on_backup);
+        check(&mut bal, id, web2, true);
+        check(&mut bal, id, web1, true);
+        assert!(!bal.services[0].on_backup);
+        // The backup fails and recovers while standing by.
+        check(&mut bal, id, backup, false);
+        check(&mut bal, id, backup, true);
+        let k = &bal.dp;
+        let named: std::collections::BTreeSet<u32> = k.ring.values().copied().collect();
+        let web_slots: std::collections::BTreeSet<u32> = bal.services[0].backends[..2].iter().map(|b| b.slot).collect();
+        assert_eq!(named, web_slots, "the table names both primaries at the end");
+    }
+
+    /// A drained backend keeps its up flag (established flows continue) and
+    /// leaves the table before anything else changes.
+    #[test]
+    fn draining_keeps_the_backend_up_and_out_of_the_table() {
+        let (mut bal, _) = balancer();
+        bal.set_drained("www", "198.18.1.11:80", true).unwrap();
+        let slot = bal.services[0].backends[0].slot;
+        assert!(!bal.dp.ring.values().any(|&b| b == slot), "a drained backend takes no new flows");
+        assert_ne!(bal.dp.backends[&slot].flags & BACKEND_F_UP, 0, "established flows may continue to it");
+        bal.set_drained("www", "198.18.1.11:80", false).unwrap();
+        assert!(bal.dp.ring.values().any(|&b| b == slot));
     }
 }

@@ -11,11 +11,11 @@ use std::{
 use lb_common::counter;
 use serde::Serialize;
 
-use crate::{
-    conntrack_count::ConntrackCount,
-    metrics::{BackendSample, ServiceSample, Snapshot},
+use super::{
     rates::Rates,
+    snapshot::{BackendSample, ServiceSample, Snapshot, PASS_REASONS},
 };
+use crate::dataplane::conntrack_count::ConntrackCount;
 
 /// What every status output is made from.
 pub struct View<'a> {
@@ -160,6 +160,25 @@ fn service_table(o: &mut String, v: &View) {
 
 // ------------------------------------------------------------ JSON
 
+/// The status document: `xlb status --json` prints it and `/status.json`
+/// serves it, from the same function ([`json`]). Field names are stable;
+/// figures that are not known yet are `null`. Rates are per second over the
+/// last sampling window.
+///
+/// - `version`: xlb's version.
+/// - `now`: Unix time of the snapshot (seconds, fractional).
+/// - `rate_window_seconds`: the window rates are measured over (`null` until two samples exist).
+/// - `xdp[]`: `interface`, `mode` (`native` | `generic`): where the program is attached.
+/// - `conntrack`: `entries`, `limit`, `used_percent`, `age_seconds` (since it was counted); `null` before the first count.
+/// - `table_rebuilds`, `table_slots_written`: Maglev table rebuilds that changed a slot, and slots written, since start.
+/// - `drops[]`: `reason`, `total`, `per_second`: packets to a VIP dropped, by reason.
+/// - `kernel_passed[]`: `reason` (`no_route`, `ttl_expired`, `not_vip`), `total`: packets handed to the kernel.
+/// - `nat_replies`: backend replies rewritten back to the VIP.
+/// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `on_backup` (new flows go to the backups),
+///   `packets`, `new_flows`, `established`, `repicked`, `packets_per_second`, `new_flows_per_second`, and
+///   - `backends[]`: `address`, `role`, `state` (`up` | `down` | `drained`), `since` (Unix time of the
+///     last health change), `weight`, `last_check`, `last_check_duration_ms`, `state_changes`, `packets`,
+///     `bytes`, `new_flows`, `packets_per_second`, `bytes_per_second`, `new_flows_per_second`.
 #[derive(Serialize)]
 pub struct StatusJson {
     pub version: &'static str,
@@ -172,6 +191,7 @@ pub struct StatusJson {
     pub table_rebuilds: u64,
     pub table_slots_written: u64,
     pub drops: Vec<DropJson>,
+    pub kernel_passed: Vec<PassJson>,
     pub nat_replies: u64,
     pub services: Vec<ServiceJson>,
 }
@@ -186,7 +206,14 @@ pub struct XdpJson {
 pub struct ConntrackJson {
     pub entries: u64,
     pub limit: u32,
+    pub used_percent: f64,
     pub age_seconds: f64,
+}
+
+#[derive(Serialize)]
+pub struct PassJson {
+    pub reason: &'static str,
+    pub total: u64,
 }
 
 #[derive(Serialize)]
@@ -247,6 +274,7 @@ pub fn json(v: &View) -> StatusJson {
         conntrack: v.conntrack.map(|c| ConntrackJson {
             entries: c.entries,
             limit: c.limit,
+            used_percent: percent(c.entries, c.limit),
             age_seconds: v.snap.at.saturating_duration_since(c.at).as_secs_f64(),
         }),
         table_rebuilds: v.snap.rebuilds,
@@ -260,6 +288,7 @@ pub fn json(v: &View) -> StatusJson {
                 per_second: v.rates.and_then(|r| r.drop(i)),
             })
             .collect(),
+        kernel_passed: PASS_REASONS.iter().map(|&(i, reason)| PassJson { reason, total: v.snap.counter(i) }).collect(),
         nat_replies: v.snap.counter(counter::REPLY_NAT),
         services: v.snap.services.iter().map(|s| service_json(v, s)).collect(),
     }
@@ -308,7 +337,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::metrics::tests::snapshot;
+    use crate::monitor::snapshot::tests::snapshot;
 
     fn view_parts() -> (Snapshot, Rates) {
         let prev = snapshot();
@@ -360,6 +389,10 @@ mod tests {
         assert_eq!(j["drops"][4]["reason"], "no_backend");
         assert_eq!(j["drops"][4]["total"], 40);
         assert_eq!(j["conntrack"]["entries"], 50);
+        assert_eq!(j["conntrack"]["used_percent"], 50.0);
+        assert_eq!(j["kernel_passed"][1]["reason"], "ttl_expired");
+        assert_eq!(j["kernel_passed"][1]["total"], snap.counter(counter::PASS_TTL));
+        assert_eq!(j["nat_replies"], snap.counter(counter::REPLY_NAT));
         assert_eq!(j["xdp"][0]["mode"], "native");
     }
 

@@ -8,9 +8,8 @@ use anyhow::{bail, Context as _};
 use lb_common::{FlowKey, NO_BACKEND};
 
 use crate::{
-    check,
     config::{Config, Protocol},
-    maglev,
+    plan,
 };
 
 /// How a new flow is placed.
@@ -63,7 +62,7 @@ pub fn explain(cfg: &Config, client: SocketAddr, vip: SocketAddr, protocol: Prot
         );
     };
     let service = &cfg.services[index];
-    let table = maglev::service_table(service, &service.serving_when_all_up());
+    let table = plan::service_table(service, &plan::serving_when_all_up(service));
     let hash = lb_common::flow_hash(&key);
     let slot = hash % service.table_size;
     let backend = table[slot as usize];
@@ -97,7 +96,7 @@ pub fn run(config: &Path, client: &str, vip: &str, protocol: &str) -> anyhow::Re
     let client = parse_addr(client, "client", "198.18.0.1:40000")?;
     let vip = parse_addr(vip, "VIP", "198.18.0.10:80")?;
     let protocol = parse_protocol(protocol)?;
-    let cfg = check::load(config)?;
+    let cfg = crate::config::load(config)?;
     let e = explain(&cfg, client, vip, protocol)?;
     let service = &cfg.services[e.service];
     let backend = &service.backends[e.backend];

@@ -14,12 +14,10 @@ use tokio::{
     task::JoinSet,
 };
 
-use crate::{
-    balancer::Balancer,
-    metrics::{self, Snapshot},
-    rates::history,
-    status::{self, View},
-};
+use tokio_util::sync::CancellationToken;
+
+use super::{prometheus, rates::History};
+use crate::balancer::Balancer;
 
 /// The status page: static; its script fetches `/status.json`.
 pub const STATUS_PAGE: &str = include_str!("status_page.html");
@@ -29,6 +27,8 @@ const MAX_HEAD: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 64;
+/// Pause after a failed accept (out of descriptors, ...), so the loop does not spin.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// An answer: status, content type, body.
 #[derive(Debug, PartialEq, Eq)]
@@ -117,26 +117,13 @@ pub fn resolve(method: &str, path: &str) -> Result<Page, Response> {
 }
 
 /// Renders `page` from the balancer's counters and the sampler's history.
-fn render(page: Page, bal: &Mutex<Balancer>) -> Response {
-    if page == Page::StatusPage {
-        return Response::new(200, "text/html; charset=utf-8", STATUS_PAGE);
-    }
-    // The balancer's lock is held while reading the maps only.
-    let snap = Snapshot::collect(&bal.lock().unwrap_or_else(|e| e.into_inner()));
-    let snap = match snap {
-        Ok(s) => s,
-        Err(e) => return Response::text(500, &format!("reading the counters failed: {e:#}")),
+fn render(page: Page, bal: &Mutex<Balancer>, history: &Mutex<History>) -> Response {
+    let answer = match page {
+        Page::StatusPage => return Response::new(200, "text/html; charset=utf-8", STATUS_PAGE),
+        Page::Metrics => super::metrics_text(bal, history).map(|t| Response::new(200, prometheus::CONTENT_TYPE, t)),
+        Page::StatusJson => super::status_json(bal, history).map(|t| Response::new(200, "application/json", t)),
     };
-    let h = history();
-    if page == Page::Metrics {
-        return Response::new(200, metrics::CONTENT_TYPE, metrics::prometheus(&snap, h.conntrack.as_ref()));
-    }
-    let rates = h.rates();
-    let view = View { snap: &snap, rates: rates.as_ref(), conntrack: h.conntrack.as_ref() };
-    match serde_json::to_vec(&status::json(&view)) {
-        Ok(body) => Response::new(200, "application/json", body),
-        Err(e) => Response::text(500, &format!("encoding the status failed: {e}")),
-    }
+    answer.unwrap_or_else(|e| Response::text(500, &format!("{e:#}")))
 }
 
 /// Reads the request head (up to the blank line), bounded in size and time.
@@ -165,11 +152,11 @@ async fn read_head(stream: &mut TcpStream) -> Result<String, Response> {
     }
 }
 
-async fn handle(mut stream: TcpStream, bal: Arc<Mutex<Balancer>>) -> std::io::Result<()> {
+async fn handle(mut stream: TcpStream, bal: Arc<Mutex<Balancer>>, history: Arc<Mutex<History>>) -> std::io::Result<()> {
     let (response, head_only) = match read_head(&mut stream).await {
         Ok(head) => match parse_request_line(&head) {
             Some((method, path)) => match resolve(method, path) {
-                Ok(page) => (render(page, &bal), method == "HEAD"),
+                Ok(page) => (render(page, &bal, &history), method == "HEAD"),
                 Err(r) => (r, method == "HEAD"),
             },
             None => (Response::text(400, "malformed request line"), false),
@@ -180,27 +167,32 @@ async fn handle(mut stream: TcpStream, bal: Arc<Mutex<Balancer>>) -> std::io::Re
     stream.shutdown().await
 }
 
-/// Serves until the task is aborted; aborting it also ends every connection
-/// in progress (they live in this task's `JoinSet`).
-pub async fn serve(listener: TcpListener, bal: Arc<Mutex<Balancer>>) {
+/// Serves until `cancel` is cancelled, then ends the connections in
+/// progress (they live in this task's `JoinSet`) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    bal: Arc<Mutex<Balancer>>,
+    history: Arc<Mutex<History>>,
+    cancel: CancellationToken,
+) {
     let mut conns = JoinSet::new();
     loop {
-        while conns.len() >= MAX_CONNECTIONS {
-            conns.join_next().await;
-        }
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            _ = cancel.cancelled() => break,
+            // Bounded: at MAX_CONNECTIONS, wait for one to end before accepting.
+            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
                 Ok((stream, _)) => {
-                    conns.spawn(handle(stream, bal.clone()));
+                    conns.spawn(handle(stream, bal.clone(), history.clone()));
                 }
                 Err(e) => {
                     log::debug!("metrics accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
+    conns.shutdown().await;
 }
 
 #[cfg(test)]

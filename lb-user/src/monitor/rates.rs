@@ -2,9 +2,9 @@
 //! the difference between the last two snapshots over the time between them.
 //! It also counts the conntrack map every few seconds (see `conntrack_count`).
 //!
-//! The daemon keeps its samples in [`HISTORY`], one per process, so the admin
-//! socket's `status`, `/status.json` and the status page all read the same
-//! figures.
+//! The daemon keeps one [`History`], written by [`sample`] and shared (see
+//! `monitor::SharedHistory`) with the admin socket's `status`, `/metrics`,
+//! `/status.json` and the status page, so they all read the same figures.
 
 use std::{
     collections::HashMap,
@@ -16,10 +16,12 @@ use std::{
 
 use lb_common::counter;
 
+use tokio_util::sync::CancellationToken;
+
+use super::snapshot::Snapshot;
 use crate::{
     balancer::Balancer,
-    conntrack_count::{self, ConntrackCount},
-    metrics::Snapshot,
+    dataplane::conntrack_count::{self, ConntrackCount},
 };
 
 /// How often the sampler takes a snapshot.
@@ -128,27 +130,28 @@ impl History {
     }
 }
 
-/// The daemon's history, written by [`sample`].
-static HISTORY: Mutex<History> = Mutex::new(History::new());
-
-/// The daemon's history (rates and the conntrack count).
-pub fn history() -> std::sync::MutexGuard<'static, History> {
-    HISTORY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Samples the counters every [`SAMPLE_EVERY`] into [`HISTORY`], and counts
+/// Samples the counters every [`SAMPLE_EVERY`] into `history`, and counts
 /// the conntrack map (`fd`, capacity) as often as [`COUNT_CONNTRACK_EVERY`]
-/// and [`COUNT_CONNTRACK_SPACING`] allow, until the task is aborted.
-pub async fn sample(bal: Arc<Mutex<Balancer>>, conntrack: Option<(OwnedFd, u32)>) {
+/// and [`COUNT_CONNTRACK_SPACING`] allow, until `cancel` is cancelled.
+pub async fn sample(
+    bal: Arc<Mutex<Balancer>>,
+    conntrack: Option<(OwnedFd, u32)>,
+    history: Arc<Mutex<History>>,
+    cancel: CancellationToken,
+) {
+    let history = || history.lock().unwrap_or_else(|e| e.into_inner());
     let conntrack = conntrack.map(|(fd, limit)| (Arc::new(fd), limit));
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
     let mut next_count = std::time::Instant::now();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
         // The balancer's lock is held for the map reads only.
-        let snap = Snapshot::collect(&bal.lock().unwrap());
+        let snap = Snapshot::collect(&bal.lock().unwrap_or_else(|e| e.into_inner()));
         match snap {
             Ok(s) => history().push(s),
             Err(e) => log::warn!("sampling counters: {e:#}"),
@@ -156,7 +159,11 @@ pub async fn sample(bal: Arc<Mutex<Balancer>>, conntrack: Option<(OwnedFd, u32)>
         let Some((fd, limit)) = &conntrack else { continue };
         if std::time::Instant::now() >= next_count {
             let (fd, limit) = (fd.clone(), *limit);
-            match tokio::task::spawn_blocking(move || conntrack_count::count(&fd, limit)).await {
+            let counted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                c = tokio::task::spawn_blocking(move || conntrack_count::count(&fd, limit)) => c,
+            };
+            match counted {
                 Ok(Ok(c)) => {
                     next_count = c.at + COUNT_CONNTRACK_EVERY.max(c.took * COUNT_CONNTRACK_SPACING);
                     history().conntrack = Some(c);
@@ -174,7 +181,7 @@ pub async fn sample(bal: Arc<Mutex<Balancer>>, conntrack: Option<(OwnedFd, u32)>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::tests::snapshot;
+    use crate::monitor::snapshot::tests::snapshot;
 
     #[test]
     fn rates_are_differences_over_the_window() {

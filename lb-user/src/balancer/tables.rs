@@ -1,0 +1,45 @@
+//! The writes the balancer makes to the data path's maps, behind a trait:
+//! the kernel's maps ([`Dataplane`]) in the daemon, a recording fake in the
+//! tests that check the order of the writes.
+
+use lb_common::{Backend, Service, VipKey};
+
+use crate::dataplane::Dataplane;
+
+/// What the balancer writes. Each call is one step a packet may observe.
+pub trait Tables {
+    /// Publishes a service (its table must be written first).
+    fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()>;
+    /// Unpublishes a service; its VIP address stays known while `addr_still_used`.
+    fn remove_service(&mut self, key: &VipKey, addr_still_used: bool) -> anyhow::Result<()>;
+    /// Writes `BACKENDS[slot]` (`Backend::default()` frees it).
+    fn set_backend(&mut self, slot: u32, be: &Backend) -> anyhow::Result<()>;
+    /// Zeroes the counters of a backend slot handed out anew.
+    fn reset_backend_stats(&mut self, slot: u32) -> anyhow::Result<()>;
+    /// Writes the slots of a Maglev table at `offset` that differ from `old`;
+    /// how many were written.
+    fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize>;
+    /// The data path's global flags (`SETTINGS_F_NAT`).
+    fn set_flags(&mut self, flags: u32) -> anyhow::Result<()>;
+}
+
+impl Tables for Dataplane {
+    fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()> {
+        Dataplane::set_service(self, key, svc)
+    }
+    fn remove_service(&mut self, key: &VipKey, addr_still_used: bool) -> anyhow::Result<()> {
+        Dataplane::remove_service(self, key, addr_still_used)
+    }
+    fn set_backend(&mut self, slot: u32, be: &Backend) -> anyhow::Result<()> {
+        Dataplane::set_backend(self, slot, be)
+    }
+    fn reset_backend_stats(&mut self, slot: u32) -> anyhow::Result<()> {
+        Dataplane::reset_backend_stats(self, slot)
+    }
+    fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize> {
+        Dataplane::write_ring(self, offset, new, old)
+    }
+    fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
+        Dataplane::set_flags(self, flags)
+    }
+}

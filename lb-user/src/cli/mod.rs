@@ -1,0 +1,47 @@
+//! The client side: commands that read a config file (`check`, `explain`)
+//! or ask the running daemon over its admin socket (`status`, `top`,
+//! `trace`, `drain`, `enable`, `reload`).
+//!
+//! The admin protocol: one request line in; `ok` or `error` on the first
+//! line of the answer, then the text (see `daemon::admin`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+pub mod check;
+pub mod explain;
+pub mod status;
+pub mod top;
+pub mod trace;
+
+/// Sends one request to the daemon at `socket`; its answer, or its error.
+pub fn request(socket: &Path, req: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = connect(socket)?;
+    s.write_all(format!("{req}\n").as_bytes())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    match answer.split_once('\n') {
+        Some(("ok", rest)) => Ok(rest.to_string()),
+        Some(("error", rest)) => anyhow::bail!("{}", rest.trim_end()),
+        _ => anyhow::bail!("unexpected answer from {}: {answer:?}", socket.display()),
+    }
+}
+
+/// Connects to the admin socket; the error says what to check.
+pub fn connect(socket: &Path) -> anyhow::Result<std::os::unix::net::UnixStream> {
+    std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {} (is xlb running? are you root?)", socket.display()))
+}
+
+/// The socket to use: `--socket`, else the config's `admin_socket`, else the default.
+pub fn socket_path(socket: Option<PathBuf>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(s) = socket {
+        return Ok(s);
+    }
+    if let Some(c) = config {
+        return Ok(crate::config::load(c)?.daemon.admin_socket);
+    }
+    Ok(PathBuf::from(crate::config::DEFAULT_ADMIN_SOCKET))
+}

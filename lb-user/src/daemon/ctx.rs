@@ -1,0 +1,76 @@
+//! The control context: what the daemon's control tasks (admin requests,
+//! reloads, signals) share, and the reload itself.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{balancer::Balancer, config, health::Checker, monitor::SharedHistory};
+
+pub struct Ctx {
+    /// The maps and the backends' states.
+    pub bal: Arc<Mutex<Balancer>>,
+    /// The rate sampler's history, read by `status`.
+    pub history: SharedHistory,
+    /// The health checks (taken out at shutdown to be stopped).
+    pub checker: Mutex<Option<Checker>>,
+    /// The config file, read again on reload.
+    pub config_path: PathBuf,
+    /// The `[daemon]` settings the daemon runs with (a reload does not change them).
+    pub daemon: config::DaemonConfig,
+    /// Cancelled on SIGINT/SIGTERM: every task ends.
+    pub cancel: CancellationToken,
+}
+
+/// Locks `m`, also after a panic elsewhere (the state stays usable: every
+/// write is checked before it is made).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Ctx {
+    /// Makes the running health checks match the balancer's backends; how
+    /// many run. Must run inside the tokio runtime.
+    pub fn sync_checks(&self) -> usize {
+        let targets = lock(&self.bal).health_targets();
+        match lock(&self.checker).as_mut() {
+            Some(c) => {
+                c.sync(targets);
+                c.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Reloads the config file (SIGHUP, `xlb reload`): a valid config is
+    /// applied by rewriting only what changed; an invalid one is refused and
+    /// the running one keeps serving. Returns what was done.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let result = config::load(&self.config_path).map_err(anyhow::Error::from).and_then(|cfg| {
+            tokio::task::block_in_place(|| lock(&self.bal).apply(&cfg))?;
+            Ok(cfg)
+        });
+        let cfg = match result {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                log::error!("reload refused, still serving the previous configuration: {e:#}");
+                return Err(e.context("reload refused, still serving the previous configuration"));
+            }
+        };
+        self.sync_checks();
+        let mut msg = format!(
+            "reloaded {}: {} services, {} backends",
+            self.config_path.display(),
+            cfg.services.len(),
+            cfg.backend_count()
+        );
+        if self.daemon != cfg.daemon {
+            msg += "; [daemon] settings changed: they apply at the next restart";
+        }
+        log::info!("{msg}");
+        Ok(msg + "\n")
+    }
+}

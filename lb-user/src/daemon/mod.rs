@@ -1,0 +1,224 @@
+//! `xlb run`: load, bind, fill the maps, attach, then serve until
+//! SIGINT/SIGTERM, and stop in order.
+//!
+//! Every task belongs to a `JoinSet` and watches one cancellation token. On
+//! SIGINT/SIGTERM the token is cancelled and the tasks are awaited in order:
+//! the admin connections (a running trace turns tracing off), reloads, the
+//! health checks, then the report applier, monitoring and next-hop tasks.
+//! Only then is the program detached, so nothing can write to the maps after.
+
+use std::{
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::mpsc,
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+
+use self::ctx::{lock, Ctx};
+use crate::{
+    balancer::Balancer,
+    config,
+    health::{Checker, Report, REPORT_QUEUE},
+    monitor::{self, SharedHistory},
+};
+
+pub mod admin;
+pub mod ctx;
+
+/// How long each group of tasks has to end at shutdown before it is aborted.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    // The same load as `xlb check` and reloads: every problem, before anything needs root.
+    let cfg = config::load(path)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(serve(path, cfg))
+}
+
+async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
+    let mut bal = Balancer::load(&cfg)?;
+    // The addresses first: one that is taken fails before any traffic is touched.
+    let admin_socket = admin::bind(&cfg.daemon.admin_socket)?;
+    let metrics = monitor::bind_metrics(&cfg.daemon).await?;
+    bal.apply(&cfg)?;
+    // Maps are complete before the first packet can reach the program.
+    for iface in &cfg.daemon.interfaces {
+        let mode = bal.dp.attach(iface, cfg.daemon.xdp_mode)?;
+        log::info!("attached to {iface} ({mode} mode)");
+    }
+    let cancel = CancellationToken::new();
+    // Background tasks: awaited last.
+    let mut back = JoinSet::new();
+    warm_neighbours(&cfg, &mut back);
+    for s in &bal.services {
+        log::info!(
+            "service {} {} {} {}: {} backends",
+            s.cfg.name,
+            s.cfg.protocol.as_str(),
+            s.cfg.vip,
+            s.cfg.forwarding.as_str(),
+            s.backends.len()
+        );
+    }
+    let conntrack = match bal.dp.conntrack_fd() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            log::warn!("conntrack entries will not be counted: {e:#}");
+            None
+        }
+    };
+
+    let bal = Arc::new(Mutex::new(bal));
+    let history = SharedHistory::default();
+    let (reports, reports_rx) = mpsc::channel(REPORT_QUEUE);
+    let ctx = Arc::new(Ctx {
+        bal: bal.clone(),
+        history: history.clone(),
+        checker: Mutex::new(Some(Checker::new(reports))),
+        config_path: path.to_path_buf(),
+        daemon: cfg.daemon.clone(),
+        cancel: cancel.clone(),
+    });
+    back.spawn(apply_reports(reports_rx, bal.clone(), cancel.clone()));
+    let checks = ctx.sync_checks();
+    if checks > 0 {
+        log::info!("health checks started for {checks} backends");
+    }
+    let mut admin = JoinSet::new();
+    admin.spawn(admin::serve(admin_socket, ctx.clone()));
+    back.spawn(refresh_next_hops(bal.clone(), cancel.clone()));
+    back.spawn(monitor::rates::sample(bal.clone(), conntrack, history.clone(), cancel.clone()));
+    if let (Some(listener), Some(addr)) = (metrics, cfg.daemon.metrics) {
+        log::info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
+        back.spawn(monitor::http::serve(listener, bal.clone(), history, cancel.clone()));
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut reloads = JoinSet::new();
+    log::info!("xlb running (pid {})", std::process::id());
+    let why = loop {
+        tokio::select! {
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = hup.recv() => {
+                let ctx = ctx.clone();
+                reloads.spawn(async move { let _ = ctx.reload(); });
+            }
+            Some(_) = reloads.join_next(), if !reloads.is_empty() => {}
+        }
+    };
+
+    log::info!("{why}: stopping");
+    cancel.cancel();
+    join("admin connections", &mut admin).await;
+    join("reloads", &mut reloads).await;
+    let checker = lock(&ctx.checker).take();
+    if let Some(mut checker) = checker {
+        checker.stop().await;
+    }
+    join("background tasks", &mut back).await;
+    drop(ctx);
+    // Every task has ended: nothing writes to the maps any more.
+    let detached = lock(&bal).dp.detach_all();
+    let ifaces = detached?;
+    log::info!("detached from {}; bye", ifaces.join(", "));
+    Ok(())
+}
+
+/// Waits for every task of `set` to end, for at most [`SHUTDOWN_GRACE`];
+/// then aborts the rest (and waits for them).
+async fn join(what: &str, set: &mut JoinSet<()>) {
+    let all = async {
+        while let Some(r) = set.join_next().await {
+            if let Err(e) = r {
+                if e.is_panic() {
+                    log::error!("{what}: a task panicked: {e}");
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, all).await.is_err() {
+        log::warn!("{what}: {} still running after {SHUTDOWN_GRACE:?}; aborting them", set.len());
+        set.shutdown().await;
+    }
+}
+
+/// Applies the health checks' reports, the only writer of health states:
+/// rise/fall hysteresis, and the tables rewritten when a backend changes
+/// state. Reports that queued up meanwhile are applied under one lock.
+async fn apply_reports(mut reports: mpsc::Receiver<Report>, bal: Arc<Mutex<Balancer>>, cancel: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = reports.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+        };
+        let mut batch = vec![first];
+        while let Ok(r) = reports.try_recv() {
+            batch.push(r);
+        }
+        // Applying may rewrite a table: a few ms of map writes.
+        tokio::task::block_in_place(|| {
+            let mut b = lock(&bal);
+            for r in batch {
+                // A report of a backend removed meanwhile finds nothing: its check is being stopped.
+                if let Err(e) = b.record_check(r.target.service, r.target.address, &r.probe) {
+                    log::error!("applying a health check result for {}: {e:#}", r.target.address);
+                }
+            }
+        });
+    }
+}
+
+/// Keeps the backends' next hops (egress interface, MACs) in step with the
+/// kernel's route and neighbour tables, once a second.
+async fn refresh_next_hops(bal: Arc<Mutex<Balancer>>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ips = lock(&bal).backend_ips();
+        let resolved = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = tokio::task::spawn_blocking(move || crate::dataplane::neigh::resolve(&ips)) => r,
+        };
+        let Ok(hops) = resolved else { continue };
+        match lock(&bal).set_next_hops(&hops) {
+            Ok(0) => {}
+            Ok(n) => log::info!("next hops updated for {n} backends ({} resolved)", hops.len()),
+            Err(e) => log::error!("writing next hops: {e:#}"),
+        }
+    }
+}
+
+/// Resolves each backend's link-layer address before traffic needs it: the
+/// XDP program forwards only to known neighbours (it hands the packet to the
+/// kernel otherwise, which DSR cannot use). A TCP connect makes the kernel
+/// resolve the neighbour; its result does not matter.
+fn warm_neighbours(cfg: &config::Config, tasks: &mut JoinSet<()>) {
+    for s in &cfg.services {
+        for b in &s.backends {
+            let addr = b.address;
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await;
+            });
+        }
+    }
+}
