@@ -242,11 +242,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// Validates a parsed file: the top level here, each table in its module.
+fn validate_config(v: &mut validate::Validator<'_>, raw: raw::RawConfig) -> Config {
+    let root = diag::FieldPath::root();
+    v.unknown_keys(&root, &raw.unknown, raw::RawConfig::KEYS);
+    let daemon = daemon::validate(v, &root.key("daemon"), raw.daemon);
+    let services = service::validate_all(v, &root.key("service"), raw.service);
+    Config { daemon, services }
+}
+
 /// Parses and validates a configuration given as text; `file` names it in errors.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
     let mut v = validate::Validator::new(text);
     let config = match raw::parse(text) {
-        Ok(raw) => Some(validate::config(&mut v, raw)),
+        Ok(raw) => Some(validate_config(&mut v, raw)),
         Err(e) => {
             v.report_toml(&e);
             None

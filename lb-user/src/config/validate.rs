@@ -1,23 +1,14 @@
-//! Validation: the raw structs in, a [`Config`] out, every problem reported
-//! with its field path and line. The tables are checked in their own modules
-//! ([`super::daemon`], [`super::service`], [`super::health`], [`super::backend`]);
-//! this one reads keys: their TOML type, enums, integer ranges, unknown keys.
+//! Reading keys for validation: their TOML type, enums, integer ranges,
+//! unknown keys, every problem collected with its field path and line. The
+//! tables are checked in their own modules ([`super::daemon`],
+//! [`super::service`], [`super::health`], [`super::backend`]), which use
+//! this one; [`super::parse`] ties them together.
 
 use super::{
     checks,
     diag::{closest, Diagnostics, FieldPath, Problem, Span},
-    raw::{Expect, Found, Item, Kind, RawConfig, Spanned, Typed},
-    Config,
+    raw::{Expect, Found, Item, Kind, Spanned, Typed},
 };
-
-/// Validates a parsed file.
-pub fn config(v: &mut Validator<'_>, raw: RawConfig) -> Config {
-    let root = FieldPath::root();
-    v.unknown_keys(&root, &raw.unknown, RawConfig::KEYS);
-    let daemon = super::daemon::validate(v, &root.key("daemon"), raw.daemon);
-    let services = super::service::validate_all(v, &root.key("service"), raw.service);
-    Config { daemon, services }
-}
 
 /// Marks a value of the wrong TOML type, already reported: callers skip the
 /// checks that would only repeat it (such as "missing").
