@@ -196,15 +196,21 @@ impl Daemon {
 
     /// SIGTERM, then waits (10 s at most); returns the exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `sig` (SIGTERM, SIGINT) once and waits up to 10 s for the daemon
+    /// to exit; its exit status.
+    pub fn stop_with(&mut self, sig: libc::c_int) -> Result<std::process::ExitStatus> {
         let mut p = self.proc.take().context("daemon already stopped")?;
-        p.signal(libc::SIGTERM)?;
+        p.signal(sig)?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(st) = p.try_wait()? {
                 return Ok(st);
             }
             if Instant::now() > deadline {
-                bail!("xlb did not exit within 10 s of SIGTERM; log:\n{}", self.log_text());
+                bail!("xlb did not exit within 10 s of signal {sig}; log:\n{}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
