@@ -170,6 +170,15 @@ impl Daemon {
         self.wait_log(timeout, &what, |log| log.matches(text).count() >= times)
     }
 
+    /// [`Daemon::wait_log_count`] for tests: up to 10 s for `text` to occur
+    /// `times` times; panics with the log when it does not.
+    #[track_caller]
+    pub fn expect_log(&self, text: &str, times: usize) {
+        if let Err(e) = self.wait_log_count(Duration::from_secs(10), text, times) {
+            panic!("{e:#}");
+        }
+    }
+
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -95,10 +95,6 @@ fn until_answered_by(topo: &Topology, backend: &str, since: Instant) -> Duration
         .unwrap_or_else(|| panic!("{backend} never answered (last answer: {last:?})"))
 }
 
-fn wait_log(d: &Daemon, what: &str) {
-    d.wait_log_count(Duration::from_secs(10), what, 1).unwrap();
-}
-
 /// `n` web servers with nginx, and xlb serving `svc` once every backend has
 /// been checked. Bind as `let (topo, web, d) = ...`: the daemon goes first.
 fn start(n: usize, svc: &Svc) -> (Topology, Vec<Nginx>, Daemon) {
@@ -106,7 +102,7 @@ fn start(n: usize, svc: &Svc) -> (Topology, Vec<Nginx>, Daemon) {
     let web = topo.start_nginx_all().unwrap();
     let d = Daemon::start(topo.lb_ns(), &svc.toml(), &["eth0", "eth1"]).unwrap();
     if svc.check != "none" {
-        wait_log(&d, &format!("health checks started for {} backends", svc.backends.len()));
+        d.expect_log(&format!("health checks started for {} backends", svc.backends.len()), 1);
         d.wait_checked(Duration::from_secs(5)).unwrap();
     }
     (topo, web, d)
@@ -176,7 +172,7 @@ fn active_passive_fails_over_and_back() {
     // Nothing up: new connections get no answer, and xlb counts why.
     web[0].stop().unwrap();
     web[1].stop().unwrap();
-    wait_log(&d, "service www: no backend takes new flows");
+    d.expect_log("service www: no backend takes new flows", 1);
     let r = topo.client().get_many(&vip_url(), 1, None, true);
     assert!(r.is_err(), "a connection was answered with no backend up: {r:?}");
     let status = d.status_json();
@@ -205,7 +201,7 @@ fn no_preempt_stays_on_the_backup() {
     web[0].stop().unwrap();
     until_answered_by(&topo, "web2", Instant::now());
     web[0].start().unwrap();
-    wait_log(&d, "backend www/198.18.1.11:80 is UP");
+    d.expect_log("backend www/198.18.1.11:80 is UP", 1);
     assert_eq!(names(&spread(&topo, &d, 20)), ["web2"], "no preemption: the recovered primary takes no new flows");
     assert_eq!(backend_state(&d, "198.18.1.11:80").0, "up", "web1 is up again");
 
@@ -260,13 +256,13 @@ fn active_active_moves_only_the_dead_backends_share() {
         connections_on(&topo, &["web1", "web2"]).into_iter().filter(|(_, b)| b != "web3").collect();
 
     silence(&topo, 3, true);
-    wait_log(&d, "backend www/198.18.1.13:80 is DOWN after 2 failed checks: timeout");
+    d.expect_log("backend www/198.18.1.13:80 is DOWN after 2 failed checks: timeout", 1);
     let m = spread(&topo, &d, 60);
     assert_eq!(names(&m), ["web1", "web2"], "web3's share moved to the others: {m:?}");
     assert_still_served(&mut survivors, "after web3 failed");
 
     silence(&topo, 3, false);
-    wait_log(&d, "backend www/198.18.1.13:80 is UP");
+    d.expect_log("backend www/198.18.1.13:80 is UP", 1);
     assert_eq!(names(&spread(&topo, &d, 60)), ["web1", "web2", "web3"], "web3 takes new flows again");
     assert_still_served(&mut survivors, "after web3 recovered");
 }
@@ -350,7 +346,7 @@ fn flapping_backend_is_held_by_hysteresis() {
 
     let mark = d.log_text().len();
     refuse(&topo, 1, true);
-    wait_log(&d, &format!("backend www/{web1} is DOWN after 3 failed checks: refused"));
+    d.expect_log(&format!("backend www/{web1} is DOWN after 3 failed checks: refused"), 1);
     let log = d.log_text();
     let down = &log[mark..];
     assert!(
@@ -361,7 +357,7 @@ fn flapping_backend_is_held_by_hysteresis() {
 
     let mark = d.log_text().len();
     refuse(&topo, 1, false);
-    wait_log(&d, &format!("backend www/{web1} is UP after 3 successful checks"));
+    d.expect_log(&format!("backend www/{web1} is UP after 3 successful checks"), 1);
     let log = d.log_text();
     let up = &log[mark..];
     let (before, _) = up.split_once(&format!("{web1} is UP")).unwrap();

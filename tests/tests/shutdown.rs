@@ -29,20 +29,16 @@ fn config() -> String {
     ConfigToml::new().daemon("metrics", "127.0.0.1:9477").daemon("conntrack_entries", 4096u32).service(svc).to_string()
 }
 
-fn wait_log(d: &Daemon, what: &str) {
-    d.wait_log(Duration::from_secs(10), what, |l| l.contains(what)).unwrap_or_else(|e| panic!("{e:#}"));
-}
-
 fn stop_while_busy(topo: &Topology, sig: libc::c_int, name: &str) {
     let mut d = Daemon::start(topo.lb_ns(), &config(), &["eth0", "eth1"]).unwrap();
-    wait_log(&d, "backend www/198.18.1.12:80 is DOWN");
-    wait_log(&d, "backend www/198.18.1.250:80 is DOWN");
+    d.expect_log("backend www/198.18.1.12:80 is DOWN", 1);
+    d.expect_log("backend www/198.18.1.250:80 is DOWN", 1);
 
     let socket = d.socket.to_str().unwrap().to_string();
     let trace = std::thread::spawn(move || {
         xlb(None, &["trace", "--socket", &socket, "--sample", "1", "--count", "100000", "--seconds", "60"]).unwrap()
     });
-    wait_log(&d, "trace started");
+    d.expect_log("trace started", 1);
     // Checks keep failing (every 100 ms) while the daemon stops.
     let t0 = Instant::now();
     let status = d.stop_with(sig).unwrap_or_else(|e| panic!("{e:#}"));

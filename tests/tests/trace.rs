@@ -5,7 +5,7 @@
 //!
 //! Needs root and a release build with the XDP object (`cargo xtask test`).
 
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use xlb_testbed::{
     config::{web, ConfigToml, ServiceToml},
@@ -49,10 +49,6 @@ fn trace(socket: &str, seconds: u64) -> std::thread::JoinHandle<std::process::Ou
     })
 }
 
-fn wait_for_log(d: &Daemon, text: &str, count: usize) {
-    d.wait_log_count(Duration::from_secs(10), text, count).unwrap();
-}
-
 fn stdout(out: &std::process::Output) -> String {
     assert!(out.status.success(), "xlb trace failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -67,7 +63,7 @@ fn trace_shows_flows_backends_replies_and_drop_reasons() {
     let socket = d.socket.to_str().unwrap().to_string();
 
     let t = trace(&socket, 4);
-    wait_for_log(&d, "trace started", 1);
+    d.expect_log("trace started", 1);
     let url = http_url(IpAddr::from(VIP_V4), 80, "/");
     let answered: Vec<(u16, String)> = (43000..43003u16)
         .map(|port| (port, topo.client().curl_with_local_port(&url, port).unwrap().trim().to_string()))
@@ -75,7 +71,7 @@ fn trace_shows_flows_backends_replies_and_drop_reasons() {
     send_truncated_tcp(&topo);
     let text = stdout(&t.join().unwrap());
     eprintln!("xlb trace printed:\n{text}");
-    wait_for_log(&d, "trace stopped", 1);
+    d.expect_log("trace stopped", 1);
 
     let lines: Vec<&str> = text.lines().collect();
     for (port, body) in &answered {
@@ -109,7 +105,7 @@ fn trace_shows_flows_backends_replies_and_drop_reasons() {
     let t = trace(&socket, 1);
     let quiet = stdout(&t.join().unwrap());
     assert_eq!(quiet, "", "events from while no trace ran");
-    wait_for_log(&d, "trace stopped", 2);
+    d.expect_log("trace stopped", 2);
 
     let bad = xlb(None, &["trace", "--socket", &socket, "--sample", "0"]).unwrap();
     let err = String::from_utf8_lossy(&bad.stderr);
