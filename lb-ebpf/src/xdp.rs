@@ -676,8 +676,14 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
     Decision { flow: t.flow, service: t.svc.id, backend: idx, action }
 }
 
+/// NAT to a backend. A packet whose TTL would expire goes to the kernel
+/// before anything is rewritten: its ICMP time exceeded then quotes the
+/// packet as the client sent it.
 #[inline(always)]
 fn nat_to_backend(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> Result<Action, Reason> {
+    if pkt.ttl <= 1 {
+        return Ok(Action::Pass(Pass::TtlExpired));
+    }
     rewrite(ctx, pkt, L4_DPORT, &pkt.key.dst, pkt.key.dport, &be.addr, be.port)?;
     forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
 }
@@ -693,6 +699,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
     Decision { flow: Flow::Reply, service: NOT_KNOWN, backend, action: nat_to_client(ctx, pkt, &vip, vip_port, &hop) }
 }
 
+/// NAT back to the client, TTL checked before the rewrite as in [`nat_to_backend`].
 #[inline(always)]
 fn nat_to_client(
     ctx: &XdpContext,
@@ -701,6 +708,9 @@ fn nat_to_client(
     vip_port: u16,
     hop: &NextHop,
 ) -> Result<Action, Reason> {
+    if pkt.ttl <= 1 {
+        return Ok(Action::Pass(Pass::TtlExpired));
+    }
     rewrite(ctx, pkt, L4_SPORT, &pkt.key.src, pkt.key.sport, vip, vip_port)?;
     forward(ctx, pkt, hop, &pkt.key.dst, vip, true)
 }
@@ -789,7 +799,7 @@ fn rewrite(
 
 /// Sends the packet towards `dst` (the backend, or the client for a reply):
 /// the next hop the daemon resolved (or the one the flow came from), else a
-/// FIB lookup; then TTL (`routed`), MACs, and XDP_TX or XDP_REDIRECT.
+/// FIB lookup; then the TTL decrement (`routed`: NAT), MACs, and XDP_TX or XDP_REDIRECT.
 /// Without a route or neighbour entry the kernel gets the packet (it
 /// resolves and forwards).
 #[inline(always)]
@@ -817,8 +827,8 @@ fn forward(
             }
         }
     };
-    if routed && !decrement_ttl(ctx, pkt)? {
-        return Ok(Action::Pass(Pass::TtlExpired));
+    if routed {
+        decrement_ttl(ctx, pkt)?;
     }
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::Truncated)?;
     // SAFETY: ptr_at checked that the Ethernet header is in the packet; a
@@ -858,14 +868,11 @@ fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], src: &[u32; 4], 
     Some(NextHop { ifindex: p.ifindex, dmac: p.dmac, smac: p.smac })
 }
 
-/// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit.
-/// `false` when it would expire: the kernel then answers with ICMP.
+/// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit, which
+/// the caller found above 1 before it rewrote anything.
 #[inline(always)]
-fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<bool, Reason> {
+fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
     let ttl = pkt.ttl;
-    if ttl <= 1 {
-        return Ok(false);
-    }
     if pkt.key.family == FAMILY_V4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
         let check = offset_of!(Ipv4Hdr, check);
@@ -882,7 +889,7 @@ fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<bool, Reason> {
         // SAFETY: ptr_at checked that the 40-byte header is in the packet.
         unsafe { put8(ip, offset_of!(Ipv6Hdr, hop_limit), ttl - 1) };
     }
-    Ok(true)
+    Ok(())
 }
 
 // ---------------------------------------------------------------- record

@@ -212,14 +212,30 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     let mut frag_other = Pkt::udp(cl4, ip("198.18.0.2"), 40000, 53);
     frag_other.ipv4_frag = 0x2000;
     f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, None);
-    let mut ttl1 = Pkt::tcp(cl4, vip4, 40010, 80);
-    ttl1.ttl = 1;
+    // TTL 1: the kernel gets the packet as it came, so that its ICMP time
+    // exceeded quotes what the sender sent (not the backend's address).
     f(
-        "TTL 1 to a NAT VIP: the kernel gets it (it answers ICMP time exceeded)",
+        "TTL 1 to a NAT VIP: the kernel gets it unchanged",
         c0,
-        from_client(ttl1),
+        from_client(ttl(Pkt::tcp(cl4, vip4, 40010, 80), 1)),
         XDP_PASS,
-        Some(ttl(from_client(Pkt::tcp(cl4, web1, 40010, 8080)), 1)),
+        None,
+        Some(counter::PASS_TTL),
+    );
+    f(
+        "hop limit 1 to a NAT VIP (v6): the kernel gets it unchanged",
+        c0,
+        from_client(ttl(Pkt::tcp(cl6, vip6, 40010, 80), 1)),
+        XDP_PASS,
+        None,
+        Some(counter::PASS_TTL),
+    );
+    f(
+        "TTL 1 on a NAT reply: the kernel gets it unchanged",
+        b0,
+        from_backend(ttl(Pkt::tcp(web1, cl4, 8080, 40000), 1), WEB1_MAC),
+        XDP_PASS,
+        None,
         Some(counter::PASS_TTL),
     );
 
