@@ -904,7 +904,7 @@ fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
         Ok(Action::Pass(why)) => (xdp_action::XDP_PASS, why as u32),
         Err(reason) => (xdp_action::XDP_DROP, reason as u32),
     };
-    if counter != NOT_KNOWN && counter != Pass::NotVip as u32 {
+    if counter != NOT_KNOWN {
         if let Some(c) = COUNTERS.get_ptr_mut(counter) {
             // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
             unsafe { *c += 1 };

@@ -182,36 +182,37 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     );
     let _ = (web2, web2_6);
 
-    // ---- not for a VIP: untouched
+    // ---- not for a VIP: untouched, counted (xlb_kernel_passed_packets_total{reason="not_vip"})
+    let not_vip = Some(counter::PASS_NOT_VIP);
     f(
         "not a VIP (the lb's own address)",
         c0,
         from_client(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)),
         XDP_PASS,
         None,
-        None,
+        not_vip,
     );
-    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)), XDP_PASS, None, None);
+    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)), XDP_PASS, None, not_vip);
     f(
         "VIP address and port, other protocol (udp/80)",
         c0,
         from_client(Pkt::udp(cl4, vip4, 40000, 80)),
         XDP_PASS,
         None,
-        None,
+        not_vip,
     );
-    f("not a VIP, v6", c0, from_client(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)), XDP_PASS, None, None);
+    f("not a VIP, v6", c0, from_client(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)), XDP_PASS, None, not_vip);
     f(
         "reply-looking packet with no NAT entry",
         b0,
         from_backend(Pkt::tcp(web1, cl4, 8080, 49999), WEB1_MAC),
         XDP_PASS,
         None,
-        None,
+        not_vip,
     );
     let mut frag_other = Pkt::udp(cl4, ip("198.18.0.2"), 40000, 53);
     frag_other.ipv4_frag = 0x2000;
-    f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, None);
+    f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, not_vip);
     // TTL 1: the kernel gets the packet as it came, so that its ICMP time
     // exceeded quotes what the sender sent (not the backend's address).
     f(
@@ -296,11 +297,18 @@ fn raw_refusals(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
         input: short_other,
         action: XDP_PASS,
         output: None,
-        counter: None,
+        counter: Some(counter::PASS_NOT_VIP),
     });
     let mut arp = base;
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    fx.push(Fixture { desc: "ARP (not IP)", ingress: b.c0, input: arp, action: XDP_PASS, output: None, counter: None });
+    fx.push(Fixture {
+        desc: "ARP (not IP)",
+        ingress: b.c0,
+        input: arp,
+        action: XDP_PASS,
+        output: None,
+        counter: Some(counter::PASS_NOT_VIP),
+    });
     fx
 }
 
