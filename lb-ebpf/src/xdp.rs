@@ -393,6 +393,9 @@ struct Ip {
     len: u16,
     l3: usize,
     l4: usize,
+    /// Where the IP packet ends (`l3` + its total length): a frame may carry
+    /// Ethernet padding after it.
+    end: usize,
 }
 
 impl Ip {
@@ -449,14 +452,14 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Parse {
         return Parse::Kernel(Pass::NotVip);
     }
     let ihl = ((vihl & 0x0f) as usize) << 2;
-    let ip = Ip { hdr, family: FAMILY_V4, proto, ttl, len, l3, l4: l3 + ihl };
+    let ip = Ip { hdr, family: FAMILY_V4, proto, ttl, len, l3, l4: l3 + ihl, end: l3 + len as usize };
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
         return ip.refuse(Reason::BadHeader);
     }
     if frags & IPV4_MF_OR_OFFSET != 0 {
         return ip.refuse(Reason::Fragment);
     }
-    if (len as usize) < ihl || ctx.data() + l3 + len as usize > ctx.data_end() {
+    if (len as usize) < ihl || ctx.data() + ip.end > ctx.data_end() {
         return ip.refuse(Reason::Truncated);
     }
     parse_l4(ctx, &ip)
@@ -478,7 +481,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Parse {
     };
     let l4 = l3 + Ipv6Hdr::LEN;
     let len = payload_len.wrapping_add(Ipv6Hdr::LEN as u16);
-    let ip = Ip { hdr, family: FAMILY_V6, proto: next, ttl: hop_limit, len, l3, l4 };
+    let ip = Ip { hdr, family: FAMILY_V6, proto: next, ttl: hop_limit, len, l3, l4, end: l4 + payload_len as usize };
     if next != PROTO_TCP && next != PROTO_UDP {
         // Extension headers (and fragments) are refused for VIPs; ICMPv6 and
         // anything else goes to the kernel.
@@ -494,32 +497,47 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Parse {
     if version != 6 {
         return ip.refuse(Reason::BadHeader);
     }
-    if ctx.data() + l4 + payload_len as usize > ctx.data_end() {
+    if ctx.data() + ip.end > ctx.data_end() {
         return ip.refuse(Reason::Truncated);
     }
     parse_l4(ctx, &ip)
 }
 
-/// The TCP/UDP header: ports, then whether they make the packet xlb's (a
-/// service's port, or a port NAT backends answer from); only then the
+/// The TCP/UDP header, which must lie within the IP packet (its total
+/// length, not the frame); its ports, then whether they make the packet xlb's
+/// (a service's port, or a port NAT backends answer from); only then the
 /// addresses.
 #[inline(always)]
 fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
+    // Each header is checked against the frame (ptr_at: what the verifier
+    // needs) before the IP length: checked first, the IP length would let
+    // LLVM drop the frame check as implied, and the verifier cannot follow.
     let (ports, syn, csum_none) = if ip.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, ip.l4) else {
             return ip.refuse(Reason::Truncated);
         };
+        if ip.l4 + TcpHdr::LEN > ip.end {
+            return ip.refuse(Reason::Truncated);
+        }
         // SAFETY: ptr_at checked that the 20-byte header is in the packet.
         let (ports, doff, flags) =
             unsafe { ([get16(tcp, L4_SPORT), get16(tcp, L4_DPORT)], get8(tcp, TCP_DATA_OFFSET), get8(tcp, TCP_FLAGS)) };
-        if doff >> 4 < 5 {
+        // Data offset: the header's length in 32-bit words, options included.
+        let header = ((doff >> 4) as usize) << 2;
+        if header < TcpHdr::LEN {
             return ip.refuse(Reason::BadHeader);
+        }
+        if ip.l4 + header > ip.end {
+            return ip.refuse(Reason::Truncated);
         }
         (ports, flags & (TCP_SYN | TCP_ACK) == TCP_SYN, false)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, ip.l4) else {
             return ip.refuse(Reason::Truncated);
         };
+        if ip.l4 + UdpHdr::LEN > ip.end {
+            return ip.refuse(Reason::Truncated);
+        }
         // SAFETY: ptr_at checked that the 8-byte header is in the packet.
         let (ports, check) =
             unsafe { ([get16(udp, L4_SPORT), get16(udp, L4_DPORT)], get16(udp, offset_of!(UdpHdr, check))) };
