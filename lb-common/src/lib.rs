@@ -292,7 +292,8 @@ pub mod counter {
     pub const PASS_TTL: u32 = 9;
     /// Reply from a backend rewritten back to the VIP (NAT).
     pub const REPLY_NAT: u32 = 10;
-    /// Packets handed to the kernel untouched because they are not for a VIP.
+    /// Packets handed to the kernel untouched because they are not for a VIP: not IP, not
+    /// TCP/UDP, not to a service, not a tracked NAT reply, or malformed and not to a VIP address.
     pub const PASS_NOT_VIP: u32 = 11;
     pub const NUM_COUNTERS: u32 = 16;
 

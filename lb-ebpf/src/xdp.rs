@@ -1,7 +1,19 @@
+//! The XDP program. [`process_packet`] tells a packet's whole story, top to bottom:
+//!
+//! 1. [`parse`]: what the packet is, without side effects: to a port some
+//!    service listens on, maybe a NAT reply, the kernel's, or refused.
+//! 2. [`classify`]: a VIP packet's service, backend and flow state: its
+//!    conntrack entry while that backend is usable, else a Maglev pick (which
+//!    tracks the flow).
+//! 3. [`send_to_backend`] / [`reply`]: the action: TTL, NAT rewrite, next
+//!    hop, MACs; XDP_TX, XDP_REDIRECT, or the kernel.
+//! 4. [`record`]: the [`Decision`] written to the counters and the trace, the
+//!    one place that writes them.
+
 use core::mem::{self, offset_of};
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -40,9 +52,9 @@ static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_SERVI
 #[map]
 static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// Maglev tables of all services, one after the other; sized by the loader.
-/// Mmapable (BPF_F_MMAPABLE): the daemon writes tables through shared memory.
+/// Mmapable: the daemon writes tables through shared memory.
 #[map]
-static RING: Array<u32> = Array::with_max_entries(1, 1 << 10);
+static RING: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
 /// NAT flow may arrive on another CPU than the packet that made the entry.
 #[map]
@@ -79,38 +91,202 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const VLAN_LEN: usize = 4;
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-/// IPv4 `frags` field (network order as loaded): MF flag and fragment offset.
+/// IPv4 flags and fragment offset (host order): MF flag and fragment offset.
 const IPV4_MF_OR_OFFSET: u16 = 0x3fff;
-const IPV6_NEXT_FRAGMENT: u8 = 44;
 
+/// IPv6 next-header numbers (IANA protocol numbers) that xlb recognises.
+mod next_header {
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const ESP: u8 = 50;
+    pub const AUTH: u8 = 51;
+    pub const DEST_OPTIONS: u8 = 60;
+    pub const MOBILITY: u8 = 135;
+    pub const HIP: u8 = 139;
+    pub const SHIM6: u8 = 140;
+}
+
+/// TCP header byte offsets: the data offset (in 32-bit words) is the high
+/// nibble of byte 12, the flags are byte 13 (RFC 9293, 3.1).
+const TCP_DATA_OFFSET: usize = 12;
+const TCP_FLAGS: usize = 13;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
+/// Source port first, destination port second, in TCP and UDP alike.
+const L4_SPORT: usize = 0;
+const L4_DPORT: usize = 2;
 
+/// Headers xlb reads end before this offset (Ethernet, one VLAN tag, IPv4
+/// with options or IPv6, TCP or UDP): a larger offset is refused, which
+/// also gives the verifier a bound on offsets computed from the packet.
 const MAX_HEADER_OFFSET: usize = 0x1ff;
 
-/// What a packet is refused for: an index of `COUNTERS`.
-type Reason = u32;
+/// `TraceEvent::service` / `backend` when not known.
+const NOT_KNOWN: u32 = u32::MAX;
 
-// ---------------------------------------------------------------- accessors
+// ---------------------------------------------------------------- outcomes
 
-/// The one bounds-checked accessor: a pointer to a `T` at `off`, or `None`
-/// when the packet is too short.
+/// Why a packet is dropped: its `COUNTERS` index (and `TraceEvent::reason`),
+/// named by `counter::DROP_NAMES`.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Truncated = counter::DROP_TRUNCATED,
+    Fragment = counter::DROP_FRAGMENT,
+    Ipv6Extension = counter::DROP_IPV6_EXT,
+    BadHeader = counter::DROP_BAD_HEADER,
+    NoBackend = counter::DROP_NO_BACKEND,
+}
+
+/// Why a packet is handed to the kernel: its `COUNTERS` index.
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Not for a VIP and not a tracked NAT reply: untouched.
+    NotVip = counter::PASS_NOT_VIP,
+    /// No route or neighbour for the next hop yet: the kernel resolves and forwards.
+    NoRoute = counter::PASS_NO_ROUTE,
+    /// The TTL or hop limit would expire: the kernel answers ICMP.
+    TtlExpired = counter::PASS_TTL,
+}
+
+/// What is done with a packet that is not dropped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Sent on: XDP_TX or XDP_REDIRECT.
+    Send(u32),
+    /// Handed to the kernel (XDP_PASS).
+    Pass(Pass),
+}
+
+/// How the packet's flow was found: the trace's `kind`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// Not xlb's traffic: counted, not traced.
+    None,
+    /// A usable conntrack entry: the flow follows its backend.
+    Established,
+    /// No entry (or a TCP SYN): a Maglev pick.
+    New,
+    /// An entry whose backend is no longer usable: picked again.
+    Repicked,
+    /// A reply from a NAT backend.
+    Reply,
+    /// Malformed and to a VIP address: refused before any lookup.
+    Refused,
+}
+
+/// Everything decided about a packet; [`record`] writes it to the counters
+/// and the trace.
+struct Decision {
+    flow: Flow,
+    /// `Service::id`, for the service's and the backend's counters; `NOT_KNOWN`
+    /// for replies and packets that are not a service's.
+    service: u32,
+    /// Backend slot; `NOT_KNOWN` when none was chosen.
+    backend: u32,
+    action: Result<Action, Reason>,
+}
+
+impl Decision {
+    #[inline(always)]
+    fn pass(why: Pass) -> Self {
+        Decision { flow: Flow::None, service: NOT_KNOWN, backend: NOT_KNOWN, action: Ok(Action::Pass(why)) }
+    }
+}
+
+// ---------------------------------------------------------------- packet access
+//
+// XDP hands the program a frame at an even address (drivers and the generic
+// path reserve an even headroom), and every field xlb touches lies at an
+// even offset from it: Ethernet is 14 bytes, a VLAN tag 4, the IPv4 header a
+// multiple of 4, IPv6 40. So 8- and 16-bit fields are read and written in
+// place, but a 32-bit field is only 2-aligned: behind the 14-byte Ethernet
+// header or a VLAN tag an IPv4 address starts on a 2-byte boundary. Such
+// fields are read and written as two 16-bit halves: a misaligned 32-bit
+// access is not Rust, and an unaligned one (`read_unaligned`) costs a load per
+// byte on BPF. (LLVM's `allows-misaligned-mem-access` feature would keep the
+// words whole, but it also misaligns stack slots, which the verifier refuses.)
+//
+// Unlikely branches (refusals, no backend, no route, a trace being written)
+// call `cold_path`: LLVM then lays the hot paths out in line, which matters
+// when a packet finds the program's code out of the instruction cache.
+
+/// The one bounds-checked accessor: the start of the `size_of::<T>()` bytes
+/// at `off`, or `None` when the packet is shorter (or `off` is beyond any
+/// header xlb reads). Its fields are read and written with `get*` / `put*`.
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut T> {
-    // Headers xlb reads end well before byte 512; the mask gives the verifier
-    // a bound for offsets the compiler spilled to the stack and reloaded.
-    let off = off & MAX_HEADER_OFFSET;
+fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut u8> {
+    if off > MAX_HEADER_OFFSET {
+        return None;
+    }
     let start = ctx.data();
     if start + off + mem::size_of::<T>() > ctx.data_end() {
         return None;
     }
-    Some((start + off) as *mut T)
+    Some((start + off) as *mut u8)
+}
+
+// Safety of every `get*` / `put*` / `copy*` below: the bytes at `p + off` lie
+// in a range `ptr_at` checked (or in a map value or on the stack), and
+// `p + off` is even for the 16- and 32-bit ones.
+
+#[inline(always)]
+unsafe fn get8(p: *const u8, off: usize) -> u8 {
+    // SAFETY: see above.
+    unsafe { *p.add(off) }
+}
+
+/// A 16-bit field, in packet (network) order.
+#[inline(always)]
+unsafe fn get16(p: *const u8, off: usize) -> u16 {
+    // SAFETY: see above.
+    unsafe { p.add(off).cast::<u16>().read() }
 }
 
 #[inline(always)]
-fn count(idx: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(idx) {
-        unsafe { *c += 1 };
+unsafe fn put8(p: *mut u8, off: usize, v: u8) {
+    // SAFETY: see above.
+    unsafe { *p.add(off) = v }
+}
+
+#[inline(always)]
+unsafe fn put16(p: *mut u8, off: usize, v: u16) {
+    // SAFETY: see above.
+    unsafe { p.add(off).cast::<u16>().write(v) }
+}
+
+#[inline(always)]
+unsafe fn put32(p: *mut u8, off: usize, v: u32) {
+    let [a, b, c, d] = v.to_ne_bytes();
+    // SAFETY: see above.
+    unsafe {
+        put16(p, off, u16::from_ne_bytes([a, b]));
+        put16(p, off + 2, u16::from_ne_bytes([c, d]));
+    }
+}
+
+/// Copies a MAC address in three 16-bit units: in the packet, in a map
+/// value and on the stack a MAC is 2-aligned (`NextHop::smac` sits at byte 10).
+#[inline(always)]
+unsafe fn copy_mac(to: *mut u8, from: *const u8) {
+    // SAFETY: see above, for both addresses.
+    unsafe {
+        put16(to, 0, get16(from, 0));
+        put16(to, 2, get16(from, 2));
+        put16(to, 4, get16(from, 4));
+    }
+}
+
+/// Copies `halves` 16-bit units (an address: 2 for IPv4, 8 for IPv6) one by
+/// one: loads of 16-bit units cannot be widened (the address is 2-aligned),
+/// and building 32-bit words from them would only cost shifts.
+#[inline(always)]
+unsafe fn copy16(to: *mut u8, from: *const u8, halves: usize) {
+    for i in 0..halves {
+        // SAFETY: see above, for both addresses.
+        unsafe { put16(to, 2 * i, get16(from, 2 * i)) };
     }
 }
 
@@ -118,13 +294,7 @@ fn count(idx: u32) {
 
 #[xdp]
 pub fn xlb(ctx: XdpContext) -> u32 {
-    match process_packet(&ctx) {
-        Ok(action) => action,
-        Err(reason) => {
-            count(reason);
-            xdp_action::XDP_DROP
-        }
-    }
+    process_packet(&ctx)
 }
 
 /// The benchmark floor: XDP_PASS without reading the packet. Loaded only by
@@ -134,202 +304,302 @@ pub fn xlb_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// What the parser learned about an IPv4/IPv6 TCP/UDP packet.
-struct Parsed {
-    /// Offset of the IP header.
-    l3: usize,
-    /// Offset of the TCP/UDP header.
-    l4: usize,
-    /// UDP over IPv4 without a checksum: it stays zero.
-    csum_none: bool,
-    /// IP total length (host order), for the FIB's MTU check.
-    ip_len: u16,
-    /// TCP SYN without ACK: a connection's first packet.
-    syn: bool,
-    key: FlowKey,
-}
-
-/// Parse; a destination port no service listens on is not for a VIP. A
-/// flow with a usable conntrack entry follows its backend (its service is
-/// the backend's: one hash lookup per packet); any other packet looks its
-/// VIP up in `SERVICES` for a Maglev pick, or is not for a VIP.
+/// Parse, classify, act, record.
 #[inline(always)]
-fn process_packet(ctx: &XdpContext) -> Result<u32, Reason> {
-    let Some(pkt) = parse(ctx)? else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    if !port_listed(&VIP_PORTS, pkt.key.dport) {
-        return reply_or_pass(ctx, &pkt);
-    }
-    // A TCP SYN opens a connection: it is picked without looking (as in
-    // Katran), which saves a lookup that would miss and lets a reused
-    // 5-tuple start afresh.
-    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
-    let (svc, idx, be, kind) = match tracked.and_then(tracked_backend) {
-        Some((idx, be, svc)) => {
-            count_established(svc);
-            (svc, idx, be, trace::HIT)
-        }
-        None => match pick_for_vip(ctx, &pkt, tracked.is_some())? {
-            Some(picked) => picked,
-            None => return reply_or_pass(ctx, &pkt),
+fn process_packet(ctx: &XdpContext) -> u32 {
+    let parsed = parse(ctx);
+    let decision = match &parsed {
+        Parse::Vip(pkt) => match classify(ctx, pkt) {
+            Some(target) => send_to_backend(ctx, pkt, &target),
+            // A VIP's port but not a service's (address, port, protocol).
+            None if port_listed(&REPLY_PORTS, pkt.key.sport) => reply(ctx, pkt),
+            None => Decision::pass(Pass::NotVip),
         },
+        Parse::MaybeReply(pkt) => reply(ctx, pkt),
+        Parse::Kernel(why) => Decision::pass(*why),
+        Parse::Refused(why, _) => {
+            Decision { flow: Flow::Refused, service: NOT_KNOWN, backend: NOT_KNOWN, action: Err(*why) }
+        }
     };
-    let result = send_to_backend(ctx, &pkt, svc, idx, be, kind != trace::HIT);
-    trace_decision(&pkt.key, kind, svc.id, idx, result);
-    result
+    record(ctx, &parsed, &decision)
 }
 
 // ---------------------------------------------------------------- parse
 
-/// `Ok(None)`: not IPv4/IPv6 TCP/UDP, or not parseable and not for a VIP
-/// address: the kernel's business. `Err`: malformed and meant for a VIP.
+/// What the parser learned about an IPv4/IPv6 TCP/UDP packet.
+struct Packet {
+    /// Offset of the IP header.
+    l3: usize,
+    /// Offset of the TCP/UDP header.
+    l4: usize,
+    /// IP total length (host order), for the FIB's MTU check.
+    ip_len: u16,
+    /// IPv4 TTL or IPv6 hop limit.
+    ttl: u8,
+    /// TCP SYN without ACK: a connection's first packet.
+    syn: bool,
+    /// UDP over IPv4 without a checksum: it stays zero.
+    csum_none: bool,
+    key: FlowKey,
+}
+
+/// What a packet is, as far as parsing tells.
+enum Parse {
+    /// IPv4/IPv6 TCP/UDP to a port some service listens on.
+    Vip(Packet),
+    /// IPv4/IPv6 TCP/UDP from a port some NAT backend answers from (and not
+    /// to a service's port): a NAT reply, or the kernel's.
+    MaybeReply(Packet),
+    /// Not xlb's: to the kernel untouched.
+    Kernel(Pass),
+    /// Malformed and to a VIP address: dropped. The key has no ports.
+    Refused(Reason, FlowKey),
+}
+
+/// Reads the headers. Looks at maps (which addresses and ports are VIPs'),
+/// writes nothing.
 #[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Option<Parsed>, Reason> {
+fn parse(ctx: &XdpContext) -> Parse {
     let Some(eth) = ptr_at::<EthHdr>(ctx, 0) else {
-        return Ok(None);
+        return Parse::Kernel(Pass::NotVip);
     };
     let mut l3 = EthHdr::LEN;
-    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    // SAFETY: ptr_at checked that the Ethernet header is in the packet.
+    let mut ether_type = u16::from_be(unsafe { get16(eth, offset_of!(EthHdr, ether_type)) });
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         // One tag: TCI, then the encapsulated type.
-        let Some(inner) = ptr_at::<[u16; 2]>(ctx, EthHdr::LEN) else {
-            return Ok(None);
+        let Some(tag) = ptr_at::<[u16; 2]>(ctx, EthHdr::LEN) else {
+            return Parse::Kernel(Pass::NotVip);
         };
-        ether_type = u16::from_be(unsafe { (*inner)[1] });
+        // SAFETY: ptr_at checked that the 4-byte tag is in the packet.
+        ether_type = u16::from_be(unsafe { get16(tag, 2) });
         l3 += VLAN_LEN;
     }
     match ether_type {
         ETH_P_IP => parse_v4(ctx, l3),
         ETH_P_IPV6 => parse_v6(ctx, l3),
-        _ => Ok(None),
+        _ => Parse::Kernel(Pass::NotVip),
     }
 }
 
-/// A packet xlb cannot handle: refused and counted when its destination is
-/// a VIP address, left to the kernel otherwise.
-#[inline(always)]
-fn refuse(src: [u32; 4], dst: [u32; 4], proto: u8, family: u8, reason: Reason) -> Result<Option<Parsed>, Reason> {
-    let key = VipAddrKey { addr: dst, family, _pad: [0; 3] };
-    match unsafe { VIP_ADDRS.get(&key) } {
-        Some(_) => {
-            let key = FlowKey { src, dst, sport: 0, dport: 0, proto, family, _pad: [0; 2] };
-            trace_decision(&key, trace::DROP, NOT_KNOWN, NOT_KNOWN, Err(reason));
-            Err(reason)
+/// An IP header that carries TCP or UDP, as far as the L4 parser needs it.
+struct Ip {
+    /// The header, bounds-checked for its fixed part.
+    hdr: *const u8,
+    family: u8,
+    proto: u8,
+    ttl: u8,
+    /// IP total length (host order).
+    len: u16,
+    l3: usize,
+    l4: usize,
+    /// Where the IP packet ends (`l3` + its total length): a frame may carry
+    /// Ethernet padding after it.
+    end: usize,
+}
+
+impl Ip {
+    /// The flow's key without ports. Read only once the ports say the packet
+    /// may be xlb's: most packets that are not never need it.
+    #[inline(always)]
+    fn key(&self) -> FlowKey {
+        let mut key = FlowKey { proto: self.proto, family: self.family, ..FlowKey::default() };
+        let (src, dst, halves) = if self.family == FAMILY_V4 {
+            (offset_of!(Ipv4Hdr, src_addr), offset_of!(Ipv4Hdr, dst_addr), 2)
+        } else {
+            (offset_of!(Ipv6Hdr, src_addr), offset_of!(Ipv6Hdr, dst_addr), 8)
+        };
+        // SAFETY: ptr_at checked the fixed header, which holds both
+        // addresses; the key's address words are 4-aligned.
+        unsafe {
+            copy16(key.src.as_mut_ptr().cast(), self.hdr.add(src), halves);
+            copy16(key.dst.as_mut_ptr().cast(), self.hdr.add(dst), halves);
         }
-        None => Ok(None),
+        key
+    }
+
+    /// A packet xlb cannot handle: refused when its destination is a VIP
+    /// address, the kernel's otherwise.
+    #[inline(always)]
+    fn refuse(&self, reason: Reason) -> Parse {
+        core::hint::cold_path();
+        let key = self.key();
+        let addr = VipAddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+        // SAFETY: only whether the entry exists is used.
+        match unsafe { VIP_ADDRS.get(&addr) } {
+            Some(_) => Parse::Refused(reason, key),
+            None => Parse::Kernel(Pass::NotVip),
+        }
     }
 }
 
 #[inline(always)]
-fn parse_v4(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
-    let Some(ip) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
-        return Ok(None);
+fn parse_v4(ctx: &XdpContext, l3: usize) -> Parse {
+    let Some(hdr) = ptr_at::<Ipv4Hdr>(ctx, l3) else {
+        return Parse::Kernel(Pass::NotVip);
     };
-    let (vihl, proto, frags, tot_len, src, dst) = unsafe {
+    // SAFETY: ptr_at checked that the 20-byte header is in the packet.
+    let (vihl, len, frags, ttl, proto) = unsafe {
         (
-            (*ip).vihl,
-            (*ip).proto,
-            *(ip as *const u8).add(offset_of!(Ipv4Hdr, frags)).cast::<u16>(),
-            u16::from_be_bytes((*ip).tot_len),
-            *(ip as *const u8).add(offset_of!(Ipv4Hdr, src_addr)).cast::<u32>(),
-            *(ip as *const u8).add(offset_of!(Ipv4Hdr, dst_addr)).cast::<u32>(),
+            get8(hdr, offset_of!(Ipv4Hdr, vihl)),
+            u16::from_be(get16(hdr, offset_of!(Ipv4Hdr, tot_len))),
+            u16::from_be(get16(hdr, offset_of!(Ipv4Hdr, frags))),
+            get8(hdr, offset_of!(Ipv4Hdr, ttl)),
+            get8(hdr, offset_of!(Ipv4Hdr, proto)),
         )
     };
-    let (saddr, daddr) = ([src, 0, 0, 0], [dst, 0, 0, 0]);
     if proto != PROTO_TCP && proto != PROTO_UDP {
-        return Ok(None);
+        return Parse::Kernel(Pass::NotVip);
     }
     let ihl = ((vihl & 0x0f) as usize) << 2;
+    let ip = Ip { hdr, family: FAMILY_V4, proto, ttl, len, l3, l4: l3 + ihl, end: l3 + len as usize };
     if vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
-        return refuse(saddr, daddr, proto, FAMILY_V4, counter::DROP_BAD_HEADER);
+        return ip.refuse(Reason::BadHeader);
     }
-    if u16::from_be(frags) & IPV4_MF_OR_OFFSET != 0 {
-        return refuse(saddr, daddr, proto, FAMILY_V4, counter::DROP_FRAGMENT);
+    if frags & IPV4_MF_OR_OFFSET != 0 {
+        return ip.refuse(Reason::Fragment);
     }
-    if (tot_len as usize) < ihl || ctx.data() + l3 + tot_len as usize > ctx.data_end() {
-        return refuse(saddr, daddr, proto, FAMILY_V4, counter::DROP_TRUNCATED);
+    if (len as usize) < ihl || ctx.data() + ip.end > ctx.data_end() {
+        return ip.refuse(Reason::Truncated);
     }
-    parse_l4(ctx, l3, l3 + ihl, proto, FAMILY_V4, saddr, daddr, tot_len)
+    parse_l4(ctx, &ip)
 }
 
 #[inline(always)]
-fn parse_v6(ctx: &XdpContext, l3: usize) -> Result<Option<Parsed>, Reason> {
-    let Some(ip) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
-        return Ok(None);
+fn parse_v6(ctx: &XdpContext, l3: usize) -> Parse {
+    let Some(hdr) = ptr_at::<Ipv6Hdr>(ctx, l3) else {
+        return Parse::Kernel(Pass::NotVip);
     };
-    let (vcf0, next, payload_len, src, dst) = unsafe {
+    // SAFETY: ptr_at checked that the 40-byte header is in the packet.
+    let (version, payload_len, next, hop_limit) = unsafe {
         (
-            (*ip).vcf[0],
-            (*ip).next_hdr,
-            u16::from_be_bytes((*ip).payload_len),
-            *(ip as *const u8).add(offset_of!(Ipv6Hdr, src_addr)).cast::<[u32; 4]>(),
-            *(ip as *const u8).add(offset_of!(Ipv6Hdr, dst_addr)).cast::<[u32; 4]>(),
+            get8(hdr, offset_of!(Ipv6Hdr, vcf)) >> 4,
+            u16::from_be(get16(hdr, offset_of!(Ipv6Hdr, payload_len))),
+            get8(hdr, offset_of!(Ipv6Hdr, next_hdr)),
+            get8(hdr, offset_of!(Ipv6Hdr, hop_limit)),
         )
     };
+    let l4 = l3 + Ipv6Hdr::LEN;
+    let len = payload_len.wrapping_add(Ipv6Hdr::LEN as u16);
+    let ip = Ip { hdr, family: FAMILY_V6, proto: next, ttl: hop_limit, len, l3, l4, end: l4 + payload_len as usize };
     if next != PROTO_TCP && next != PROTO_UDP {
         // Extension headers (and fragments) are refused for VIPs; ICMPv6 and
         // anything else goes to the kernel.
+        use next_header::*;
         return match next {
-            IPV6_NEXT_FRAGMENT => refuse(src, dst, next, FAMILY_V6, counter::DROP_FRAGMENT),
-            0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 => refuse(src, dst, next, FAMILY_V6, counter::DROP_IPV6_EXT),
-            _ => Ok(None),
+            FRAGMENT => ip.refuse(Reason::Fragment),
+            HOP_BY_HOP | ROUTING | ESP | AUTH | DEST_OPTIONS | MOBILITY | HIP | SHIM6 => {
+                ip.refuse(Reason::Ipv6Extension)
+            }
+            _ => Parse::Kernel(Pass::NotVip),
         };
     }
-    if vcf0 >> 4 != 6 {
-        return refuse(src, dst, next, FAMILY_V6, counter::DROP_BAD_HEADER);
+    if version != 6 {
+        return ip.refuse(Reason::BadHeader);
     }
-    let l4 = l3 + Ipv6Hdr::LEN;
-    if ctx.data() + l4 + payload_len as usize > ctx.data_end() {
-        return refuse(src, dst, next, FAMILY_V6, counter::DROP_TRUNCATED);
+    if ctx.data() + ip.end > ctx.data_end() {
+        return ip.refuse(Reason::Truncated);
     }
-    let ip_len = payload_len.wrapping_add(Ipv6Hdr::LEN as u16);
-    parse_l4(ctx, l3, l4, next, FAMILY_V6, src, dst, ip_len)
+    parse_l4(ctx, &ip)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The TCP/UDP header, which must lie within the IP packet (its total
+/// length, not the frame); its ports, then whether they make the packet xlb's
+/// (a service's port, or a port NAT backends answer from); only then the
+/// addresses.
 #[inline(always)]
-fn parse_l4(
-    ctx: &XdpContext,
-    l3: usize,
-    l4: usize,
-    proto: u8,
-    family: u8,
-    src: [u32; 4],
-    dst: [u32; 4],
-    ip_len: u16,
-) -> Result<Option<Parsed>, Reason> {
-    let mut syn = false;
-    let (ports, csum_none) = if proto == PROTO_TCP {
-        let Some(tcp) = ptr_at::<TcpHdr>(ctx, l4) else {
-            return refuse(src, dst, proto, family, counter::DROP_TRUNCATED);
+fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
+    // Each header is checked against the frame (ptr_at: what the verifier
+    // needs) before the IP length: checked first, the IP length would let
+    // LLVM drop the frame check as implied, and the verifier cannot follow.
+    let (ports, syn, csum_none) = if ip.proto == PROTO_TCP {
+        let Some(tcp) = ptr_at::<TcpHdr>(ctx, ip.l4) else {
+            return ip.refuse(Reason::Truncated);
         };
-        // Data offset: the high nibble of byte 12.
-        let doff = unsafe { *(tcp as *const u8).add(12) } >> 4;
-        if doff < 5 {
-            return refuse(src, dst, proto, family, counter::DROP_BAD_HEADER);
+        if ip.l4 + TcpHdr::LEN > ip.end {
+            return ip.refuse(Reason::Truncated);
         }
-        syn = unsafe { *(tcp as *const u8).add(13) } & (TCP_SYN | TCP_ACK) == TCP_SYN;
-        (tcp as *const [u16; 2], false)
+        // SAFETY: ptr_at checked that the 20-byte header is in the packet.
+        let (ports, doff, flags) =
+            unsafe { ([get16(tcp, L4_SPORT), get16(tcp, L4_DPORT)], get8(tcp, TCP_DATA_OFFSET), get8(tcp, TCP_FLAGS)) };
+        // Data offset: the header's length in 32-bit words, options included.
+        let header = ((doff >> 4) as usize) << 2;
+        if header < TcpHdr::LEN {
+            return ip.refuse(Reason::BadHeader);
+        }
+        if ip.l4 + header > ip.end {
+            return ip.refuse(Reason::Truncated);
+        }
+        (ports, flags & (TCP_SYN | TCP_ACK) == TCP_SYN, false)
     } else {
-        let Some(udp) = ptr_at::<UdpHdr>(ctx, l4) else {
-            return refuse(src, dst, proto, family, counter::DROP_TRUNCATED);
+        let Some(udp) = ptr_at::<UdpHdr>(ctx, ip.l4) else {
+            return ip.refuse(Reason::Truncated);
         };
-        let none = family == FAMILY_V4 && unsafe { (*udp).check } == [0, 0];
-        (udp as *const [u16; 2], none)
+        if ip.l4 + UdpHdr::LEN > ip.end {
+            return ip.refuse(Reason::Truncated);
+        }
+        // SAFETY: ptr_at checked that the 8-byte header is in the packet.
+        let (ports, check) =
+            unsafe { ([get16(udp, L4_SPORT), get16(udp, L4_DPORT)], get16(udp, offset_of!(UdpHdr, check))) };
+        (ports, false, ip.family == FAMILY_V4 && check == 0)
     };
-    let [sport, dport] = unsafe { *ports };
-    Ok(Some(Parsed {
-        l3,
-        l4,
-        csum_none,
-        ip_len,
-        syn,
-        key: FlowKey { src, dst, sport, dport, proto, family, _pad: [0; 2] },
-    }))
+    let [sport, dport] = ports;
+    let vip = port_listed(&VIP_PORTS, dport);
+    if !vip && !port_listed(&REPLY_PORTS, sport) {
+        return Parse::Kernel(Pass::NotVip);
+    }
+    let key = FlowKey { sport, dport, ..ip.key() };
+    let pkt = Packet { l3: ip.l3, l4: ip.l4, ip_len: ip.len, ttl: ip.ttl, syn, csum_none, key };
+    if vip {
+        Parse::Vip(pkt)
+    } else {
+        Parse::MaybeReply(pkt)
+    }
 }
 
-// ---------------------------------------------------------------- service path
+/// Whether `port` (network order) is set in the port bitmap `ports`: two
+/// array reads (inlined by the verifier) instead of a hash lookup.
+#[inline(always)]
+fn port_listed(ports: &Array<u64>, port: u16) -> bool {
+    let (word, bit) = reply_port_bit(u16::from_be(port));
+    match ports.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
+// ---------------------------------------------------------------- classify
+
+/// Where a VIP packet goes.
+struct Target {
+    svc: &'static Service,
+    flow: Flow,
+    /// Slot and backend; `None`: the service has no usable backend for it.
+    backend: Option<(u32, &'static Backend)>,
+}
+
+/// The service, backend and flow state of a packet to a service port: a
+/// flow with a usable conntrack entry follows its backend (whose service is
+/// the flow's: one hash lookup per packet); any other packet looks its VIP
+/// up in `SERVICES` for a Maglev pick, which tracks the flow. `None`: no
+/// service at this (address, port, protocol).
+#[inline(always)]
+fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
+    // A TCP SYN opens a connection: it is picked without looking (as in
+    // Katran), which saves a lookup that would miss and lets a reused
+    // 5-tuple start afresh.
+    // SAFETY: the entry is read once; another CPU replacing it meanwhile at
+    // worst sends this one packet along the entry it replaced.
+    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
+    if let Some((idx, be, svc)) = tracked.and_then(tracked_backend) {
+        return Some(Target { svc, flow: Flow::Established, backend: Some((idx, be)) });
+    }
+    let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
+    // SAFETY: services are replaced whole by the daemon; a packet reads one.
+    let svc = unsafe { SERVICES.get(&vip) }?;
+    let flow = if tracked.is_some() { Flow::Repicked } else { Flow::New };
+    Some(Target { svc, flow, backend: pick(ctx, pkt, svc) })
+}
 
 /// The backend of a tracked flow and its service, while that backend is
 /// usable: up, and still the one the entry was made for (same generation).
@@ -345,92 +615,23 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
     Some((st.backend, be, SERVICES_BY_ID.get(be.service)?))
 }
 
-/// A packet of an established flow, for its service's counters.
+/// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
+/// usable conntrack entry; makes or replaces the entry. `None`: no usable
+/// backend in that slot.
 #[inline(always)]
-fn count_established(svc: &Service) {
-    if let Some(s) = SERVICE_STATS.get_ptr_mut(svc.id) {
-        unsafe {
-            (*s).packets += 1;
-            (*s).established += 1;
-        }
-    }
-}
-
-/// Counts the packet for its backend, rewrites it (NAT) and sends it on.
-#[inline(always)]
-fn send_to_backend(
-    ctx: &XdpContext,
-    pkt: &Parsed,
-    svc: &Service,
-    idx: u32,
-    be: &Backend,
-    new_flow: bool,
-) -> Result<u32, Reason> {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    if let Some(s) = BACKEND_STATS.get_ptr_mut(idx) {
-        unsafe {
-            (*s).packets += 1;
-            (*s).bytes += len;
-            if new_flow {
-                (*s).new_flows += 1;
-            }
-        }
-    }
-    if svc.flags & SERVICE_F_DSR != 0 {
-        // Direct server return: the backend holds the VIP; only the MAC changes.
-        return forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, false);
-    }
-    rewrite_dst(ctx, pkt, &be.addr, be.port)?;
-    forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
-}
-
-/// The service of the packet's VIP and a Maglev pick in it, with how it was
-/// found (`trace::MISS` or `REPICK`); `None`: not for a VIP.
-#[inline(always)]
-fn pick_for_vip(
-    ctx: &XdpContext,
-    pkt: &Parsed,
-    stale: bool,
-) -> Result<Option<(&'static Service, u32, &'static Backend, u8)>, Reason> {
-    let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
-    let Some(svc) = (unsafe { SERVICES.get(&vip) }) else {
-        return Ok(None);
-    };
-    match pick(ctx, pkt, svc, stale) {
-        Ok((idx, be)) => Ok(Some((svc, idx, be, if stale { trace::REPICK } else { trace::MISS }))),
-        Err(reason) => {
-            trace_decision(&pkt.key, trace::DROP, svc.id, NOT_KNOWN, Err(reason));
-            Err(reason)
-        }
-    }
-}
-
-/// A Maglev pick for a flow without a usable conntrack entry (`stale`: it
-/// had one, for a backend no longer usable), which makes or replaces the entry.
-#[inline(always)]
-fn pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<(u32, &'static Backend), Reason> {
-    let stats = SERVICE_STATS.get_ptr_mut(svc.id);
-    if let Some(s) = stats {
-        unsafe {
-            (*s).packets += 1;
-            if stale {
-                (*s).repicked += 1;
-            }
-        }
-    }
-    // Maglev: ring[service][hash(flow) % M].
+fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Option<(u32, &'static Backend)> {
     if svc.table_size == 0 {
-        return Err(counter::DROP_NO_BACKEND);
+        return None;
     }
     let slot = svc.ring_offset + flow_hash(&pkt.key) % svc.table_size;
-    let idx = match RING.get(slot) {
-        Some(i) if *i != NO_BACKEND => *i,
-        _ => return Err(counter::DROP_NO_BACKEND),
-    };
-    let be = match BACKENDS.get(idx) {
-        Some(b) if b.flags & BACKEND_F_UP != 0 => b,
-        _ => return Err(counter::DROP_NO_BACKEND),
-    };
+    let idx = *RING.get(slot)?;
+    if idx == NO_BACKEND {
+        return None;
+    }
+    let be = BACKENDS.get(idx)?;
+    if be.flags & BACKEND_F_UP == 0 {
+        return None;
+    }
     let nat = svc.flags & SERVICE_F_DSR == 0;
     let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
     let state = FlowState { backend: idx, generation: be.generation, reply_hop };
@@ -440,10 +641,7 @@ fn pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<(u
     if nat && be.flags & BACKEND_F_SHARED != 0 {
         insert_reverse(pkt, be, idx, reply_hop);
     }
-    if let Some(s) = stats {
-        unsafe { (*s).new_flows += 1 };
-    }
-    Ok((idx, be))
+    Some((idx, be))
 }
 
 /// Back where this packet came from: for the replies of a NAT flow.
@@ -451,9 +649,10 @@ fn pick(ctx: &XdpContext, pkt: &Parsed, svc: &Service, stale: bool) -> Result<(u
 fn reply_hop(ctx: &XdpContext) -> NextHop {
     let mut hop = NextHop { ifindex: ctx.ingress_ifindex() as u32, ..NextHop::default() };
     if let Some(eth) = ptr_at::<EthHdr>(ctx, 0) {
+        // SAFETY: ptr_at checked that the Ethernet header is in the packet.
         unsafe {
-            hop.dmac = (*eth).src_addr;
-            hop.smac = (*eth).dst_addr;
+            copy_mac(hop.dmac.as_mut_ptr(), eth.add(offset_of!(EthHdr, src_addr)));
+            copy_mac(hop.smac.as_mut_ptr(), eth.add(offset_of!(EthHdr, dst_addr)));
         }
     }
     hop
@@ -462,7 +661,7 @@ fn reply_hop(ctx: &XdpContext) -> NextHop {
 /// The reverse entry of a flow to a shared backend, whose replies cannot
 /// tell their VIP from the backend's address alone.
 #[inline(always)]
-fn insert_reverse(pkt: &Parsed, be: &Backend, idx: u32, next_hop: NextHop) {
+fn insert_reverse(pkt: &Packet, be: &Backend, idx: u32, next_hop: NextHop) {
     let k = &pkt.key;
     let reply = FlowKey {
         src: be.addr,
@@ -477,38 +676,75 @@ fn insert_reverse(pkt: &Parsed, be: &Backend, idx: u32, next_hop: NextHop) {
     let _ = REVERSE_NAT.insert(&reply, &nat, 0);
 }
 
-// ---------------------------------------------------------------- reply path
+// ---------------------------------------------------------------- act
 
+/// A VIP packet to its backend: NAT rewrites the destination, DSR only the
+/// MACs (the backend holds the VIP).
 #[inline(always)]
-fn reply_or_pass(ctx: &XdpContext, pkt: &Parsed) -> Result<u32, Reason> {
-    let nat = match SETTINGS.get(SETTING_FLAGS) {
-        Some(f) => *f & SETTINGS_F_NAT != 0,
-        None => false,
+fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
+    let Some((idx, be)) = t.backend else {
+        core::hint::cold_path();
+        return Decision { flow: t.flow, service: t.svc.id, backend: NOT_KNOWN, action: Err(Reason::NoBackend) };
     };
-    // Whether some backend answers from this source port.
-    if nat && port_listed(&REPLY_PORTS, pkt.key.sport) {
-        if let Some((vip, vip_port, hop, backend)) = nat_reply(pkt) {
-            let result = rewrite_src(ctx, pkt, &vip, vip_port).and_then(|()| {
-                count(counter::REPLY_NAT);
-                forward(ctx, pkt, &hop, &pkt.key.dst, &vip, true)
-            });
-            trace_decision(&pkt.key, trace::REPLY, NOT_KNOWN, backend, result);
-            return result;
-        }
-    }
-    Ok(xdp_action::XDP_PASS)
+    let action = if t.svc.flags & SERVICE_F_DSR != 0 {
+        forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, false)
+    } else {
+        nat_to_backend(ctx, pkt, be)
+    };
+    Decision { flow: t.flow, service: t.svc.id, backend: idx, action }
 }
 
-/// The VIP address, port and next hop of a reply from a NAT backend, if its
-/// flow is tracked: the backend's service names the VIP, and the flow's
-/// `CONNTRACK` entry (client -> VIP) must name this backend. Backends shared
-/// by several NAT services look in `REVERSE_NAT` first.
+/// NAT to a backend. A packet whose TTL would expire goes to the kernel
+/// before anything is rewritten: its ICMP time exceeded then quotes the
+/// packet as the client sent it.
 #[inline(always)]
-fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop, u32)> {
+fn nat_to_backend(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> Result<Action, Reason> {
+    if pkt.ttl <= 1 {
+        return Ok(Action::Pass(Pass::TtlExpired));
+    }
+    rewrite(ctx, pkt, L4_DPORT, &pkt.key.dst, pkt.key.dport, &be.addr, be.port)?;
+    forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
+}
+
+/// A packet that is not a service's: the reply of a tracked NAT flow goes
+/// back to its client from the VIP; anything else is the kernel's.
+#[inline(always)]
+fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
+    let nat = matches!(SETTINGS.get(SETTING_FLAGS), Some(f) if *f & SETTINGS_F_NAT != 0);
+    let Some((vip, vip_port, hop, backend)) = nat_reply(pkt).filter(|_| nat) else {
+        return Decision::pass(Pass::NotVip);
+    };
+    Decision { flow: Flow::Reply, service: NOT_KNOWN, backend, action: nat_to_client(ctx, pkt, &vip, vip_port, &hop) }
+}
+
+/// NAT back to the client, TTL checked before the rewrite as in [`nat_to_backend`].
+#[inline(always)]
+fn nat_to_client(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    vip: &[u32; 4],
+    vip_port: u16,
+    hop: &NextHop,
+) -> Result<Action, Reason> {
+    if pkt.ttl <= 1 {
+        return Ok(Action::Pass(Pass::TtlExpired));
+    }
+    rewrite(ctx, pkt, L4_SPORT, &pkt.key.src, pkt.key.sport, vip, vip_port)?;
+    forward(ctx, pkt, hop, &pkt.key.dst, vip, true)
+}
+
+/// The VIP address, port, next hop and backend slot of a reply from a NAT
+/// backend, if its flow is tracked: the backend's service names the VIP, and
+/// the flow's `CONNTRACK` entry (client -> VIP) must name this backend.
+/// Backends shared by several NAT services look in `REVERSE_NAT` first.
+#[inline(always)]
+fn nat_reply(pkt: &Packet) -> Option<([u32; 4], u16, NextHop, u32)> {
     let k = &pkt.key;
     let from = VipKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
+    // SAFETY: NAT sources are replaced whole by the daemon; a packet reads one.
     let src = unsafe { NAT_SOURCES.get(&from) }?;
     if src.flags & NAT_SOURCE_F_SHARED != 0 {
+        // SAFETY: as for CONNTRACK in `classify`: read once.
         if let Some(rev) = unsafe { REVERSE_NAT.get(k) } {
             return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
         }
@@ -522,6 +758,7 @@ fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop, u32)> {
         family: k.family,
         _pad: [0; 2],
     };
+    // SAFETY: as in `classify`: read once.
     let st = unsafe { CONNTRACK.get(&flow) }?;
     if st.backend != src.backend {
         return None;
@@ -529,168 +766,106 @@ fn nat_reply(pkt: &Parsed) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, st.reply_hop, src.backend))
 }
 
-/// Whether `port` (network order) is set in the port bitmap `ports`: two
-/// array reads (inlined by the verifier) instead of a hash lookup.
-#[inline(always)]
-fn port_listed(ports: &Array<u64>, port: u16) -> bool {
-    let (word, bit) = reply_port_bit(u16::from_be(port));
-    match ports.get(word) {
-        Some(w) => *w & bit != 0,
-        None => false,
-    }
-}
-
-// ---------------------------------------------------------------- trace
-
-/// `TraceEvent::service` / `backend` when not known.
-const NOT_KNOWN: u32 = u32::MAX;
-
-/// Writes a sampled decision to `TRACE` while `xlb trace` runs. Off, it
-/// costs one array read (inlined by the verifier) and a branch, on VIP
-/// packets and NAT replies only.
-#[inline(always)]
-fn trace_decision(key: &FlowKey, kind: u8, service: u32, backend: u32, result: Result<u32, Reason>) {
-    let rate = match SETTINGS.get(SETTING_TRACE) {
-        Some(r) if *r != 0 => *r,
-        _ => return,
-    };
-    if rate > 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
-        return;
-    }
-    let (action, reason) = match result {
-        Ok(a) => (a, NOT_KNOWN),
-        Err(r) => (xdp_action::XDP_DROP, r),
-    };
-    let ev = TraceEvent {
-        ns: unsafe { bpf_ktime_get_ns() },
-        src: key.src,
-        dst: key.dst,
-        sport: key.sport,
-        dport: key.dport,
-        proto: key.proto,
-        family: key.family,
-        kind,
-        _pad: 0,
-        service,
-        backend,
-        action,
-        reason,
-    };
-    // A full ring drops the event: the trace is a sample, never a brake.
-    let _ = TRACE.output::<TraceEvent>(&ev, 0);
-}
-
-// ---------------------------------------------------------------- rewrite
-
-/// NAT, client -> backend: destination address and port become the backend's.
-#[inline(always)]
-fn rewrite_dst(ctx: &XdpContext, pkt: &Parsed, addr: &[u32; 4], port: u16) -> Result<(), Reason> {
-    rewrite(ctx, pkt, true, &pkt.key.dst, pkt.key.dport, addr, port)
-}
-
-/// NAT, backend -> client: source address and port become the VIP's.
-#[inline(always)]
-fn rewrite_src(ctx: &XdpContext, pkt: &Parsed, addr: &[u32; 4], port: u16) -> Result<(), Reason> {
-    rewrite(ctx, pkt, false, &pkt.key.src, pkt.key.sport, addr, port)
-}
-
-/// Replaces the destination (`dst`) or source address and port, and updates
-/// the L3 and L4 checksums incrementally. Every pointer derives from one
-/// bounds-checked header pointer, with constant offsets.
+/// Replaces an address and port, the destination (`port_off == L4_DPORT`)
+/// or the source, and updates the L3 and L4 checksums incrementally. Every
+/// pointer derives from one bounds-checked header pointer, with constant
+/// offsets.
 #[inline(always)]
 fn rewrite(
     ctx: &XdpContext,
-    pkt: &Parsed,
-    dst: bool,
+    pkt: &Packet,
+    port_off: usize,
     old_addr: &[u32; 4],
     old_port: u16,
     new_addr: &[u32; 4],
     new_port: u16,
 ) -> Result<(), Reason> {
     let (l4, check_off) = if pkt.key.proto == PROTO_TCP {
-        let t = ptr_at::<TcpHdr>(ctx, pkt.l4).ok_or(counter::DROP_TRUNCATED)?;
-        (t as *mut u8, offset_of!(TcpHdr, check))
+        (ptr_at::<TcpHdr>(ctx, pkt.l4).ok_or(Reason::Truncated)?, offset_of!(TcpHdr, check))
     } else {
-        let u = ptr_at::<UdpHdr>(ctx, pkt.l4).ok_or(counter::DROP_TRUNCATED)?;
-        (u as *mut u8, offset_of!(UdpHdr, check))
+        (ptr_at::<UdpHdr>(ctx, pkt.l4).ok_or(Reason::Truncated)?, offset_of!(UdpHdr, check))
     };
-    // Source port first, destination port second, in TCP and UDP alike.
-    let ports = l4 as *mut [u16; 2];
-    let check = unsafe { l4.add(check_off) } as *mut u16;
     let udp = pkt.key.proto == PROTO_UDP;
+    let dst = port_off == L4_DPORT;
     if pkt.key.family == FAMILY_V4 {
-        let h = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(counter::DROP_TRUNCATED)?;
-        let off = if dst { offset_of!(Ipv4Hdr, dst_addr) } else { offset_of!(Ipv4Hdr, src_addr) };
+        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
+        let addr_off = if dst { offset_of!(Ipv4Hdr, dst_addr) } else { offset_of!(Ipv4Hdr, src_addr) };
+        let ip_check = offset_of!(Ipv4Hdr, check);
+        // SAFETY: ptr_at checked both headers; every offset lies within them.
         unsafe {
-            let a = (h as *mut u8).add(off) as *mut u32;
-            let ipc = (h as *mut u8).add(offset_of!(Ipv4Hdr, check)) as *mut u16;
-            *a = new_addr[0];
-            *ipc = csum::replace4_2(*ipc, old_addr[0], new_addr[0], 0, 0);
-            (*ports)[dst as usize] = new_port;
+            put32(ip, addr_off, new_addr[0]);
+            put16(ip, ip_check, csum::replace4(get16(ip, ip_check), old_addr[0], new_addr[0]));
+            put16(l4, port_off, new_port);
             if !pkt.csum_none {
-                let c = csum::replace4_2(*check, old_addr[0], new_addr[0], old_port, new_port);
-                *check = if c == 0 && udp { 0xffff } else { c };
+                let c = csum::replace4_2(get16(l4, check_off), old_addr[0], new_addr[0], old_port, new_port);
+                put16(l4, check_off, if c == 0 && udp { 0xffff } else { c });
             }
         }
     } else {
-        let h = ptr_at::<Ipv6Hdr>(ctx, pkt.l3).ok_or(counter::DROP_TRUNCATED)?;
-        let off = if dst { offset_of!(Ipv6Hdr, dst_addr) } else { offset_of!(Ipv6Hdr, src_addr) };
+        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
+        let addr_off = if dst { offset_of!(Ipv6Hdr, dst_addr) } else { offset_of!(Ipv6Hdr, src_addr) };
+        // SAFETY: ptr_at checked both headers; every offset lies within them.
         unsafe {
-            let a = (h as *mut u8).add(off) as *mut [u32; 4];
-            *a = *new_addr;
-            (*ports)[dst as usize] = new_port;
-            let c = csum::replace16_2(*check, old_addr, new_addr, old_port, new_port);
-            *check = if c == 0 && udp { 0xffff } else { c };
+            copy16(ip.add(addr_off), new_addr.as_ptr().cast(), 8);
+            put16(l4, port_off, new_port);
+            let c = csum::replace16_2(get16(l4, check_off), old_addr, new_addr, old_port, new_port);
+            put16(l4, check_off, if c == 0 && udp { 0xffff } else { c });
         }
     }
     Ok(())
 }
 
-// ---------------------------------------------------------------- forward
-
 /// Sends the packet towards `dst` (the backend, or the client for a reply):
 /// the next hop the daemon resolved (or the one the flow came from), else a
-/// FIB lookup; then MACs, TTL, and XDP_TX or XDP_REDIRECT. Without a route or
-/// neighbour entry the kernel gets the packet (it resolves and forwards).
+/// FIB lookup; then the TTL decrement (`routed`: NAT), MACs, and XDP_TX or XDP_REDIRECT.
+/// Without a route or neighbour entry the kernel gets the packet (it
+/// resolves and forwards).
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
-    pkt: &Parsed,
+    pkt: &Packet,
     hop: &NextHop,
     dst: &[u32; 4],
     src: &[u32; 4],
     routed: bool,
-) -> Result<u32, Reason> {
+) -> Result<Action, Reason> {
     let ingress = ctx.ingress_ifindex() as u32;
+    let looked_up;
     let hop = if hop.ifindex != 0 {
-        *hop
+        hop
     } else {
         match fib_next_hop(ctx, pkt, dst, src, ingress) {
-            Some(h) => h,
+            Some(h) => {
+                looked_up = h;
+                &looked_up
+            }
             None => {
-                count(counter::PASS_NO_ROUTE);
-                return Ok(xdp_action::XDP_PASS);
+                core::hint::cold_path();
+                return Ok(Action::Pass(Pass::NoRoute));
             }
         }
     };
-    if routed && !decrement_ttl(ctx, pkt.l3, pkt.key.family)? {
-        count(counter::PASS_TTL);
-        return Ok(xdp_action::XDP_PASS);
+    if routed {
+        decrement_ttl(ctx, pkt)?;
     }
-    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(counter::DROP_TRUNCATED)?;
+    let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::Truncated)?;
+    // SAFETY: ptr_at checked that the Ethernet header is in the packet; a
+    // `NextHop`'s MACs are 2-aligned.
     unsafe {
-        (*eth).dst_addr = hop.dmac;
-        (*eth).src_addr = hop.smac;
+        copy_mac(eth.add(offset_of!(EthHdr, dst_addr)), hop.dmac.as_ptr());
+        copy_mac(eth.add(offset_of!(EthHdr, src_addr)), hop.smac.as_ptr());
     }
     if hop.ifindex == ingress {
-        return Ok(xdp_action::XDP_TX);
+        return Ok(Action::Send(xdp_action::XDP_TX));
     }
-    Ok(unsafe { bpf_redirect(hop.ifindex, 0) } as u32)
+    // SAFETY: a helper call with plain values.
+    Ok(Action::Send(unsafe { bpf_redirect(hop.ifindex, 0) } as u32))
 }
 
 /// The kernel's answer for `dst`: egress interface and MACs, if it has them all.
 #[inline(always)]
-fn fib_next_hop(ctx: &XdpContext, pkt: &Parsed, dst: &[u32; 4], src: &[u32; 4], ingress: u32) -> Option<NextHop> {
+fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], src: &[u32; 4], ingress: u32) -> Option<NextHop> {
+    // SAFETY: bpf_fib_lookup's parameters are plain integers: all zeros is valid.
     let mut p: FibParams = unsafe { mem::zeroed() };
     p.ifindex = ingress;
     p.__bindgen_anon_1.tot_len = pkt.ip_len;
@@ -703,6 +878,7 @@ fn fib_next_hop(ctx: &XdpContext, pkt: &Parsed, dst: &[u32; 4], src: &[u32; 4], 
         p.__bindgen_anon_3.ipv6_src = *src;
         p.__bindgen_anon_4.ipv6_dst = *dst;
     }
+    // SAFETY: `p` is a valid, writable bpf_fib_lookup of the size passed.
     let ret = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, mem::size_of::<FibParams>() as i32, 0) };
     if ret != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return None;
@@ -710,33 +886,146 @@ fn fib_next_hop(ctx: &XdpContext, pkt: &Parsed, dst: &[u32; 4], src: &[u32; 4], 
     Some(NextHop { ifindex: p.ifindex, dmac: p.dmac, smac: p.smac })
 }
 
-/// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit.
-/// `false` when it would expire: the kernel then answers with ICMP.
+/// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit, which
+/// the caller found above 1 before it rewrote anything.
 #[inline(always)]
-fn decrement_ttl(ctx: &XdpContext, l3: usize, family: u8) -> Result<bool, Reason> {
-    if family == FAMILY_V4 {
+fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
+    let ttl = pkt.ttl;
+    if pkt.key.family == FAMILY_V4 {
+        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
+        let check = offset_of!(Ipv4Hdr, check);
         // TTL and protocol share one 16-bit word of the header checksum.
-        let hdr = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(counter::DROP_TRUNCATED)?;
+        let old = u16::from_ne_bytes([ttl, pkt.key.proto]);
+        let new = u16::from_ne_bytes([ttl - 1, pkt.key.proto]);
+        // SAFETY: ptr_at checked that the 20-byte header is in the packet.
         unsafe {
-            let ttl = (*hdr).ttl;
-            if ttl <= 1 {
-                return Ok(false);
-            }
-            let proto = (*hdr).proto;
-            (*hdr).ttl = ttl - 1;
-            let old = u16::from_ne_bytes([ttl, proto]);
-            let new = u16::from_ne_bytes([ttl - 1, proto]);
-            (*hdr).check = csum::replace2(u16::from_ne_bytes((*hdr).check), old, new).to_ne_bytes();
+            put8(ip, offset_of!(Ipv4Hdr, ttl), ttl - 1);
+            put16(ip, check, csum::replace2(get16(ip, check), old, new));
         }
     } else {
-        let hdr = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(counter::DROP_TRUNCATED)?;
-        unsafe {
-            let hops = (*hdr).hop_limit;
-            if hops <= 1 {
-                return Ok(false);
-            }
-            (*hdr).hop_limit = hops - 1;
+        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
+        // SAFETY: ptr_at checked that the 40-byte header is in the packet.
+        unsafe { put8(ip, offset_of!(Ipv6Hdr, hop_limit), ttl - 1) };
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- record
+
+/// Writes the decision to the counters and, while `xlb trace` runs, to the
+/// trace: the only place that writes either. Returns the XDP action.
+#[inline(always)]
+fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
+    // The action, and the `COUNTERS` slot the packet counts in.
+    let (action, counter) = match d.action {
+        Ok(Action::Send(a)) => (a, if d.flow == Flow::Reply { counter::REPLY_NAT } else { NOT_KNOWN }),
+        Ok(Action::Pass(why)) => (xdp_action::XDP_PASS, why as u32),
+        Err(reason) => (xdp_action::XDP_DROP, reason as u32),
+    };
+    if counter != NOT_KNOWN {
+        if let Some(c) = COUNTERS.get_ptr_mut(counter) {
+            // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+            unsafe { *c += 1 };
         }
     }
-    Ok(true)
+    if d.service != NOT_KNOWN {
+        count_service(ctx, d);
+    }
+    if d.flow != Flow::None {
+        let key = match parsed {
+            Parse::Vip(p) | Parse::MaybeReply(p) => &p.key,
+            Parse::Refused(_, k) => k,
+            Parse::Kernel(_) => return action,
+        };
+        trace_decision(key, d, action);
+    }
+    action
+}
+
+/// The service's and its backend's counters, for a packet to a service.
+#[inline(always)]
+fn count_service(ctx: &XdpContext, d: &Decision) {
+    let picked = d.backend != NOT_KNOWN;
+    let new_flow = d.flow != Flow::Established;
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(d.service) {
+        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+        unsafe {
+            (*s).packets += 1;
+            match d.flow {
+                Flow::Established => (*s).established += 1,
+                Flow::Repicked => (*s).repicked += 1,
+                _ => {}
+            }
+            if picked && new_flow {
+                (*s).new_flows += 1;
+            }
+        }
+    }
+    if !picked {
+        return;
+    }
+    if let Some(b) = BACKEND_STATS.get_ptr_mut(d.backend) {
+        let len = (ctx.data_end() - ctx.data()) as u64;
+        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+        unsafe {
+            (*b).packets += 1;
+            (*b).bytes += len;
+            if new_flow {
+                (*b).new_flows += 1;
+            }
+        }
+    }
+}
+
+/// Writes a sampled decision to `TRACE` while `xlb trace` runs. Off, it
+/// costs one array read (inlined by the verifier) and a branch, on VIP
+/// packets and NAT replies only.
+#[inline(always)]
+fn trace_decision(key: &FlowKey, d: &Decision, action: u32) {
+    let rate = match SETTINGS.get(SETTING_TRACE) {
+        Some(r) if *r != 0 => *r,
+        _ => return,
+    };
+    core::hint::cold_path();
+    // SAFETY: a helper call without arguments.
+    if rate > 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
+        return;
+    }
+    write_trace(key, d, action);
+}
+
+/// The trace event of a sampled decision: out of line (a BPF-to-BPF call),
+/// so that the packet path carries neither its code nor its stack.
+#[inline(never)]
+fn write_trace(key: &FlowKey, d: &Decision, action: u32) {
+    let kind = match d.flow {
+        _ if d.backend == NOT_KNOWN => trace::DROP,
+        Flow::Established => trace::HIT,
+        Flow::New => trace::MISS,
+        Flow::Repicked => trace::REPICK,
+        Flow::Reply => trace::REPLY,
+        Flow::Refused | Flow::None => trace::DROP,
+    };
+    let reason = match d.action {
+        Err(r) => r as u32,
+        Ok(_) => NOT_KNOWN,
+    };
+    let ev = TraceEvent {
+        // SAFETY: a helper call without arguments.
+        ns: unsafe { bpf_ktime_get_ns() },
+        src: key.src,
+        dst: key.dst,
+        sport: key.sport,
+        dport: key.dport,
+        proto: key.proto,
+        family: key.family,
+        kind,
+        _pad: 0,
+        service: d.service,
+        backend: d.backend,
+        action,
+        reason,
+    };
+    // A full ring drops the event: the trace is a sample, never a brake.
+    let _ = TRACE.output::<TraceEvent>(&ev, 0);
 }

@@ -167,6 +167,13 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
     let cases = cases(frame, calls * reps);
     let service_id = |name: &str| bal.services.iter().find(|s| s.cfg.name == name).map(|s| s.id);
     bal.dp.floor_program()?;
+    let info = bal.dp.program().info()?;
+    eprintln!(
+        "xlb program: {} instructions processed by the verifier, {} bytes translated, {} bytes jitted",
+        info.verified_instruction_count().unwrap_or(0),
+        info.size_translated().unwrap_or(0),
+        info.size_jitted(),
+    );
     // Warm up: create the conntrack entries of the established flows.
     for c in &cases {
         if let Traffic::Established(p) = &c.traffic {

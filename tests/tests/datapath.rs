@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::counter;
 use xlb::{balancer::Balancer, config::Protocol};
 use xlb_testbed::{
-    packet::{parse_and_verify, Pkt, TCP_ACK},
+    packet::{checksum, parse_and_verify, Pkt, TCP_ACK},
     require_root,
     xdpbed::{bed, fixture_config as config, run, Bed, CLIENT_MAC, WEB1_MAC, WEB2_MAC},
 };
@@ -182,44 +182,61 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     );
     let _ = (web2, web2_6);
 
-    // ---- not for a VIP: untouched
+    // ---- not for a VIP: untouched, counted (xlb_kernel_passed_packets_total{reason="not_vip"})
+    let not_vip = Some(counter::PASS_NOT_VIP);
     f(
         "not a VIP (the lb's own address)",
         c0,
         from_client(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)),
         XDP_PASS,
         None,
-        None,
+        not_vip,
     );
-    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)), XDP_PASS, None, None);
+    f("VIP address, port without a service", c0, from_client(Pkt::tcp(cl4, vip4, 40000, 443)), XDP_PASS, None, not_vip);
     f(
         "VIP address and port, other protocol (udp/80)",
         c0,
         from_client(Pkt::udp(cl4, vip4, 40000, 80)),
         XDP_PASS,
         None,
-        None,
+        not_vip,
     );
-    f("not a VIP, v6", c0, from_client(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)), XDP_PASS, None, None);
+    f("not a VIP, v6", c0, from_client(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)), XDP_PASS, None, not_vip);
     f(
         "reply-looking packet with no NAT entry",
         b0,
         from_backend(Pkt::tcp(web1, cl4, 8080, 49999), WEB1_MAC),
         XDP_PASS,
         None,
-        None,
+        not_vip,
     );
     let mut frag_other = Pkt::udp(cl4, ip("198.18.0.2"), 40000, 53);
     frag_other.ipv4_frag = 0x2000;
-    f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, None);
-    let mut ttl1 = Pkt::tcp(cl4, vip4, 40010, 80);
-    ttl1.ttl = 1;
+    f("fragment to a non-VIP address goes to the kernel", c0, from_client(frag_other), XDP_PASS, None, not_vip);
+    // TTL 1: the kernel gets the packet as it came, so that its ICMP time
+    // exceeded quotes what the sender sent (not the backend's address).
     f(
-        "TTL 1 to a NAT VIP: the kernel gets it (it answers ICMP time exceeded)",
+        "TTL 1 to a NAT VIP: the kernel gets it unchanged",
         c0,
-        from_client(ttl1),
+        from_client(ttl(Pkt::tcp(cl4, vip4, 40010, 80), 1)),
         XDP_PASS,
-        Some(ttl(from_client(Pkt::tcp(cl4, web1, 40010, 8080)), 1)),
+        None,
+        Some(counter::PASS_TTL),
+    );
+    f(
+        "hop limit 1 to a NAT VIP (v6): the kernel gets it unchanged",
+        c0,
+        from_client(ttl(Pkt::tcp(cl6, vip6, 40010, 80), 1)),
+        XDP_PASS,
+        None,
+        Some(counter::PASS_TTL),
+    );
+    f(
+        "TTL 1 on a NAT reply: the kernel gets it unchanged",
+        b0,
+        from_backend(ttl(Pkt::tcp(web1, cl4, 8080, 40000), 1), WEB1_MAC),
+        XDP_PASS,
+        None,
         Some(counter::PASS_TTL),
     );
 
@@ -236,6 +253,87 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     hbh.ipv6_ext = Some(0);
     f("v6 hop-by-hop header to a VIP", c0, from_client(hbh), XDP_DROP, None, Some(counter::DROP_IPV6_EXT));
     fx.extend(raw_refusals(b, cl4, vip4));
+    fx.extend(ip_length_fixtures(b, cl4, vip4, web1));
+    fx
+}
+
+/// Sets an IPv4 frame's total length (untagged frame) and its header checksum.
+fn set_ipv4_total_len(frame: &mut [u8], len: u16) {
+    frame[16..18].copy_from_slice(&len.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&[&frame[14..34]]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The IP length, not the frame's, bounds the TCP/UDP header: a frame may
+/// carry Ethernet padding after the IP packet (a 54-byte TCP ACK is padded to
+/// the 60-byte minimum), and a packet whose IP length ends inside its L4
+/// header is truncated even when the frame has the bytes.
+fn ip_length_fixtures(b: &Bed, cl4: IpAddr, vip4: IpAddr, web1: IpAddr) -> Vec<Fixture> {
+    let frame = |mut p: Pkt, dst: [u8; 6], src: [u8; 6]| {
+        p.eth_dst = dst;
+        p.eth_src = src;
+        p.build()
+    };
+    let pad = |mut f: Vec<u8>| {
+        f.resize(60, 0xee);
+        f
+    };
+    let to_web1 = |mut p: Pkt| {
+        p.ttl = 63;
+        frame(p, WEB1_MAC, b.b0_mac)
+    };
+    let mut fx = vec![];
+    let mut ack = Pkt::tcp(cl4, vip4, 40040, 80);
+    ack.tcp_flags = TCP_ACK;
+    let mut ack_out = Pkt::tcp(cl4, web1, 40040, 8080);
+    ack_out.tcp_flags = TCP_ACK;
+    fx.push(Fixture {
+        desc: "nat v4 tcp ACK padded to 60 bytes: balanced, padding kept, checksums right",
+        ingress: b.c0,
+        input: pad(frame(ack, b.c0_mac, CLIENT_MAC)),
+        action: XDP_REDIRECT,
+        output: Some(pad(to_web1(ack_out))),
+        counter: None,
+    });
+    let mut udp = Pkt::udp(cl4, vip4, 40041, 53);
+    udp.payload = b"q".to_vec();
+    let mut udp_out = Pkt::udp(cl4, web1, 40041, 5353);
+    udp_out.payload = udp.payload.clone();
+    fx.push(Fixture {
+        desc: "nat v4 udp padded to 60 bytes: balanced, padding kept, checksums right",
+        ingress: b.c0,
+        input: pad(frame(udp, b.c0_mac, CLIENT_MAC)),
+        action: XDP_REDIRECT,
+        output: Some(pad(to_web1(udp_out))),
+        counter: None,
+    });
+
+    let tcp = frame(Pkt::tcp(cl4, vip4, 40042, 80), b.c0_mac, CLIENT_MAC);
+    let mut short_tcp = tcp.clone();
+    set_ipv4_total_len(&mut short_tcp, 20 + 10);
+    let mut short_udp = frame(Pkt::udp(cl4, vip4, 40043, 53), b.c0_mac, CLIENT_MAC);
+    set_ipv4_total_len(&mut short_udp, 20 + 4);
+    let mut long_doff = tcp;
+    long_doff[14 + 20 + 12] = 15 << 4; // a 60-byte TCP header in a 40-byte IP packet
+    let v6 = |p: Pkt| frame(p, b.c0_mac, CLIENT_MAC);
+    let mut short_v6 = v6(Pkt::tcp(ip("2001:db8::1"), ip("2001:db8::10"), 40044, 80));
+    short_v6[18..20].copy_from_slice(&10u16.to_be_bytes());
+    for (desc, input) in [
+        ("IPv4 total length ends inside the TCP header (the frame has it all), to a VIP", short_tcp),
+        ("IPv4 total length ends inside the UDP header (the frame has it all), to a VIP", short_udp),
+        ("TCP data offset beyond the IPv4 total length, to a VIP", long_doff),
+        ("IPv6 payload length ends inside the TCP header (the frame has it all), to a VIP", short_v6),
+    ] {
+        fx.push(Fixture {
+            desc,
+            ingress: b.c0,
+            input,
+            action: XDP_DROP,
+            output: None,
+            counter: Some(counter::DROP_TRUNCATED),
+        });
+    }
     fx
 }
 
@@ -280,11 +378,18 @@ fn raw_refusals(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
         input: short_other,
         action: XDP_PASS,
         output: None,
-        counter: None,
+        counter: Some(counter::PASS_NOT_VIP),
     });
     let mut arp = base;
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    fx.push(Fixture { desc: "ARP (not IP)", ingress: b.c0, input: arp, action: XDP_PASS, output: None, counter: None });
+    fx.push(Fixture {
+        desc: "ARP (not IP)",
+        ingress: b.c0,
+        input: arp,
+        action: XDP_PASS,
+        output: None,
+        counter: Some(counter::PASS_NOT_VIP),
+    });
     fx
 }
 
