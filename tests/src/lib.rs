@@ -44,7 +44,7 @@ pub mod xlb;
 use std::net::IpAddr;
 
 pub use client::{http_url, Client, HttpReply, KeptAlive};
-pub use netns::{cleanup_stale_namespaces, is_root, list_namespaces, require_root, run_suffix, BgProcess, Netns};
+pub use netns::{cleanup_stale_namespaces, is_root, list_namespaces, run_suffix, BgProcess, Netns};
 pub use nginx::{Nginx, NginxConfig};
 pub use topology::{
     backend_v4, backend_v6, Backend, Topology, TopologyBuilder, CLIENT_V4, CLIENT_V6, LB_BACKEND_V4, LB_BACKEND_V6,

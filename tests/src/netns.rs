@@ -30,20 +30,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Do not use in new tests: a test that returns early counts as passed. Mark a
-/// test that needs root `#[ignore = "needs root ...: cargo xtask test runs it"]`
-/// instead (`cargo xtask test` runs the ignored tests).
-// TODO(merge): only tests/tests/datapath.rs still calls this (its owner
-// switches it to #[ignore]); remove it then.
-pub fn require_root(test: &str) -> bool {
-    if is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED {test}: needs root (network namespaces); run as root");
-        false
-    }
-}
-
 /// Names of the existing network namespaces (`ip netns list`).
 pub fn list_namespaces() -> Result<Vec<String>> {
     let out = run_checked(Command::new("ip").args(["netns", "list"]), DEFAULT_COMMAND_TIMEOUT)?;
