@@ -78,8 +78,13 @@ pub fn text(v: &View) -> String {
         let _ = writeln!(o, "  {name:<16} {:>12} {:>9}", v.snap.counter(i as u32), si(rate));
     }
     let c = |i| v.snap.counter(i);
-    let _ =
-        writeln!(o, "to the kernel: no route/neighbour {}, ttl {}", c(counter::PASS_NO_ROUTE), c(counter::PASS_TTL));
+    let _ = writeln!(
+        o,
+        "to the kernel: no route/neighbour {}, ttl {}, not for a VIP {}",
+        c(counter::PASS_NO_ROUTE),
+        c(counter::PASS_TTL),
+        c(counter::PASS_NOT_VIP)
+    );
     let _ = writeln!(o, "nat replies rewritten: {}", c(counter::REPLY_NAT));
     o
 }
