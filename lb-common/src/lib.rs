@@ -57,7 +57,9 @@ pub const BACKEND_F_UP: u32 = 1;
 pub const BACKEND_F_SHARED: u32 = 2;
 /// `NatSource::flags`: see `BACKEND_F_SHARED`; replies look in `REVERSE_NAT` first.
 pub const NAT_SOURCE_F_SHARED: u32 = 1;
-/// `SETTINGS[SETTING_FLAGS]`: some service uses NAT, so replies need the reverse lookup.
+/// `SETTINGS[SETTING_FLAGS]`: some service uses NAT. The program no longer reads it: a
+/// packet goes down the reply path only from a port in `REPLY_PORTS`, which is empty
+/// while no service uses NAT.
 pub const SETTINGS_F_NAT: u32 = 1;
 pub const SETTING_FLAGS: u32 = 0;
 /// `SETTINGS[SETTING_TRACE]`: 0, tracing off; N, one decision in N (on

@@ -5,56 +5,48 @@
 //! were loaded from the packet. Nor does it depend on the width of the words
 //! added: a 32-bit word is congruent to the sum of its two halves modulo
 //! 0xffff (and its complement to the sum of theirs), so 32-bit words are
-//! added whole into a 64-bit sum that is folded once at the end.
+//! added whole into a 64-bit sum that is folded once, when applied.
+
+/// The changes made to the words a checksum covers: `~m + m'` for each.
+#[derive(Clone, Copy, Default)]
+pub struct Delta(u64);
+
+impl Delta {
+    /// A 16-bit word changed from `old` to `new`.
+    #[inline(always)]
+    pub fn u16(&mut self, old: u16, new: u16) {
+        self.0 += (!old) as u64 + new as u64;
+    }
+
+    /// A 32-bit word (an IPv4 address) changed from `old` to `new`.
+    #[inline(always)]
+    pub fn u32(&mut self, old: u32, new: u32) {
+        self.0 += (!old) as u64 + new as u64;
+    }
+
+    /// A 128-bit address (four words) changed from `old` to `new`.
+    #[inline(always)]
+    pub fn addr6(&mut self, old: &[u32; 4], new: &[u32; 4]) {
+        for i in 0..4 {
+            self.u32(old[i], new[i]);
+        }
+    }
+
+    /// The checksum `check` after the changes.
+    #[inline(always)]
+    pub fn apply(self, check: u16) -> u16 {
+        !fold((!check) as u64 + self.0)
+    }
+}
 
 /// Folds a sum of 16- and 32-bit words into 16 bits (end-around carries).
+/// Three rounds suffice below 2^36 (a [`Delta`] adds at most ten terms below
+/// 2^33): after the first the sum is below 2^16 + 2^20, after the second
+/// below 2^16 + 2^5, after the third it fits.
 #[inline(always)]
 fn fold(mut s: u64) -> u16 {
-    s = (s & 0xffff_ffff) + (s >> 32);
-    s = (s & 0xffff_ffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     s = (s & 0xffff) + (s >> 16);
     s as u16
-}
-
-/// `~old + new` for a 32-bit word.
-#[inline(always)]
-fn diff32(old: u32, new: u32) -> u64 {
-    (!old) as u64 + new as u64
-}
-
-/// `~old + new` for a 16-bit word.
-#[inline(always)]
-fn diff16(old: u16, new: u16) -> u64 {
-    (!old) as u64 + new as u64
-}
-
-/// Checksum after one 16-bit word changed from `old` to `new`.
-#[inline(always)]
-pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
-    !fold((!check) as u64 + diff16(old, new))
-}
-
-/// Checksum after a 32-bit word (an IPv4 address) changed.
-#[inline(always)]
-pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
-    !fold((!check) as u64 + diff32(old, new))
-}
-
-/// Checksum after a 32-bit word (an IPv4 address) and a 16-bit word (a port) changed.
-#[inline(always)]
-pub fn replace4_2(check: u16, old4: u32, new4: u32, old2: u16, new2: u16) -> u16 {
-    !fold((!check) as u64 + diff32(old4, new4) + diff16(old2, new2))
-}
-
-/// Checksum after a 128-bit address (four words) and a 16-bit word changed.
-#[inline(always)]
-pub fn replace16_2(check: u16, old: &[u32; 4], new: &[u32; 4], old2: u16, new2: u16) -> u16 {
-    let s = (!check) as u64
-        + diff32(old[0], new[0])
-        + diff32(old[1], new[1])
-        + diff32(old[2], new[2])
-        + diff32(old[3], new[3])
-        + diff16(old2, new2);
-    !fold(s)
 }

@@ -24,8 +24,8 @@ use lb_common::{
     counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND,
-    NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR, SETTINGS_F_NAT, SETTING_FLAGS, SETTING_TRACE,
-    TRACE_RING_BYTES, VIP_PORT_WORDS,
+    NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR, SETTING_TRACE, TRACE_RING_BYTES,
+    VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -160,21 +160,23 @@ enum Action {
     Pass(Pass),
 }
 
-/// How the packet's flow was found: the trace's `kind`.
+/// How the packet's flow was found: the trace's `kind`. One bit each, so
+/// that [`count_service`] adds to its counters without branching.
+#[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flow {
     /// Not xlb's traffic: counted, not traced.
-    None,
+    None = 0,
     /// A usable conntrack entry: the flow follows its backend.
-    Established,
+    Established = 1,
     /// No entry (or a TCP SYN): a Maglev pick.
-    New,
+    New = 2,
     /// An entry whose backend is no longer usable: picked again.
-    Repicked,
+    Repicked = 4,
     /// A reply from a NAT backend.
-    Reply,
+    Reply = 8,
     /// Malformed and to a VIP address: refused before any lookup.
-    Refused,
+    Refused = 16,
 }
 
 /// Everything decided about a packet; [`record`] writes it to the counters
@@ -186,13 +188,27 @@ struct Decision {
     service: u32,
     /// Backend slot; `NOT_KNOWN` when none was chosen.
     backend: u32,
-    action: Result<Action, Reason>,
+    /// The XDP action returned.
+    action: u32,
+    /// The `COUNTERS` slot the packet counts in (a [`Reason`] when dropped, a
+    /// [`Pass`] when passed, `REPLY_NAT` for a reply sent); `NOT_KNOWN`: none.
+    counter: u32,
 }
 
 impl Decision {
     #[inline(always)]
+    fn new(flow: Flow, service: u32, backend: u32, outcome: Result<Action, Reason>) -> Self {
+        let (action, counter) = match outcome {
+            Ok(Action::Send(a)) => (a, if flow == Flow::Reply { counter::REPLY_NAT } else { NOT_KNOWN }),
+            Ok(Action::Pass(why)) => (xdp_action::XDP_PASS, why as u32),
+            Err(reason) => (xdp_action::XDP_DROP, reason as u32),
+        };
+        Decision { flow, service, backend, action, counter }
+    }
+
+    #[inline(always)]
     fn pass(why: Pass) -> Self {
-        Decision { flow: Flow::None, service: NOT_KNOWN, backend: NOT_KNOWN, action: Ok(Action::Pass(why)) }
+        Decision::new(Flow::None, NOT_KNOWN, NOT_KNOWN, Ok(Action::Pass(why)))
     }
 }
 
@@ -219,10 +235,12 @@ impl Decision {
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Option<*mut u8> {
     if off > MAX_HEADER_OFFSET {
+        core::hint::cold_path();
         return None;
     }
     let start = ctx.data();
     if start + off + mem::size_of::<T>() > ctx.data_end() {
+        core::hint::cold_path();
         return None;
     }
     Some((start + off) as *mut u8)
@@ -292,7 +310,10 @@ unsafe fn copy16(to: *mut u8, from: *const u8, halves: usize) {
 
 // ---------------------------------------------------------------- entry
 
+// `#[inline(always)]`: the macro wraps this function in the program's entry;
+// left to LLVM, it may become a BPF-to-BPF call.
 #[xdp]
+#[inline(always)]
 pub fn xlb(ctx: XdpContext) -> u32 {
     process_packet(&ctx)
 }
@@ -304,7 +325,9 @@ pub fn xlb_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Parse, classify, act, record.
+/// Parse (what the packet is), classify (its service, backend and flow
+/// state), act (rewrite and send, or hand to the kernel, or drop), record
+/// (counters and trace, from the one [`Decision`]).
 #[inline(always)]
 fn process_packet(ctx: &XdpContext) -> u32 {
     let parsed = parse(ctx);
@@ -316,10 +339,10 @@ fn process_packet(ctx: &XdpContext) -> u32 {
             None => Decision::pass(Pass::NotVip),
         },
         Parse::MaybeReply(pkt) => reply(ctx, pkt),
-        Parse::Kernel(why) => Decision::pass(*why),
-        Parse::Refused(why, _) => {
-            Decision { flow: Flow::Refused, service: NOT_KNOWN, backend: NOT_KNOWN, action: Err(*why) }
-        }
+        // Most packets are not xlb's: recorded here, where the compiler
+        // knows all of the decision, rather than after the other arms.
+        Parse::Kernel(why) => return record(ctx, &parsed, &Decision::pass(*why)),
+        Parse::Refused(why, _) => Decision::new(Flow::Refused, NOT_KNOWN, NOT_KNOWN, Err(*why)),
     };
     record(ctx, &parsed, &decision)
 }
@@ -516,13 +539,11 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, ip.l4) else {
             return ip.refuse(Reason::Truncated);
         };
-        if ip.l4 + TcpHdr::LEN > ip.end {
-            return ip.refuse(Reason::Truncated);
-        }
         // SAFETY: ptr_at checked that the 20-byte header is in the packet.
         let (ports, doff, flags) =
             unsafe { ([get16(tcp, L4_SPORT), get16(tcp, L4_DPORT)], get8(tcp, TCP_DATA_OFFSET), get8(tcp, TCP_FLAGS)) };
-        // Data offset: the header's length in 32-bit words, options included.
+        // Data offset: the header's length in 32-bit words, options included
+        // (at least 5: the check against the IP length covers the fixed header).
         let header = ((doff >> 4) as usize) << 2;
         if header < TcpHdr::LEN {
             return ip.refuse(Reason::BadHeader);
@@ -564,7 +585,10 @@ fn port_listed(ports: &Array<u64>, port: u16) -> bool {
     let (word, bit) = reply_port_bit(u16::from_be(port));
     match ports.get(word) {
         Some(w) => *w & bit != 0,
-        None => false,
+        None => {
+            core::hint::cold_path();
+            false
+        }
     }
 }
 
@@ -608,11 +632,19 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
 /// generation.
 #[inline(always)]
 fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Service)> {
-    let be = BACKENDS.get(st.backend)?;
+    let Some(be) = BACKENDS.get(st.backend) else {
+        core::hint::cold_path();
+        return None;
+    };
     if be.flags & BACKEND_F_UP == 0 || be.generation != st.generation {
+        core::hint::cold_path();
         return None;
     }
-    Some((st.backend, be, SERVICES_BY_ID.get(be.service)?))
+    let Some(svc) = SERVICES_BY_ID.get(be.service) else {
+        core::hint::cold_path();
+        return None;
+    };
+    Some((st.backend, be, svc))
 }
 
 /// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
@@ -684,53 +716,38 @@ fn insert_reverse(pkt: &Packet, be: &Backend, idx: u32, next_hop: NextHop) {
 fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
     let Some((idx, be)) = t.backend else {
         core::hint::cold_path();
-        return Decision { flow: t.flow, service: t.svc.id, backend: NOT_KNOWN, action: Err(Reason::NoBackend) };
+        return Decision::new(t.flow, t.svc.id, NOT_KNOWN, Err(Reason::NoBackend));
     };
     let action = if t.svc.flags & SERVICE_F_DSR != 0 {
-        forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, false)
+        match next_hop(&be.next_hop) {
+            Some(hop) => send(ctx, hop),
+            None => {
+                core::hint::cold_path();
+                match fib_next_hop(ctx, pkt, &be.addr, &pkt.key.src) {
+                    Some(hop) => send(ctx, &hop),
+                    None => Ok(Action::Pass(Pass::NoRoute)),
+                }
+            }
+        }
     } else {
-        nat_to_backend(ctx, pkt, be)
+        let to =
+            Nat { port_off: L4_DPORT, old_addr: &pkt.key.dst, old_port: pkt.key.dport, addr: &be.addr, port: be.port };
+        nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src)
     };
-    Decision { flow: t.flow, service: t.svc.id, backend: idx, action }
-}
-
-/// NAT to a backend. A packet whose TTL would expire goes to the kernel
-/// before anything is rewritten: its ICMP time exceeded then quotes the
-/// packet as the client sent it.
-#[inline(always)]
-fn nat_to_backend(ctx: &XdpContext, pkt: &Packet, be: &Backend) -> Result<Action, Reason> {
-    if pkt.ttl <= 1 {
-        return Ok(Action::Pass(Pass::TtlExpired));
-    }
-    rewrite(ctx, pkt, L4_DPORT, &pkt.key.dst, pkt.key.dport, &be.addr, be.port)?;
-    forward(ctx, pkt, &be.next_hop, &be.addr, &pkt.key.src, true)
+    Decision::new(t.flow, t.svc.id, idx, action)
 }
 
 /// A packet that is not a service's: the reply of a tracked NAT flow goes
 /// back to its client from the VIP; anything else is the kernel's.
 #[inline(always)]
 fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
-    let nat = matches!(SETTINGS.get(SETTING_FLAGS), Some(f) if *f & SETTINGS_F_NAT != 0);
-    let Some((vip, vip_port, hop, backend)) = nat_reply(pkt).filter(|_| nat) else {
+    // Only packets from a port some NAT backend answers from get here
+    // (`REPLY_PORTS`, empty while no service uses NAT).
+    let Some((vip, vip_port, hop, backend)) = nat_reply(pkt) else {
         return Decision::pass(Pass::NotVip);
     };
-    Decision { flow: Flow::Reply, service: NOT_KNOWN, backend, action: nat_to_client(ctx, pkt, &vip, vip_port, &hop) }
-}
-
-/// NAT back to the client, TTL checked before the rewrite as in [`nat_to_backend`].
-#[inline(always)]
-fn nat_to_client(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    vip: &[u32; 4],
-    vip_port: u16,
-    hop: &NextHop,
-) -> Result<Action, Reason> {
-    if pkt.ttl <= 1 {
-        return Ok(Action::Pass(Pass::TtlExpired));
-    }
-    rewrite(ctx, pkt, L4_SPORT, &pkt.key.src, pkt.key.sport, vip, vip_port)?;
-    forward(ctx, pkt, hop, &pkt.key.dst, vip, true)
+    let from = Nat { port_off: L4_SPORT, old_addr: &pkt.key.src, old_port: pkt.key.sport, addr: &vip, port: vip_port };
+    Decision::new(Flow::Reply, NOT_KNOWN, backend, nat(ctx, pkt, &from, &hop, &pkt.key.dst, &vip))
 }
 
 /// The VIP address, port, next hop and backend slot of a reply from a NAT
@@ -766,88 +783,128 @@ fn nat_reply(pkt: &Packet) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, st.reply_hop, src.backend))
 }
 
-/// Replaces an address and port, the destination (`port_off == L4_DPORT`)
-/// or the source, and updates the L3 and L4 checksums incrementally. Every
-/// pointer derives from one bounds-checked header pointer, with constant
-/// offsets.
+/// A NAT rewrite: the destination (`port_off == L4_DPORT`: to a backend) or
+/// the source (a reply to the client) address and port become `addr`:`port`.
+struct Nat<'a> {
+    port_off: usize,
+    old_addr: &'a [u32; 4],
+    old_port: u16,
+    addr: &'a [u32; 4],
+    port: u16,
+}
+
+/// NAT, then on towards `dst`. A packet whose TTL would expire goes to the
+/// kernel before anything is rewritten, so that its ICMP time exceeded
+/// quotes the packet as it came. Without a next hop (no route or neighbour
+/// yet) the kernel gets the rewritten packet (it resolves and forwards, and
+/// decrements the TTL itself); else the TTL is decremented with the rewrite.
 #[inline(always)]
-fn rewrite(
+fn nat(
     ctx: &XdpContext,
     pkt: &Packet,
-    port_off: usize,
-    old_addr: &[u32; 4],
-    old_port: u16,
-    new_addr: &[u32; 4],
-    new_port: u16,
-) -> Result<(), Reason> {
+    rw: &Nat,
+    hop: &NextHop,
+    dst: &[u32; 4],
+    src: &[u32; 4],
+) -> Result<Action, Reason> {
+    if pkt.ttl <= 1 {
+        return Ok(Action::Pass(Pass::TtlExpired));
+    }
+    if let Some(hop) = next_hop(hop) {
+        rewrite(ctx, pkt, rw, true)?;
+        return send(ctx, hop);
+    }
+    // Not resolved yet: the kernel's FIB, else the kernel itself.
+    core::hint::cold_path();
+    match fib_next_hop(ctx, pkt, dst, src) {
+        Some(hop) => {
+            rewrite(ctx, pkt, rw, true)?;
+            send(ctx, &hop)
+        }
+        None => {
+            rewrite(ctx, pkt, rw, false)?;
+            Ok(Action::Pass(Pass::NoRoute))
+        }
+    }
+}
+
+/// Replaces an address and port as `rw` says, decrements the TTL (or hop
+/// limit) when `ttl`, and updates the L3 and L4 checksums incrementally
+/// (the IPv4 header's once for both changes). Every pointer derives from one
+/// bounds-checked header pointer, with constant offsets.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, pkt: &Packet, rw: &Nat, ttl: bool) -> Result<(), Reason> {
     let (l4, check_off) = if pkt.key.proto == PROTO_TCP {
         (ptr_at::<TcpHdr>(ctx, pkt.l4).ok_or(Reason::Truncated)?, offset_of!(TcpHdr, check))
     } else {
         (ptr_at::<UdpHdr>(ctx, pkt.l4).ok_or(Reason::Truncated)?, offset_of!(UdpHdr, check))
     };
     let udp = pkt.key.proto == PROTO_UDP;
-    let dst = port_off == L4_DPORT;
+    let dst = rw.port_off == L4_DPORT;
+    let mut l4_delta = csum::Delta::default();
+    l4_delta.u16(rw.old_port, rw.port);
     if pkt.key.family == FAMILY_V4 {
         let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
         let addr_off = if dst { offset_of!(Ipv4Hdr, dst_addr) } else { offset_of!(Ipv4Hdr, src_addr) };
         let ip_check = offset_of!(Ipv4Hdr, check);
+        let mut ip_delta = csum::Delta::default();
+        ip_delta.u32(rw.old_addr[0], rw.addr[0]);
+        l4_delta.u32(rw.old_addr[0], rw.addr[0]);
         // SAFETY: ptr_at checked both headers; every offset lies within them.
         unsafe {
-            put32(ip, addr_off, new_addr[0]);
-            put16(ip, ip_check, csum::replace4(get16(ip, ip_check), old_addr[0], new_addr[0]));
-            put16(l4, port_off, new_port);
+            put32(ip, addr_off, rw.addr[0]);
+            if ttl {
+                // TTL and protocol share one 16-bit word of the header checksum.
+                let t = pkt.ttl;
+                ip_delta.u16(u16::from_ne_bytes([t, pkt.key.proto]), u16::from_ne_bytes([t - 1, pkt.key.proto]));
+                put8(ip, offset_of!(Ipv4Hdr, ttl), t - 1);
+            }
+            put16(ip, ip_check, ip_delta.apply(get16(ip, ip_check)));
+            put16(l4, rw.port_off, rw.port);
             if !pkt.csum_none {
-                let c = csum::replace4_2(get16(l4, check_off), old_addr[0], new_addr[0], old_port, new_port);
-                put16(l4, check_off, if c == 0 && udp { 0xffff } else { c });
+                let c = l4_delta.apply(get16(l4, check_off));
+                put16(l4, check_off, udp_check(c, udp));
             }
         }
     } else {
         let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
         let addr_off = if dst { offset_of!(Ipv6Hdr, dst_addr) } else { offset_of!(Ipv6Hdr, src_addr) };
+        l4_delta.addr6(rw.old_addr, rw.addr);
         // SAFETY: ptr_at checked both headers; every offset lies within them.
         unsafe {
-            copy16(ip.add(addr_off), new_addr.as_ptr().cast(), 8);
-            put16(l4, port_off, new_port);
-            let c = csum::replace16_2(get16(l4, check_off), old_addr, new_addr, old_port, new_port);
-            put16(l4, check_off, if c == 0 && udp { 0xffff } else { c });
+            copy16(ip.add(addr_off), rw.addr.as_ptr().cast(), 8);
+            if ttl {
+                put8(ip, offset_of!(Ipv6Hdr, hop_limit), pkt.ttl - 1);
+            }
+            put16(l4, rw.port_off, rw.port);
+            let c = l4_delta.apply(get16(l4, check_off));
+            put16(l4, check_off, udp_check(c, udp));
         }
     }
     Ok(())
 }
 
-/// Sends the packet towards `dst` (the backend, or the client for a reply):
-/// the next hop the daemon resolved (or the one the flow came from), else a
-/// FIB lookup; then the TTL decrement (`routed`: NAT), MACs, and XDP_TX or XDP_REDIRECT.
-/// Without a route or neighbour entry the kernel gets the packet (it
-/// resolves and forwards).
+/// A UDP checksum that comes out as zero is sent as 0xffff (zero means "no
+/// checksum").
 #[inline(always)]
-fn forward(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    hop: &NextHop,
-    dst: &[u32; 4],
-    src: &[u32; 4],
-    routed: bool,
-) -> Result<Action, Reason> {
-    let ingress = ctx.ingress_ifindex() as u32;
-    let looked_up;
-    let hop = if hop.ifindex != 0 {
-        hop
-    } else {
-        match fib_next_hop(ctx, pkt, dst, src, ingress) {
-            Some(h) => {
-                looked_up = h;
-                &looked_up
-            }
-            None => {
-                core::hint::cold_path();
-                return Ok(Action::Pass(Pass::NoRoute));
-            }
-        }
-    };
-    if routed {
-        decrement_ttl(ctx, pkt)?;
+fn udp_check(c: u16, udp: bool) -> u16 {
+    if udp && c == 0 {
+        core::hint::cold_path();
+        return 0xffff;
     }
+    c
+}
+
+/// The next hop the daemon resolved (or the one the flow came from), if any.
+#[inline(always)]
+fn next_hop(hop: &NextHop) -> Option<&NextHop> {
+    (hop.ifindex != 0).then_some(hop)
+}
+
+/// MACs of the next hop, and XDP_TX out of the interface the packet came in
+/// by, or XDP_REDIRECT to another.
+#[inline(always)]
+fn send(ctx: &XdpContext, hop: &NextHop) -> Result<Action, Reason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::Truncated)?;
     // SAFETY: ptr_at checked that the Ethernet header is in the packet; a
     // `NextHop`'s MACs are 2-aligned.
@@ -855,19 +912,22 @@ fn forward(
         copy_mac(eth.add(offset_of!(EthHdr, dst_addr)), hop.dmac.as_ptr());
         copy_mac(eth.add(offset_of!(EthHdr, src_addr)), hop.smac.as_ptr());
     }
-    if hop.ifindex == ingress {
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         return Ok(Action::Send(xdp_action::XDP_TX));
     }
     // SAFETY: a helper call with plain values.
     Ok(Action::Send(unsafe { bpf_redirect(hop.ifindex, 0) } as u32))
 }
 
-/// The kernel's answer for `dst`: egress interface and MACs, if it has them all.
-#[inline(always)]
-fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], src: &[u32; 4], ingress: u32) -> Option<NextHop> {
+/// The kernel's answer for `dst`: egress interface and MACs, if it has them
+/// all. Out of line (a BPF-to-BPF call, with its own stack frame): it is
+/// only asked until the daemon has resolved a backend's next hop.
+#[inline(never)]
+fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], src: &[u32; 4]) -> Option<NextHop> {
+    core::hint::cold_path();
     // SAFETY: bpf_fib_lookup's parameters are plain integers: all zeros is valid.
     let mut p: FibParams = unsafe { mem::zeroed() };
-    p.ifindex = ingress;
+    p.ifindex = ctx.ingress_ifindex() as u32;
     p.__bindgen_anon_1.tot_len = pkt.ip_len;
     if pkt.key.family == FAMILY_V4 {
         p.family = AF_INET;
@@ -886,44 +946,14 @@ fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], src: &[u32; 4], 
     Some(NextHop { ifindex: p.ifindex, dmac: p.dmac, smac: p.smac })
 }
 
-/// Decrements the IPv4 TTL (with its checksum) or the IPv6 hop limit, which
-/// the caller found above 1 before it rewrote anything.
-#[inline(always)]
-fn decrement_ttl(ctx: &XdpContext, pkt: &Packet) -> Result<(), Reason> {
-    let ttl = pkt.ttl;
-    if pkt.key.family == FAMILY_V4 {
-        let ip = ptr_at::<Ipv4Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
-        let check = offset_of!(Ipv4Hdr, check);
-        // TTL and protocol share one 16-bit word of the header checksum.
-        let old = u16::from_ne_bytes([ttl, pkt.key.proto]);
-        let new = u16::from_ne_bytes([ttl - 1, pkt.key.proto]);
-        // SAFETY: ptr_at checked that the 20-byte header is in the packet.
-        unsafe {
-            put8(ip, offset_of!(Ipv4Hdr, ttl), ttl - 1);
-            put16(ip, check, csum::replace2(get16(ip, check), old, new));
-        }
-    } else {
-        let ip = ptr_at::<Ipv6Hdr>(ctx, pkt.l3).ok_or(Reason::Truncated)?;
-        // SAFETY: ptr_at checked that the 40-byte header is in the packet.
-        unsafe { put8(ip, offset_of!(Ipv6Hdr, hop_limit), ttl - 1) };
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------- record
 
 /// Writes the decision to the counters and, while `xlb trace` runs, to the
 /// trace: the only place that writes either. Returns the XDP action.
 #[inline(always)]
 fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
-    // The action, and the `COUNTERS` slot the packet counts in.
-    let (action, counter) = match d.action {
-        Ok(Action::Send(a)) => (a, if d.flow == Flow::Reply { counter::REPLY_NAT } else { NOT_KNOWN }),
-        Ok(Action::Pass(why)) => (xdp_action::XDP_PASS, why as u32),
-        Err(reason) => (xdp_action::XDP_DROP, reason as u32),
-    };
-    if counter != NOT_KNOWN {
-        if let Some(c) = COUNTERS.get_ptr_mut(counter) {
+    if d.counter != NOT_KNOWN {
+        if let Some(c) = COUNTERS.get_ptr_mut(d.counter) {
             // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
             unsafe { *c += 1 };
         }
@@ -935,44 +965,45 @@ fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
         let key = match parsed {
             Parse::Vip(p) | Parse::MaybeReply(p) => &p.key,
             Parse::Refused(_, k) => k,
-            Parse::Kernel(_) => return action,
+            Parse::Kernel(_) => return d.action,
         };
-        trace_decision(key, d, action);
+        trace_decision(key, d);
     }
-    action
+    d.action
 }
 
 /// The service's and its backend's counters, for a packet to a service.
 #[inline(always)]
 fn count_service(ctx: &XdpContext, d: &Decision) {
-    let picked = d.backend != NOT_KNOWN;
-    let new_flow = d.flow != Flow::Established;
-    if let Some(s) = SERVICE_STATS.get_ptr_mut(d.service) {
-        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
-        unsafe {
-            (*s).packets += 1;
-            match d.flow {
-                Flow::Established => (*s).established += 1,
-                Flow::Repicked => (*s).repicked += 1,
-                _ => {}
-            }
-            if picked && new_flow {
-                (*s).new_flows += 1;
-            }
-        }
+    let f = d.flow as u64;
+    let established = f & Flow::Established as u64;
+    let repicked = (f & Flow::Repicked as u64) >> 2;
+    // A Maglev pick: new (bit 1) or re-picked (bit 2).
+    let picked = ((f >> 1) | (f >> 2)) & 1;
+    let Some(s) = SERVICE_STATS.get_ptr_mut(d.service) else {
+        core::hint::cold_path();
+        return;
+    };
+    // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+    unsafe {
+        (*s).packets += 1;
+        (*s).established += established;
+        (*s).repicked += repicked;
     }
-    if !picked {
+    if d.backend == NOT_KNOWN {
+        // No usable backend: nothing was picked.
+        core::hint::cold_path();
         return;
     }
+    // SAFETY: as above.
+    unsafe { (*s).new_flows += picked };
     if let Some(b) = BACKEND_STATS.get_ptr_mut(d.backend) {
         let len = (ctx.data_end() - ctx.data()) as u64;
-        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+        // SAFETY: as above.
         unsafe {
             (*b).packets += 1;
             (*b).bytes += len;
-            if new_flow {
-                (*b).new_flows += 1;
-            }
+            (*b).new_flows += picked;
         }
     }
 }
@@ -981,7 +1012,7 @@ fn count_service(ctx: &XdpContext, d: &Decision) {
 /// costs one array read (inlined by the verifier) and a branch, on VIP
 /// packets and NAT replies only.
 #[inline(always)]
-fn trace_decision(key: &FlowKey, d: &Decision, action: u32) {
+fn trace_decision(key: &FlowKey, d: &Decision) {
     let rate = match SETTINGS.get(SETTING_TRACE) {
         Some(r) if *r != 0 => *r,
         _ => return,
@@ -991,13 +1022,13 @@ fn trace_decision(key: &FlowKey, d: &Decision, action: u32) {
     if rate > 1 && unsafe { bpf_get_prandom_u32() } % rate != 0 {
         return;
     }
-    write_trace(key, d, action);
+    write_trace(key, d);
 }
 
 /// The trace event of a sampled decision: out of line (a BPF-to-BPF call),
 /// so that the packet path carries neither its code nor its stack.
 #[inline(never)]
-fn write_trace(key: &FlowKey, d: &Decision, action: u32) {
+fn write_trace(key: &FlowKey, d: &Decision) {
     let kind = match d.flow {
         _ if d.backend == NOT_KNOWN => trace::DROP,
         Flow::Established => trace::HIT,
@@ -1006,10 +1037,7 @@ fn write_trace(key: &FlowKey, d: &Decision, action: u32) {
         Flow::Reply => trace::REPLY,
         Flow::Refused | Flow::None => trace::DROP,
     };
-    let reason = match d.action {
-        Err(r) => r as u32,
-        Ok(_) => NOT_KNOWN,
-    };
+    let reason = if d.action == xdp_action::XDP_DROP { d.counter } else { NOT_KNOWN };
     let ev = TraceEvent {
         // SAFETY: a helper call without arguments.
         ns: unsafe { bpf_ktime_get_ns() },
@@ -1023,7 +1051,7 @@ fn write_trace(key: &FlowKey, d: &Decision, action: u32) {
         _pad: 0,
         service: d.service,
         backend: d.backend,
-        action,
+        action: d.action,
         reason,
     };
     // A full ring drops the event: the trace is a sample, never a brake.
