@@ -449,7 +449,7 @@ impl Ip {
         let key = self.key();
         let addr = VipAddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
         // SAFETY: only whether the entry exists is used.
-        match unsafe { VIP_ADDRS.get(&addr) } {
+        match unsafe { VIP_ADDRS.get(addr) } {
             Some(_) => Parse::Refused(reason, key),
             None => Parse::Kernel(Pass::NotVip),
         }
@@ -614,13 +614,13 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
     // 5-tuple start afresh.
     // SAFETY: the entry is read once; another CPU replacing it meanwhile at
     // worst sends this one packet along the entry it replaced.
-    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(&pkt.key) } };
+    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(pkt.key) } };
     if let Some((idx, be, svc)) = tracked.and_then(tracked_backend) {
         return Some(Target { svc, flow: Flow::Established, backend: Some((idx, be)) });
     }
     let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
     // SAFETY: services are replaced whole by the daemon; a packet reads one.
-    let svc = unsafe { SERVICES.get(&vip) }?;
+    let svc = unsafe { SERVICES.get(vip) }?;
     let flow = if tracked.is_some() { Flow::Repicked } else { Flow::New };
     Some(Target { svc, flow, backend: pick(ctx, pkt, svc) })
 }
@@ -669,7 +669,7 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Option<(u32, &'static 
     let state = FlowState { backend: idx, generation: be.generation, reply_hop };
     // A full LRU evicts; an insert can only fail under memory pressure, and
     // then the flow is simply picked again (same answer) at its next packet.
-    let _ = CONNTRACK.insert(&pkt.key, &state, 0);
+    let _ = CONNTRACK.insert(pkt.key, state, 0);
     if nat && be.flags & BACKEND_F_SHARED != 0 {
         insert_reverse(pkt, be, idx, reply_hop);
     }
@@ -705,7 +705,7 @@ fn insert_reverse(pkt: &Packet, be: &Backend, idx: u32, next_hop: NextHop) {
         _pad: [0; 2],
     };
     let nat = NatReverse { vip: k.dst, vip_port: k.dport, _pad: 0, backend: idx, next_hop };
-    let _ = REVERSE_NAT.insert(&reply, &nat, 0);
+    let _ = REVERSE_NAT.insert(reply, nat, 0);
 }
 
 // ---------------------------------------------------------------- act
@@ -759,7 +759,7 @@ fn nat_reply(pkt: &Packet) -> Option<([u32; 4], u16, NextHop, u32)> {
     let k = &pkt.key;
     let from = VipKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
     // SAFETY: NAT sources are replaced whole by the daemon; a packet reads one.
-    let src = unsafe { NAT_SOURCES.get(&from) }?;
+    let src = unsafe { NAT_SOURCES.get(from) }?;
     if src.flags & NAT_SOURCE_F_SHARED != 0 {
         // SAFETY: as for CONNTRACK in `classify`: read once.
         if let Some(rev) = unsafe { REVERSE_NAT.get(k) } {
@@ -776,7 +776,7 @@ fn nat_reply(pkt: &Packet) -> Option<([u32; 4], u16, NextHop, u32)> {
         _pad: [0; 2],
     };
     // SAFETY: as in `classify`: read once.
-    let st = unsafe { CONNTRACK.get(&flow) }?;
+    let st = unsafe { CONNTRACK.get(flow) }?;
     if st.backend != src.backend {
         return None;
     }
