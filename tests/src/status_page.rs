@@ -42,12 +42,7 @@ impl StatusScene {
         {
             cfg = cfg.service(
                 ServiceToml::new(name, vip)
-                    .health("check", "http")
-                    .health("path", "/health")
-                    .health("interval_ms", 200u64)
-                    .health("timeout_ms", 150u64)
-                    .health("rise", 2u64)
-                    .health("fall", 2u64)
+                    .quick_http_checks()
                     .backend(BackendToml::new(web_like(vip.ip(), 1, 80)).role("primary"))
                     .backend(BackendToml::new(web_like(vip.ip(), 2, 80)).role("primary"))
                     .backend(BackendToml::new(web_like(vip.ip(), 3, 80)).role("backup")),

@@ -27,12 +27,7 @@ pub fn config() -> String {
         .service(
             ServiceToml::new("www", "198.18.0.10:80".parse().unwrap())
                 .set("forwarding", "nat")
-                .health("check", "http")
-                .health("path", "/health")
-                .health("interval_ms", 200u64)
-                .health("timeout_ms", 150u64)
-                .health("rise", 2u64)
-                .health("fall", 2u64)
+                .quick_http_checks()
                 .backend(BackendToml::new(web(1, 80)).role("primary"))
                 .backend(BackendToml::new(web(2, 80)).role("backup")),
         )
