@@ -273,7 +273,8 @@ pub struct TraceEvent {
     pub reason: u32,
 }
 
-/// Indices of `COUNTERS` (per CPU): drop reasons first, then events.
+/// Indices of `COUNTERS` (per CPU): drop reasons in `0..NUM_DROPS` (room up to 16),
+/// then passes and events from 16.
 pub mod counter {
     /// Shorter than its headers claim, or shorter than a header.
     pub const DROP_TRUNCATED: u32 = 0;
@@ -289,15 +290,15 @@ pub mod counter {
     pub const NUM_DROPS: u32 = 5;
 
     /// VIP packet handed to the kernel: no route or neighbour for the backend yet.
-    pub const PASS_NO_ROUTE: u32 = 8;
+    pub const PASS_NO_ROUTE: u32 = 16;
     /// VIP packet handed to the kernel: TTL/hop limit would expire (kernel answers ICMP).
-    pub const PASS_TTL: u32 = 9;
+    pub const PASS_TTL: u32 = 17;
     /// Reply from a backend rewritten back to the VIP (NAT).
-    pub const REPLY_NAT: u32 = 10;
+    pub const REPLY_NAT: u32 = 18;
     /// Packets handed to the kernel untouched because they are not for a VIP: not IP, not
     /// TCP/UDP, not to a service, not a tracked NAT reply, or malformed and not to a VIP address.
-    pub const PASS_NOT_VIP: u32 = 11;
-    pub const NUM_COUNTERS: u32 = 16;
+    pub const PASS_NOT_VIP: u32 = 19;
+    pub const NUM_COUNTERS: u32 = 32;
 
     /// Prometheus `reason` label of each drop counter.
     pub const DROP_NAMES: [&str; NUM_DROPS as usize] =
