@@ -16,12 +16,14 @@
 //!   a config file.
 //! - [`config`]: the configuration file: parsing and validation.
 //! - [`maglev`]: the Maglev table builder (pure).
+//! - [`logging`]: log lines for a terminal, a file or journald (used by `main`).
 pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod health;
+pub mod logging;
 pub mod maglev;
 pub mod monitor;
 pub mod plan;

@@ -1,10 +1,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use xlb::config::DEFAULT_CONFIG;
 
-/// xlb: a layer-4 load balancer whose data path is an XDP program.
+/// A layer-4 load balancer whose data path is an XDP program.
 #[derive(Parser, Debug)]
-#[command(name = "xlb", version, about)]
+#[command(name = "xlb", version = env!("XLB_VERSION"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,12 +16,13 @@ enum Command {
     /// Run the daemon: load and attach the XDP program, fill the maps, serve.
     Run {
         /// Configuration file (TOML).
-        #[arg(short, long)]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Validate a configuration; print the plan, or every problem found.
     Check {
-        #[arg(short, long)]
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
     /// Ask the running daemon: services, backends, health, role, counters.
@@ -78,7 +80,8 @@ enum Command {
     },
     /// Which backend a new flow would get, computed with the kernel's hash.
     Explain {
-        #[arg(short, long)]
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// Client address and port, e.g. 198.18.0.1:40000 or [2001:db8::1]:40000.
         client: String,
@@ -88,6 +91,16 @@ enum Command {
         #[arg(default_value = "tcp")]
         protocol: String,
     },
+    /// Print a shell completion script, e.g. `xlb completions bash > /etc/bash_completion.d/xlb`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (xlb.1 and one per command) into a directory.
+    Manpages {
+        /// The directory (created if missing).
+        dir: PathBuf,
+    },
 }
 
 /// How to reach the running daemon.
@@ -96,7 +109,7 @@ struct DaemonArgs {
     /// Admin socket (default: the config's admin_socket, else /run/xlb/xlb.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
-    /// The daemon's config file (to find its admin socket).
+    /// The daemon's config file, to find its admin socket (default: /etc/xlb/xlb.toml when it exists).
     #[arg(short, long)]
     config: Option<PathBuf>,
 }
@@ -124,9 +137,7 @@ fn parse_interval(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    xlb::logging::init();
     let result = match cli.command {
         Command::Run { config } => xlb::daemon::run(&config),
         Command::Check { config } => xlb::cli::check::run(&config),
@@ -146,6 +157,8 @@ fn main() -> ExitCode {
             daemon.socket().and_then(|p| xlb::cli::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
         }
         Command::Explain { config, client, vip, protocol } => xlb::cli::explain::run(&config, &client, &vip, &protocol),
+        Command::Completions { shell } => xlb::cli::docs::completions(shell, Cli::command(), &mut std::io::stdout()),
+        Command::Manpages { dir } => xlb::cli::docs::manpages(Cli::command(), &dir).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -53,17 +53,35 @@ pub struct Daemon {
     _dir: TempDir,
 }
 
+/// How [`Daemon::start_with`] runs `xlb run`: behind a wrapper command (e.g.
+/// `setpriv` with fewer capabilities) and with extra environment variables.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Launch<'a> {
+    /// Words before the xlb binary (the wrapper execs it: the pid stays xlb's).
+    pub wrapper: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+}
+
 impl Daemon {
     /// Writes `config_toml` and starts `xlb run` in `ns`; returns once XDP is
     /// attached to every interface in `interfaces`.
     pub fn start(ns: &Netns, config_toml: &str, interfaces: &[&str]) -> Result<Self> {
+        Self::start_with(ns, config_toml, interfaces, Launch::default())
+    }
+
+    /// [`Daemon::start`], run as `launch` says.
+    pub fn start_with(ns: &Netns, config_toml: &str, interfaces: &[&str], launch: Launch) -> Result<Self> {
         let dir = TempDir::new("daemon")?;
         let config = dir.path().join("xlb.toml");
         let log = dir.path().join("xlb.log");
         let socket = dir.path().join("xlb.sock");
         fs::write(&config, with_admin_socket(config_toml, &socket))?;
         let logf = fs::File::create(&log)?;
-        let mut cmd = ns.command(&[xlb_bin().to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
+        let bin = xlb_bin();
+        let mut argv: Vec<&str> = launch.wrapper.to_vec();
+        argv.extend([bin.to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
+        let mut cmd = ns.command(&argv);
+        cmd.envs(launch.env.iter().copied());
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
         let proc = BgProcess::spawn(cmd)?;
         let mut d = Daemon {

@@ -1,5 +1,5 @@
-//! `cargo xtask`: set up a machine, build xlb, run its tests, its demo, its
-//! benchmarks, and take the README's status-page screenshot.
+//! `cargo xtask`: set up a machine, build xlb and its Debian package, run its
+//! tests, its demo, its benchmarks, and take the README's status-page screenshot.
 //!
 //! Every command it runs is printed first (`$ ...`). `setup`, `test` and `demo`
 //! install what is missing on a Debian 12 machine when run as root.
@@ -7,6 +7,7 @@
 mod bench;
 mod cmd;
 mod compile;
+mod deb;
 mod setup;
 mod suite;
 
@@ -33,6 +34,10 @@ enum Task {
     BuildEbpf,
     /// Build the XDP object, then the `xlb` binary that embeds it.
     Build,
+    /// Build the Debian package target/debian/xlb_VERSION_ARCH.deb: the binary
+    /// (XDP object embedded), the systemd unit, man pages, shell completions and
+    /// the example /etc/xlb/xlb.toml.
+    Deb,
     /// Set up; check formatting and clippy (user space and the XDP program,
     /// warnings are errors); build; then run the whole test suite one test
     /// at a time, including the tests that need root (`--include-ignored`).
@@ -85,11 +90,20 @@ fn run(task: Task) -> Result<ExitCode> {
             setup::ensure(Needs::BpfToolchain)?;
             build(&paths)?;
         }
+        Task::Deb => {
+            setup::ensure(Needs::Packaging)?;
+            let bin = build(&paths)?;
+            let deb = deb::build(&paths, &bin)?;
+            println!("package: {}", deb.display());
+        }
         Task::Test { args } => {
             setup::ensure(Needs::Everything)?;
             suite::lint(&paths)?;
-            build(&paths)?;
-            suite::run(&paths, &args)?;
+            let bin = build(&paths)?;
+            // The service test checks the package built from this very binary.
+            let deb = deb::build(&paths, &bin)?;
+            println!("package: {}", deb.display());
+            suite::run(&paths, &deb, &args)?;
         }
         Task::Demo { args } => {
             setup::ensure(Needs::Everything)?;

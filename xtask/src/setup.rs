@@ -9,6 +9,11 @@ use crate::cmd::{self, command, display, is_root, probe, run};
 
 /// Debian packages the integration tests use.
 pub const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "ethtool", "iproute2", "procps", "nftables", "chromium"];
+/// Debian packages `cargo xtask deb` uses (dpkg-shlibdeps; gzip for the man pages).
+pub const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "gzip"];
+/// Debian packages the service test uses: `systemd-analyze verify` (which runs
+/// `man` for the unit's Documentation=) and `setpriv` (the unit's capabilities).
+pub const SERVICE_TEST_PACKAGES: &[&str] = &["systemd", "man-db", "util-linux"];
 /// Debian packages `cargo xtask bench` uses (load generator and contenders).
 pub const BENCH_PACKAGES: &[&str] = &["haproxy", "wrk", "nftables"];
 /// Debian packages bpf-linker is built against (and loads `libLLVM` from).
@@ -25,6 +30,8 @@ const BPFFS: &str = "/sys/fs/bpf";
 pub enum Needs {
     /// Building the XDP object: nightly + rust-src, bpf-linker and its LLVM.
     BpfToolchain,
+    /// Also building the Debian package.
+    Packaging,
     /// Also running the tests, the demo and the benchmarks: their packages and bpffs.
     Everything,
 }
@@ -86,6 +93,7 @@ impl Fix {
 pub fn ensure(needs: Needs) -> Result<()> {
     let what = match needs {
         Needs::BpfToolchain => "the BPF toolchain",
+        Needs::Packaging => "the BPF toolchain and the packaging tools",
         Needs::Everything => "the BPF toolchain and the test dependencies",
     };
     println!("== setup: checking {what}");
@@ -126,8 +134,12 @@ fn missing(needs: Needs) -> Result<Vec<Fix>> {
     let mut fixes = Vec::new();
 
     let mut wanted: Vec<&str> = LLVM_PACKAGES.to_vec();
+    if needs != Needs::BpfToolchain {
+        wanted.extend(PACKAGING_PACKAGES);
+    }
     if needs == Needs::Everything {
         wanted.extend(TEST_PACKAGES);
+        wanted.extend(SERVICE_TEST_PACKAGES);
         wanted.extend(BENCH_PACKAGES);
     }
     let packages: Vec<String> = wanted.into_iter().filter(|p| !package_installed(p)).map(str::to_owned).collect();

@@ -44,7 +44,8 @@ pub fn lint(paths: &Paths) -> Result<()> {
 
 /// Runs `cargo test --workspace --exclude lb-ebpf --no-fail-fast -- --test-threads=1 --include-ignored [ARGS]`:
 /// the tests that need root are `#[ignore]`d for plain `cargo test` and run here.
-pub fn run(paths: &Paths, harness_args: &[OsString]) -> Result<()> {
+/// `deb` is the package built from the binary under test (`XLB_DEB` for the service test).
+pub fn run(paths: &Paths, deb: &Path, harness_args: &[OsString]) -> Result<()> {
     let started = Instant::now();
     let before = xlb_namespaces()?;
     if before.is_empty() {
@@ -62,6 +63,7 @@ pub fn run(paths: &Paths, harness_args: &[OsString]) -> Result<()> {
         .args(harness_args);
     paths.xlb_bin_env(&mut cmd);
     paths.user_env(&mut cmd);
+    cmd.env("XLB_DEB", deb);
     let (status, totals) = run_and_count(&mut cmd)?;
 
     let after = xlb_namespaces()?;

@@ -38,6 +38,8 @@ pub use diag::{ConfigError, Problem};
 
 /// Default admin socket path.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xlb/xlb.sock";
+/// The configuration file every command reads unless `--config` names another.
+pub const DEFAULT_CONFIG: &str = "/etc/xlb/xlb.toml";
 /// Default Prometheus endpoint.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
 /// Smallest Maglev table size accepted.

@@ -31,6 +31,7 @@ use crate::{
 
 pub mod admin;
 pub mod ctx;
+pub mod notify;
 
 /// How long each group of tasks has to end at shutdown before it is aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -79,6 +80,9 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         }
     };
 
+    let n = bal.services.len();
+    let serving =
+        format!("serving {n} service{} on {}", if n == 1 { "" } else { "s" }, cfg.daemon.interfaces.join(", "));
     let bal = Arc::new(Mutex::new(bal));
     let history = SharedHistory::default();
     let (reports, reports_rx) = mpsc::channel(REPORT_QUEUE);
@@ -109,19 +113,30 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut reloads = JoinSet::new();
     log::info!("xlb running (pid {})", std::process::id());
+    // After the signal handlers: systemd may send SIGHUP as soon as it hears this.
+    notify::ready(&serving);
     let why = loop {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = hup.recv() => {
+                notify::reloading();
                 let ctx = ctx.clone();
-                reloads.spawn(async move { let _ = ctx.reload(); });
+                let serving = serving.clone();
+                reloads.spawn(async move {
+                    let status = match ctx.reload() {
+                        Ok(msg) => msg,
+                        Err(e) => format!("{serving}; {e:#}"),
+                    };
+                    notify::reloaded(status.trim_end());
+                });
             }
             Some(_) = reloads.join_next(), if !reloads.is_empty() => {}
         }
     };
 
     log::info!("{why}: stopping");
+    notify::stopping(why);
     cancel.cancel();
     join("admin connections", &mut admin).await;
     join("reloads", &mut reloads).await;
