@@ -60,6 +60,9 @@ pub struct Launch<'a> {
     /// Words before the xlb binary (the wrapper execs it: the pid stays xlb's).
     pub wrapper: &'a [&'a str],
     pub env: &'a [(&'a str, &'a str)],
+    /// Sets `JOURNAL_STREAM` to the log file's device and inode, as systemd
+    /// does when stderr is the journal: the daemon then logs for journald.
+    pub journal_stream: bool,
 }
 
 impl Daemon {
@@ -82,6 +85,11 @@ impl Daemon {
         argv.extend([bin.to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
         let mut cmd = ns.command(&argv);
         cmd.envs(launch.env.iter().copied());
+        if launch.journal_stream {
+            use std::os::unix::fs::MetadataExt as _;
+            let m = logf.metadata()?;
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
         let proc = BgProcess::spawn(cmd)?;
         let mut d = Daemon {

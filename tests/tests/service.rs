@@ -284,8 +284,13 @@ fn daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
     let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
 
-    let mut d = Daemon::start_with(topo.lb_ns(), &config(), &["eth0", "eth1"], Launch { wrapper: &wrapper, env: &env })
-        .unwrap_or_else(|e| panic!("xlb run with only {caps:?}: {e:#}"));
+    let mut d = Daemon::start_with(
+        topo.lb_ns(),
+        &config(),
+        &["eth0", "eth1"],
+        Launch { wrapper: &wrapper, env: &env, journal_stream: true },
+    )
+    .unwrap_or_else(|e| panic!("xlb run with only {caps:?}: {e:#}"));
     let want: u64 = caps.iter().map(|c| cap_bit(c)).sum();
     assert_eq!(effective_caps(d.pid()), want, "the daemon's effective capabilities are exactly the unit's {caps:?}");
 
@@ -306,6 +311,21 @@ fn daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
     let reloaded = next_notification(&notify, "READY=1 after the reload", || d.log_text());
     assert!(reloaded.starts_with("READY=1\nSTATUS=reloaded"), "after the reload: {reloaded:?}");
 
+    // Logged for journald: each line starts with its syslog priority, no timestamp, no colour.
+    let log = d.log_text();
+    for line in log.lines() {
+        let split = line.strip_prefix('<').and_then(|l| l.split_once('>'));
+        let (prio, rest) = split.unwrap_or_else(|| panic!("a log line without its priority: {line:?}\n{log}"));
+        assert!(matches!(prio, "3" | "4" | "6" | "7"), "priority {prio} in {line:?}");
+        let level = rest.split_whitespace().next().unwrap_or("");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"].contains(&level),
+            "the level right after the priority (no timestamp): {line:?}"
+        );
+        assert!(!line.contains('\x1b'), "colour in the journal: {line:?}");
+    }
+    assert!(log.contains("<6>INFO xlb::daemon: xlb running"), "the daemon's start for journald:\n{log}");
+
     let status = d.stop().unwrap();
     assert!(status.success(), "xlb exited {status}; log:\n{}", d.log_text());
     let stopping = next_notification(&notify, "STOPPING=1", || d.log_text());
@@ -315,7 +335,7 @@ fn daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
         let fewer: Vec<String> = caps.iter().filter(|c| c != &missing).cloned().collect();
         let wrapper = setpriv(&fewer);
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-        let launch = Launch { wrapper: &wrapper, env: &[] };
+        let launch = Launch { wrapper: &wrapper, ..Launch::default() };
         match Daemon::start_with(topo.lb_ns(), &config(), &["eth0", "eth1"], launch) {
             Ok(d) => panic!(
                 "xlb run started without CAP_{}: the unit grants it for nothing; log:\n{}",
