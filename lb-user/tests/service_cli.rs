@@ -33,7 +33,7 @@ fn commands() -> Vec<String> {
 }
 
 #[test]
-fn version_names_the_release_and_the_commit() {
+fn service_version_names_the_release_and_the_commit() {
     let v = stdout_of(&["--version"]);
     let want = format!("xlb {}", env!("CARGO_PKG_VERSION"));
     assert!(v.starts_with(&want), "xlb --version: {v:?}, expected it to start with {want:?}");
@@ -49,7 +49,7 @@ fn version_names_the_release_and_the_commit() {
 }
 
 #[test]
-fn completions_know_every_command_in_bash_zsh_and_fish() {
+fn service_completions_know_every_command_in_bash_zsh_and_fish() {
     let commands = commands();
     for want in ["run", "check", "status", "reload", "explain", "completions", "manpages"] {
         assert!(commands.iter().any(|c| c == want), "xlb --help lists no {want}: {commands:?}");
@@ -72,7 +72,7 @@ fn completions_know_every_command_in_bash_zsh_and_fish() {
 }
 
 #[test]
-fn manpages_are_one_per_command() {
+fn service_manpages_are_one_per_command() {
     let dir = std::env::temp_dir().join(format!("xlb-manpages-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     stdout_of(&["manpages", dir.to_str().unwrap()]);
@@ -89,7 +89,7 @@ fn manpages_are_one_per_command() {
 }
 
 #[test]
-fn commands_read_etc_xlb_by_default() {
+fn service_commands_read_etc_xlb_by_default() {
     for args in [&["check"][..], &["run"], &["explain", "198.18.0.1:40000", "198.18.0.10:80"]] {
         let help = stdout_of(&[args[0], "--help"]);
         assert!(help.contains("[default: /etc/xlb/xlb.toml]"), "xlb {} --help:\n{help}", args[0]);

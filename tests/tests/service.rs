@@ -94,7 +94,7 @@ fn contents(deb: &Path) -> Vec<(String, String, String)> {
 
 #[test]
 #[ignore = "needs the package built by cargo xtask deb: cargo xtask test runs it"]
-fn package_holds_binary_unit_man_pages_completions_and_the_config() {
+fn service_package_holds_binary_unit_man_pages_completions_and_the_config() {
     let deb = deb();
     let mut want: BTreeSet<String> = [
         "/usr/bin/xlb",
@@ -175,7 +175,7 @@ fn package_holds_binary_unit_man_pages_completions_and_the_config() {
 
 #[test]
 #[ignore = "needs the package built by cargo xtask deb: cargo xtask test runs it"]
-fn unit_passes_systemd_analyze_verify_and_says_what_the_readme_says() {
+fn service_unit_passes_systemd_analyze_verify_and_says_what_the_readme_says() {
     let pkg = Unpacked::new(&deb());
     let unit = fs::read_to_string(pkg.root().join("lib/systemd/system/xlb.service")).unwrap();
     let settings: Vec<(&str, &str)> =
@@ -273,7 +273,7 @@ fn config() -> String {
 /// capabilities it does not start (so each one is needed).
 #[test]
 #[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
-fn daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
+fn service_daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
     let caps = unit_capabilities();
     let topo = Topology::new(2).unwrap();
     let _web = topo.start_nginx_all().unwrap();
