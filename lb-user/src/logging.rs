@@ -5,10 +5,14 @@
 //! journal (`JOURNAL_STREAM` names stderr's device and inode, see
 //! systemd.exec(5)): no timestamp (the journal has its own) and no colour,
 //! and each line starts with its syslog priority (`<3>` error ... `<7>`
-//! debug), which journald reads, so `journalctl -p warning` works.
+//! debug), which journald reads, so `journalctl -p warning` works; every
+//! line of a multi-line message carries it (journald splits at newlines).
 //! `RUST_LOG` sets the filter as usual (default `info`).
 
-use std::io::Write as _;
+use std::{io::Write as _, sync::OnceLock};
+
+/// The style [`init`] chose.
+static STYLE: OnceLock<Style> = OnceLock::new();
 
 /// How the lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,7 +25,7 @@ pub enum Style {
 
 /// Installs the logger for the whole process.
 pub fn init() {
-    let style = if stderr_is_journal() { Style::Journal } else { Style::Plain };
+    let style = *STYLE.get_or_init(|| if stderr_is_journal() { Style::Journal } else { Style::Plain });
     let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     match style {
         Style::Plain => {
@@ -29,11 +33,28 @@ pub fn init() {
         }
         Style::Journal => {
             b.write_style(env_logger::WriteStyle::Never).format(|f, rec| {
-                writeln!(f, "<{}>{} {}: {}", priority(rec.level()), rec.level(), rec.target(), rec.args())
+                let text = format!("{} {}: {}", rec.level(), rec.target(), rec.args());
+                f.write_all(journal_lines(priority(rec.level()), &text).as_bytes())
             });
         }
     }
     b.init();
+}
+
+/// Prints a command's final error on stderr: `error: ...`, each line marked
+/// as an error for journald when stderr is the journal.
+pub fn print_error(text: &str) {
+    let text = format!("error: {text}");
+    let out = match STYLE.get() {
+        Some(Style::Journal) => journal_lines(3, &text),
+        _ => format!("{text}\n"),
+    };
+    let _ = std::io::stderr().write_all(out.as_bytes());
+}
+
+/// `text` with `<priority>` in front of each of its lines, newline-terminated.
+pub fn journal_lines(priority: u8, text: &str) -> String {
+    text.lines().map(|l| format!("<{priority}>{l}\n")).collect()
 }
 
 /// The syslog priority journald gives a line of this level.
@@ -77,6 +98,15 @@ mod tests {
         assert!(!names_stream("", 8, 12345));
         assert!(!names_stream("8", 8, 12345));
         assert!(!names_stream("x:y", 8, 12345));
+    }
+
+    #[test]
+    fn every_line_carries_the_priority() {
+        assert_eq!(
+            journal_lines(3, "error: invalid configuration x\nx: a\nx: b"),
+            "<3>error: invalid configuration x\n<3>x: a\n<3>x: b\n"
+        );
+        assert_eq!(journal_lines(6, "one"), "<6>one\n");
     }
 
     #[test]

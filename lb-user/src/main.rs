@@ -163,7 +163,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            xlb::logging::print_error(&format!("{e:#}"));
             ExitCode::from(1)
         }
     }

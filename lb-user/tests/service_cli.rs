@@ -102,3 +102,44 @@ fn service_commands_read_etc_xlb_by_default() {
         assert!(err.contains("/etc/xlb/xlb.toml"), "xlb {args:?} names the default file it read:\n{err}");
     }
 }
+
+/// Under systemd (JOURNAL_STREAM names stderr) every line of an error is
+/// marked `<3>` for journald; with JOURNAL_STREAM naming another stream, or
+/// none, the text is plain.
+#[test]
+fn service_errors_are_marked_for_the_journal_only_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt as _;
+    /// What JOURNAL_STREAM names.
+    enum Journal {
+        Stderr,
+        Elsewhere,
+        Unset,
+    }
+    let run_with = |journal: Journal| -> String {
+        let path = std::env::temp_dir().join(format!("xlb-journal-{}.err", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        let named = match journal {
+            Journal::Stderr => Some(file.metadata().unwrap()),
+            Journal::Elsewhere => Some(std::fs::metadata(env!("CARGO_MANIFEST_DIR")).unwrap()),
+            Journal::Unset => None,
+        };
+        let mut cmd = Command::new(XLB);
+        cmd.args(["check", "-c", "/nonexistent/xlb.toml"]).stderr(file).env_remove("JOURNAL_STREAM");
+        if let Some(m) = named {
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
+        let status = cmd.status().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(status.code(), Some(1), "xlb check of a missing file: {text}");
+        text
+    };
+    let journal = run_with(Journal::Stderr);
+    assert!(journal.lines().count() >= 2, "a header and a problem line:\n{journal}");
+    assert!(journal.lines().all(|l| l.starts_with("<3>")), "every line marked as an error:\n{journal}");
+    assert!(journal.starts_with("<3>error: invalid configuration /nonexistent/xlb.toml"), "{journal}");
+
+    let elsewhere = run_with(Journal::Elsewhere);
+    assert!(elsewhere.starts_with("error: invalid configuration") && !elsewhere.contains("<3>"), "{elsewhere}");
+    assert_eq!(run_with(Journal::Unset), elsewhere, "without JOURNAL_STREAM the same plain text");
+}
