@@ -12,6 +12,7 @@ use anyhow::Context as _;
 pub mod check;
 pub mod explain;
 pub mod status;
+pub mod stop;
 pub mod top;
 pub mod trace;
 
