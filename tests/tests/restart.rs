@@ -250,7 +250,7 @@ fn changed_conntrack_entries_recreates_the_maps_and_keeps_the_flow() {
     assert_eq!(
         std::fs::read_dir(&d.pin_path)
             .unwrap()
-            .filter(|e| { e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".new") })
+            .filter(|e| { e.as_ref().unwrap().file_name().to_string_lossy().ends_with("__new") })
             .count(),
         0,
         "replaced maps left under a temporary name in {}",

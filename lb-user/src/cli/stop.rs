@@ -24,9 +24,11 @@ pub fn run(socket: Option<PathBuf>, config: Option<&Path>, pin_path: Option<Path
     let dir =
         pin_path.or_else(|| cfg.as_ref().map(|c| c.daemon.pin_path.clone())).unwrap_or_else(|| DEFAULT_PIN_PATH.into());
 
+    let mut asked = false;
     if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
         print!("{}", super::request(&socket, "stop")?);
         wait_gone("the daemon to exit", || std::os::unix::net::UnixStream::connect(&socket).is_err())?;
+        asked = true;
     }
     // A daemon on these pins that the socket did not reach: SIGTERM, then wait.
     if let Some(pid) = pins::owner(&dir) {
@@ -36,7 +38,10 @@ pub fn run(socket: Option<PathBuf>, config: Option<&Path>, pin_path: Option<Path
         wait_gone("xlb to exit", || pins::owner(&dir).is_none())?;
     }
     if !dir.exists() {
-        println!("nothing pinned in {}: XDP is not attached by xlb", dir.display());
+        match asked {
+            true => println!("the daemon detached XDP and removed the pins in {}", dir.display()),
+            false => println!("nothing pinned in {}: XDP is not attached by xlb", dir.display()),
+        }
         return Ok(());
     }
     let detached = pins::remove(&dir)?;

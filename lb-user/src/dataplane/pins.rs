@@ -13,7 +13,7 @@
 //! A new daemon ([`prepare`]) checks each pinned map against the map the
 //! object it loads declares (type, key size, value size, max_entries,
 //! flags): a match is reused as is, a mismatch is loaded fresh next to it
-//! (`NAME.new`), filled (hash maps: entries copied), and takes the old pin's
+//! (`NAME__new`; bpffs refuses dots in names), filled (hash maps: entries copied), and takes the old pin's
 //! place once the new program runs ([`PinPlan::commit`]).
 
 use std::{
@@ -32,7 +32,7 @@ pub const STATE_PIN: &str = "state";
 /// Bytes of the state map's one value: a little-endian u32 length, then JSON.
 const STATE_BYTES: u32 = 16384;
 /// Suffix of a map loaded fresh, pinned next to the one it replaces until the new program runs.
-const NEW_SUFFIX: &str = ".new";
+const NEW_SUFFIX: &str = "__new";
 
 /// The pin of the XDP link on `iface`.
 pub fn link_pin(dir: &Path, iface: &str) -> PathBuf {
@@ -112,7 +112,7 @@ pub enum Fate {
     /// No pin of that name: created and pinned.
     New,
     /// The pinned map did not match (`why`): a fresh one is loaded and
-    /// pinned as `NAME.new` until [`PinPlan::commit`].
+    /// pinned as `NAME__new` until [`PinPlan::commit`].
     Replaced { why: String, old: OwnedFd, old_def: MapDef },
 }
 
@@ -269,7 +269,7 @@ pub fn prepare(dir: &Path, who: &Identity, object: &[u8], sizes: &[(&str, u32)])
         ..previous.clone().unwrap_or_default()
     };
     state.write(&claim)?;
-    // A daemon that died while replacing maps leaves `NAME.new` pins: not in use.
+    // A daemon that died while replacing maps leaves `NAME__new` pins: not in use.
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path.to_string_lossy().ends_with(NEW_SUFFIX) {
