@@ -133,14 +133,18 @@ pub struct Balancer<T = Dataplane> {
     seed: Option<Seed>,
 }
 
+/// A backend as the maps name it: (service id, address, port, family).
+type SeedKey = (u32, [u32; 4], u16, u8);
+/// What a backend had: (slot, generation, up, next hop).
+type SeedBackend = (u32, u32, bool, NextHop);
+
 /// The services and backends a daemon found in the pinned maps it took
 /// over: each configured one keeps its id, slot and generation (so tracked
 /// flows stay valid), its health and its drain.
 #[derive(Debug, Default)]
 struct Seed {
     services: HashMap<VipKey, u32>,
-    /// (service id, address, port, family) -> (slot, generation, up, next hop).
-    backends: HashMap<(u32, [u32; 4], u16, u8), (u32, u32, bool, NextHop)>,
+    backends: HashMap<SeedKey, SeedBackend>,
     /// (service name, backend address:port).
     drains: Vec<(String, String)>,
 }

@@ -210,7 +210,8 @@ fn foreign(dir: &Path, what: &str) -> String {
 pub fn prepare(dir: &Path, who: &Identity, object: &[u8], sizes: &[(&str, u32)]) -> anyhow::Result<PinPlan> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("/"));
     let on_bpffs = |p: &Path| sys::is_bpffs(p).unwrap_or(false);
-    if !(dir.exists() && on_bpffs(dir)) && !on_bpffs(parent) {
+    let usable = on_bpffs(parent) || (dir.exists() && on_bpffs(dir));
+    if !usable {
         bail!(
             "pin_path {}: {} is not a BPF filesystem; mount one (`mount -t bpf bpf /sys/fs/bpf`) or set \
              [daemon] pin_path to a directory in one",
