@@ -649,6 +649,7 @@ mod tests {
     #[derive(Default)]
     struct Kernel {
         backends: HashMap<u32, Backend>,
+        services: HashMap<VipKey, Service>,
         ring: HashMap<u32, u32>,
         writes: Vec<String>,
     }
@@ -667,7 +668,8 @@ mod tests {
     }
 
     impl Tables for Kernel {
-        fn set_service(&mut self, _: &VipKey, svc: &Service) -> anyhow::Result<()> {
+        fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()> {
+            self.services.insert(*key, *svc);
             self.writes.push(format!("service {}", svc.id));
             Ok(())
         }
@@ -778,5 +780,42 @@ role = "backup"
         assert_ne!(bal.dp.backends[&slot].flags & BACKEND_F_UP, 0, "established flows may continue to it");
         bal.set_drained("www", "198.18.1.11:80", false).unwrap();
         assert!(bal.dp.ring.values().any(|&b| b == slot));
+    }
+
+    /// A daemon that takes over the maps of another: every configured
+    /// backend keeps its slot, generation (its tracked flows stay valid),
+    /// health and drain; a backend new in the config gets a fresh slot and a
+    /// generation no tracked flow has; the rest is free again.
+    #[test]
+    fn adopting_keeps_slots_generations_health_and_drains() {
+        let (mut old, id) = balancer();
+        check(&mut old, id, "198.18.1.12:80", false);
+        old.set_drained("www", "198.18.1.11:80", true).unwrap();
+        let tables = crate::dataplane::Adopted {
+            services: old.dp.services.iter().map(|(k, s)| (*k, *s)).collect(),
+            backends: old.dp.backends.iter().filter(|(_, b)| b.port != 0).map(|(i, b)| (*i, *b)).collect(),
+        };
+        let before: Vec<(u32, u32)> = old.services[0].backends.iter().map(|b| (b.slot, b.generation)).collect();
+
+        // The new config drops web3 (the backup) and adds web4.
+        let text = CONFIG.replace("198.18.1.13:80", "198.18.1.14:80");
+        let cfg = crate::config::parse(&text, "t.toml").expect("valid");
+        let (stride, regions) = Balancer::<Kernel>::table_room(&cfg);
+        let mut new = Balancer::new(Kernel::default(), stride, regions);
+        new.adopt(&tables, old.drains());
+        new.apply(&cfg).expect("apply");
+        let svc = &new.services[0];
+        assert_eq!(svc.id, id, "the service keeps its id");
+        let b = &svc.backends;
+        assert_eq!((b[0].slot, b[0].generation), before[0], "web1 keeps slot and generation");
+        assert_eq!((b[1].slot, b[1].generation), before[1], "web2 keeps slot and generation");
+        assert!(b[0].healthy && b[0].drained, "web1: up and drained as before: {:?}", b[0]);
+        assert!(!b[1].healthy, "web2 stays down until its checks say otherwise");
+        assert!(b[1].checks.checked, "adopted backends follow rise/fall, not the first-check rule");
+        let max_gen = before.iter().map(|&(_, g)| g).max().unwrap();
+        assert!(b[2].generation > max_gen, "web4 gets a new generation: {} vs {max_gen}", b[2].generation);
+        assert!(!before.iter().any(|&(s, _)| s == b[2].slot), "web4 takes a slot no kept backend has");
+        assert!(new.free_slots.contains(&before[2].0), "web3's slot is free again");
+        assert_eq!(new.drains(), [("www".to_string(), "198.18.1.11:80".to_string())]);
     }
 }

@@ -63,10 +63,10 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::R
         Some(f) => f.bytes(),
         None => crate::dataplane::object()?,
     };
-    let mut bal = Balancer::load_pinned(&cfg, path, object)?;
-    // The addresses first: one that is taken fails before any traffic is touched.
+    // The addresses first: one that is taken fails before any traffic or pin is touched.
     let admin_socket = admin::bind(&cfg.daemon.admin_socket)?;
     let metrics = monitor::bind_metrics(&cfg.daemon).await?;
+    let mut bal = Balancer::load_pinned(&cfg, path, object)?;
     bal.apply(&cfg)?;
     let adopting = bal.dp.pins().is_some_and(|p| p.previous.is_some());
     if adopting {
