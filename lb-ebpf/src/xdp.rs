@@ -315,7 +315,17 @@ unsafe fn copy16(to: *mut u8, from: *const u8, halves: usize) {
 #[xdp]
 #[inline(always)]
 pub fn xlb(ctx: XdpContext) -> u32 {
+    #[cfg(feature = "upgrade-variant")]
+    upgrade_variant_work();
     process_packet(&ctx)
+}
+
+/// The `upgrade-variant` build's extra work: one more map lookup whose result
+/// is kept opaque to the compiler. Only the instruction count changes.
+#[cfg(feature = "upgrade-variant")]
+#[inline(always)]
+fn upgrade_variant_work() {
+    core::hint::black_box(SETTINGS.get(NUM_SETTINGS - 1).copied());
 }
 
 /// The benchmark floor: XDP_PASS without reading the packet. Loaded only by

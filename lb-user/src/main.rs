@@ -14,10 +14,27 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the daemon: load and attach the XDP program, fill the maps, serve.
+    /// On SIGTERM/SIGINT the data path stays attached (pinned in
+    /// `[daemon] pin_path`) and the next `xlb run` takes it over.
     Run {
         /// Configuration file (TOML).
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Detach XDP and remove the pins when the daemon exits.
+        #[arg(long)]
+        detach_on_exit: bool,
+        /// Load this XDP object instead of the one built into xlb.
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+    },
+    /// Detach XDP and remove the pinned maps and links (a running daemon is
+    /// told to exit first): the host is left as before xlb ran.
+    Stop {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// The pin directory (default: the config's pin_path, else /sys/fs/bpf/xlb).
+        #[arg(long, value_name = "DIR")]
+        pin_path: Option<PathBuf>,
     },
     /// Validate a configuration; print the plan, or every problem found.
     Check {
@@ -139,7 +156,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     xlb::logging::init();
     let result = match cli.command {
-        Command::Run { config } => xlb::daemon::run(&config),
+        Command::Run { config, detach_on_exit, object } => {
+            xlb::daemon::run(&config, &xlb::daemon::RunOptions { detach_on_exit, object })
+        }
+        Command::Stop { daemon, pin_path } => xlb::cli::stop::run(daemon.socket, daemon.config.as_deref(), pin_path),
         Command::Check { config } => xlb::cli::check::run(&config),
         Command::Status { daemon, json } => daemon.socket().and_then(|p| xlb::cli::status::run(&p, json)),
         Command::Drain { service, backend, daemon } => daemon.ask(&format!("drain {service} {backend}")),

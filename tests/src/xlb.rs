@@ -40,7 +40,9 @@ impl Drop for TempDir {
     }
 }
 
-/// `xlb run` in a namespace; stopped with SIGTERM on drop.
+/// `xlb run` in a namespace, with its own admin socket and pin directory
+/// (`/sys/fs/bpf/xlb-test-*`). Stopped with SIGTERM on drop, then `xlb stop`
+/// detaches XDP and removes the pins, whatever state the test left.
 pub struct Daemon {
     ns: String,
     proc: Option<BgProcess>,
@@ -49,11 +51,19 @@ pub struct Daemon {
     /// The admin socket (always in the daemon's own scratch directory, so
     /// concurrent runs never share one).
     pub socket: PathBuf,
+    /// The pin directory (`[daemon] pin_path`), unique to this daemon.
+    pub pin_path: PathBuf,
     interfaces: Vec<String>,
+    /// `--detach-on-exit`: SIGTERM leaves nothing behind (most tests).
+    detach_on_exit: bool,
+    /// Log lines of the daemons started before the current one (restarts).
+    log_before: String,
+    /// How `xlb run` is started ([`Launch`]).
+    launch: OwnedLaunch,
     _dir: TempDir,
 }
 
-/// How [`Daemon::start_with`] runs `xlb run`: behind a wrapper command (e.g.
+/// How [`Daemon::start_launched`] runs `xlb run`: behind a wrapper command (e.g.
 /// `setpriv` with fewer capabilities) and with extra environment variables.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Launch<'a> {
@@ -65,61 +75,196 @@ pub struct Launch<'a> {
     pub journal_stream: bool,
 }
 
+/// [`Launch`] kept by the daemon for its restarts.
+#[derive(Clone, Debug, Default)]
+struct OwnedLaunch {
+    wrapper: Vec<String>,
+    env: Vec<(String, String)>,
+    journal_stream: bool,
+}
+
+impl From<Launch<'_>> for OwnedLaunch {
+    fn from(l: Launch<'_>) -> Self {
+        OwnedLaunch {
+            wrapper: l.wrapper.iter().map(|s| s.to_string()).collect(),
+            env: l.env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            journal_stream: l.journal_stream,
+        }
+    }
+}
+
+/// The pin directories of this process's daemons are numbered.
+static PIN_DIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A command run in `ns`'s network namespace only (`nsenter --net`): unlike
+/// `ip netns exec`, which mounts a fresh /sys, it keeps the host's BPF
+/// filesystem at /sys/fs/bpf, where the daemon pins its maps and links.
+pub fn ns_net_command(ns: &str, argv: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{ns}")).arg("--").args(argv);
+    cmd
+}
+
 impl Daemon {
-    /// Writes `config_toml` and starts `xlb run` in `ns`; returns once XDP is
-    /// attached to every interface in `interfaces`.
+    /// Writes `config_toml` and starts `xlb run --detach-on-exit` in `ns`;
+    /// returns once XDP is attached to every interface in `interfaces`.
     pub fn start(ns: &Netns, config_toml: &str, interfaces: &[&str]) -> Result<Self> {
-        Self::start_with(ns, config_toml, interfaces, Launch::default())
+        Self::start_with(ns, config_toml, interfaces, true, &[])
+    }
+
+    /// [`Daemon::start`] without `--detach-on-exit`, as a service runs: on
+    /// SIGTERM the data path stays attached and pinned for the next daemon.
+    pub fn start_kept(ns: &Netns, config_toml: &str, interfaces: &[&str]) -> Result<Self> {
+        Self::start_with(ns, config_toml, interfaces, false, &[])
     }
 
     /// [`Daemon::start`], run as `launch` says.
-    pub fn start_with(ns: &Netns, config_toml: &str, interfaces: &[&str], launch: Launch) -> Result<Self> {
+    pub fn start_launched(ns: &Netns, config_toml: &str, interfaces: &[&str], launch: Launch) -> Result<Self> {
+        Self::start_full(ns, config_toml, interfaces, true, &[], launch)
+    }
+
+    /// The daemon with `extra` arguments to `xlb run`.
+    pub fn start_with(
+        ns: &Netns,
+        config_toml: &str,
+        interfaces: &[&str],
+        detach_on_exit: bool,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::start_full(ns, config_toml, interfaces, detach_on_exit, extra, Launch::default())
+    }
+
+    fn start_full(
+        ns: &Netns,
+        config_toml: &str,
+        interfaces: &[&str],
+        detach_on_exit: bool,
+        extra: &[&str],
+        launch: Launch,
+    ) -> Result<Self> {
         let dir = TempDir::new("daemon")?;
-        let config = dir.path().join("xlb.toml");
-        let log = dir.path().join("xlb.log");
-        let socket = dir.path().join("xlb.sock");
-        fs::write(&config, with_admin_socket(config_toml, &socket))?;
-        let logf = fs::File::create(&log)?;
+        let n = PIN_DIRS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut d = Daemon {
+            ns: ns.name().to_string(),
+            proc: None,
+            config: dir.path().join("xlb.toml"),
+            log: dir.path().join("xlb.log"),
+            socket: dir.path().join("xlb.sock"),
+            pin_path: PathBuf::from(format!("/sys/fs/bpf/xlb-test-{}-{n}", crate::run_suffix())),
+            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
+            detach_on_exit,
+            log_before: String::new(),
+            launch: launch.into(),
+            _dir: dir,
+        };
+        d.write_config(config_toml)?;
+        d.spawn(extra)?;
+        Ok(d)
+    }
+
+    /// Starts `xlb run` (none may run) and waits until it runs with XDP
+    /// attached to every interface (20 s at most).
+    pub fn spawn(&mut self, extra: &[&str]) -> Result<()> {
+        anyhow::ensure!(self.proc.is_none(), "xlb already runs");
+        if let Ok(text) = fs::read_to_string(&self.log) {
+            self.log_before += &text;
+        }
+        let logf = fs::File::create(&self.log)?;
         let bin = xlb_bin();
-        let mut argv: Vec<&str> = launch.wrapper.to_vec();
-        argv.extend([bin.to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
-        let mut cmd = ns.command(&argv);
-        cmd.envs(launch.env.iter().copied());
-        if launch.journal_stream {
+        let mut argv: Vec<&str> = self.launch.wrapper.iter().map(String::as_str).collect();
+        argv.extend([bin.to_str().unwrap(), "run", "-c", self.config.to_str().unwrap()]);
+        if self.detach_on_exit {
+            argv.push("--detach-on-exit");
+        }
+        argv.extend_from_slice(extra);
+        let mut cmd = ns_net_command(&self.ns, &argv);
+        cmd.envs(self.launch.env.iter().map(|(k, v)| (k, v)));
+        if self.launch.journal_stream {
             use std::os::unix::fs::MetadataExt as _;
             let m = logf.metadata()?;
             cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
         }
         cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
-        let proc = BgProcess::spawn(cmd)?;
-        let mut d = Daemon {
-            ns: ns.name().to_string(),
-            proc: Some(proc),
-            config,
-            log,
-            socket,
-            interfaces: interfaces.iter().map(|s| s.to_string()).collect(),
-            _dir: dir,
-        };
+        self.proc = Some(BgProcess::spawn(cmd)?);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(st) = d.proc.as_mut().unwrap().try_wait()? {
-                bail!("xlb run exited early ({st}); log:\n{}", d.log_text());
+            if let Some(st) = self.proc.as_mut().unwrap().try_wait()? {
+                self.proc = None;
+                bail!("xlb run exited early ({st}); log:\n{}", self.log_text());
             }
-            if d.log_text().contains("xlb running") && d.xdp_attached().iter().all(|&a| a) {
-                return Ok(d);
+            if self.log_text().contains("xlb running") && self.xdp_attached().iter().all(|&a| a) {
+                return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("xlb run did not come up within 20 s; log:\n{}", d.log_text());
+                bail!("xlb run did not come up within 20 s; log:\n{}", self.log_text());
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    /// Replaces the daemon's config file (keeping its own admin socket).
+    /// Starts `xlb run` and returns its exit status and log once it exits
+    /// (it is expected to refuse); 20 s at most.
+    pub fn spawn_expecting_exit(&mut self, extra: &[&str]) -> Result<(std::process::ExitStatus, String)> {
+        anyhow::ensure!(self.proc.is_none(), "xlb already runs");
+        let out = self.dir_file("refused.log");
+        let logf = fs::File::create(&out)?;
+        let bin = xlb_bin();
+        let mut argv = vec![bin.to_str().unwrap(), "run", "-c", self.config.to_str().unwrap()];
+        argv.extend_from_slice(extra);
+        let mut cmd = ns_net_command(&self.ns, &argv);
+        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
+        let mut p = BgProcess::spawn(cmd)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = p.try_wait()? {
+                return Ok((st, fs::read_to_string(&out).unwrap_or_default()));
+            }
+            if Instant::now() > deadline {
+                p.signal(libc::SIGTERM)?;
+                bail!("xlb run did not exit within 20 s:\n{}", fs::read_to_string(&out).unwrap_or_default());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn dir_file(&self, name: &str) -> PathBuf {
+        self.config.with_file_name(name)
+    }
+
+    /// SIGTERM, wait for the exit (it must exit 0), start again with `extra`:
+    /// a restart as `systemctl restart` makes one. Returns the time from the
+    /// signal to the new daemon running.
+    pub fn restart(&mut self, extra: &[&str]) -> Result<Duration> {
+        let t0 = Instant::now();
+        let st = self.stop()?;
+        anyhow::ensure!(st.success(), "xlb exited with {st} on SIGTERM; log:\n{}", self.log_text());
+        self.spawn(extra)?;
+        Ok(t0.elapsed())
+    }
+
+    /// The log of every daemon started so far (restarts included).
+    pub fn full_log(&self) -> String {
+        self.log_before.clone() + &self.log_text()
+    }
+
+    /// `xlb stop` for this daemon's pins and socket (in its namespace).
+    pub fn xlb_stop(&self) -> Result<Output> {
+        let bin = xlb_bin();
+        let argv = [
+            bin.to_str().unwrap(),
+            "stop",
+            "--socket",
+            self.socket.to_str().unwrap(),
+            "--pin-path",
+            self.pin_path.to_str().unwrap(),
+        ];
+        crate::netns::run_with_timeout(&mut ns_net_command(&self.ns, &argv), None, Duration::from_secs(30))
+    }
+
+    /// Replaces the daemon's config file (keeping its own admin socket and pin directory).
     pub fn write_config(&self, toml: &str) -> Result<()> {
-        fs::write(&self.config, with_admin_socket(toml, &self.socket))
-            .with_context(|| format!("writing {}", self.config.display()))
+        let text = with_daemon_key(&with_admin_socket(toml, &self.socket), "pin_path", &self.pin_path);
+        fs::write(&self.config, text).with_context(|| format!("writing {}", self.config.display()))
     }
 
     /// Runs `xlb ARGS... --socket SOCKET` in the daemon's namespace (status,
@@ -257,7 +402,31 @@ impl Drop for Daemon {
         if self.proc.is_some() {
             let _ = self.stop();
         }
+        // Whatever the test left: no XDP, no pins.
+        let _ = self.xlb_stop();
+        if self.pin_path.exists() {
+            let _ = fs::remove_dir_all(&self.pin_path);
+        }
     }
+}
+
+/// `toml` with `daemon.KEY` set to the path `value` (replaced or added).
+pub fn with_daemon_key(toml: &str, key: &str, value: &Path) -> String {
+    let line = format!("{key} = \"{}\"", value.display());
+    let is_key = |l: &str| {
+        l.trim_start().starts_with(key) && l[l.find(key).unwrap() + key.len()..].trim_start().starts_with('=')
+    };
+    let mut out: Vec<String> = toml.lines().map(|l| if is_key(l) { line.clone() } else { l.to_string() }).collect();
+    if !toml.lines().any(is_key) {
+        let at = out.iter().position(|l| l.trim() == "[daemon]").map_or(0, |i| i + 1);
+        if at == 0 {
+            out.insert(0, "[daemon]".into());
+            out.insert(1, line);
+        } else {
+            out.insert(at, line);
+        }
+    }
+    out.join("\n") + "\n"
 }
 
 /// Backend `address` of service `service` in a status JSON document

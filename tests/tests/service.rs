@@ -284,7 +284,7 @@ fn service_daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
     let wrapper = setpriv(&caps);
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
 
-    let mut d = Daemon::start_with(
+    let mut d = Daemon::start_launched(
         topo.lb_ns(),
         &config(),
         &["eth0", "eth1"],
@@ -336,7 +336,7 @@ fn service_daemon_with_the_units_capabilities_serves_and_notifies_systemd() {
         let wrapper = setpriv(&fewer);
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
         let launch = Launch { wrapper: &wrapper, ..Launch::default() };
-        match Daemon::start_with(topo.lb_ns(), &config(), &["eth0", "eth1"], launch) {
+        match Daemon::start_launched(topo.lb_ns(), &config(), &["eth0", "eth1"], launch) {
             Ok(d) => panic!(
                 "xlb run started without CAP_{}: the unit grants it for nothing; log:\n{}",
                 missing.to_uppercase(),

@@ -129,6 +129,24 @@ pub struct Balancer<T = Dataplane> {
     pub slots_written: u64,
     /// Table rebuilds that changed at least one slot, since start.
     pub rebuilds: u64,
+    /// What pinned maps taken over at start held, until the first `apply`.
+    seed: Option<Seed>,
+}
+
+/// A backend as the maps name it: (service id, address, port, family).
+type SeedKey = (u32, [u32; 4], u16, u8);
+/// What a backend had: (slot, generation, up, next hop).
+type SeedBackend = (u32, u32, bool, NextHop);
+
+/// The services and backends a daemon found in the pinned maps it took
+/// over: each configured one keeps its id, slot and generation (so tracked
+/// flows stay valid), its health and its drain.
+#[derive(Debug, Default)]
+struct Seed {
+    services: HashMap<VipKey, u32>,
+    backends: HashMap<SeedKey, SeedBackend>,
+    /// (service name, backend address:port).
+    drains: Vec<(String, String)>,
 }
 
 impl Balancer {
@@ -138,6 +156,56 @@ impl Balancer {
         let dp =
             Dataplane::load(Sizes { conntrack_entries: cfg.daemon.conntrack_entries, ring_entries: stride * regions })?;
         Ok(Self::new(dp, stride, regions))
+    }
+
+    /// Loads `object` with its maps and XDP links pinned in the config's
+    /// `pin_path`: what a previous daemon pinned there is taken over (maps
+    /// that match reused, tables and health adopted; see `dataplane::pins`).
+    pub fn load_pinned(cfg: &Config, config_path: &std::path::Path, object: &[u8]) -> anyhow::Result<Self> {
+        use crate::dataplane::pins::{self, Fate};
+        let (stride, regions) = Self::table_room(cfg);
+        let sizes = Sizes { conntrack_entries: cfg.daemon.conntrack_entries, ring_entries: stride * regions };
+        let who = pins::Identity {
+            config: std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_path_buf()),
+            interfaces: cfg.daemon.interfaces.clone(),
+        };
+        let dir = &cfg.daemon.pin_path;
+        let plan = pins::prepare(dir, &who, object, &Dataplane::size_overrides(sizes))?;
+        let previous = plan.previous.clone();
+        match &previous {
+            Some(prev) => {
+                let name = |m: &pins::PinnedMap| m.name.clone();
+                let reused: Vec<String> =
+                    plan.maps.iter().filter(|m| matches!(m.fate, Fate::Reused)).map(name).collect();
+                let new: Vec<String> = plan.maps.iter().filter(|m| matches!(m.fate, Fate::New)).map(name).collect();
+                log::info!(
+                    "taking over the data path pinned in {} (left by {}): {} maps reused{}",
+                    dir.display(),
+                    prev.config,
+                    reused.len(),
+                    if new.is_empty() { String::new() } else { format!(", new maps: {}", new.join(", ")) }
+                );
+                for m in &plan.maps {
+                    if let Fate::Replaced { why, .. } = &m.fate {
+                        log::warn!("map {}: the pinned map does not match this program ({why}): recreating it", m.name);
+                    }
+                }
+            }
+            None => log::info!("pinning maps and XDP links in {}", dir.display()),
+        }
+        let dp = Dataplane::load_with(sizes, object, Some(plan))?;
+        let mut bal = Self::new(dp, stride, regions);
+        if let Some(prev) = previous {
+            let tables = bal.dp.adopted_tables()?;
+            log::info!(
+                "adopting {} services and {} backends from the pinned tables ({} drained)",
+                tables.services.len(),
+                tables.backends.len(),
+                prev.drains.len()
+            );
+            bal.adopt(&tables, prev.drains);
+        }
+        Ok(bal)
     }
 
     /// Resolves and writes next hops now (blocking: runs `ip`).
@@ -167,7 +235,51 @@ impl<T: Tables> Balancer<T> {
             next_generation: 1,
             slots_written: 0,
             rebuilds: 0,
+            seed: None,
         }
+    }
+
+    /// Before the first `apply`: takes over what a previous daemon left in
+    /// the maps. Its ids and slots are held back until `apply` has given
+    /// them to the configured services and backends that match.
+    pub fn adopt(&mut self, tables: &crate::dataplane::Adopted, drains: Vec<(String, String)>) {
+        let mut seed = Seed { drains, ..Seed::default() };
+        for (key, svc) in &tables.services {
+            if let Some(i) = self.free_ids.iter().position(|&id| id == svc.id) {
+                self.free_ids.remove(i);
+                seed.services.insert(*key, svc.id);
+            }
+        }
+        for (slot, be) in &tables.backends {
+            if let Some(i) = self.free_slots.iter().position(|s| s == slot) {
+                self.free_slots.remove(i);
+                seed.backends.insert(
+                    (be.service, be.addr, be.port, be.family),
+                    (*slot, be.generation, be.flags & BACKEND_F_UP != 0, be.next_hop),
+                );
+                self.next_generation = self.next_generation.max(be.generation.wrapping_add(1).max(1));
+            }
+        }
+        self.seed = Some(seed);
+    }
+
+    /// After the first `apply`: ids and slots taken over but not given out are free again.
+    fn release_seed(&mut self) {
+        let Some(seed) = self.seed.take() else { return };
+        self.free_ids.extend(seed.services.into_values());
+        self.free_slots.extend(seed.backends.into_values().map(|(slot, ..)| slot));
+        self.free_ids.sort_unstable_by(|a, b| b.cmp(a));
+        self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
+    }
+
+    /// The drained backends: (service name, address:port).
+    pub fn drains(&self) -> Vec<(String, String)> {
+        self.services
+            .iter()
+            .flat_map(|s| {
+                s.backends.iter().filter(|b| b.drained).map(|b| (s.cfg.name.clone(), b.cfg.address.to_string()))
+            })
+            .collect()
     }
 
     /// Makes the running state match `cfg`: services and backends are added,
@@ -207,7 +319,7 @@ impl<T: Tables> Balancer<T> {
                                 }
                                 backends.push(be);
                             }
-                            None => backends.push(self.new_backend(b, &s.health.check)?),
+                            None => backends.push(self.new_backend(b, &s.health.check, st.id, &s.name)?),
                         }
                     }
                     removed_backends.append(&mut st.backends);
@@ -216,11 +328,15 @@ impl<T: Tables> Balancer<T> {
                     st
                 }
                 None => {
-                    let id = self.free_ids.pop().context("no free service id")?;
+                    let seeded = self.seed.as_mut().and_then(|seed| seed.services.remove(&key));
+                    let id = match seeded {
+                        Some(id) => id,
+                        None => self.free_ids.pop().context("no free service id")?,
+                    };
                     let backends = s
                         .backends
                         .iter()
-                        .map(|b| self.new_backend(b, &s.health.check))
+                        .map(|b| self.new_backend(b, &s.health.check, id, &s.name))
                         .collect::<anyhow::Result<Vec<_>>>()?;
                     ServiceState {
                         cfg: s.clone(),
@@ -260,10 +376,44 @@ impl<T: Tables> Balancer<T> {
         }
         let nat = self.services.iter().any(|s| s.cfg.forwarding == Forwarding::Nat);
         self.dp.set_flags(if nat { SETTINGS_F_NAT } else { 0 })?;
+        self.release_seed();
         Ok(())
     }
 
-    fn new_backend(&mut self, b: &BackendConfig, check: &CheckKind) -> anyhow::Result<BackendState> {
+    fn new_backend(
+        &mut self,
+        b: &BackendConfig,
+        check: &CheckKind,
+        service: u32,
+        service_name: &str,
+    ) -> anyhow::Result<BackendState> {
+        let (addr, port, family) = map_addr(&b.address);
+        let seeded = self.seed.as_mut().and_then(|seed| {
+            let found = seed.backends.remove(&(service, addr, port, family))?;
+            let drained = seed.drains.iter().any(|(s, a)| s == service_name && *a == b.address.to_string());
+            Some((found, drained))
+        });
+        if let Some(((slot, generation, up, next_hop), drained)) = seeded {
+            // Taken over: the same slot and generation, so its tracked flows
+            // stay valid; the health the previous daemon decided (its checks
+            // then go on with rise/fall, not "first check decides").
+            return Ok(BackendState {
+                cfg: b.clone(),
+                slot,
+                generation,
+                healthy: up,
+                drained,
+                since: SystemTime::now(),
+                last_check: match check {
+                    CheckKind::None => "checks off".into(),
+                    _ => "not checked yet".into(),
+                },
+                last_check_duration: None,
+                transitions: 0,
+                checks: Hysteresis { checked: true, ..Hysteresis::default() },
+                next_hop,
+            });
+        }
         let slot = self.free_slots.pop().context("no free backend slot (MAX_BACKENDS reached)")?;
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1).max(1);
@@ -499,6 +649,7 @@ mod tests {
     #[derive(Default)]
     struct Kernel {
         backends: HashMap<u32, Backend>,
+        services: HashMap<VipKey, Service>,
         ring: HashMap<u32, u32>,
         writes: Vec<String>,
     }
@@ -517,7 +668,8 @@ mod tests {
     }
 
     impl Tables for Kernel {
-        fn set_service(&mut self, _: &VipKey, svc: &Service) -> anyhow::Result<()> {
+        fn set_service(&mut self, key: &VipKey, svc: &Service) -> anyhow::Result<()> {
+            self.services.insert(*key, *svc);
             self.writes.push(format!("service {}", svc.id));
             Ok(())
         }
@@ -628,5 +780,42 @@ role = "backup"
         assert_ne!(bal.dp.backends[&slot].flags & BACKEND_F_UP, 0, "established flows may continue to it");
         bal.set_drained("www", "198.18.1.11:80", false).unwrap();
         assert!(bal.dp.ring.values().any(|&b| b == slot));
+    }
+
+    /// A daemon that takes over the maps of another: every configured
+    /// backend keeps its slot, generation (its tracked flows stay valid),
+    /// health and drain; a backend new in the config gets a fresh slot and a
+    /// generation no tracked flow has; the rest is free again.
+    #[test]
+    fn adopting_keeps_slots_generations_health_and_drains() {
+        let (mut old, id) = balancer();
+        check(&mut old, id, "198.18.1.12:80", false);
+        old.set_drained("www", "198.18.1.11:80", true).unwrap();
+        let tables = crate::dataplane::Adopted {
+            services: old.dp.services.iter().map(|(k, s)| (*k, *s)).collect(),
+            backends: old.dp.backends.iter().filter(|(_, b)| b.port != 0).map(|(i, b)| (*i, *b)).collect(),
+        };
+        let before: Vec<(u32, u32)> = old.services[0].backends.iter().map(|b| (b.slot, b.generation)).collect();
+
+        // The new config drops web3 (the backup) and adds web4.
+        let text = CONFIG.replace("198.18.1.13:80", "198.18.1.14:80");
+        let cfg = crate::config::parse(&text, "t.toml").expect("valid");
+        let (stride, regions) = Balancer::<Kernel>::table_room(&cfg);
+        let mut new = Balancer::new(Kernel::default(), stride, regions);
+        new.adopt(&tables, old.drains());
+        new.apply(&cfg).expect("apply");
+        let svc = &new.services[0];
+        assert_eq!(svc.id, id, "the service keeps its id");
+        let b = &svc.backends;
+        assert_eq!((b[0].slot, b[0].generation), before[0], "web1 keeps slot and generation");
+        assert_eq!((b[1].slot, b[1].generation), before[1], "web2 keeps slot and generation");
+        assert!(b[0].healthy && b[0].drained, "web1: up and drained as before: {:?}", b[0]);
+        assert!(!b[1].healthy, "web2 stays down until its checks say otherwise");
+        assert!(b[1].checks.checked, "adopted backends follow rise/fall, not the first-check rule");
+        let max_gen = before.iter().map(|&(_, g)| g).max().unwrap();
+        assert!(b[2].generation > max_gen, "web4 gets a new generation: {} vs {max_gen}", b[2].generation);
+        assert!(!before.iter().any(|&(s, _)| s == b[2].slot), "web4 takes a slot no kept backend has");
+        assert!(new.free_slots.contains(&before[2].0), "web3's slot is free again");
+        assert_eq!(new.drains(), [("www".to_string(), "198.18.1.11:80".to_string())]);
     }
 }

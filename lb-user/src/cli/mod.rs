@@ -14,6 +14,7 @@ pub mod check;
 pub mod docs;
 pub mod explain;
 pub mod status;
+pub mod stop;
 pub mod top;
 pub mod trace;
 

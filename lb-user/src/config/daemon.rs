@@ -5,7 +5,7 @@ use super::{
     diag::{FieldPath, Span},
     raw::{Item, RawDaemon, Spanned},
     validate::{Reported, Validator},
-    DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, MAX_CONNTRACK_ENTRIES,
+    DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
 };
 
 pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
@@ -58,7 +58,29 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         ),
     );
 
-    DaemonConfig { interfaces, xdp_mode, admin_socket: admin_socket.into(), metrics, conntrack_entries }
+    let pin = path.key("pin_path");
+    let expected = format!("an absolute directory in a BPF filesystem, e.g. \"{DEFAULT_PIN_PATH}\"");
+    let pin_path = match v.read(&pin, raw.pin_path, &expected) {
+        Ok(Some(p)) if !p.get_ref().starts_with('/') || p.get_ref().trim_end_matches('/').is_empty() => {
+            v.report(
+                &pin,
+                Some(p.span()),
+                format!("{:?} is not an absolute directory; expected {expected}", p.get_ref()),
+            );
+            DEFAULT_PIN_PATH.to_owned()
+        }
+        Ok(Some(p)) => p.into_inner().trim_end_matches('/').to_owned(),
+        _ => DEFAULT_PIN_PATH.to_owned(),
+    };
+
+    DaemonConfig {
+        interfaces,
+        xdp_mode,
+        admin_socket: admin_socket.into(),
+        metrics,
+        conntrack_entries,
+        pin_path: pin_path.into(),
+    }
 }
 
 /// `interfaces`: at least one, each a valid name, none twice.
@@ -117,6 +139,9 @@ mod tests {
         assert_eq!(d.admin_socket, std::path::PathBuf::from(DEFAULT_ADMIN_SOCKET));
         assert_eq!(d.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
         assert_eq!(d.conntrack_entries, lb_common::DEFAULT_CONNTRACK_ENTRIES);
+        assert_eq!(d.pin_path, std::path::PathBuf::from(crate::config::DEFAULT_PIN_PATH));
+        let d = parse(&with("pin_path = \"/sys/fs/bpf/xlb-edge/\""), "t.toml").expect("valid").daemon;
+        assert_eq!(d.pin_path, std::path::PathBuf::from("/sys/fs/bpf/xlb-edge"));
     }
 
     #[test]
@@ -166,6 +191,8 @@ mod tests {
             ("metrics = \"localhost\"", "daemon.metrics (line 3)", "\"localhost\" is not an IP:port address"),
             ("metrics = 9477", "daemon.metrics (line 3, column 11)", "the integer 9477 is not a string; expected the Prometheus endpoint's IP:port"),
             ("admin_socket = \"\"", "daemon.admin_socket (line 3)", "empty path; expected the admin socket's path, e.g. \"/run/xlb/xlb.sock\""),
+            ("pin_path = \"xlb\"", "daemon.pin_path (line 3)", "\"xlb\" is not an absolute directory; expected an absolute directory in a BPF filesystem"),
+            ("pin_path = \"/\"", "daemon.pin_path", "\"/\" is not an absolute directory"),
             ("admin_socket = [\"/a\"]", "daemon.admin_socket (line 3, column 16)", "an array is not a string"),
             ("conntrack_entries = 0", "daemon.conntrack_entries (line 3)", "0 is out of range; expected the number of flows tracked, 1 to 134217728 (default 1048576)"),
             ("conntrack_entries = 134217729", "daemon.conntrack_entries", "out of range"),
@@ -184,7 +211,7 @@ mod tests {
         assert_one(
             &with("mode = \"x\""),
             "daemon.mode (line 3, column 1)",
-            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries",
+            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, pin_path",
         );
         assert_one(
             &with("interface = [\"eth2\"]"),

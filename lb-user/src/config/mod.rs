@@ -42,6 +42,8 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/xlb/xlb.sock";
 pub const DEFAULT_CONFIG: &str = "/etc/xlb/xlb.toml";
 /// Default Prometheus endpoint.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9477";
+/// Where maps and XDP links are pinned (a BPF filesystem).
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/xlb";
 /// Smallest Maglev table size accepted.
 pub const MIN_TABLE_SIZE: u32 = 7;
 /// Largest backend weight accepted.
@@ -80,6 +82,8 @@ pub struct DaemonConfig {
     /// `None` when `metrics = ""`.
     pub metrics: Option<SocketAddr>,
     pub conntrack_entries: u32,
+    /// The bpffs directory holding the pinned maps and XDP links.
+    pub pin_path: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -84,9 +84,10 @@ pub async fn serve(socket: AdminSocket, ctx: Arc<Ctx>) {
 
 /// The requests, as `xlb` sends them: `status`, `status json`, `reload`,
 /// `drain SERVICE BACKEND`, `enable SERVICE BACKEND`, and `trace` (which
-/// streams events until its limits are reached).
+/// streams events until its limits are reached), `stop` (detach, remove the
+/// pins, exit).
 pub const REQUESTS: &str =
-    "status, status json, reload, drain SERVICE BACKEND, enable SERVICE BACKEND, trace SAMPLE COUNT SECONDS";
+    "status, status json, reload, drain SERVICE BACKEND, enable SERVICE BACKEND, trace SAMPLE COUNT SECONDS, stop";
 
 async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
@@ -98,10 +99,18 @@ async fn handle(stream: UnixStream, ctx: Arc<Ctx>) -> anyhow::Result<()> {
         ["status", "json"] => monitor::status_json(&ctx.bal, &ctx.history).map(|j| j + "\n"),
         ["reload"] => ctx.reload(),
         ["drain", service, backend] => {
-            tokio::task::block_in_place(|| lock(&ctx.bal).set_drained(service, backend, true))
+            let r = tokio::task::block_in_place(|| lock(&ctx.bal).set_drained(service, backend, true));
+            ctx.save_state();
+            r
         }
         ["enable", service, backend] => {
-            tokio::task::block_in_place(|| lock(&ctx.bal).set_drained(service, backend, false))
+            let r = tokio::task::block_in_place(|| lock(&ctx.bal).set_drained(service, backend, false));
+            ctx.save_state();
+            r
+        }
+        ["stop"] => {
+            ctx.stop.cancel();
+            Ok("stopping: the daemon detaches XDP, removes its pins and exits\n".to_string())
         }
         ["trace", ..] => {
             let args = line.trim_start()["trace".len()..].to_string();

@@ -23,6 +23,8 @@ pub struct Ctx {
     pub daemon: config::DaemonConfig,
     /// Cancelled on SIGINT/SIGTERM: every task ends.
     pub cancel: CancellationToken,
+    /// Cancelled by `xlb stop`: the daemon detaches, removes its pins and exits.
+    pub stop: CancellationToken,
 }
 
 /// Locks `m`, also after a panic elsewhere (the state stays usable: every
@@ -32,6 +34,14 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Ctx {
+    /// Writes the drained backends to the pinned state (they survive a restart).
+    pub fn save_state(&self) {
+        let bal = lock(&self.bal);
+        if let Err(e) = bal.dp.write_state(std::process::id(), bal.drains()) {
+            log::error!("saving the daemon state next to the pins: {e:#}; drains may not survive a restart");
+        }
+    }
+
     /// Makes the running health checks match the balancer's backends; how
     /// many run. Must run inside the tokio runtime.
     pub fn sync_checks(&self) -> usize {
@@ -61,6 +71,7 @@ impl Ctx {
             }
         };
         self.sync_checks();
+        self.save_state();
         let mut msg = format!(
             "reloaded {}: {} services, {} backends",
             self.config_path.display(),

@@ -5,7 +5,9 @@
 //! SIGINT/SIGTERM the token is cancelled and the tasks are awaited in order:
 //! the admin connections (a running trace turns tracing off), reloads, the
 //! health checks, then the report applier, monitoring and next-hop tasks.
-//! Only then is the program detached, so nothing can write to the maps after.
+//! Then the data path is left running on its pinned link and maps (the next
+//! `xlb run` takes it over), or, with `--detach-on-exit` or after `xlb stop`,
+//! detached and its pins removed.
 
 use std::{
     path::Path,
@@ -36,7 +38,16 @@ pub mod notify;
 /// How long each group of tasks has to end at shutdown before it is aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-pub fn run(path: &Path) -> anyhow::Result<()> {
+/// `xlb run`'s options besides the config file.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Detach XDP and remove the pins when the daemon exits (foreground use).
+    pub detach_on_exit: bool,
+    /// Load this XDP object instead of the embedded one.
+    pub object: Option<std::path::PathBuf>,
+}
+
+pub fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<()> {
     // The same load as `xlb check` and reloads: every problem, before anything needs root.
     let cfg = config::load(path)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -44,20 +55,41 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(path, cfg))
+    rt.block_on(serve(path, cfg, opts))
 }
 
-async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
-    let mut bal = Balancer::load(&cfg)?;
-    // The addresses first: one that is taken fails before any traffic is touched.
+async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::Result<()> {
+    let file = opts.object.as_deref().map(crate::dataplane::ObjectFile::read).transpose()?;
+    let object = match &file {
+        Some(f) => f.bytes(),
+        None => crate::dataplane::object()?,
+    };
+    // The addresses first: one that is taken fails before any traffic or pin is touched.
     let admin_socket = admin::bind(&cfg.daemon.admin_socket)?;
     let metrics = monitor::bind_metrics(&cfg.daemon).await?;
+    let mut bal = Balancer::load_pinned(&cfg, path, object)?;
     bal.apply(&cfg)?;
+    let adopting = bal.dp.pins().is_some_and(|p| p.previous.is_some());
+    if adopting {
+        let n = bal.dp.prune_stale()?;
+        if n > 0 {
+            log::info!("removed {n} entries the previous daemon wrote that this config does not have");
+        }
+    }
+    if let Some(p) = bal.dp.pins() {
+        p.migrate(false)?;
+    }
     // Maps are complete before the first packet can reach the program.
     for iface in &cfg.daemon.interfaces {
         let mode = bal.dp.attach(iface, cfg.daemon.xdp_mode)?;
         log::info!("attached to {iface} ({mode} mode)");
     }
+    if let Some(p) = bal.dp.pins_mut() {
+        // Flows the old program tracked while the new one was being set up.
+        p.migrate(true)?;
+        p.commit()?;
+    }
+    bal.dp.write_state(std::process::id(), bal.drains())?;
     let cancel = CancellationToken::new();
     // Background tasks: awaited last.
     let mut back = JoinSet::new();
@@ -93,6 +125,7 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         config_path: path.to_path_buf(),
         daemon: cfg.daemon.clone(),
         cancel: cancel.clone(),
+        stop: CancellationToken::new(),
     });
     back.spawn(apply_reports(reports_rx, bal.clone(), cancel.clone()));
     let checks = ctx.sync_checks();
@@ -119,6 +152,7 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
+            _ = ctx.stop.cancelled() => break "xlb stop",
             _ = hup.recv() => {
                 notify::reloading();
                 let ctx = ctx.clone();
@@ -135,6 +169,7 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
         }
     };
 
+    let detach = opts.detach_on_exit || ctx.stop.is_cancelled();
     log::info!("{why}: stopping");
     notify::stopping(why);
     cancel.cancel();
@@ -147,9 +182,22 @@ async fn serve(path: &Path, cfg: config::Config) -> anyhow::Result<()> {
     join("background tasks", &mut back).await;
     drop(ctx);
     // Every task has ended: nothing writes to the maps any more.
-    let detached = lock(&bal).dp.detach_all();
-    let ifaces = detached?;
-    log::info!("detached from {}; bye", ifaces.join(", "));
+    let mut bal = lock(&bal);
+    let dir = cfg.daemon.pin_path.display();
+    if detach {
+        let ifaces = bal.dp.detach_all()?;
+        crate::dataplane::pins::remove(&cfg.daemon.pin_path)?;
+        log::info!("removed the pins in {dir}");
+        log::info!("detached from {}; bye", ifaces.join(", "));
+    } else {
+        bal.dp.write_state(0, bal.drains())?;
+        let ifaces: Vec<&str> = bal.dp.attached().keys().map(String::as_str).collect();
+        log::info!(
+            "XDP stays attached to {} and keeps forwarding with the last tables (pinned in {dir}); the next \
+             `xlb run` takes it over; `xlb stop` detaches it; bye",
+            ifaces.join(", ")
+        );
+    }
     Ok(())
 }
 

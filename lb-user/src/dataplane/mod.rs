@@ -25,10 +25,33 @@ use crate::config::XdpModeConfig;
 pub mod conntrack_count;
 mod nat_book;
 pub mod neigh;
+pub mod pins;
 pub mod ring;
+pub mod sys;
 
 /// The XDP object built by `cargo xtask build-ebpf` (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
+
+/// An XDP object read from a file, 8-byte aligned as the ELF parser needs.
+pub struct ObjectFile {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl ObjectFile {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading XDP object {}", path.display()))?;
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `words` owns at least `bytes.len()` initialised bytes.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+        Ok(Self { words, len: bytes.len() })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds `len` initialised bytes (see `read`).
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
 
 /// The XDP object embedded in this binary.
 pub fn object() -> anyhow::Result<&'static [u8]> {
@@ -48,6 +71,14 @@ pub struct Sizes {
     pub ring_entries: u32,
 }
 
+/// How the program is attached to one interface.
+enum Link {
+    /// Made by aya, owned by the program (not pinned): detached when dropped.
+    Aya(XdpLinkId),
+    /// A pinned `bpf_link`: stays attached after the daemon exits.
+    Pinned,
+}
+
 /// The loaded program and its maps.
 pub struct Dataplane {
     /// `RING` mapped into memory (declared before `ebpf`: unmapped first).
@@ -56,7 +87,9 @@ pub struct Dataplane {
     /// Interface -> the mode it was attached in.
     attached: BTreeMap<String, &'static str>,
     /// The links made by [`Dataplane::attach`], for [`Dataplane::detach_all`].
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<(String, Link)>,
+    /// The pin directory, when maps and links are pinned (the daemon).
+    pins: Option<pins::PinPlan>,
     /// What was written to the service and backend maps, from which
     /// `NAT_SOURCES`, `BACKEND_F_SHARED` and `REPLY_PORTS` follow.
     book: NatBook,
@@ -65,20 +98,40 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the program (not attached yet) with maps sized by `sizes`.
+    /// Loads the embedded program (not attached yet) with maps sized by
+    /// `sizes`, nothing pinned (benchmarks, tests).
     pub fn load(sizes: Sizes) -> anyhow::Result<Self> {
+        Self::load_with(sizes, object()?, None)
+    }
+
+    /// The `max_entries` that `sizes` sets, by map name.
+    pub fn size_overrides(sizes: Sizes) -> [(&'static str, u32); 3] {
+        [
+            (maps::CONNTRACK, sizes.conntrack_entries),
+            (maps::REVERSE_NAT, sizes.conntrack_entries),
+            (maps::RING, sizes.ring_entries.max(1)),
+        ]
+    }
+
+    /// Loads `object` with maps sized by `sizes`; with `pins`, the maps it
+    /// planned are reused from or pinned in its directory.
+    pub fn load_with(sizes: Sizes, object: &[u8], pins: Option<pins::PinPlan>) -> anyhow::Result<Self> {
         raise_memlock_limit();
         let mut loader = EbpfLoader::new();
         if std::env::var_os("XLB_VERIFIER_LOG").is_some() {
             // Full verifier output on load errors, for debugging the program.
             loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
         }
-        let mut ebpf = loader
-            .map_max_entries(maps::CONNTRACK, sizes.conntrack_entries)
-            .map_max_entries(maps::REVERSE_NAT, sizes.conntrack_entries)
-            .map_max_entries(maps::RING, sizes.ring_entries.max(1))
-            .load(object()?)
-            .context("loading the XDP object into the kernel")?;
+        for (name, n) in Self::size_overrides(sizes) {
+            loader.map_max_entries(name, n);
+        }
+        let pin_paths: Vec<(&str, std::path::PathBuf)> =
+            pins.iter().flat_map(|p| p.maps.iter().map(|m| (m.name.as_str(), m.load_path(&p.dir)))).collect();
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(object).context("loading the XDP object into the kernel")?;
+        drop(pin_paths);
         let prog: &mut Xdp =
             ebpf.program_mut(lb_common::PROGRAM_NAME).context("the XDP object has no program `xlb`")?.try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
@@ -90,7 +143,38 @@ impl Dataplane {
         };
         let trace_ring = ebpf.take_map(maps::TRACE).context("the XDP object has no TRACE map")?;
         let trace_ring = Some(RingBuf::try_from(trace_ring)?);
-        Ok(Self { ring, ebpf, attached: BTreeMap::new(), links: Vec::new(), book: NatBook::default(), trace_ring })
+        Ok(Self {
+            ring,
+            ebpf,
+            attached: BTreeMap::new(),
+            links: Vec::new(),
+            pins,
+            book: NatBook::default(),
+            trace_ring,
+        })
+    }
+
+    /// Records who runs on the pins (`pid`, 0 when none), the XDP modes and
+    /// the drained backends in the pinned state map. A no-op when not pinned.
+    pub fn write_state(&self, pid: u32, drains: Vec<(String, String)>) -> anyhow::Result<()> {
+        let Some(plan) = &self.pins else { return Ok(()) };
+        let state = pins::State {
+            config: plan.who.config.display().to_string(),
+            interfaces: plan.who.interfaces.clone(),
+            modes: self.attached.iter().map(|(i, m)| (i.clone(), m.to_string())).collect(),
+            pid,
+            drains,
+        };
+        plan.state.write(&state)
+    }
+
+    /// The pin directory's plan, when pinned.
+    pub fn pins(&self) -> Option<&pins::PinPlan> {
+        self.pins.as_ref()
+    }
+
+    pub fn pins_mut(&mut self) -> Option<&mut pins::PinPlan> {
+        self.pins.as_mut()
     }
 
     pub fn program(&self) -> &Xdp {
@@ -112,6 +196,9 @@ impl Dataplane {
 
     /// Attaches to `iface`. `auto` tries native (driver) mode first, then generic.
     pub fn attach(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
+        if self.pins.is_some() {
+            return self.attach_pinned(iface, mode);
+        }
         let prog: &mut Xdp = self.ebpf.program_mut(lb_common::PROGRAM_NAME).expect("loaded").try_into()?;
         let tries: &[(XdpMode, &'static str)] = match mode {
             XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
@@ -122,7 +209,7 @@ impl Dataplane {
         for &(m, name) in tries {
             match prog.attach(iface, m) {
                 Ok(link) => {
-                    self.links.push((iface.to_string(), link));
+                    self.links.push((iface.to_string(), Link::Aya(link)));
                     self.attached.insert(iface.to_string(), name);
                     return Ok(name);
                 }
@@ -145,7 +232,16 @@ impl Dataplane {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         for (iface, link) in self.links.drain(..) {
-            match prog.detach(link) {
+            let result = match link {
+                Link::Aya(link) => prog.detach(link).map_err(anyhow::Error::from),
+                Link::Pinned => {
+                    let dir = &self.pins.as_ref().expect("pinned links come with pins").dir;
+                    sys::obj_get(&pins::link_pin(dir, &iface))
+                        .and_then(|l| sys::link_detach(std::os::fd::AsFd::as_fd(&l)))
+                        .map_err(anyhow::Error::from)
+                }
+            };
+            match result {
                 Ok(()) => done.push(iface),
                 Err(e) => failed.push(format!("{iface}: {e}")),
             }
@@ -155,6 +251,63 @@ impl Dataplane {
             bail!("detaching XDP failed on {}", failed.join(", "));
         }
         Ok(done)
+    }
+
+    /// Pinned: takes over the pinned link of `iface` (its program replaced
+    /// atomically by this one), or attaches a new link and pins it.
+    fn attach_pinned(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
+        use std::os::fd::AsFd as _;
+        let prog = self.program().fd().context("the program is not loaded")?.as_fd().try_clone_to_owned()?;
+        let plan = self.pins.as_mut().expect("checked by the caller");
+        if let Some(link) = plan.links.remove(iface) {
+            let (old_id, _) = sys::link_prog_ifindex(link.as_fd()).context("reading the pinned link")?;
+            let old_tag = sys::prog_tag_by_id(old_id).ok();
+            let (_, new_tag) = sys::prog_id_tag(prog.as_fd())?;
+            sys::link_update(link.as_fd(), prog.as_fd())
+                .with_context(|| format!("replacing the program of the pinned XDP link on {iface}"))?;
+            let how = if old_tag == Some(new_tag) { "same program" } else { "program changed" };
+            log::info!(
+                "took over the pinned XDP link on {iface}: program replaced atomically ({how}, tag {})",
+                hex(&new_tag)
+            );
+            let name = match plan.previous.as_ref().and_then(|s| s.modes.get(iface)).map(String::as_str) {
+                Some("native") => "native",
+                Some("generic") => "generic",
+                _ => "pinned",
+            };
+            self.links.push((iface.to_string(), Link::Pinned));
+            self.attached.insert(iface.to_string(), name);
+            return Ok(name);
+        }
+        let ifindex = sys::ifindex(iface)
+            .with_context(|| format!("attaching XDP to {iface}: no such interface in this network namespace"))?;
+        let tries: &[(u32, &'static str)] = match mode {
+            XdpModeConfig::Native => &[(sys::XDP_FLAGS_DRV_MODE, "native")],
+            XdpModeConfig::Generic => &[(sys::XDP_FLAGS_SKB_MODE, "generic")],
+            XdpModeConfig::Auto => &[(sys::XDP_FLAGS_DRV_MODE, "native"), (sys::XDP_FLAGS_SKB_MODE, "generic")],
+        };
+        let mut last = None;
+        for &(flags, name) in tries {
+            match sys::xdp_link_create(prog.as_fd(), ifindex, flags) {
+                Ok(link) => {
+                    let path = pins::link_pin(&plan.dir, iface);
+                    if let Err(e) = sys::obj_pin(link.as_fd(), &path) {
+                        let _ = sys::link_detach(link.as_fd());
+                        return Err(anyhow::Error::new(e).context(format!("pinning {}", path.display())));
+                    }
+                    self.links.push((iface.to_string(), Link::Pinned));
+                    self.attached.insert(iface.to_string(), name);
+                    return Ok(name);
+                }
+                Err(e) => last = Some((name, e)),
+            }
+        }
+        let (name, e) = last.expect("at least one mode tried");
+        let hint = match mode {
+            XdpModeConfig::Native => "; the driver may lack native XDP: try xdp_mode = \"generic\"",
+            _ => "; is another XDP program attached to it?",
+        };
+        Err(anyhow::Error::new(e)).context(format!("attaching XDP to {iface} in {name} mode failed{hint}"))
     }
 
     /// Interfaces the program is attached to, with their XDP mode.
@@ -314,6 +467,94 @@ impl Dataplane {
         Ok(written)
     }
 
+    /// The services and backends the previous daemon left in the maps this
+    /// one took over (empty when they were not reused). The NAT sources are
+    /// taken into the book, so that a source keeps the backend it names.
+    pub fn adopted_tables(&mut self) -> anyhow::Result<Adopted> {
+        let mut out = Adopted::default();
+        let Some(plan) = &self.pins else { return Ok(out) };
+        if plan.previous.is_none() {
+            return Ok(out);
+        }
+        let (services, backends, sources) =
+            (plan.reused(maps::SERVICES), plan.reused(maps::BACKENDS), plan.reused(maps::NAT_SOURCES));
+        if services {
+            let m: HashMap<&MapData, VipKey, Service> = HashMap::try_from(self.map(maps::SERVICES))?;
+            out.services = m.iter().filter_map(Result::ok).collect();
+        }
+        if backends {
+            let m: Array<&MapData, Backend> = Array::try_from(self.map(maps::BACKENDS))?;
+            out.backends =
+                (0..m.len()).filter_map(|i| Some((i, m.get(&i, 0).ok()?))).filter(|(_, b)| b.port != 0).collect();
+        }
+        if sources {
+            let m: HashMap<&MapData, VipKey, NatSource> = HashMap::try_from(self.map(maps::NAT_SOURCES))?;
+            self.book.sources = m.iter().filter_map(Result::ok).collect();
+        }
+        Ok(out)
+    }
+
+    /// After the first tables of a daemon that took over pinned maps:
+    /// removes what the previous daemon wrote and this one's config does not
+    /// have (services, VIP addresses, NAT sources, port bits, backends), in
+    /// that order. Returns how many entries went.
+    pub fn prune_stale(&mut self) -> anyhow::Result<usize> {
+        let mut gone = 0;
+        let live: Vec<VipKey> = self.book.services.values().map(|(k, _)| *k).collect();
+        let mut m: HashMap<&mut MapData, VipKey, Service> = HashMap::try_from(self.map_mut(maps::SERVICES))?;
+        let stale: Vec<VipKey> = m.keys().filter_map(Result::ok).filter(|k| !live.contains(k)).collect();
+        for k in &stale {
+            m.remove(k).context("removing from SERVICES")?;
+        }
+        gone += stale.len();
+        let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
+        let stale: Vec<VipAddrKey> = a
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !live.iter().any(|l| l.addr == k.addr && l.family == k.family))
+            .collect();
+        for k in &stale {
+            a.remove(k).context("removing from VIP_ADDRS")?;
+        }
+        gone += stale.len();
+        let unwanted: Vec<VipKey> = self.book.sources.keys().filter(|k| self.book.want(k).is_none()).copied().collect();
+        for k in unwanted {
+            self.sync_nat_source(k)?;
+            gone += 1;
+        }
+        let sources: Vec<VipKey> = self.book.sources.keys().copied().collect();
+        let mut n: HashMap<&mut MapData, VipKey, NatSource> = HashMap::try_from(self.map_mut(maps::NAT_SOURCES))?;
+        let stale: Vec<VipKey> = n.keys().filter_map(Result::ok).filter(|k| !sources.contains(k)).collect();
+        for k in &stale {
+            n.remove(k).context("removing from NAT_SOURCES")?;
+        }
+        gone += stale.len();
+        let ports: Vec<u16> = live.iter().map(|k| u16::from_be(k.port)).collect();
+        for w in 0..lb_common::VIP_PORT_WORDS {
+            let (word, value) = port_word(ports.iter().copied(), (w * 64) as u16);
+            let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
+            if m.get(&word, 0)? != value {
+                m.set(word, value, 0).context("writing VIP_PORTS")?;
+                gone += 1;
+            }
+            let (word, value) = self.book.reply_port_word((w * 64) as u16);
+            let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::REPLY_PORTS))?;
+            if m.get(&word, 0)? != value {
+                m.set(word, value, 0).context("writing REPLY_PORTS")?;
+                gone += 1;
+            }
+        }
+        let m: Array<&MapData, Backend> = Array::try_from(self.map(maps::BACKENDS))?;
+        let stale: Vec<u32> = (0..m.len())
+            .filter(|i| !self.book.backends.contains_key(i) && m.get(i, 0).is_ok_and(|b| b != Backend::default()))
+            .collect();
+        for slot in stale {
+            self.write_backend(slot)?;
+            gone += 1;
+        }
+        Ok(gone)
+    }
+
     /// One `RING` slot, read through the syscall (for tests and checks).
     pub fn read_ring_slot(&self, i: u32) -> anyhow::Result<u32> {
         let m: Array<&MapData, u32> = Array::try_from(self.map(maps::RING))?;
@@ -393,6 +634,18 @@ impl Dataplane {
         let fd = m.fd().as_fd().try_clone_to_owned().context("duplicating the conntrack map descriptor")?;
         Ok((fd, m.info()?.max_entries()))
     }
+}
+
+/// Entries found in maps taken over from a previous daemon.
+#[derive(Clone, Debug, Default)]
+pub struct Adopted {
+    pub services: Vec<(VipKey, Service)>,
+    /// Slot and entry of every backend in use.
+    pub backends: Vec<(u32, Backend)>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
