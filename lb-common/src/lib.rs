@@ -23,6 +23,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const REPLY_PORTS: &str = "REPLY_PORTS";
+    pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -32,6 +33,8 @@ pub const PROGRAM_NAME: &str = "xlb";
 pub const MAX_SERVICES: u32 = 256;
 /// Most backends over all services (slots in `BACKENDS`).
 pub const MAX_BACKENDS: u32 = 4096;
+/// Most interfaces in `HAIRPIN_PORTS` (the daemon lists only interfaces it attached to).
+pub const MAX_HAIRPIN_PORTS: u32 = 64;
 /// Default Maglev table size (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table size accepted.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -26,6 +26,7 @@ pub mod conntrack_count;
 mod nat_book;
 pub mod neigh;
 pub mod ring;
+pub mod veth;
 
 /// The XDP object built by `cargo xtask build-ebpf` (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
@@ -124,6 +125,10 @@ impl Dataplane {
                 Ok(link) => {
                     self.links.push((iface.to_string(), link));
                     self.attached.insert(iface.to_string(), name);
+                    if m == XdpMode::Driver && veth::is_veth(iface) {
+                        self.hairpin_by_redirect(iface)?;
+                        log::warn!("{}", veth::native_veth_advice(iface, veth::peer_ifindex(iface)));
+                    }
                     return Ok(name);
                 }
                 Err(e) => last = Some((name, e)),
@@ -135,6 +140,17 @@ impl Dataplane {
             _ => "; does the interface exist in this network namespace?",
         };
         Err(anyhow::Error::new(e)).context(format!("attaching XDP to {iface} in {name} mode failed{hint}"))
+    }
+
+    /// Lists `iface` in `HAIRPIN_PORTS`: packets that leave by it after
+    /// coming in by it are redirected to it instead of sent with XDP_TX (a
+    /// native-mode veth: see `veth`).
+    fn hairpin_by_redirect(&mut self, iface: &str) -> anyhow::Result<()> {
+        let idx = veth::ifindex(iface).with_context(|| format!("index of {iface}"))?;
+        let mut m: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(maps::HAIRPIN_PORTS))?;
+        m.insert(idx, idx, None, 0).with_context(|| format!("writing HAIRPIN_PORTS[{iface}]"))?;
+        log::debug!("{iface}: packets back out of it go by redirect (veth in native mode)");
+        Ok(())
     }
 
     /// Detaches the program from every interface it was attached to; the
