@@ -144,10 +144,17 @@ impl Dataplane {
 
     /// Lists `iface` in `HAIRPIN_PORTS`: packets that leave by it after
     /// coming in by it are redirected to it instead of sent with XDP_TX (a
-    /// native-mode veth: see `veth`).
-    fn hairpin_by_redirect(&mut self, iface: &str) -> anyhow::Result<()> {
+    /// native-mode veth: see `veth`). [`Dataplane::attach`] does it for the
+    /// veths it attaches to in native mode; public for the benchmarks.
+    pub fn hairpin_by_redirect(&mut self, iface: &str) -> anyhow::Result<()> {
         let idx = veth::ifindex(iface).with_context(|| format!("index of {iface}"))?;
-        let mut m: DevMapHash<&mut MapData> = DevMapHash::try_from(self.map_mut(maps::HAIRPIN_PORTS))?;
+        let map = self.ebpf.map_mut(maps::HAIRPIN_PORTS).with_context(|| {
+            format!(
+                "the XDP object has no {} map (built before packets back out of a veth were redirected)",
+                maps::HAIRPIN_PORTS
+            )
+        })?;
+        let mut m: DevMapHash<&mut MapData> = DevMapHash::try_from(map)?;
         m.insert(idx, idx, None, 0).with_context(|| format!("writing HAIRPIN_PORTS[{iface}]"))?;
         log::debug!("{iface}: packets back out of it go by redirect (veth in native mode)");
         Ok(())
