@@ -126,7 +126,9 @@ impl Dataplane {
                     self.links.push((iface.to_string(), link));
                     self.attached.insert(iface.to_string(), name);
                     if m == XdpMode::Driver && veth::is_veth(iface) {
-                        self.hairpin_by_redirect(iface)?;
+                        if let Err(e) = self.hairpin_by_redirect(iface) {
+                            log::warn!("{iface}: packets back out of it leave with XDP_TX: {e:#}");
+                        }
                         log::warn!("{}", veth::native_veth_advice(iface, veth::peer_ifindex(iface)));
                     }
                     return Ok(name);
