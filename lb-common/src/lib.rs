@@ -68,6 +68,10 @@ pub const SETTING_FLAGS: u32 = 0;
 /// `SETTINGS[SETTING_TRACE]`: 0, tracing off; N, one decision in N (on
 /// average) is written to the `TRACE` ring buffer as a `TraceEvent`.
 pub const SETTING_TRACE: u32 = 1;
+/// `SETTINGS[SETTING_HAIRPIN]`: non-zero once some interface is listed in
+/// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
+/// came in on goes with XDP_TX without looking in that map.
+pub const SETTING_HAIRPIN: u32 = 2;
 pub const NUM_SETTINGS: u32 = 4;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not

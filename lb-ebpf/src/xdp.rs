@@ -25,7 +25,7 @@ use lb_common::{
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
     NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR,
-    SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -920,8 +920,13 @@ fn send(ctx: &XdpContext, hop: &NextHop) -> Result<Action, Reason> {
         copy_mac(eth.add(offset_of!(EthHdr, src_addr)), hop.smac.as_ptr());
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        // Back out the way it came: redirected where `HAIRPIN_PORTS` lists
-        // the interface (a veth), else XDP_TX (the helper's fallback action).
+        // Back out the way it came: XDP_TX, unless `HAIRPIN_PORTS` lists the
+        // interface (a veth): then redirected (XDP_TX is the helper's action
+        // when it is not listed). Without any listed interface (real NICs
+        // only) the map is not searched.
+        if !matches!(SETTINGS.get(SETTING_HAIRPIN), Some(v) if *v != 0) {
+            return Ok(Action::Send(xdp_action::XDP_TX));
+        }
         return Ok(Action::Send(match HAIRPIN_PORTS.redirect(hop.ifindex, u64::from(xdp_action::XDP_TX)) {
             Ok(a) | Err(a) => a,
         }));

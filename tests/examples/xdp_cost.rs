@@ -169,7 +169,8 @@ fn main() -> anyhow::Result<()> {
          established TCP/IPv4 packet arriving on the backend-side veth, which the daemon lists in HAIRPIN_PORTS \
          (as for a veth attached in native mode): XDP_REDIRECT through that device map (XDP_TX with objects from \
          before it); reply_tcp_v4_one_arm: that flow's reply from its backend arriving on the client-side veth, \
-         not listed: XDP_TX. BPF_PROG_TEST_RUN does not transmit: the cost of sending is in fwd_pps_*_one_arm",
+         with no interface listed (SETTINGS hairpin flag off, as on an lb with real NICs only): XDP_TX without a \
+         map search. BPF_PROG_TEST_RUN does not transmit: the cost of sending is in fwd_pps_*_one_arm",
     );
     let b = bed();
     b.ns.run_in(|| run(&b, calls, reps, conntrack))??;
@@ -225,10 +226,13 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
     let floor_packet = [first_packet(&cases[0])];
     for rep in 0..reps {
         figs.push("xdp_ns_floor", measure(bal.dp.floor_program()?, &floor_packet, b.c0, calls, &[XDP_PASS]));
-        let prog = bal.dp.program();
         for c in &cases {
             let slot = c.service.and_then(|s| services.iter().position(|&x| x == s));
             let (ifindex, sent): (u32, &[u32]) = if c.one_arm { (b.b0, &BACK_OUT) } else { (b.c0, &[XDP_REDIRECT]) };
+            // HAIRPIN_PORTS is searched only for the one-arm case on a listed
+            // veth; every other case sees what an lb without veths sees.
+            bal.dp.hairpin_lookups(c.one_arm && c.service.is_some())?;
+            let prog = bal.dp.program();
             let ns = match &c.traffic {
                 Traffic::Established(p) => {
                     expect[slot.unwrap()].established += calls as u64;

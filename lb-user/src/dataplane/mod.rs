@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::{
     counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
-    SETTING_FLAGS, SETTING_TRACE,
+    SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE,
 };
 
 use self::{
@@ -158,8 +158,18 @@ impl Dataplane {
         })?;
         let mut m: DevMapHash<&mut MapData> = DevMapHash::try_from(map)?;
         m.insert(idx, idx, None, 0).with_context(|| format!("writing HAIRPIN_PORTS[{iface}]"))?;
+        // The entry first: the program looks in the map only once this is set.
+        self.hairpin_lookups(true)?;
         log::debug!("{iface}: packets back out of it go by redirect (veth in native mode)");
         Ok(())
+    }
+
+    /// Whether the program looks in `HAIRPIN_PORTS` for packets back out of
+    /// the interface they came in by (on once an interface is listed; off,
+    /// they all leave with XDP_TX). Public for the benchmarks.
+    pub fn hairpin_lookups(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(SETTING_HAIRPIN, u32::from(on), 0).context("writing SETTINGS")
     }
 
     /// Detaches the program from every interface it was attached to; the
