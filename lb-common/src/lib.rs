@@ -23,6 +23,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const REPLY_PORTS: &str = "REPLY_PORTS";
+    pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -32,6 +33,8 @@ pub const PROGRAM_NAME: &str = "xlb";
 pub const MAX_SERVICES: u32 = 256;
 /// Most backends over all services (slots in `BACKENDS`).
 pub const MAX_BACKENDS: u32 = 4096;
+/// Most interfaces in `HAIRPIN_PORTS` (the daemon lists only interfaces it attached to).
+pub const MAX_HAIRPIN_PORTS: u32 = 64;
 /// Default Maglev table size (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table size accepted.
@@ -65,6 +68,10 @@ pub const SETTING_FLAGS: u32 = 0;
 /// `SETTINGS[SETTING_TRACE]`: 0, tracing off; N, one decision in N (on
 /// average) is written to the `TRACE` ring buffer as a `TraceEvent`.
 pub const SETTING_TRACE: u32 = 1;
+/// `SETTINGS[SETTING_HAIRPIN]`: non-zero once some interface is listed in
+/// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
+/// came in on goes with XDP_TX without looking in that map.
+pub const SETTING_HAIRPIN: u32 = 2;
 pub const NUM_SETTINGS: u32 = 4;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not

@@ -6,7 +6,7 @@
 //!    conntrack entry while that backend is usable, else a Maglev pick (which
 //!    tracks the flow).
 //! 3. [`send_to_backend`] / [`reply`]: the action: TTL, NAT rewrite, next
-//!    hop, MACs; XDP_TX, XDP_REDIRECT, or the kernel.
+//!    hop, MACs; XDP_TX, XDP_REDIRECT (also back out a veth), or the kernel.
 //! 4. [`record`]: the [`Decision`] written to the counters and the trace, the
 //!    one place that writes them.
 
@@ -16,16 +16,16 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::XdpContext,
     EbpfContext,
 };
 use lb_common::{
     counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND,
-    NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR, SETTING_TRACE, TRACE_RING_BYTES,
-    VIP_PORT_WORDS,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
+    NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR,
+    SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -81,6 +81,13 @@ static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
 /// Ports backends answer from (bitmap): the reply path's cheap pre-filter.
 #[map]
 static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
+/// Interfaces (by ifindex, to themselves) where a packet that leaves by the
+/// interface it came in on is redirected rather than sent with XDP_TX: the
+/// daemon lists the veths it attached to in native mode. A veth's XDP_TX
+/// leaves the frames in its peer's queue, unseen until something else wakes
+/// that queue, unless the peer runs an XDP program; a redirect wakes it.
+#[map]
+static HAIRPIN_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_HAIRPIN_PORTS, 0);
 
 // ---------------------------------------------------------------- constants
 
@@ -911,8 +918,8 @@ fn next_hop(hop: &NextHop) -> Option<&NextHop> {
     (hop.ifindex != 0).then_some(hop)
 }
 
-/// MACs of the next hop, and XDP_TX out of the interface the packet came in
-/// by, or XDP_REDIRECT to another.
+/// MACs of the next hop, and out of the interface the packet came in by
+/// (XDP_TX, or XDP_REDIRECT on a `HAIRPIN_PORTS` veth), or XDP_REDIRECT to another.
 #[inline(always)]
 fn send(ctx: &XdpContext, hop: &NextHop) -> Result<Action, Reason> {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::Truncated)?;
@@ -923,7 +930,16 @@ fn send(ctx: &XdpContext, hop: &NextHop) -> Result<Action, Reason> {
         copy_mac(eth.add(offset_of!(EthHdr, src_addr)), hop.smac.as_ptr());
     }
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
-        return Ok(Action::Send(xdp_action::XDP_TX));
+        // Back out the way it came: XDP_TX, unless `HAIRPIN_PORTS` lists the
+        // interface (a veth): then redirected (XDP_TX is the helper's action
+        // when it is not listed). Without any listed interface (real NICs
+        // only) the map is not searched.
+        if !matches!(SETTINGS.get(SETTING_HAIRPIN), Some(v) if *v != 0) {
+            return Ok(Action::Send(xdp_action::XDP_TX));
+        }
+        return Ok(Action::Send(match HAIRPIN_PORTS.redirect(hop.ifindex, u64::from(xdp_action::XDP_TX)) {
+            Ok(a) | Err(a) => a,
+        }));
     }
     // SAFETY: a helper call with plain values.
     Ok(Action::Send(unsafe { bpf_redirect(hop.ifindex, 0) } as u32))

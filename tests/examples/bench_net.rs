@@ -3,7 +3,8 @@
 //!
 //! - `fwd_pps_*`: UDP packets/s forwarded by the lb, xlb (NAT) against
 //!   nftables DNAT (numgen over the same backends), from an XDP live-frames
-//!   generator (xlb_testbed::bench::fwd);
+//!   generator (xlb_testbed::bench::fwd); `fwd_pps_xlb_nat_one_arm`: xlb
+//!   forwarding to backends behind the interface the packets came in by;
 //! - `http_*`: wrk through xlb, through haproxy (mode tcp, roundrobin) and
 //!   straight to web1, kept-alive (`rps`, `p99_ms` at full speed, `p99_ms_paced`
 //!   at a load below every contender's capacity) and one connection per
@@ -53,6 +54,32 @@ fn xlb_config() -> String {
             .backend(web(2, port))
     };
     bench::xlb_config().service(service("www", 80, "tcp")).service(service("fwd", FWD_PORT, "udp")).to_string()
+}
+
+/// One-arm forwarding: backends reached by the lb's client-side `eth0`, the
+/// way the frames came in (198.18.1.96/27 routed there; addresses no host
+/// has: static neighbours with the client's MAC, whose `eth0` counts them).
+const ONE_ARM_ROUTE: &str = "198.18.1.96/27";
+const ONE_ARM_BACKENDS: [&str; 2] = ["198.18.1.111", "198.18.1.112"];
+
+/// xlb for the one-arm forwarding run: UDP port 9 on the VIP, NAT, over the
+/// two one-arm backends.
+fn xlb_config_one_arm() -> String {
+    let svc = ONE_ARM_BACKENDS.iter().fold(
+        ServiceToml::new("fwd", (VIP_V4, FWD_PORT).into()).set("protocol", "udp").set("forwarding", "nat").no_checks(),
+        |svc, b| svc.backend(SocketAddr::new(b.parse().expect("address literal"), FWD_PORT)),
+    );
+    bench::xlb_config().service(svc).to_string()
+}
+
+/// The lb's route and static neighbours for [`ONE_ARM_BACKENDS`], via `eth0`.
+fn one_arm_backends(topo: &Topology) -> Result<()> {
+    topo.lb_ns().ip(&["route", "add", ONE_ARM_ROUTE, "dev", "eth0"])?;
+    let mac = mac_string(topo.client_ns().mac("eth0")?);
+    for b in ONE_ARM_BACKENDS {
+        topo.lb_ns().ip(&["neigh", "replace", b, "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
+    }
+    Ok(())
 }
 
 const NFT_TABLE: &str = "xlb_bench";
@@ -172,7 +199,8 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-const FWD_FIGURES: [&str; 3] = ["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "lb_cpu_fwd_xlb_nat"];
+const FWD_FIGURES: [&str; 4] =
+    ["fwd_pps_xlb_nat", "fwd_pps_xlb_nat_one_arm", "fwd_pps_nftables_dnat", "lb_cpu_fwd_xlb_nat"];
 const HTTP_FIGURES: [&str; 12] = [
     "http_rps_xlb_nat",
     "http_rps_haproxy",
@@ -213,7 +241,10 @@ fn fwd(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
              path, so generator, lb and sink run in lock-step on the generator's CPU (nothing lost to queue overflow): \
              the figure includes the generator's and the sink's cost, see fwd_pps_generator_only (generator -> sink on \
              the lb's eth0, no forwarding) for the ceiling. A warm-up run fills conntrack first. nftables: prerouting \
-             dnat to numgen inc mod 2 over web1, web2"
+             dnat to numgen inc mod 2 over web1, web2. fwd_pps_xlb_nat_one_arm: the same frames, xlb NAT to two \
+             backends routed back out of the lb's eth0 ({ONE_ARM_ROUTE}, static neighbours with the client's MAC), \
+             counted and dropped by the same sink on the client's eth0: every frame leaves the lb by the veth it came \
+             in by (XDP_REDIRECT through HAIRPIN_PORTS; XDP_TX with objects from before it)"
         ),
     );
     let charged = softirq_charged_to_task();
@@ -240,6 +271,9 @@ fn fwd(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
     pkt.eth_dst = topo.lb_ns().mac("eth0")?;
     g.set_frame(&pkt.build())?;
     g.attach_sink(topo.switch_ns(), "p-lb")?;
+    one_arm_backends(topo)?;
+    // The one-arm run's frames come back to the client's eth0.
+    g.attach_sink(topo.client_ns(), "eth0")?;
     let client = topo.client_ns();
     for _ in 0..opts.reps {
         let base = {
@@ -270,6 +304,10 @@ fn fwd(topo: &Topology, opts: &Opts, figs: &mut Figures) -> Result<()> {
         {
             let _d = Daemon::start(topo.lb_ns(), &xlb_config(), &["eth0", "eth1"])?;
             one("xlb_nat")?;
+        }
+        {
+            let _d = Daemon::start(topo.lb_ns(), &xlb_config_one_arm(), &["eth0", "eth1"])?;
+            one("xlb_nat_one_arm")?;
         }
         {
             let _nft = NftDnat::add(topo.lb_ns())?;

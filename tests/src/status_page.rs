@@ -48,7 +48,7 @@ impl StatusScene {
                     .backend(BackendToml::new(web_like(vip.ip(), 3, 80)).role("backup")),
             );
         }
-        let daemon = Daemon::start(topo.lb_ns(), &cfg.to_string(), &topo.lb_interfaces())?;
+        let daemon = Daemon::start(topo.lb_ns(), &cfg.to_string(), topo.lb_interfaces())?;
         web[1].stop()?;
         for svc in ["www4/198.18.1.12:80", "www6/[2001:db8:1::12]:80"] {
             let line = format!("backend {svc} is DOWN");

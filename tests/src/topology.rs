@@ -13,6 +13,19 @@
 //! routes them (/32, /128) via the lb. The backends' default routes point at the lb
 //! (NAT mode needs replies to pass through it); the lb forwards IPv4 and IPv6, so
 //! without any load balancer the client reaches the backends by plain routing.
+//!
+//! One-arm ([`TopologyBuilder::one_arm`]): the same addresses, but the client and
+//! the lb's single interface `eth0` (with both lb addresses) are ports of the
+//! backends' bridge too, so every packet xlb forwards leaves by the interface it
+//! came in on:
+//!
+//! ```text
+//!  client ns  eth0 198.18.0.1 ──── p-client ─┐
+//!  lb ns      eth0 198.18.0.2, 198.18.1.1 ── p-lb ─ br0 ─ p-webN ──── webN eth0
+//! ```
+//!
+//! For one-arm DSR, [`Topology::backends_answer_clients_directly`] gives the
+//! backends an on-link route to the client's subnet, so their answers skip the lb.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -102,11 +115,17 @@ pub struct TopologyBuilder {
     backends: usize,
     vips: Vec<IpAddr>,
     tx_checksum_offload: bool,
+    one_arm: bool,
 }
 
 impl Default for TopologyBuilder {
     fn default() -> Self {
-        TopologyBuilder { backends: 2, vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)], tx_checksum_offload: false }
+        TopologyBuilder {
+            backends: 2,
+            vips: vec![IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)],
+            tx_checksum_offload: false,
+            one_arm: false,
+        }
     }
 }
 
@@ -132,6 +151,14 @@ impl TopologyBuilder {
     /// it on only for runs without XDP or to measure that cost.
     pub fn tx_checksum_offload(mut self, on: bool) -> Self {
         self.tx_checksum_offload = on;
+        self
+    }
+
+    /// One-arm layout (default: two-arm): the lb has the single interface
+    /// `eth0`, a port of the backends' bridge like the client's `eth0` (see
+    /// the module's picture).
+    pub fn one_arm(mut self, on: bool) -> Self {
+        self.one_arm = on;
         self
     }
 
@@ -165,15 +192,25 @@ impl TopologyBuilder {
         // The switch is pure L2: no addresses, no IPv6 chatter of its own.
         switch.sysctl(&[("net.ipv6.conf.all.disable_ipv6", "1"), ("net.ipv6.conf.default.disable_ipv6", "1")])?;
 
-        // client eth0 <-> lb eth0
-        veth(&client, "eth0", &lb, "eth0")?;
-        // lb eth1 <-> switch p-lb, enslaved to br0
+        let lb_ifaces: &'static [&'static str] = if self.one_arm { &LB_INTERFACES[..1] } else { &LB_INTERFACES };
+        let (lb_client_if, lb_backend_if) = (lb_ifaces[0], lb_ifaces[lb_ifaces.len() - 1]);
         switch.ip(&["link", "add", "br0", "type", "bridge", "mcast_snooping", "0"])?;
-        veth(&lb, "eth1", &switch, "p-lb")?;
-        switch.ip(&["link", "set", "p-lb", "master", "br0"])?;
+        let mut switch_ports = vec!["p-lb".to_owned()];
+        if self.one_arm {
+            // client eth0 <-> switch p-client, lb eth0 <-> switch p-lb
+            veth(&client, "eth0", &switch, "p-client")?;
+            switch_ports.push("p-client".to_owned());
+        } else {
+            // client eth0 <-> lb eth0
+            veth(&client, "eth0", &lb, "eth0")?;
+        }
+        // lb's backend side <-> switch p-lb; all switch ports enslaved to br0
+        veth(&lb, lb_backend_if, &switch, "p-lb")?;
+        for port in &switch_ports {
+            switch.ip(&["link", "set", port, "master", "br0"])?;
+        }
 
         let mut backends = Vec::with_capacity(self.backends);
-        let mut switch_ports = vec!["p-lb".to_owned()];
         for n in 1..=self.backends {
             let name = format!("web{n}");
             let ns = new_ns(&suffix, &name)?;
@@ -190,8 +227,9 @@ impl TopologyBuilder {
             switch.ip(&["link", "set", port, "up"])?;
         }
         client.ip(&["link", "set", "eth0", "up"])?;
-        lb.ip(&["link", "set", "eth0", "up"])?;
-        lb.ip(&["link", "set", "eth1", "up"])?;
+        for iface in lb_ifaces {
+            lb.ip(&["link", "set", iface, "up"])?;
+        }
         for b in &backends {
             b.ns.ip(&["link", "set", "eth0", "up"])?;
         }
@@ -200,7 +238,7 @@ impl TopologyBuilder {
         // unless the receiving veth has GRO (or an XDP program) enabled.
         let ports: Vec<&str> = switch_ports.iter().map(String::as_str).collect();
         tune_veths(&switch, &ports, false)?;
-        tune_veths(&lb, &LB_INTERFACES, false)?;
+        tune_veths(&lb, lb_ifaces, false)?;
         tune_veths(&client, &["eth0"], tx_off)?;
         for b in &backends {
             tune_veths(&b.ns, &["eth0"], tx_off)?;
@@ -209,10 +247,10 @@ impl TopologyBuilder {
         // Addresses (nodad: usable at once).
         client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", "eth0"])?;
         client.ip(&["-6", "addr", "add", &format!("{CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
-        lb.ip(&["addr", "add", &format!("{LB_CLIENT_V4}/24"), "dev", "eth0"])?;
-        lb.ip(&["-6", "addr", "add", &format!("{LB_CLIENT_V6}/64"), "dev", "eth0", "nodad"])?;
-        lb.ip(&["addr", "add", &format!("{LB_BACKEND_V4}/24"), "dev", "eth1"])?;
-        lb.ip(&["-6", "addr", "add", &format!("{LB_BACKEND_V6}/64"), "dev", "eth1", "nodad"])?;
+        lb.ip(&["addr", "add", &format!("{LB_CLIENT_V4}/24"), "dev", lb_client_if])?;
+        lb.ip(&["-6", "addr", "add", &format!("{LB_CLIENT_V6}/64"), "dev", lb_client_if, "nodad"])?;
+        lb.ip(&["addr", "add", &format!("{LB_BACKEND_V4}/24"), "dev", lb_backend_if])?;
+        lb.ip(&["-6", "addr", "add", &format!("{LB_BACKEND_V6}/64"), "dev", lb_backend_if, "nodad"])?;
         for b in &backends {
             b.ns.ip(&["addr", "add", &format!("{}/24", b.ipv4), "dev", "eth0"])?;
             b.ns.ip(&["-6", "addr", "add", &format!("{}/64", b.ipv6), "dev", "eth0", "nodad"])?;
@@ -226,7 +264,7 @@ impl TopologyBuilder {
             b.ns.ip(&["route", "add", "default", "via", &LB_BACKEND_V4.to_string()])?;
             b.ns.ip(&["-6", "route", "add", "default", "via", &LB_BACKEND_V6.to_string()])?;
         }
-        let mut topo = Topology { suffix, client, lb, switch, backends, vips: Vec::new() };
+        let mut topo = Topology { suffix, client, lb, switch, backends, vips: Vec::new(), lb_ifaces };
         for vip in self.vips {
             topo.add_client_vip_route(vip)?;
         }
@@ -310,6 +348,8 @@ pub struct Topology {
     switch: Netns,
     backends: Vec<Backend>,
     vips: Vec<IpAddr>,
+    /// The lb's interfaces: [`LB_INTERFACES`], or its first alone (one-arm).
+    lb_ifaces: &'static [&'static str],
 }
 
 impl Topology {
@@ -346,25 +386,45 @@ impl Topology {
         Client::new(&self.client)
     }
 
-    /// The lb namespace, where xlb runs (interfaces [`LB_INTERFACES`]).
+    /// The lb namespace, where xlb runs (interfaces [`Topology::lb_interfaces`]).
     pub fn lb_ns(&self) -> &Netns {
         &self.lb
     }
 
     /// The lb's interfaces for xlb.toml's `daemon.interfaces`: client side
-    /// (`eth0`) first, backend side (`eth1`) second.
-    pub fn lb_interfaces(&self) -> [&'static str; 2] {
-        LB_INTERFACES
+    /// (`eth0`) first, backend side (`eth1`) second; one-arm: `eth0` alone.
+    pub fn lb_interfaces(&self) -> &'static [&'static str] {
+        self.lb_ifaces
+    }
+
+    /// Whether the lb has a single interface (see [`TopologyBuilder::one_arm`]).
+    pub fn is_one_arm(&self) -> bool {
+        self.lb_ifaces.len() == 1
     }
 
     /// The lb's client-side interface name (`eth0`).
     pub fn lb_client_interface(&self) -> &'static str {
-        LB_INTERFACES[0]
+        self.lb_ifaces[0]
     }
 
-    /// The lb's backend-side interface name (`eth1`).
+    /// The lb's backend-side interface name (`eth1`; one-arm: `eth0`).
     pub fn lb_backend_interface(&self) -> &'static str {
-        LB_INTERFACES[1]
+        self.lb_ifaces[self.lb_ifaces.len() - 1]
+    }
+
+    /// One-arm DSR: each backend reaches the client's subnets (198.18.0.0/24,
+    /// 2001:db8::/64) on its own link, so it answers clients directly rather
+    /// than through its default route (the lb). Only a one-arm topology has
+    /// the client on the backends' segment.
+    pub fn backends_answer_clients_directly(&self) -> Result<()> {
+        if !self.is_one_arm() {
+            bail!("only a one-arm topology has the client on the backends' segment");
+        }
+        for b in &self.backends {
+            b.ns.ip(&["route", "add", "198.18.0.0/24", "dev", "eth0"])?;
+            b.ns.ip(&["-6", "route", "add", "2001:db8::/64", "dev", "eth0"])?;
+        }
+        Ok(())
     }
 
     /// The switch namespace (bridge `br0`, ports `p-lb`, `p-webN`).

@@ -111,6 +111,52 @@ fn dsr_v4_and_v6_spread_and_stick() {
     assert_keepalive_sticks(&topo, &u6);
 }
 
+/// One-arm (issue 15): client, lb and both backends on one bridge, xlb on the
+/// lb's single veth in native mode, so every packet it forwards leaves by the
+/// interface it came in on. DSR: the backends hold the VIPs and answer the
+/// client directly; NAT: the lb is the backends' gateway and turns their
+/// replies around too. 200 new connections per family, answered and spread,
+/// then kept-alive connections that stay on their backend.
+fn one_arm(forwarding: &str) {
+    let topo = Topology::builder().backends(2).one_arm(true).build().unwrap();
+    assert_eq!(topo.lb_interfaces(), ["eth0"], "the one-arm lb has one interface");
+    if forwarding == "dsr" {
+        topo.add_vips_to_backends().unwrap();
+        topo.backends_answer_clients_directly().unwrap();
+    }
+    let _web = topo.start_nginx_all().unwrap();
+    let cfg = config(forwarding, VIP_V4.into(), VIP_V6.into(), 2).daemon("interfaces", topo.lb_interfaces());
+    let d = Daemon::start(topo.lb_ns(), &cfg.to_string(), topo.lb_interfaces()).unwrap();
+    let log = d.log_text();
+    assert!(
+        log.contains("eth0 is a veth in native XDP mode") && log.contains("gro on") && log.contains("tx off"),
+        "xlb run did not say what a native-mode veth needs; log:\n{log}"
+    );
+    for (family, vip) in [("v4", IpAddr::from(VIP_V4)), ("v6", VIP_V6.into())] {
+        let url = http_url(vip, 80, "/");
+        assert_balanced(&format!("one-arm {forwarding} {family}"), &spread(&topo, &url, 200), 200);
+        assert_keepalive_sticks(&topo, &url);
+    }
+    // Every connection went through xlb (none was routed by the lb's kernel).
+    let status = d.status_json();
+    for svc in ["www4", "www6"] {
+        let s = json_service(&status, svc);
+        assert_eq!(s["new_flows"], 201, "{svc}: 200 new connections + 1 kept-alive one; status:\n{status:#}");
+    }
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn one_arm_dsr_v4_and_v6_on_a_veth() {
+    one_arm("dsr");
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn one_arm_nat_v4_and_v6_on_a_veth() {
+    one_arm("nat");
+}
+
 /// `xlb explain` names the backend that each of 20 fixed-port flows reached.
 #[test]
 #[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]

@@ -260,6 +260,7 @@ pub const TARGETS: &[(&str, Goal)] = &[
 /// Ratios shown for information (no target): (figure, reference).
 const SIDE_BY_SIDE: &[(&str, &str)] = &[
     ("fwd_pps_xlb_nat", "fwd_pps_generator_only"),
+    ("fwd_pps_xlb_nat_one_arm", "fwd_pps_xlb_nat"),
     ("fwd_pps_nftables_dnat", "fwd_pps_generator_only"),
     ("lb_cpu_fwd_xlb_nat", "lb_cpu_fwd_nftables_dnat"),
     ("http_cps_xlb_nat", "http_cps_haproxy"),

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
-    SETTING_FLAGS, SETTING_TRACE,
+    SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE,
 };
 
 use self::{
@@ -28,6 +28,7 @@ pub mod neigh;
 pub mod pins;
 pub mod ring;
 pub mod sys;
+pub mod veth;
 
 /// The XDP object built by `cargo xtask build-ebpf` (empty when built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xlb.bpf.o"));
@@ -195,10 +196,22 @@ impl Dataplane {
     }
 
     /// Attaches to `iface`. `auto` tries native (driver) mode first, then generic.
+    /// A veth in native mode gets its packets back out of it redirected
+    /// (`HAIRPIN_PORTS`) and the log says what its peer needs.
     pub fn attach(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
-        if self.pins.is_some() {
-            return self.attach_pinned(iface, mode);
+        let name = if self.pins.is_some() { self.attach_pinned(iface, mode)? } else { self.attach_new(iface, mode)? };
+        // A taken-over link whose mode was not recorded ("pinned") may be native.
+        if name != "generic" && veth::is_veth(iface) {
+            if let Err(e) = self.hairpin_by_redirect(iface) {
+                log::warn!("{iface}: packets back out of it leave with XDP_TX: {e:#}");
+            }
+            log::warn!("{}", veth::native_veth_advice(iface, veth::peer_ifindex(iface)));
         }
+        Ok(name)
+    }
+
+    /// Not pinned: an aya link that lives as long as the process.
+    fn attach_new(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
         let prog: &mut Xdp = self.ebpf.program_mut(lb_common::PROGRAM_NAME).expect("loaded").try_into()?;
         let tries: &[(XdpMode, &'static str)] = match mode {
             XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
@@ -222,6 +235,34 @@ impl Dataplane {
             _ => "; does the interface exist in this network namespace?",
         };
         Err(anyhow::Error::new(e)).context(format!("attaching XDP to {iface} in {name} mode failed{hint}"))
+    }
+
+    /// Lists `iface` in `HAIRPIN_PORTS`: packets that leave by it after
+    /// coming in by it are redirected to it instead of sent with XDP_TX (a
+    /// native-mode veth: see `veth`). [`Dataplane::attach`] does it for the
+    /// veths it attaches to in native mode; public for the benchmarks.
+    pub fn hairpin_by_redirect(&mut self, iface: &str) -> anyhow::Result<()> {
+        let idx = veth::ifindex(iface).with_context(|| format!("index of {iface}"))?;
+        let map = self.ebpf.map_mut(maps::HAIRPIN_PORTS).with_context(|| {
+            format!(
+                "the XDP object has no {} map (built before packets back out of a veth were redirected)",
+                maps::HAIRPIN_PORTS
+            )
+        })?;
+        let mut m: DevMapHash<&mut MapData> = DevMapHash::try_from(map)?;
+        m.insert(idx, idx, None, 0).with_context(|| format!("writing HAIRPIN_PORTS[{iface}]"))?;
+        // The entry first: the program looks in the map only once this is set.
+        self.hairpin_lookups(true)?;
+        log::debug!("{iface}: packets back out of it go by redirect (veth in native mode)");
+        Ok(())
+    }
+
+    /// Whether the program looks in `HAIRPIN_PORTS` for packets back out of
+    /// the interface they came in by (on once an interface is listed; off,
+    /// they all leave with XDP_TX). Public for the benchmarks.
+    pub fn hairpin_lookups(&mut self, on: bool) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(SETTING_HAIRPIN, u32::from(on), 0).context("writing SETTINGS")
     }
 
     /// Detaches the program from every interface it was attached to; the

@@ -13,7 +13,7 @@ const PANELS: &[(&str, &[&str])] = &[
     ("XDP cost per packet, ns (lower is better)", &["xdp_ns_*"]),
     (
         "Forwarding, packets/s (higher is better)",
-        &["fwd_pps_xlb_nat", "fwd_pps_nftables_dnat", "fwd_pps_generator_only"],
+        &["fwd_pps_xlb_nat", "fwd_pps_xlb_nat_one_arm", "fwd_pps_nftables_dnat", "fwd_pps_generator_only"],
     ),
     ("lb CPU per million forwarded packets, s (lower is better)", &["lb_cpu_fwd_*"]),
     ("HTTP kept-alive, requests/s (higher is better)", &["http_rps_*"]),
