@@ -372,6 +372,7 @@ impl Dataplane {
             established: a.established + s.established,
             new_flows: a.new_flows + s.new_flows,
             repicked: a.repicked + s.repicked,
+            non_syn: a.non_syn + s.non_syn,
         }))
     }
 

@@ -254,6 +254,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
         trace::REPICK => "conntrack=repick",
         trace::REPLY => "nat-reply",
         trace::DROP => "refused",
+        trace::NON_SYN => "conntrack=non_syn",
         _ => "unknown",
     };
     let _ = write!(o, " {decision}");
@@ -327,6 +328,15 @@ mod tests {
         assert!(reply.contains(" service=www nat-reply backend=198.18.1.11:8080 action=redirect"), "{reply}");
         let refused = format_event(&event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_TRUNCATED), 0, &Fixed);
         assert!(refused.ends_with("tcp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=truncated"), "{refused}");
+        let non_syn = format_event(&event(trace::NON_SYN, 3, 7, 4, u32::MAX), 2_000_000_000, &Fixed);
+        assert!(
+            non_syn.contains(" service=www conntrack=non_syn backend=198.18.1.11:8080 action=redirect"),
+            "{non_syn}"
+        );
+        for (reason, name) in [(counter::DROP_BAD_SOURCE, "bad_source"), (counter::DROP_BAD_FLAGS, "bad_flags")] {
+            let line = format_event(&event(trace::DROP, 3, u32::MAX, 1, reason), 0, &Fixed);
+            assert!(line.ends_with(&format!(" refused action=drop reason={name}")), "{line}");
+        }
     }
 
     #[test]
