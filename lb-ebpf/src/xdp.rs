@@ -578,7 +578,7 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
                 get16(udp, offset_of!(UdpHdr, check)),
             )
         };
-        if let Err(why) = udp_length(ip, len) {
+        if let Err(why) = udp_length(ip.l4, ip.end, len) {
             return ip.refuse(why);
         }
         (ports, None, ip.family == FAMILY_V4 && check == 0)
@@ -616,11 +616,11 @@ fn tcp_flags_possible(flags: u8) -> bool {
 /// header (else `Truncated`). Shorter than that is allowed: the bytes after
 /// the datagram are not its own, and the checksum update does not read them.
 #[inline(always)]
-fn udp_length(ip: &Ip, len: u16) -> Result<(), Reason> {
+fn udp_length(l4: usize, end: usize, len: u16) -> Result<(), Reason> {
     if (len as usize) < UdpHdr::LEN {
         return Err(Reason::BadHeader);
     }
-    if ip.l4 + len as usize > ip.end {
+    if l4 + len as usize > end {
         return Err(Reason::Truncated);
     }
     Ok(())
@@ -806,7 +806,10 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
         Ok(b) => b,
         Err(why) => {
             core::hint::cold_path();
-            return Decision::new(t.flow, t.svc.id, NOT_KNOWN, Err(why));
+            // A refused source is not the service's traffic (as for every
+            // refusal); a service without a backend counts the packet.
+            let service = if why == Reason::BadSource { NOT_KNOWN } else { t.svc.id };
+            return Decision::new(t.flow, service, NOT_KNOWN, Err(why));
         }
     };
     let action = if t.svc.flags & SERVICE_F_DSR != 0 {
@@ -1132,22 +1135,29 @@ fn write_trace(key: &FlowKey, d: &Decision) {
         Flow::Refused | Flow::None => trace::DROP,
     };
     let reason = if d.action == xdp_action::XDP_DROP { d.counter } else { NOT_KNOWN };
-    let ev = TraceEvent {
-        // SAFETY: a helper call without arguments.
-        ns: unsafe { bpf_ktime_get_ns() },
-        src: key.src,
-        dst: key.dst,
-        sport: key.sport,
-        dport: key.dport,
-        proto: key.proto,
-        family: key.family,
-        kind,
-        _pad: 0,
-        service: d.service,
-        backend: d.backend,
-        action: d.action,
-        reason,
+    // Written in place in the ring (no event on the stack: this frame and the
+    // packet path's must fit the verifier's 512 bytes together). A full ring
+    // drops the event: the trace is a sample, never a brake.
+    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else {
+        return;
     };
-    // A full ring drops the event: the trace is a sample, never a brake.
-    let _ = TRACE.output::<TraceEvent>(&ev, 0);
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, writable `TraceEvent` in the ring;
+    // every field is written before it is submitted.
+    unsafe {
+        (*ev).ns = bpf_ktime_get_ns();
+        (*ev).src = key.src;
+        (*ev).dst = key.dst;
+        (*ev).sport = key.sport;
+        (*ev).dport = key.dport;
+        (*ev).proto = key.proto;
+        (*ev).family = key.family;
+        (*ev).kind = kind;
+        (*ev)._pad = 0;
+        (*ev).service = d.service;
+        (*ev).backend = d.backend;
+        (*ev).action = d.action;
+        (*ev).reason = reason;
+    }
+    entry.submit(0);
 }

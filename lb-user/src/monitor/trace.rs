@@ -236,7 +236,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
     };
     let (src, dst) = (addr(ev.src, ev.family), addr(ev.dst, ev.family));
     let t = ev.ns.saturating_sub(start_ns) as f64 / 1e9;
-    let mut o = if ev.kind == trace::DROP && ev.service == u32::MAX {
+    let mut o = if ev.kind == trace::DROP && ev.service == u32::MAX && ev.sport == 0 && ev.dport == 0 {
         // Refused while parsing: no ports known.
         format!("+{t:.6}s {proto} {src} -> {dst}")
     } else {
@@ -333,10 +333,18 @@ mod tests {
             non_syn.contains(" service=www conntrack=non_syn backend=198.18.1.11:8080 action=redirect"),
             "{non_syn}"
         );
-        for (reason, name) in [(counter::DROP_BAD_SOURCE, "bad_source"), (counter::DROP_BAD_FLAGS, "bad_flags")] {
-            let line = format_event(&event(trace::DROP, 3, u32::MAX, 1, reason), 0, &Fixed);
-            assert!(line.ends_with(&format!(" refused action=drop reason={name}")), "{line}");
-        }
+        let bad_source = format_event(&event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_BAD_SOURCE), 0, &Fixed);
+        assert!(
+            bad_source.ends_with("tcp 198.18.0.1:40000 -> 198.18.0.10:80 refused action=drop reason=bad_source"),
+            "{bad_source}"
+        );
+        let mut ev = event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_BAD_FLAGS);
+        (ev.sport, ev.dport) = (0, 0);
+        let bad_flags = format_event(&ev, 0, &Fixed);
+        assert!(
+            bad_flags.ends_with("tcp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=bad_flags"),
+            "{bad_flags}"
+        );
     }
 
     #[test]

@@ -194,9 +194,7 @@ impl Model {
             None => {
                 let si = *self.by_vip.get(&(p.dst, p.dport, p.proto))?;
                 if martian(p.src) || self.vip_addrs.contains(&p.src) {
-                    let mut e = drop(f, counter::DROP_BAD_SOURCE, Some(si));
-                    e.flow = Flow::Refused;
-                    return Some(e);
+                    return Some(drop(f, counter::DROP_BAD_SOURCE, None));
                 }
                 let svc = &self.services[si];
                 let slot = flow_hash(&p.flow_key()) % svc.table.len() as u32;
