@@ -119,20 +119,27 @@ const FLAGS: [u8; 16] =
 fn base_packet(r: &mut Rng) -> (Pkt, Side) {
     let v6 = r.chance(400);
     let l4 = if r.chance(350) { L4::Udp } else { L4::Tcp };
-    let client_port = 40000 + r.below(64) as u16;
-    let (src, dst, sport, dport, side) = if r.chance(250) {
-        let (b, c) = if v6 {
-            (ip(r.pick(&BACKENDS_V6)), ip(r.pick(&CLIENTS_V6)))
+    // Few flows, so that replies and later packets find the flows SYNs opened.
+    let client_port = 40000 + if r.chance(700) { r.below(4) } else { r.below(64) } as u16;
+    let client = |r: &mut Rng, v6: bool| {
+        let i = if r.chance(700) { 0 } else { r.below(3) + 1 };
+        if v6 {
+            ip(CLIENTS_V6[i.min(CLIENTS_V6.len() - 1)])
         } else {
-            (ip(r.pick(&BACKENDS_V4)), ip(r.pick(&CLIENTS_V4)))
-        };
-        (b, c, r.pick(&PORTS), client_port, if r.chance(850) { Side::Backend } else { Side::Client })
+            ip(CLIENTS_V4[i])
+        }
+    };
+    let (src, dst, sport, dport, side) = if r.chance(250) {
+        let b = if v6 { ip(r.pick(&BACKENDS_V6)) } else { ip(r.pick(&BACKENDS_V4)) };
+        let c = client(r, v6);
+        let sport = if r.chance(800) { r.pick(&[80, 8080, 5353, 53]) } else { r.pick(&PORTS) };
+        (b, c, sport, client_port, if r.chance(850) { Side::Backend } else { Side::Client })
     } else {
         let martian = r.chance(60);
         let src = match (v6, martian) {
-            (false, false) => ip(r.pick(&CLIENTS_V4)),
+            (false, false) => client(r, false),
             (false, true) => ip(r.pick(&MARTIANS_V4)),
-            (true, false) => ip(r.pick(&CLIENTS_V6)),
+            (true, false) => client(r, true),
             (true, true) => ip(r.pick(&MARTIANS_V6)),
         };
         let dst = if v6 { ip(r.pick(&VIPS_V6)) } else { ip(r.pick(&VIPS_V4)) };
