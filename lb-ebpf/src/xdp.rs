@@ -689,8 +689,9 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
 /// loopback, multicast, limited broadcast (IPv4: 0.0.0.0/8, 127.0.0.0/8,
 /// 224.0.0.0/4, 255.255.255.255; IPv6: ::, ::1, ff00::/8, ::ffff:0:0/96),
 /// or a VIP address. Asked only for packets without a usable conntrack
-/// entry: an established flow never had such a source.
-#[inline(always)]
+/// entry: an established flow never had such a source. Out of line (a
+/// BPF-to-BPF call): only new flows ask, and the packet path stays short.
+#[inline(never)]
 fn bad_source(k: &FlowKey) -> bool {
     let w = k.src;
     let first = w[0].to_ne_bytes()[0];
@@ -1074,7 +1075,6 @@ fn count_service(ctx: &XdpContext, d: &Decision) {
     let repicked = (f & Flow::Repicked as u64) >> 2;
     // A Maglev pick: new (bit 1) or re-picked (bit 2).
     let picked = ((f >> 1) | (f >> 2)) & 1;
-    let non_syn = (f >> 5) & 1;
     let Some(s) = SERVICE_STATS.get_ptr_mut(d.service) else {
         core::hint::cold_path();
         return;
@@ -1084,7 +1084,11 @@ fn count_service(ctx: &XdpContext, d: &Decision) {
         (*s).packets += 1;
         (*s).established += established;
         (*s).repicked += repicked;
-        (*s).non_syn += non_syn;
+    }
+    if d.flow == Flow::NonSyn {
+        core::hint::cold_path();
+        // SAFETY: as above.
+        unsafe { (*s).non_syn += 1 };
     }
     if d.backend == NOT_KNOWN {
         // No usable backend: nothing was picked.
