@@ -234,6 +234,10 @@ pub struct ServiceStats {
     pub new_flows: u64,
     /// Conntrack entries found pointing at a backend that is no longer usable.
     pub repicked: u64,
+    /// TCP packets of an unknown flow that are not a SYN (a conntrack entry lost,
+    /// or a flow whose path moved to this lb): picked by Maglev without making an
+    /// entry. `xlb_service_conntrack_misses_total{kind="non_syn"}`.
+    pub non_syn: u64,
 }
 
 /// Bytes of the `TRACE` ring buffer (a power of two, whole pages).
@@ -251,6 +255,9 @@ pub mod trace {
     pub const REPLY: u8 = 4;
     /// A packet to a VIP refused before a backend was chosen.
     pub const DROP: u8 = 5;
+    /// A TCP packet of an unknown flow that is not a SYN: a Maglev pick that
+    /// makes no conntrack entry.
+    pub const NON_SYN: u8 = 6;
 }
 
 /// One sampled data-path decision, as written to `TRACE`. Addresses and
@@ -289,12 +296,18 @@ pub mod counter {
     pub const DROP_FRAGMENT: u32 = 1;
     /// IPv6 extension header (other than fragment) to a VIP address.
     pub const DROP_IPV6_EXT: u32 = 2;
-    /// Inconsistent header: IPv4 IHL < 5, bad version, TCP data offset < 5, bad lengths.
+    /// Inconsistent header: IPv4 IHL < 5, bad version, TCP data offset < 5, UDP length < 8.
     pub const DROP_BAD_HEADER: u32 = 3;
     /// The service has no usable backend.
     pub const DROP_NO_BACKEND: u32 = 4;
+    /// A new flow to a service from a source no client can have: a VIP address,
+    /// limited broadcast, multicast, loopback, unspecified (0.0.0.0/8, ::), and for
+    /// IPv6 also `::ffff:0:0/96` (IPv4-mapped).
+    pub const DROP_BAD_SOURCE: u32 = 5;
+    /// TCP to a VIP address with an impossible flag set: none at all, SYN+FIN, SYN+RST.
+    pub const DROP_BAD_FLAGS: u32 = 6;
     /// Number of drop reasons (indices below this are drops).
-    pub const NUM_DROPS: u32 = 5;
+    pub const NUM_DROPS: u32 = 7;
 
     /// VIP packet handed to the kernel: no route or neighbour for the backend yet.
     pub const PASS_NO_ROUTE: u32 = 16;
@@ -309,7 +322,7 @@ pub mod counter {
 
     /// Prometheus `reason` label of each drop counter.
     pub const DROP_NAMES: [&str; NUM_DROPS as usize] =
-        ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"];
+        ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend", "bad_source", "bad_flags"];
 }
 
 /// Address words of an IPv4 address given as its four octets (network order).
@@ -393,7 +406,7 @@ const _: () = assert!(core::mem::size_of::<NatSource>() == 28);
 const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
-const _: () = assert!(core::mem::size_of::<ServiceStats>() == 32);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
 
 #[cfg(test)]
 mod tests {

@@ -118,8 +118,12 @@ mod next_header {
 /// nibble of byte 12, the flags are byte 13 (RFC 9293, 3.1).
 const TCP_DATA_OFFSET: usize = 12;
 const TCP_FLAGS: usize = 13;
+const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
+/// FIN, SYN, RST, PSH, ACK, URG: the control bits (CWR and ECE are ECN's).
+const TCP_CONTROL: u8 = 0x3f;
 /// Source port first, destination port second, in TCP and UDP alike.
 const L4_SPORT: usize = 0;
 const L4_DPORT: usize = 2;
@@ -144,6 +148,8 @@ enum Reason {
     Ipv6Extension = counter::DROP_IPV6_EXT,
     BadHeader = counter::DROP_BAD_HEADER,
     NoBackend = counter::DROP_NO_BACKEND,
+    BadSource = counter::DROP_BAD_SOURCE,
+    BadFlags = counter::DROP_BAD_FLAGS,
 }
 
 /// Why a packet is handed to the kernel: its `COUNTERS` index.
@@ -176,14 +182,18 @@ enum Flow {
     None = 0,
     /// A usable conntrack entry: the flow follows its backend.
     Established = 1,
-    /// No entry (or a TCP SYN): a Maglev pick.
+    /// No entry (or a TCP SYN): a Maglev pick that makes an entry.
     New = 2,
     /// An entry whose backend is no longer usable: picked again.
     Repicked = 4,
     /// A reply from a NAT backend.
     Reply = 8,
-    /// Malformed and to a VIP address: refused before any lookup.
+    /// Malformed and to a VIP address: refused before any lookup; or a new
+    /// flow from a source no client can have.
     Refused = 16,
+    /// A TCP packet of an unknown flow that is not a SYN: a Maglev pick
+    /// without a conntrack entry.
+    NonSyn = 32,
 }
 
 /// Everything decided about a packet; [`record`] writes it to the counters
@@ -376,7 +386,8 @@ struct Packet {
     ip_len: u16,
     /// IPv4 TTL or IPv6 hop limit.
     ttl: u8,
-    /// TCP SYN without ACK: a connection's first packet.
+    /// TCP SYN without ACK, FIN or RST: a connection's first packet, the only
+    /// TCP packet that makes a conntrack entry.
     syn: bool,
     /// UDP over IPv4 without a checksum: it stays zero.
     csum_none: bool,
@@ -552,7 +563,7 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     // Each header is checked against the frame (ptr_at: what the verifier
     // needs) before the IP length: checked first, the IP length would let
     // LLVM drop the frame check as implied, and the verifier cannot follow.
-    let (ports, syn, csum_none) = if ip.proto == PROTO_TCP {
+    let (ports, tcp_flags, csum_none) = if ip.proto == PROTO_TCP {
         let Some(tcp) = ptr_at::<TcpHdr>(ctx, ip.l4) else {
             return ip.refuse(Reason::Truncated);
         };
@@ -568,7 +579,7 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
         if ip.l4 + header > ip.end {
             return ip.refuse(Reason::Truncated);
         }
-        (ports, flags & (TCP_SYN | TCP_ACK) == TCP_SYN, false)
+        (ports, Some(flags), false)
     } else {
         let Some(udp) = ptr_at::<UdpHdr>(ctx, ip.l4) else {
             return ip.refuse(Reason::Truncated);
@@ -577,15 +588,28 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
             return ip.refuse(Reason::Truncated);
         }
         // SAFETY: ptr_at checked that the 8-byte header is in the packet.
-        let (ports, check) =
-            unsafe { ([get16(udp, L4_SPORT), get16(udp, L4_DPORT)], get16(udp, offset_of!(UdpHdr, check))) };
-        (ports, false, ip.family == FAMILY_V4 && check == 0)
+        let (ports, len, check) = unsafe {
+            (
+                [get16(udp, L4_SPORT), get16(udp, L4_DPORT)],
+                u16::from_be(get16(udp, offset_of!(UdpHdr, len))),
+                get16(udp, offset_of!(UdpHdr, check)),
+            )
+        };
+        if let Err(why) = udp_length(ip.l4, ip.end, len) {
+            return ip.refuse(why);
+        }
+        (ports, None, ip.family == FAMILY_V4 && check == 0)
     };
     let [sport, dport] = ports;
     let vip = port_listed(&VIP_PORTS, dport);
     if !vip && !port_listed(&REPLY_PORTS, sport) {
         return Parse::Kernel(Pass::NotVip);
     }
+    let syn = match tcp_flags {
+        Some(f) if vip && !tcp_flags_possible(f) => return ip.refuse(Reason::BadFlags),
+        Some(f) => f & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN,
+        None => false,
+    };
     let key = FlowKey { sport, dport, ..ip.key() };
     let pkt = Packet { l3: ip.l3, l4: ip.l4, ip_len: ip.len, ttl: ip.ttl, syn, csum_none, key };
     if vip {
@@ -593,6 +617,30 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     } else {
         Parse::MaybeReply(pkt)
     }
+}
+
+/// Whether a TCP segment's flags (byte 13) can occur at all: some control bit
+/// set, and SYN never with FIN or RST. Checked for segments to a service's
+/// port, in every state of the flow.
+#[inline(always)]
+fn tcp_flags_possible(flags: u8) -> bool {
+    let syn_with_end = flags & TCP_SYN != 0 && flags & (TCP_FIN | TCP_RST) != 0;
+    flags & TCP_CONTROL != 0 && !syn_with_end
+}
+
+/// The UDP length field against the IP packet: at least the 8-byte header
+/// (else `BadHeader`) and no more than the IP length leaves after the IP
+/// header (else `Truncated`). Shorter than that is allowed: the bytes after
+/// the datagram are not its own, and the checksum update does not read them.
+#[inline(always)]
+fn udp_length(l4: usize, end: usize, len: u16) -> Result<(), Reason> {
+    if (len as usize) < UdpHdr::LEN {
+        return Err(Reason::BadHeader);
+    }
+    if l4 + len as usize > end {
+        return Err(Reason::Truncated);
+    }
+    Ok(())
 }
 
 /// Whether `port` (network order) is set in the port bitmap `ports`: two
@@ -615,14 +663,18 @@ fn port_listed(ports: &Array<u64>, port: u16) -> bool {
 struct Target {
     svc: &'static Service,
     flow: Flow,
-    /// Slot and backend; `None`: the service has no usable backend for it.
-    backend: Option<(u32, &'static Backend)>,
+    /// Slot and backend; else why the packet is dropped: the service has no
+    /// usable backend for it, or a new flow's source is impossible.
+    backend: Result<(u32, &'static Backend), Reason>,
 }
 
 /// The service, backend and flow state of a packet to a service port: a
 /// flow with a usable conntrack entry follows its backend (whose service is
 /// the flow's: one hash lookup per packet); any other packet looks its VIP
-/// up in `SERVICES` for a Maglev pick, which tracks the flow. `None`: no
+/// up in `SERVICES` for a Maglev pick. Only a TCP SYN or a UDP datagram makes
+/// (or a re-pick replaces) a conntrack entry: other TCP packets of an unknown
+/// flow are picked statelessly, so that a flow whose entry was lost (or that
+/// moved here from another lb) stays on its Maglev backend. `None`: no
 /// service at this (address, port, protocol).
 #[inline(always)]
 fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
@@ -633,13 +685,47 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
     // worst sends this one packet along the entry it replaced.
     let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(pkt.key) } };
     if let Some((idx, be, svc)) = tracked.and_then(tracked_backend) {
-        return Some(Target { svc, flow: Flow::Established, backend: Some((idx, be)) });
+        return Some(Target { svc, flow: Flow::Established, backend: Ok((idx, be)) });
     }
     let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
     // SAFETY: services are replaced whole by the daemon; a packet reads one.
     let svc = unsafe { SERVICES.get(vip) }?;
-    let flow = if tracked.is_some() { Flow::Repicked } else { Flow::New };
-    Some(Target { svc, flow, backend: pick(ctx, pkt, svc) })
+    if bad_source(&pkt.key) {
+        core::hint::cold_path();
+        return Some(Target { svc, flow: Flow::Refused, backend: Err(Reason::BadSource) });
+    }
+    let (flow, track) = match tracked {
+        Some(_) => (Flow::Repicked, true),
+        None if pkt.key.proto == PROTO_TCP && !pkt.syn => (Flow::NonSyn, false),
+        None => (Flow::New, true),
+    };
+    Some(Target { svc, flow, backend: pick(ctx, pkt, svc, track).ok_or(Reason::NoBackend) })
+}
+
+/// Whether a new flow's source is one no client can have: unspecified,
+/// loopback, multicast, limited broadcast (IPv4: 0.0.0.0/8, 127.0.0.0/8,
+/// 224.0.0.0/4, 255.255.255.255; IPv6: ::, ::1, ff00::/8, ::ffff:0:0/96),
+/// or a VIP address. Asked only for packets without a usable conntrack
+/// entry: an established flow never had such a source. Out of line (a
+/// BPF-to-BPF call): only new flows ask, and the packet path stays short.
+#[inline(never)]
+fn bad_source(k: &FlowKey) -> bool {
+    let w = k.src;
+    let first = w[0].to_ne_bytes()[0];
+    let martian = if k.family == FAMILY_V4 {
+        first == 0 || first == 127 || first & 0xf0 == 0xe0 || w[0] == u32::MAX
+    } else {
+        let zero_64 = w[0] == 0 && w[1] == 0;
+        let v4_mapped = zero_64 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        let unspecified_or_loopback = zero_64 && w[2] == 0 && (w[3] == 0 || w[3] == u32::from_ne_bytes([0, 0, 0, 1]));
+        first == 0xff || v4_mapped || unspecified_or_loopback
+    };
+    if martian {
+        return true;
+    }
+    let addr = VipAddrKey { addr: k.src, family: k.family, _pad: [0; 3] };
+    // SAFETY: only whether the entry exists is used.
+    unsafe { VIP_ADDRS.get(addr) }.is_some()
 }
 
 /// The backend of a tracked flow and its service, while that backend is
@@ -665,10 +751,10 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
 }
 
 /// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
-/// usable conntrack entry; makes or replaces the entry. `None`: no usable
-/// backend in that slot.
+/// usable conntrack entry; makes or replaces the entry when `track`. `None`:
+/// no usable backend in that slot.
 #[inline(always)]
-fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Option<(u32, &'static Backend)> {
+fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, track: bool) -> Option<(u32, &'static Backend)> {
     if svc.table_size == 0 {
         return None;
     }
@@ -680,6 +766,9 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service) -> Option<(u32, &'static 
     let be = BACKENDS.get(idx)?;
     if be.flags & BACKEND_F_UP == 0 {
         return None;
+    }
+    if !track {
+        return Some((idx, be));
     }
     let nat = svc.flags & SERVICE_F_DSR == 0;
     let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
@@ -731,9 +820,15 @@ fn insert_reverse(pkt: &Packet, be: &Backend, idx: u32, next_hop: NextHop) {
 /// MACs (the backend holds the VIP).
 #[inline(always)]
 fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
-    let Some((idx, be)) = t.backend else {
-        core::hint::cold_path();
-        return Decision::new(t.flow, t.svc.id, NOT_KNOWN, Err(Reason::NoBackend));
+    let (idx, be) = match t.backend {
+        Ok(b) => b,
+        Err(why) => {
+            core::hint::cold_path();
+            // A refused source is not the service's traffic (as for every
+            // refusal); a service without a backend counts the packet.
+            let service = if why == Reason::BadSource { NOT_KNOWN } else { t.svc.id };
+            return Decision::new(t.flow, service, NOT_KNOWN, Err(why));
+        }
     };
     let action = if t.svc.flags & SERVICE_F_DSR != 0 {
         match next_hop(&be.next_hop) {
@@ -1016,6 +1111,11 @@ fn count_service(ctx: &XdpContext, d: &Decision) {
         (*s).established += established;
         (*s).repicked += repicked;
     }
+    if d.flow == Flow::NonSyn {
+        core::hint::cold_path();
+        // SAFETY: as above.
+        unsafe { (*s).non_syn += 1 };
+    }
     if d.backend == NOT_KNOWN {
         // No usable backend: nothing was picked.
         core::hint::cold_path();
@@ -1061,25 +1161,33 @@ fn write_trace(key: &FlowKey, d: &Decision) {
         Flow::New => trace::MISS,
         Flow::Repicked => trace::REPICK,
         Flow::Reply => trace::REPLY,
+        Flow::NonSyn => trace::NON_SYN,
         Flow::Refused | Flow::None => trace::DROP,
     };
     let reason = if d.action == xdp_action::XDP_DROP { d.counter } else { NOT_KNOWN };
-    let ev = TraceEvent {
-        // SAFETY: a helper call without arguments.
-        ns: unsafe { bpf_ktime_get_ns() },
-        src: key.src,
-        dst: key.dst,
-        sport: key.sport,
-        dport: key.dport,
-        proto: key.proto,
-        family: key.family,
-        kind,
-        _pad: 0,
-        service: d.service,
-        backend: d.backend,
-        action: d.action,
-        reason,
+    // Written in place in the ring (no event on the stack: this frame and the
+    // packet path's must fit the verifier's 512 bytes together). A full ring
+    // drops the event: the trace is a sample, never a brake.
+    let Some(mut entry) = TRACE.reserve::<TraceEvent>(0) else {
+        return;
     };
-    // A full ring drops the event: the trace is a sample, never a brake.
-    let _ = TRACE.output::<TraceEvent>(&ev, 0);
+    let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at a reserved, writable `TraceEvent` in the ring;
+    // every field is written before it is submitted.
+    unsafe {
+        (*ev).ns = bpf_ktime_get_ns();
+        (*ev).src = key.src;
+        (*ev).dst = key.dst;
+        (*ev).sport = key.sport;
+        (*ev).dport = key.dport;
+        (*ev).proto = key.proto;
+        (*ev).family = key.family;
+        (*ev).kind = kind;
+        (*ev)._pad = 0;
+        (*ev).service = d.service;
+        (*ev).backend = d.backend;
+        (*ev).action = d.action;
+        (*ev).reason = reason;
+    }
+    entry.submit(0);
 }

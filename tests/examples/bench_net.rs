@@ -344,7 +344,7 @@ impl Contender {
 /// What runs in the lb for one contender; stopped on drop.
 enum Running<'a> {
     Direct,
-    Xlb(Daemon),
+    Xlb(Box<Daemon>),
     Haproxy { haproxy: Haproxy, _vip: VipOnLo<'a> },
 }
 
@@ -377,7 +377,7 @@ impl Drop for VipOnLo<'_> {
 fn start(topo: &Topology, c: Contender) -> Result<Running<'_>> {
     Ok(match c {
         Contender::Direct => Running::Direct,
-        Contender::Xlb => Running::Xlb(Daemon::start(topo.lb_ns(), &xlb_config(), &["eth0", "eth1"])?),
+        Contender::Xlb => Running::Xlb(Box::new(Daemon::start(topo.lb_ns(), &xlb_config(), &["eth0", "eth1"])?)),
         Contender::Haproxy => {
             let vip = VipOnLo::add(topo.lb_ns())?;
             let backends: Vec<SocketAddr> =

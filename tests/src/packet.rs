@@ -11,7 +11,9 @@ use lb_common::counter;
 
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 pub const TCP_PSH: u8 = 0x08;
 
@@ -316,8 +318,8 @@ impl Malformed {
 /// The malformed-frame set: every kind of frame to a VIP that xlb must drop
 /// and count by reason, TCP to `vip:port` from `client`, each with its own
 /// source port, from `eth_src` to `eth_dst`. Per reason: 3 truncated, 4
-/// fragment, 1 ipv6_extension, 2 bad_header (distinct counts, so a frame
-/// counted under the wrong reason shows). The first frame is an IPv4 TCP
+/// fragment, 1 ipv6_extension, 2 bad_header, 5 bad_source, 6 bad_flags
+/// (distinct counts, so a frame counted under the wrong reason shows). The first frame is an IPv4 TCP
 /// header cut short (10 of its 20 bytes, total length 30).
 pub fn malformed_frames(
     eth_dst: [u8; 6],
@@ -375,6 +377,33 @@ pub fn malformed_frames(
     let mut f = tcp(false).build();
     f[14 + 20 + 12] = 4 << 4;
     push("TCP data offset 4 (< 5)", f, counter::DROP_BAD_HEADER);
+
+    // A source no client has: the VIP itself (the one martian inside the
+    // test ranges), whatever the flags.
+    for (desc, v6, flags) in [
+        ("IPv4 SYN from the VIP itself", false, TCP_SYN),
+        ("IPv4 ACK from the VIP itself", false, TCP_ACK),
+        ("IPv4 FIN+ACK from the VIP itself", false, TCP_FIN | TCP_ACK),
+        ("IPv6 SYN from the VIP itself", true, TCP_SYN),
+        ("IPv6 ACK from the VIP itself", true, TCP_ACK),
+    ] {
+        let mut p = tcp(v6);
+        p.src = if v6 { vip.1.into() } else { vip.0.into() };
+        p.tcp_flags = flags;
+        push(desc, p.build(), counter::DROP_BAD_SOURCE);
+    }
+    for (desc, v6, flags) in [
+        ("TCP without flags", false, 0),
+        ("TCP SYN+FIN", false, TCP_SYN | TCP_FIN),
+        ("TCP SYN+RST", false, TCP_SYN | TCP_RST),
+        ("TCP with only ECE and CWR", false, 0xc0),
+        ("TCP with every control bit (christmas tree)", false, 0x3f),
+        ("IPv6 TCP SYN+FIN", true, TCP_SYN | TCP_FIN),
+    ] {
+        let mut p = tcp(v6);
+        p.tcp_flags = flags;
+        push(desc, p.build(), counter::DROP_BAD_FLAGS);
+    }
     out
 }
 
@@ -417,8 +446,9 @@ mod tests {
             80,
         );
         let count = |r: &str| set.iter().filter(|m| m.reason() == r).count();
-        assert_eq!([count("truncated"), count("fragment"), count("ipv6_extension"), count("bad_header")], [3, 4, 1, 2]);
-        assert_eq!(set.len(), 10, "every frame has a drop reason");
+        let counts = ["truncated", "fragment", "ipv6_extension", "bad_header", "bad_source", "bad_flags"].map(count);
+        assert_eq!(counts, [3, 4, 1, 2, 5, 6]);
+        assert_eq!(set.len(), 21, "every frame has a drop reason");
         assert_eq!(set[0].frame.len(), 14 + 20 + 10, "the first frame is the cut-short IPv4 TCP header");
         for m in &set {
             assert_eq!(&m.frame[..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1], "{}", m.desc);

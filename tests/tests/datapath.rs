@@ -12,7 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use lb_common::counter;
 use xlb::{balancer::Balancer, config::Protocol};
 use xlb_testbed::{
-    packet::{checksum, malformed_frames, parse_and_verify, Pkt, TCP_ACK},
+    packet::{checksum, malformed_frames, parse_and_verify, Pkt, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     xdpbed::{bed, fixture_config as config, run, Bed, CLIENT_MAC, WEB1_MAC, WEB2_MAC},
 };
 
@@ -29,7 +29,7 @@ fn sa(s: &str) -> SocketAddr {
 }
 
 struct Fixture {
-    desc: &'static str,
+    desc: String,
     ingress: u32,
     input: Vec<u8>,
     action: u32,
@@ -59,8 +59,15 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     let (cl6, vip6, web1_6, web2_6) =
         (ip("2001:db8::1"), ip("2001:db8::10"), ip("2001:db8:1::11"), ip("2001:db8:1::12"));
     let mut fx = vec![];
-    let mut f = |desc, ingress, input: Pkt, action, output: Option<Pkt>, counter| {
-        fx.push(Fixture { desc, ingress, input: input.build(), action, output: output.map(|p| p.build()), counter })
+    let mut f = |desc: &str, ingress, input: Pkt, action, output: Option<Pkt>, counter| {
+        fx.push(Fixture {
+            desc: desc.into(),
+            ingress,
+            input: input.build(),
+            action,
+            output: output.map(|p| p.build()),
+            counter,
+        })
     };
 
     // ---- NAT, both directions, IPv4 and IPv6, TCP and UDP
@@ -243,7 +250,7 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     let (cl4a, cl6a) = ("198.18.0.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
     let (vip4a, vip6a) = ("198.18.0.10".parse().unwrap(), "2001:db8::10".parse().unwrap());
     fx.extend(malformed_frames(b.c0_mac, CLIENT_MAC, (cl4a, cl6a), (vip4a, vip6a), 80).into_iter().map(|m| Fixture {
-        desc: m.desc,
+        desc: m.desc.into(),
         ingress: c0,
         input: m.frame,
         action: XDP_DROP,
@@ -252,6 +259,137 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
     }));
     fx.extend(raw_refusals(b, cl4, vip4));
     fx.extend(ip_length_fixtures(b, cl4, vip4, web1));
+    fx.extend(udp_length_fixtures(b, cl4, vip4));
+    fx.extend(bad_source_fixtures(b));
+    fx.extend(bad_flags_fixtures(b, cl4, vip4, cl6, vip6));
+    fx
+}
+
+/// The UDP length field against the IP packet: below 8 is a bad header,
+/// beyond what the IP length leaves is truncated (the frame has the bytes).
+fn udp_length_fixtures(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
+    let mut fx = vec![];
+    let udp = |sport, len: u16| {
+        let mut p = Pkt::udp(cl4, vip4, sport, 53);
+        p.payload = b"a query".to_vec();
+        let mut f = with_macs(p, b.c0_mac, CLIENT_MAC).build();
+        f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&len.to_be_bytes());
+        f
+    };
+    for (desc, input, counter) in [
+        ("UDP length 7 (< 8), to a VIP", udp(40050, 7), counter::DROP_BAD_HEADER),
+        ("UDP length 0, to a VIP", udp(40051, 0), counter::DROP_BAD_HEADER),
+        ("UDP length one beyond the IPv4 total length, to a VIP", udp(40052, 8 + 7 + 1), counter::DROP_TRUNCATED),
+        ("UDP length 0xffff, to a VIP", udp(40053, 0xffff), counter::DROP_TRUNCATED),
+    ] {
+        fx.push(Fixture {
+            desc: desc.into(),
+            ingress: b.c0,
+            input,
+            action: XDP_DROP,
+            output: None,
+            counter: Some(counter),
+        });
+    }
+    let mut v6 = with_macs(Pkt::udp(ip("2001:db8::1"), ip("2001:db8::10"), 40054, 53), b.c0_mac, CLIENT_MAC).build();
+    v6[14 + 40 + 4..14 + 40 + 6].copy_from_slice(&200u16.to_be_bytes());
+    fx.push(Fixture {
+        desc: "UDP length beyond the IPv6 payload length, to a VIP".into(),
+        ingress: b.c0,
+        input: v6,
+        action: XDP_DROP,
+        output: None,
+        counter: Some(counter::DROP_TRUNCATED),
+    });
+    fx
+}
+
+/// New flows from sources no client can have: dropped as `bad_source`
+/// when to a service; the same sources to an address that is no VIP are
+/// the kernel's. The frames never leave BPF_PROG_TEST_RUN.
+fn bad_source_fixtures(b: &Bed) -> Vec<Fixture> {
+    let mut fx = vec![];
+    let mut sport = 40100u16;
+    let v4 =
+        ["198.18.0.10", "198.18.0.30", "255.255.255.255", "224.0.0.1", "239.1.2.3", "127.0.0.1", "0.0.0.0", "0.1.2.3"];
+    let v6 = ["2001:db8::10", "::1", "::", "ff02::1", "ff0e::5", "::ffff:198.18.0.1"];
+    let sources = v4.iter().map(|s| (ip(s), ip("198.18.0.10"))).chain(v6.iter().map(|s| (ip(s), ip("2001:db8::10"))));
+    for src in sources {
+        sport += 1;
+        fx.push(Fixture {
+            desc: format!("source {} (SYN to {}:80): bad_source", src.0, src.1),
+            ingress: b.c0,
+            input: with_macs(Pkt::tcp(src.0, src.1, sport, 80), b.c0_mac, CLIENT_MAC).build(),
+            action: XDP_DROP,
+            output: None,
+            counter: Some(counter::DROP_BAD_SOURCE),
+        });
+    }
+    let mut ack = Pkt::tcp(ip("127.0.0.1"), ip("198.18.0.10"), 40199, 80);
+    ack.tcp_flags = TCP_ACK;
+    let mut udp = Pkt::udp(ip("224.0.0.5"), ip("198.18.0.10"), 40198, 53);
+    udp.payload = b"q".to_vec();
+    for (desc, p, action, counter) in [
+        ("loopback source, ACK of an unknown flow to a VIP: bad_source", ack, XDP_DROP, counter::DROP_BAD_SOURCE),
+        ("multicast source, UDP to a VIP: bad_source", udp, XDP_DROP, counter::DROP_BAD_SOURCE),
+        (
+            "loopback source to the lb's own address: the kernel's",
+            Pkt::tcp(ip("127.0.0.1"), ip("198.18.0.2"), 40197, 80),
+            XDP_PASS,
+            counter::PASS_NOT_VIP,
+        ),
+        (
+            "VIP address as source, to a port without a service: the kernel's",
+            Pkt::tcp(ip("198.18.0.10"), ip("198.18.0.10"), 40196, 443),
+            XDP_PASS,
+            counter::PASS_NOT_VIP,
+        ),
+    ] {
+        let input = with_macs(p, b.c0_mac, CLIENT_MAC).build();
+        fx.push(Fixture { desc: desc.into(), ingress: b.c0, input, action, output: None, counter: Some(counter) });
+    }
+    fx
+}
+
+/// TCP flag sets that never occur, to a VIP: dropped as `bad_flags` (new
+/// flow or not); to an address that is no VIP: the kernel's.
+fn bad_flags_fixtures(b: &Bed, cl4: IpAddr, vip4: IpAddr, cl6: IpAddr, vip6: IpAddr) -> Vec<Fixture> {
+    let mut fx = vec![];
+    let tcp = |src, dst, sport, flags| {
+        let mut p = Pkt::tcp(src, dst, sport, 80);
+        p.tcp_flags = flags;
+        with_macs(p, b.c0_mac, CLIENT_MAC).build()
+    };
+    for (desc, input) in [
+        ("TCP without flags, to a VIP", tcp(cl4, vip4, 40300, 0)),
+        ("TCP with only ECE and CWR, to a VIP", tcp(cl4, vip4, 40301, 0xc0)),
+        ("TCP SYN+FIN, to a VIP", tcp(cl4, vip4, 40302, TCP_SYN | TCP_FIN)),
+        ("TCP SYN+RST, to a VIP", tcp(cl4, vip4, 40303, TCP_SYN | TCP_RST)),
+        ("TCP SYN+FIN+ACK+PSH+URG+RST (christmas tree), to a VIP", tcp(cl4, vip4, 40304, 0x3f)),
+        ("TCP SYN+FIN, to a VIP (v6)", tcp(cl6, vip6, 40305, TCP_SYN | TCP_FIN)),
+        ("TCP without flags, to a DSR VIP", tcp(cl4, ip("198.18.0.20"), 40306, 0)),
+        (
+            "TCP SYN+RST from the web1:8080 flow's client port (an established flow)",
+            tcp(cl4, vip4, 40000, TCP_SYN | TCP_RST),
+        ),
+    ] {
+        fx.push(Fixture {
+            desc: desc.into(),
+            ingress: b.c0,
+            input,
+            action: XDP_DROP,
+            output: None,
+            counter: Some(counter::DROP_BAD_FLAGS),
+        });
+    }
+    fx.push(Fixture {
+        desc: "TCP SYN+FIN to the lb's own address: the kernel's".into(),
+        ingress: b.c0,
+        input: tcp(cl4, ip("198.18.0.2"), 40310, TCP_SYN | TCP_FIN),
+        action: XDP_PASS,
+        output: None,
+        counter: Some(counter::PASS_NOT_VIP),
+    });
     fx
 }
 
@@ -286,8 +424,10 @@ fn ip_length_fixtures(b: &Bed, cl4: IpAddr, vip4: IpAddr, web1: IpAddr) -> Vec<F
     ack.tcp_flags = TCP_ACK;
     let mut ack_out = Pkt::tcp(cl4, web1, 40040, 8080);
     ack_out.tcp_flags = TCP_ACK;
+    // An ACK of an unknown flow: picked by Maglev without a conntrack entry
+    // (see `non_syn_first_packets_follow_maglev_without_an_entry`).
     fx.push(Fixture {
-        desc: "nat v4 tcp ACK padded to 60 bytes: balanced, padding kept, checksums right",
+        desc: "nat v4 tcp ACK padded to 60 bytes: balanced, padding kept, checksums right".into(),
         ingress: b.c0,
         input: pad(frame(ack, b.c0_mac, CLIENT_MAC)),
         action: XDP_REDIRECT,
@@ -299,7 +439,7 @@ fn ip_length_fixtures(b: &Bed, cl4: IpAddr, vip4: IpAddr, web1: IpAddr) -> Vec<F
     let mut udp_out = Pkt::udp(cl4, web1, 40041, 5353);
     udp_out.payload = udp.payload.clone();
     fx.push(Fixture {
-        desc: "nat v4 udp padded to 60 bytes: balanced, padding kept, checksums right",
+        desc: "nat v4 udp padded to 60 bytes: balanced, padding kept, checksums right".into(),
         ingress: b.c0,
         input: pad(frame(udp, b.c0_mac, CLIENT_MAC)),
         action: XDP_REDIRECT,
@@ -324,7 +464,7 @@ fn ip_length_fixtures(b: &Bed, cl4: IpAddr, vip4: IpAddr, web1: IpAddr) -> Vec<F
         ("IPv6 payload length ends inside the TCP header (the frame has it all), to a VIP", short_v6),
     ] {
         fx.push(Fixture {
-            desc,
+            desc: desc.into(),
             ingress: b.c0,
             input,
             action: XDP_DROP,
@@ -343,7 +483,7 @@ fn raw_refusals(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
     short_other.truncate(14 + 20 + 10);
     short_other[16..18].copy_from_slice(&30u16.to_be_bytes());
     fx.push(Fixture {
-        desc: "tcp header cut short, not to a VIP: the kernel's business",
+        desc: "tcp header cut short, not to a VIP: the kernel's business".into(),
         ingress: b.c0,
         input: short_other,
         action: XDP_PASS,
@@ -353,7 +493,7 @@ fn raw_refusals(b: &Bed, cl4: IpAddr, vip4: IpAddr) -> Vec<Fixture> {
     let mut arp = base;
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     fx.push(Fixture {
-        desc: "ARP (not IP)",
+        desc: "ARP (not IP)".into(),
         ingress: b.c0,
         input: arp,
         action: XDP_PASS,
@@ -545,6 +685,66 @@ fn shared_nat_backend_answers_from_each_flows_vip() {
             let stray = reply(&bal, 42200);
             if stray.0 != XDP_PASS {
                 problems.push(format!("reply of a removed service's flow: {stray:?}, expected XDP_PASS"));
+            }
+            problems
+        })
+        .unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A TCP packet of an unknown flow that is not a SYN (its entry lost, or its
+/// path moved to this lb) goes to its Maglev backend without making an entry:
+/// counted per service as `non_syn`, and the backend's replies are not
+/// translated until a SYN (or a tracked flow) made one. A SYN makes the entry.
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn non_syn_first_packets_follow_maglev_without_an_entry() {
+    let b = bed();
+    let problems =
+        b.ns.run_in(|| {
+            let cfg = config();
+            let mut bal = Balancer::load(&cfg).unwrap();
+            bal.apply(&cfg).unwrap();
+            let (cl, vip) = (ip("198.18.0.1"), sa("198.18.0.30:80"));
+            let svc = bal.services.iter().find(|s| s.cfg.name == "pair").unwrap().id;
+            let mut problems = vec![];
+            for (port, flags) in [(43000u16, TCP_ACK), (43001, TCP_ACK | TCP_FIN), (43002, TCP_RST), (43003, TCP_SYN | TCP_ACK)]
+            {
+                let want = xlb::cli::explain::pick(&cfg, SocketAddr::new(cl, port), vip, Protocol::Tcp).unwrap();
+                let mut p = Pkt::tcp(cl, vip.ip(), port, 80);
+                p.tcp_flags = flags;
+                let before = (bal.dp.conntrack_len().unwrap(), bal.dp.service_stats(svc).unwrap());
+                let (action, out) = run(&bal, &with_macs(p, b.c0_mac, CLIENT_MAC).build(), b.c0);
+                let after = (bal.dp.conntrack_len().unwrap(), bal.dp.service_stats(svc).unwrap());
+                let got = parse_and_verify(&out).map(|p| SocketAddr::new(p.dst, p.dport));
+                if action != XDP_REDIRECT || got != Ok(want) {
+                    problems.push(format!("flags {flags:#04x}: {action} {got:?}, expected redirect to {want}"));
+                }
+                if after.0 != before.0 {
+                    problems.push(format!("flags {flags:#04x}: conntrack {} -> {} entries, expected none made", before.0, after.0));
+                }
+                let (n, e) = (after.1.non_syn - before.1.non_syn, after.1.new_flows - before.1.new_flows);
+                if (n, e) != (1, 0) {
+                    problems.push(format!("flags {flags:#04x}: non_syn +{n}, new_flows +{e}; expected +1, +0"));
+                }
+                let reply = with_macs(Pkt::tcp(want.ip(), cl, 80, port), b.b0_mac, WEB1_MAC).build();
+                let (action, _) = run(&bal, &reply, b.b0);
+                if action != XDP_PASS {
+                    problems.push(format!("flags {flags:#04x}: reply of an untracked flow: {action}, expected XDP_PASS"));
+                }
+            }
+            // A SYN makes the entry; the ACK that follows is established.
+            let port = 43010;
+            let syn = with_macs(Pkt::tcp(cl, vip.ip(), port, 80), b.c0_mac, CLIENT_MAC).build();
+            let before = (bal.dp.conntrack_len().unwrap(), bal.dp.service_stats(svc).unwrap());
+            run(&bal, &syn, b.c0);
+            let mut ack = Pkt::tcp(cl, vip.ip(), port, 80);
+            ack.tcp_flags = TCP_ACK;
+            run(&bal, &with_macs(ack, b.c0_mac, CLIENT_MAC).build(), b.c0);
+            let after = (bal.dp.conntrack_len().unwrap(), bal.dp.service_stats(svc).unwrap());
+            let got = (after.0 - before.0, after.1.new_flows - before.1.new_flows, after.1.established - before.1.established);
+            if got != (1, 1, 1) || after.1.non_syn != before.1.non_syn {
+                problems.push(format!("SYN then ACK: (entries, new flows, established) +{got:?}, non_syn {} -> {}; expected +(1, 1, 1), non_syn unchanged", before.1.non_syn, after.1.non_syn));
             }
             problems
         })

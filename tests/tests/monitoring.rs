@@ -5,6 +5,7 @@
 //! Needs root and a release build with the XDP object (`cargo xtask test`);
 //! the browser test also needs Debian's `chromium` (`cargo xtask setup`).
 
+use lb_common::counter;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -158,7 +159,7 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
     });
     eventually(5, "drop counters", || {
         let now = metrics(lb);
-        let got: BTreeMap<&str, f64> = ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"]
+        let got: BTreeMap<&str, f64> = counter::DROP_NAMES
             .into_iter()
             .map(|r| {
                 let k = format!("xlb_dropped_packets_total{{reason=\"{r}\"}}");
@@ -183,7 +184,7 @@ fn counters_are_exact_and_drops_are_counted_by_reason() {
     }
     // The same figures in the daemon's status.
     let status = d.status_json();
-    for reason in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"] {
+    for reason in counter::DROP_NAMES {
         let k = format!("xlb_dropped_packets_total{{reason=\"{reason}\"}}");
         assert_eq!(json_drops(&status, reason) as f64, m(&now, &k), "{reason} drops in the status and on /metrics");
     }
@@ -320,7 +321,7 @@ fn status_page_renders_live_backends_in_a_browser() {
     );
     let down = backend_row(&dom, "198.18.1.12:80").unwrap();
     assert!(down.contains("refused"), "the down backend's last check result is shown: {down}");
-    for reason in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"] {
+    for reason in counter::DROP_NAMES {
         assert!(dom.contains(&format!("data-reason=\"{reason}\"")), "drop reason {reason} missing:\n{dom}");
     }
     assert!(dom.contains("eth0 (") && dom.contains("conntrack: "), "header line missing:\n{dom}");

@@ -57,6 +57,17 @@ enum Task {
         /// Where to write the PNG (default: docs/status-page.png in the workspace).
         out: Option<PathBuf>,
     },
+    /// Set up, build, then run the differential fuzzer: generated and mutated
+    /// frames through the XDP program (BPF_PROG_TEST_RUN) and the reference
+    /// model, which must agree on action, output bytes and counters. Needs root.
+    Fuzz {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        frames: u64,
+        /// The seed (default: from the clock; printed, so a run can be replayed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Set up, build, then run the benchmarks: a table on stdout and
     /// target/bench/report.{json,md,png}. `--quick` (under 3 minutes),
     /// `--reps N` (at least 5). Needs root.
@@ -138,6 +149,26 @@ fn run(task: Task) -> Result<ExitCode> {
             paths.xlb_bin_env(&mut c);
             paths.user_env(&mut c);
             cmd::run(&mut c)?;
+        }
+        Task::Fuzz { frames, seed } => {
+            if !cmd::is_root() {
+                anyhow::bail!("cargo xtask fuzz builds a network namespace and loads XDP programs: run it as root");
+            }
+            setup::ensure(Needs::Everything)?;
+            build(&paths)?;
+            let mut c = cmd::cargo();
+            c.args(["run", "--release", "-p", "xlb-testbed", "--example", "fuzz", "--"])
+                .args(["--frames", &frames.to_string()]);
+            if let Some(seed) = seed {
+                c.args(["--seed", &seed.to_string()]);
+            }
+            paths.xlb_bin_env(&mut c);
+            paths.user_env(&mut c);
+            let status = cmd::status(&mut c)?;
+            if !status.success() {
+                eprintln!("error: the fuzzer found divergences or could not run ({status})");
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Task::Bench { args } => {
             let opts = bench::Options::parse(&args)?;

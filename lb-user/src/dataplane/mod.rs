@@ -654,6 +654,7 @@ impl Dataplane {
             established: a.established + s.established,
             new_flows: a.new_flows + s.new_flows,
             repicked: a.repicked + s.repicked,
+            non_syn: a.non_syn + s.non_syn,
         }))
     }
 
@@ -662,6 +663,18 @@ impl Dataplane {
         let m: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
             HashMap::try_from(self.map(maps::CONNTRACK))?;
         Ok(m.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Removes every conntrack entry; returns how many there were. For tests
+    /// and the differential fuzzer, which start from a known table.
+    pub fn clear_conntrack(&mut self) -> anyhow::Result<usize> {
+        let mut m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK))?;
+        let keys: Vec<lb_common::FlowKey> = m.keys().collect::<Result<_, _>>()?;
+        for k in &keys {
+            m.remove(k)?;
+        }
+        Ok(keys.len())
     }
 
     /// A duplicate of the conntrack map's descriptor and the map's capacity,

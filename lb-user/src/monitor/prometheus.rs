@@ -124,6 +124,15 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
             e.sample(name, &[("service", &s.name)], get(&s.stats));
         }
     }
+    e.family(
+        "xlb_service_conntrack_misses_total",
+        "counter",
+        "Packets of flows without a conntrack entry that make none, by kind (non_syn: a TCP packet that is not a \
+         SYN, sent to its Maglev backend without tracking).",
+    );
+    for s in &snap.services {
+        e.sample("xlb_service_conntrack_misses_total", &[("service", &s.name), ("kind", "non_syn")], s.stats.non_syn);
+    }
     e.family("xlb_service_on_backup", "gauge", "1 while new flows go to the backup backends, else 0.");
     for s in &snap.services {
         e.sample("xlb_service_on_backup", &[("service", &s.name)], u8::from(s.on_backup));
@@ -275,13 +284,14 @@ mod tests {
         assert_eq!(value(&text, "xlb_service_new_flows_total{service=\"www\"}"), "100");
         assert_eq!(value(&text, "xlb_service_established_packets_total{service=\"www\"}"), "900");
         assert_eq!(value(&text, "xlb_service_repicked_flows_total{service=\"www\"}"), "2");
+        assert_eq!(value(&text, "xlb_service_conntrack_misses_total{service=\"www\",kind=\"non_syn\"}"), "7");
         // Quotes in label values are escaped.
         assert_eq!(value(&text, "xlb_service_on_backup{service=\"we\\\"b6\"}"), "1");
         assert_eq!(
             value(&text, "xlb_backend_packets_total{service=\"we\\\"b6\",backend=\"[2001:db8:1::11]:443\"}"),
             "7"
         );
-        for (i, reason) in ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend"].iter().enumerate() {
+        for (i, reason) in lb_common::counter::DROP_NAMES.iter().enumerate() {
             assert_eq!(
                 value(&text, &format!("xlb_dropped_packets_total{{reason=\"{reason}\"}}")),
                 (i * 10).to_string()

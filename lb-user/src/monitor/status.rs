@@ -142,20 +142,21 @@ fn backend_table(o: &mut String, v: &View) {
 fn service_table(o: &mut String, v: &View) {
     let _ = writeln!(
         o,
-        "\n{:<10} {:<26} {:>10} {:>12} {:>10} {:>8} {:>8}  NEW FLOWS TO",
-        "SERVICE", "VIP", "NEW FLOWS", "ESTABLISHED", "REPICKED", "NEW/S", "PKTS/S"
+        "\n{:<10} {:<26} {:>10} {:>12} {:>10} {:>10} {:>8} {:>8}  NEW FLOWS TO",
+        "SERVICE", "VIP", "NEW FLOWS", "ESTABLISHED", "REPICKED", "NON-SYN", "NEW/S", "PKTS/S"
     );
     for s in &v.snap.services {
         let r = v.rates.and_then(|r| r.service(&s.name));
         let vip = format!("{} {}", s.protocol, s.vip);
         let _ = writeln!(
             o,
-            "{:<10} {:<26} {:>10} {:>12} {:>10} {:>8} {:>8}  {}",
+            "{:<10} {:<26} {:>10} {:>12} {:>10} {:>10} {:>8} {:>8}  {}",
             s.name,
             vip,
             s.stats.new_flows,
             s.stats.established,
             s.stats.repicked,
+            s.stats.non_syn,
             si(r.map(|r| r.new_flows)),
             si(r.map(|r| r.packets)),
             if s.on_backup { "backups" } else { "primaries" }
@@ -180,7 +181,9 @@ fn service_table(o: &mut String, v: &View) {
 /// - `kernel_passed[]`: `reason` (`no_route`, `ttl_expired`, `not_vip`), `total`: packets handed to the kernel.
 /// - `nat_replies`: backend replies rewritten back to the VIP.
 /// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `on_backup` (new flows go to the backups),
-///   `packets`, `new_flows`, `established`, `repicked`, `packets_per_second`, `new_flows_per_second`, and
+///   `packets`, `new_flows`, `established`, `repicked`, `non_syn` (TCP packets of an unknown flow that are
+///   not a SYN: sent to their Maglev backend without a conntrack entry), `packets_per_second`,
+///   `new_flows_per_second`, and
 ///   - `backends[]`: `address`, `role`, `state` (`up` | `down` | `drained`), `since` (Unix time of the
 ///     last health change), `weight`, `last_check`, `last_check_duration_ms`, `state_changes`, `packets`,
 ///     `bytes`, `new_flows`, `packets_per_second`, `bytes_per_second`, `new_flows_per_second`.
@@ -239,6 +242,7 @@ pub struct ServiceJson {
     pub new_flows: u64,
     pub established: u64,
     pub repicked: u64,
+    pub non_syn: u64,
     pub packets_per_second: Option<f64>,
     pub new_flows_per_second: Option<f64>,
     pub backends: Vec<BackendJson>,
@@ -311,6 +315,7 @@ fn service_json(v: &View, s: &ServiceSample) -> ServiceJson {
         new_flows: s.stats.new_flows,
         established: s.stats.established,
         repicked: s.stats.repicked,
+        non_syn: s.stats.non_syn,
         packets_per_second: r.map(|r| r.packets),
         new_flows_per_second: r.map(|r| r.new_flows),
         backends: s.backends.iter().map(|b| backend_json(v, s, b)).collect(),

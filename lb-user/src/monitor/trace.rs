@@ -236,7 +236,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
     };
     let (src, dst) = (addr(ev.src, ev.family), addr(ev.dst, ev.family));
     let t = ev.ns.saturating_sub(start_ns) as f64 / 1e9;
-    let mut o = if ev.kind == trace::DROP && ev.service == u32::MAX {
+    let mut o = if ev.kind == trace::DROP && ev.service == u32::MAX && ev.sport == 0 && ev.dport == 0 {
         // Refused while parsing: no ports known.
         format!("+{t:.6}s {proto} {src} -> {dst}")
     } else {
@@ -254,6 +254,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
         trace::REPICK => "conntrack=repick",
         trace::REPLY => "nat-reply",
         trace::DROP => "refused",
+        trace::NON_SYN => "conntrack=non_syn",
         _ => "unknown",
     };
     let _ = write!(o, " {decision}");
@@ -325,8 +326,28 @@ mod tests {
         );
         let reply = format_event(&event(trace::REPLY, u32::MAX, 7, 4, u32::MAX), 2_000_500_000, &Fixed);
         assert!(reply.contains(" service=www nat-reply backend=198.18.1.11:8080 action=redirect"), "{reply}");
-        let refused = format_event(&event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_TRUNCATED), 0, &Fixed);
+        // Refused while parsing: the program knows no ports.
+        let mut ev = event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_TRUNCATED);
+        (ev.sport, ev.dport) = (0, 0);
+        let refused = format_event(&ev, 0, &Fixed);
         assert!(refused.ends_with("tcp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=truncated"), "{refused}");
+        let non_syn = format_event(&event(trace::NON_SYN, 3, 7, 4, u32::MAX), 2_000_000_000, &Fixed);
+        assert!(
+            non_syn.contains(" service=www conntrack=non_syn backend=198.18.1.11:8080 action=redirect"),
+            "{non_syn}"
+        );
+        let bad_source = format_event(&event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_BAD_SOURCE), 0, &Fixed);
+        assert!(
+            bad_source.ends_with("tcp 198.18.0.1:40000 -> 198.18.0.10:80 refused action=drop reason=bad_source"),
+            "{bad_source}"
+        );
+        let mut ev = event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_BAD_FLAGS);
+        (ev.sport, ev.dport) = (0, 0);
+        let bad_flags = format_event(&ev, 0, &Fixed);
+        assert!(
+            bad_flags.ends_with("tcp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=bad_flags"),
+            "{bad_flags}"
+        );
     }
 
     #[test]
