@@ -110,7 +110,7 @@ pub fn native_veth_advice(iface: &str, peer: Option<u32>) -> String {
         "{iface} is a veth in native XDP mode: frames xlb sends out of it are dropped unless {peer} runs NAPI: \
          `ethtool -K PEER gro on` there (or attach an XDP program to it); and every host whose packets xlb \
          forwards (clients, NAT backends) needs `ethtool -K IF tx off` on its interface, because a checksum left \
-         to the NIC is lost when XDP forwards the frame. Or use xdp_mode = \"generic\" (slower, no such needs)"
+         to the NIC is lost when XDP forwards the frame. Or use xdp_mode = \"generic\" (slower; it does not need the peer's NAPI)"
     )
 }
 
