@@ -33,6 +33,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod icmp;
 pub mod netns;
 pub mod nginx;
 pub mod packet;
