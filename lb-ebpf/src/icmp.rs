@@ -201,7 +201,10 @@ fn decided(backend: u32, outcome: Result<Action, Reason>, sent: u32) -> Decision
         Ok(Action::Pass(why)) => (xdp_action::XDP_PASS, why as u32),
         Err(reason) => (xdp_action::XDP_DROP, reason as u32),
     };
-    Decision { flow: Flow::Icmp, service: NOT_KNOWN, backend, action, counter }
+    // ICMP that is not xlb's (the host's own pings, errors about its connections) is
+    // counted, not traced.
+    let flow = if counter == Pass::NotVip as u32 { Flow::None } else { Flow::Icmp };
+    Decision { flow, service: NOT_KNOWN, backend, action, counter }
 }
 
 /// Whether the outer destination is a VIP address, and its `VIP_ADDRS` flags.

@@ -57,6 +57,12 @@ impl Daemon {
     /// Writes `config_toml` and starts `xlb run` in `ns`; returns once XDP is
     /// attached to every interface in `interfaces`.
     pub fn start(ns: &Netns, config_toml: &str, interfaces: &[&str]) -> Result<Self> {
+        Daemon::start_with_env(ns, config_toml, interfaces, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for `xlb run` (test knobs
+    /// such as `XLB_NO_ICMP`).
+    pub fn start_with_env(ns: &Netns, config_toml: &str, interfaces: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let dir = TempDir::new("daemon")?;
         let config = dir.path().join("xlb.toml");
         let log = dir.path().join("xlb.log");
@@ -64,7 +70,11 @@ impl Daemon {
         fs::write(&config, with_admin_socket(config_toml, &socket))?;
         let logf = fs::File::create(&log)?;
         let mut cmd = ns.command(&[xlb_bin().to_str().unwrap(), "run", "-c", config.to_str().unwrap()]);
-        cmd.env("RUST_LOG", "info").stdin(Stdio::null()).stdout(logf.try_clone()?).stderr(logf);
+        cmd.env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
         let proc = BgProcess::spawn(cmd)?;
         let mut d = Daemon {
             ns: ns.name().to_string(),

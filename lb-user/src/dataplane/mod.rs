@@ -99,7 +99,12 @@ impl Dataplane {
         let prog: &mut Xdp =
             ebpf.program_mut(lb_common::PROGRAM_NAME).context("the XDP object has no program `xlb`")?.try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
-        load_icmp(&mut ebpf)?;
+        if std::env::var_os("XLB_NO_ICMP").is_some() {
+            // A test knob: the data path as before issue 11's ICMP handling.
+            log::warn!("XLB_NO_ICMP is set: ICMP is left to the kernel (no PMTU errors to backends, no ping answers)");
+        } else {
+            load_icmp(&mut ebpf)?;
+        }
         let ring = match ebpf.map(maps::RING) {
             Some(aya::maps::Map::Array(m)) => RingMem::map(m.fd(), sizes.ring_entries.max(1) as usize)
                 .inspect_err(|e| log::warn!("{e:#}; writing Maglev tables slot by slot (slower)"))
