@@ -151,6 +151,12 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
         true,
         "true or false (false: a backup keeps its flows after a primary comes back)",
     );
+    let answer_ping = v.flag(
+        &path.key("answer_ping"),
+        raw.answer_ping,
+        true,
+        "true or false (false: echo requests to the VIP are left to the kernel, which does not answer them)",
+    );
     let health = health::validate(v, &path.key("health"), raw.health);
 
     let backends_path = path.key("backend");
@@ -205,6 +211,7 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
             forwarding,
             table_size,
             preempt,
+            answer_ping,
             health,
             backends: configs,
         },
@@ -318,7 +325,7 @@ address = "[2001:db8:1::12]:443"
             ("table_size = 65537.0", "service[0] (www).table_size (line 8, column 14)", "the float 65537.0 is not an integer"),
             ("preempt = \"yes\"", "service[0] (www).preempt (line 8, column 11)", "the string \"yes\" is not a boolean; expected true or false"),
             ("preempt = \"false\"", "service[0] (www).preempt", "(write it without quotes: preempt = false)"),
-            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, table_size, preempt, health, backend"),
+            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, table_size, preempt, answer_ping, health, backend"),
             ("vips = 1", "service[0] (www).vips (line 8, column 1)", "unknown key `vips` (did you mean `vip`?)"),
         ];
         for (line, field, message) in cases {

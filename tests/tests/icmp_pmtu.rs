@@ -1,0 +1,116 @@
+//! Path MTU discovery through a VIP (issue 11): a 100 kB download from a NAT backend
+//! to a host behind a link with MTU 1280 completes only because the router's
+//! "fragmentation needed" (sent to the VIP) reaches the backend, rewritten by xlb.
+//!
+//! ```text
+//!  far 198.18.2.1 ── (MTU 1280 at the router's end) ── client ns (routes, 198.18.2.254)
+//!      ── lb (xlb: VIP 198.18.0.10:80 -> web1:8080, NAT) ── web1 (python http.server, 100 kB file)
+//! ```
+//!
+//! The same download with the ICMP program left out (`XLB_NO_ICMP`, the data path as it
+//! was) stalls: the router's error dies in the lb's kernel, which has no VIP.
+
+use std::{net::SocketAddr, time::Duration};
+
+use xlb_testbed::{
+    config::{ConfigToml, ServiceToml},
+    netns::{Netns, NS_PREFIX},
+    xlb::Daemon,
+    Topology, VIP_V4,
+};
+
+const SIZE: usize = 100_000;
+
+fn config() -> String {
+    let svc = ServiceToml::new("big", SocketAddr::new(VIP_V4.into(), 80))
+        .set("forwarding", "nat")
+        .no_checks()
+        .backend("198.18.1.11:8080".parse::<SocketAddr>().unwrap());
+    ConfigToml::new().daemon("xdp_mode", "native").service(svc).to_string()
+}
+
+/// `curl` from `far`: (exit code, bytes received).
+fn download(far: &Netns, max_s: u32) -> (i32, usize) {
+    let url = format!("http://{VIP_V4}/big.bin");
+    let out = far
+        .exec_timeout(
+            &["curl", "-sS", "--max-time", &max_s.to_string(), "-o", "/dev/null", "-w", "%{size_download}", &url],
+            Duration::from_secs(u64::from(max_s) + 10),
+        )
+        .expect("run curl");
+    let size = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (out.status.code().unwrap_or(-1), size)
+}
+
+fn to_backend(d: &Daemon) -> u64 {
+    let j = d.status_json();
+    j["icmp"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["event"] == "to_backend"))
+        .and_then(|e| e["total"].as_u64())
+        .unwrap_or_else(|| panic!("status JSON has no icmp to_backend counter: {j}"))
+}
+
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn pmtu_frag_needed_reaches_the_nat_backend() {
+    let topo = Topology::new(1).unwrap();
+    let far = Netns::new(format!("{NS_PREFIX}-{}-far", topo.suffix())).unwrap();
+    let (client, lb, web1) = (topo.client_ns(), topo.lb_ns(), topo.backend(1).ns());
+    let must = |ns: &Netns, args: &[&str]| ns.ip(args).unwrap_or_else(|e| panic!("{}: ip {args:?}: {e:#}", ns.name()));
+    must(client, &["link", "add", "eth1", "type", "veth", "peer", "name", "eth0", "netns", far.name()]);
+    // The router's end is 1280; the far host's stays 1500, so it offers MSS 1460.
+    must(client, &["link", "set", "eth1", "mtu", "1280", "up"]);
+    must(client, &["addr", "add", "198.18.2.254/24", "dev", "eth1"]);
+    client
+        .sysctl(&[("net.ipv4.ip_forward", "1"), ("net.ipv4.icmp_ratelimit", "0"), ("net.ipv4.ip_no_pmtu_disc", "0")])
+        .unwrap();
+    must(&far, &["link", "set", "eth0", "up"]);
+    must(&far, &["addr", "add", "198.18.2.1/24", "dev", "eth0"]);
+    must(&far, &["route", "add", "default", "via", "198.18.2.254"]);
+    // XDP rewrites what it forwards: no partial checksums from the far host.
+    far.run(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
+    must(lb, &["route", "add", "198.18.2.0/24", "via", "198.18.0.1"]);
+    web1.sysctl(&[("net.ipv4.tcp_mtu_probing", "0"), ("net.ipv4.ip_no_pmtu_disc", "0")]).unwrap();
+
+    let dir = std::env::temp_dir().join(format!("xlb-pmtu-{}", topo.suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("big.bin"), vec![b'x'; SIZE]).unwrap();
+    let _server = web1
+        .spawn(&["python3", "-m", "http.server", "8080", "--bind", "198.18.1.11", "--directory", dir.to_str().unwrap()])
+        .unwrap();
+    let addr: SocketAddr = "198.18.1.11:8080".parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !web1.tcp_connects(addr, Duration::from_millis(200)) {
+        assert!(std::time::Instant::now() < deadline, "the backend's HTTP server did not come up on {addr}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Without xlb's ICMP handling: the download stalls (bounded by curl's --max-time).
+    {
+        let d = Daemon::start_with_env(lb, &config(), &["eth0", "eth1"], &[("XLB_NO_ICMP", "1")]).unwrap();
+        let (code, size) = download(&far, 6);
+        eprintln!("XLB_NO_ICMP: curl exit {code}, {size} of {SIZE} bytes in 6 s");
+        assert!(
+            size < SIZE,
+            "without ICMP handling the 100 kB download was expected to stall at the 1280 link; \
+             it completed (curl exit {code}, {size} bytes): the test does not prove anything"
+        );
+        assert_eq!(to_backend(&d), 0, "XLB_NO_ICMP: no ICMP program, yet a to_backend count");
+    }
+    // The backend cached no smaller path MTU: nothing reached it.
+    // With it: the router's frag-needed reaches web1 and the download completes.
+    let d = Daemon::start(lb, &config(), &["eth0", "eth1"]).unwrap();
+    let (code, size) = download(&far, 20);
+    let sent = to_backend(&d);
+    eprintln!("with ICMP: curl exit {code}, {size} of {SIZE} bytes; frag-needed sent to the backend: {sent}");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (code, size),
+        (0, SIZE),
+        "100 kB download over the MTU 1280 link: expected curl exit 0 and {SIZE} bytes; \
+         frag-needed sent to the backend: {sent}; xlb status:\n{}",
+        d.status()
+    );
+    assert!(sent >= 1, "the download completed but xlb counted no frag-needed sent to the backend");
+}
