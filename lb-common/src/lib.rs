@@ -19,6 +19,7 @@ pub mod maps {
     pub const NAT_SOURCES: &str = "NAT_SOURCES";
     pub const TRACE: &str = "TRACE";
     pub const ICMP_PROG: &str = "ICMP_PROG";
+    pub const PING_BUCKET: &str = "PING_BUCKET";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const COUNTERS: &str = "COUNTERS";

@@ -667,6 +667,15 @@ impl Dataplane {
         (0..counter::NUM_COUNTERS).map(|i| Ok(m.get(&i, 0)?.iter().sum())).collect()
     }
 
+    /// Sets every CPU's echo-reply token bucket (`PING_BUCKET`) to `bucket`: the
+    /// differential fuzzer makes the rate limit's outcome known before a frame runs.
+    pub fn set_ping_bucket(&mut self, bucket: lb_common::TokenBucket) -> anyhow::Result<()> {
+        let mut m: PerCpuArray<&mut MapData, lb_common::TokenBucket> =
+            PerCpuArray::try_from(self.map_mut(maps::PING_BUCKET))?;
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        m.set(0, aya::maps::PerCpuValues::try_from(vec![bucket; n])?, 0).context("writing PING_BUCKET")
+    }
+
     /// `BACKEND_STATS[slot]`, summed over CPUs.
     pub fn backend_stats(&self, slot: u32) -> anyhow::Result<BackendStats> {
         let m: PerCpuArray<&MapData, BackendStats> = PerCpuArray::try_from(self.map(maps::BACKEND_STATS))?;
