@@ -250,8 +250,17 @@ fn icmp_frame(r: &mut Rng) -> (Vec<u8>, Side) {
                 let from = if r.chance(800) { pick_ip(r, &ROUTERS_V4, &ROUTERS_V6) } else { c };
                 (vip, c, port, client_port, from, if r.chance(850) { Side::Client } else { Side::Backend })
             } else {
-                let be = pick_ip(r, &BACKENDS_V4, &BACKENDS_V6);
-                let port = if r.chance(800) { r.pick(&[8080, 5353, 53, 80]) } else { r.pick(&PORTS) };
+                // Mostly a NAT backend and a port it serves on for this protocol.
+                let be = if r.chance(750) {
+                    ip(if v6 { BACKENDS_V6[0] } else { BACKENDS_V4[0] })
+                } else {
+                    pick_ip(r, &BACKENDS_V4, &BACKENDS_V6)
+                };
+                let port = match (r.below(10), tcp) {
+                    (0..=7, true) => r.pick(&[8080, 8080, 80]),
+                    (0..=7, false) => r.pick(&[5353, 53]),
+                    _ => r.pick(&PORTS),
+                };
                 let from = if r.chance(600) { be } else { pick_ip(r, &ROUTERS_V4, &ROUTERS_V6) };
                 (c, be, client_port, port, from, if r.chance(850) { Side::Backend } else { Side::Client })
             };
