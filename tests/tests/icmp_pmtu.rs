@@ -29,12 +29,13 @@ fn config() -> String {
     ConfigToml::new().daemon("xdp_mode", "native").service(svc).to_string()
 }
 
-/// `curl` from `far`: (exit code, bytes received).
-fn download(far: &Netns, max_s: u32) -> (i32, usize) {
+/// `curl` from `far`'s address `src`: (exit code, bytes received).
+fn download(far: &Netns, src: &str, max_s: u32) -> (i32, usize) {
     let url = format!("http://{VIP_V4}/big.bin");
+    let max = max_s.to_string();
     let out = far
         .exec_timeout(
-            &["curl", "-sS", "--max-time", &max_s.to_string(), "-o", "/dev/null", "-w", "%{size_download}", &url],
+            &["curl", "-sS", "--interface", src, "--max-time", &max, "-o", "/dev/null", "-w", "%{size_download}", &url],
             Duration::from_secs(u64::from(max_s) + 10),
         )
         .expect("run curl");
@@ -67,6 +68,10 @@ fn pmtu_frag_needed_reaches_the_nat_backend() {
         .unwrap();
     must(&far, &["link", "set", "eth0", "up"]);
     must(&far, &["addr", "add", "198.18.2.1/24", "dev", "eth0"]);
+    // The stalled download comes from .2: once xlb is gone its leftover retransmissions
+    // are routed (un-NATed) by the lb and the router's errors reach web1 directly,
+    // which then knows the path MTU to .2, never to .1.
+    must(&far, &["addr", "add", "198.18.2.2/24", "dev", "eth0"]);
     must(&far, &["route", "add", "default", "via", "198.18.2.254"]);
     // XDP rewrites what it forwards: no partial checksums from the far host.
     far.run(&["ethtool", "-K", "eth0", "tx", "off"]).unwrap();
@@ -89,7 +94,7 @@ fn pmtu_frag_needed_reaches_the_nat_backend() {
     // Without xlb's ICMP handling: the download stalls (bounded by curl's --max-time).
     {
         let d = Daemon::start_with_env(lb, &config(), &["eth0", "eth1"], &[("XLB_NO_ICMP", "1")]).unwrap();
-        let (code, size) = download(&far, 6);
+        let (code, size) = download(&far, "198.18.2.2", 6);
         eprintln!("XLB_NO_ICMP: curl exit {code}, {size} of {SIZE} bytes in 6 s");
         assert!(
             size < SIZE,
@@ -98,12 +103,12 @@ fn pmtu_frag_needed_reaches_the_nat_backend() {
         );
         assert_eq!(to_backend(&d), 0, "XLB_NO_ICMP: no ICMP program, yet a to_backend count");
     }
-    // The backend cached no smaller path MTU: nothing reached it.
     // With it: the router's frag-needed reaches web1 and the download completes.
     let d = Daemon::start(lb, &config(), &["eth0", "eth1"]).unwrap();
-    let (code, size) = download(&far, 20);
+    let (code, size) = download(&far, "198.18.2.1", 20);
     let sent = to_backend(&d);
     eprintln!("with ICMP: curl exit {code}, {size} of {SIZE} bytes; frag-needed sent to the backend: {sent}");
+    eprintln!("{}", d.status());
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(
         (code, size),
