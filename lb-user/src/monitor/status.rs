@@ -415,6 +415,14 @@ mod tests {
         assert_eq!(j["kernel_passed"][1]["reason"], "ttl_expired");
         assert_eq!(j["kernel_passed"][1]["total"], snap.counter(counter::PASS_TTL));
         assert_eq!(j["nat_replies"], snap.counter(counter::REPLY_NAT));
+        // ICMP drop reasons follow the others; their indices leave a gap (8..).
+        assert_eq!(j["drops"][5]["reason"], "icmp_truncated");
+        assert_eq!(j["drops"][5]["total"], snap.counter(counter::DROP_ICMP_TRUNCATED));
+        assert_eq!(j["drops"][8]["reason"], "ping_rate_limited");
+        assert_eq!(j["kernel_passed"][3]["reason"], "icmp");
+        assert_eq!(j["icmp"][0]["event"], "to_backend");
+        assert_eq!(j["icmp"][0]["total"], snap.counter(counter::ICMP_TO_BACKEND));
+        assert_eq!(j["icmp"][2]["event"], "ping_answered");
         assert_eq!(j["xdp"][0]["mode"], "native");
     }
 
