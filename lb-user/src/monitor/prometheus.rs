@@ -306,6 +306,10 @@ mod tests {
                 (i * 10).to_string()
             );
         }
+        // The snapshot holds 10 * index in each counter: icmp_unknown_flow is drop 9.
+        assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"icmp_unknown_flow\"}"), "90");
+        assert_eq!(value(&text, "xlb_icmp_packets_total{event=\"to_client\"}"), "210");
+        assert_eq!(value(&text, "xlb_kernel_passed_packets_total{reason=\"icmp\"}"), "230");
         assert_eq!(value(&text, "xlb_xdp_attached_info{interface=\"eth1\",mode=\"generic\"}"), "1");
         assert_eq!(value(&text, "xlb_table_slots_written_total"), "131074");
         assert_eq!(value(&text, &format!("xlb_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), "1");

@@ -420,6 +420,14 @@ mod tests {
         assert_eq!(j["kernel_passed"][1]["reason"], "ttl_expired");
         assert_eq!(j["kernel_passed"][1]["total"], snap.counter(counter::PASS_TTL));
         assert_eq!(j["nat_replies"], snap.counter(counter::REPLY_NAT));
+        // ICMP drop reasons follow the others, in index order.
+        assert_eq!(j["drops"][7]["reason"], "icmp_truncated");
+        assert_eq!(j["drops"][7]["total"], snap.counter(counter::DROP_ICMP_TRUNCATED));
+        assert_eq!(j["drops"][10]["reason"], "ping_rate_limited");
+        assert_eq!(j["kernel_passed"][3]["reason"], "icmp");
+        assert_eq!(j["icmp"][0]["event"], "to_backend");
+        assert_eq!(j["icmp"][0]["total"], snap.counter(counter::ICMP_TO_BACKEND));
+        assert_eq!(j["icmp"][2]["event"], "ping_answered");
         assert_eq!(j["xdp"][0]["mode"], "native");
     }
 

@@ -353,6 +353,20 @@ mod tests {
             bad_flags.ends_with("tcp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=bad_flags"),
             "{bad_flags}"
         );
+        let mut e = event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_ICMP_FRAGMENT);
+        (e.proto, e.sport, e.dport) = (lb_common::PROTO_ICMP, 0, 0);
+        let icmp_drop = format_event(&e, 0, &Fixed);
+        assert!(
+            icmp_drop.ends_with("icmp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=icmp_fragment"),
+            "{icmp_drop}"
+        );
+        let mut e = event(trace::ICMP, u32::MAX, 7, 4, u32::MAX);
+        (e.proto, e.sport, e.dport) = (lb_common::PROTO_ICMP, 0, 0);
+        let sent = format_event(&e, 0, &Fixed);
+        assert!(
+            sent.ends_with("icmp 198.18.0.1 -> 198.18.0.10 service=www icmp backend=198.18.1.11:8080 action=redirect"),
+            "{sent}"
+        );
     }
 
     #[test]
