@@ -172,7 +172,9 @@ pub(super) fn scratch() -> Option<&'static mut Scratch> {
 #[inline(never)]
 pub(super) fn handle(ctx: &XdpContext, s: &mut Scratch) -> Decision {
     let ip = &s.at;
-    let Some(h) = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, ip.l4) else {
+    // The ICMP header must lie within the IP packet (its length, not the frame's:
+    // a frame may carry Ethernet padding after it).
+    let Some(h) = ptr_at::<[u8; ICMP_HDR_LEN]>(ctx, ip.l4).filter(|_| ip.l4 + ICMP_HDR_LEN <= ip.end) else {
         return decided(NOT_KNOWN, not_handled(ip), NOT_KNOWN);
     };
     // SAFETY: ptr_at checked the 8-byte ICMP header.
@@ -186,7 +188,7 @@ pub(super) fn handle(ctx: &XdpContext, s: &mut Scratch) -> Decision {
     } else {
         (ICMP6_DEST_UNREACH..=ICMP6_PARAM_PROB).contains(&ty)
     };
-    if !error || ip.l4 + ICMP_HDR_LEN > ip.end {
+    if !error {
         return decided(NOT_KNOWN, not_handled(ip), NOT_KNOWN);
     }
     let too_big = if v4 { ty == ICMP_DEST_UNREACH && code == ICMP_FRAG_NEEDED } else { ty == ICMP6_PACKET_TOO_BIG };
@@ -395,7 +397,7 @@ fn quoted(ctx: &XdpContext, ip: &IcmpAt, q: &mut Quoted) -> Result<bool, Reason>
     q.key = FlowKey { family: ip.family, ..FlowKey::default() };
     let key = &mut q.key;
     let l4 = if ip.family == FAMILY_V4 {
-        let h = ptr_at::<Ipv4Hdr>(ctx, l3).ok_or(Reason::IcmpTruncated)?;
+        let h = ptr_at::<Ipv4Hdr>(ctx, l3).filter(|_| l3 + Ipv4Hdr::LEN <= ip.end).ok_or(Reason::IcmpTruncated)?;
         // SAFETY: ptr_at checked the 20-byte header.
         let (vihl, frags, proto) = unsafe {
             (
@@ -423,7 +425,7 @@ fn quoted(ctx: &XdpContext, ip: &IcmpAt, q: &mut Quoted) -> Result<bool, Reason>
         }
         l3 + ihl
     } else {
-        let h = ptr_at::<Ipv6Hdr>(ctx, l3).ok_or(Reason::IcmpTruncated)?;
+        let h = ptr_at::<Ipv6Hdr>(ctx, l3).filter(|_| l3 + Ipv6Hdr::LEN <= ip.end).ok_or(Reason::IcmpTruncated)?;
         // SAFETY: ptr_at checked the 40-byte header.
         let next = unsafe { get8(h, offset_of!(Ipv6Hdr, next_hdr)) };
         if next != PROTO_TCP && next != PROTO_UDP {

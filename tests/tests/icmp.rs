@@ -10,7 +10,7 @@ use lb_common::{counter, PING_BURST};
 use xlb::balancer::Balancer;
 use xlb_testbed::{
     icmp::*,
-    packet::{Pkt, TCP_ACK},
+    packet::{checksum, Pkt, TCP_ACK},
     xdpbed::{bed, fixture_config as config, run, Bed, CLIENT_MAC, WEB1_MAC, WEB2_MAC},
 };
 
@@ -310,7 +310,39 @@ fn fixtures(b: &Bed) -> Vec<Fixture> {
         None,
         Some(counter::PASS_NOT_VIP),
     );
+
+    // ---- every header within the IP packet's own length, not the frame's (found by the fuzzer's model)
+    f(
+        "echo request to a VIP whose IPv4 length ends inside the ICMP header (the rest is Ethernet padding): \
+         the kernel's (icmp), not answered",
+        c0,
+        ipv4_len(from_client(Icmp::echo(cl4, vip4, false, 5, b"")), 20 + 4),
+        XDP_PASS,
+        None,
+        Some(counter::PASS_ICMP),
+    );
+    f(
+        "error to a VIP whose IPv4 length ends inside the quoted header (a fragment's, the rest in padding): \
+         dropped (icmp_truncated), the padding not read as a header",
+        c0,
+        ipv4_len(
+            from_client(Icmp::error(router_c4, vip4, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, 1280, &quote(&frag, 20))),
+            20 + 8 + 12,
+        ),
+        XDP_DROP,
+        None,
+        Some(counter::DROP_ICMP_TRUNCATED),
+    );
     fx
+}
+
+/// `f` (untagged IPv4) with the IP total length set to `tot` and its header checksum made right again.
+fn ipv4_len(mut f: Vec<u8>, tot: u16) -> Vec<u8> {
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&[&f[14..34]]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
 }
 
 fn hex(b: &[u8]) -> String {

@@ -175,13 +175,20 @@ pub fn object_maps(object: &[u8], sizes: &[(&str, u32)]) -> anyhow::Result<Vec<(
         const DEVMAP: u32 = 14;
         const DEVMAP_HASH: u32 = 25;
         const CPUMAP: u32 = 16;
+        const BPF_F_RDONLY_PROG: u32 = 1 << 7;
         match def.map_type {
             RINGBUF => {
                 def.value_size = 0;
                 def.max_entries = def.max_entries.div_ceil(page).next_power_of_two() * page;
             }
-            // What aya creates on kernels that know program ids in these maps (5.8+).
-            DEVMAP | DEVMAP_HASH | CPUMAP => def.value_size = 8,
+            // What aya creates on kernels that know program ids in these maps (5.8+); the
+            // kernel adds BPF_F_RDONLY_PROG to a devmap's flags (its lookups return a
+            // pointer into the map's own data), so a pinned one shows it.
+            DEVMAP | DEVMAP_HASH => {
+                def.value_size = 8;
+                def.flags |= BPF_F_RDONLY_PROG;
+            }
+            CPUMAP => def.value_size = 8,
             _ => {}
         }
         out.push((name.clone(), def));

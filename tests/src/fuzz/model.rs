@@ -270,7 +270,8 @@ impl Model {
         let to_vip = self.vip_addrs.contains(&o.dst);
         let not_handled = || pass(f, if to_vip { counter::PASS_ICMP } else { counter::PASS_NOT_VIP });
         let refuse = |reason: u32| if to_vip { drop(f, reason, None) } else { pass(f, counter::PASS_NOT_VIP) };
-        if o.l4 + 8 > f.len() {
+        // Every header within the IP packet's own length (not the frame's).
+        if o.l4 + 8 > f.len() || o.l4 + 8 > o.end {
             return not_handled();
         }
         let (ty, code) = (f[o.l4], f[o.l4 + 1]);
@@ -287,7 +288,7 @@ impl Model {
             return Expect { ping: true, ..echo_reply(f, o) };
         }
         let error = if v4 { matches!(ty, 3 | 11 | 12) } else { (1..=4).contains(&ty) };
-        if !error || o.l4 + 8 > o.end {
+        if !error {
             return not_handled();
         }
         let too_big = if v4 { ty == 3 && code == 4 } else { ty == 2 };
@@ -295,7 +296,7 @@ impl Model {
         // ports (within the outer IP packet).
         let q3 = o.l4 + 8;
         let (proto, qsrc, qdst, q4) = if v4 {
-            if q3 + 20 > f.len() {
+            if q3 + 20 > f.len() || q3 + 20 > o.end {
                 return refuse(counter::DROP_ICMP_TRUNCATED);
             }
             let (vihl, frags, proto) = (f[q3], be16(f, q3 + 6), f[q3 + 9]);
@@ -311,7 +312,7 @@ impl Model {
             }
             (proto, addr(f, q3 + 12, FAMILY_V4), addr(f, q3 + 16, FAMILY_V4), q3 + ihl)
         } else {
-            if q3 + 40 > f.len() {
+            if q3 + 40 > f.len() || q3 + 40 > o.end {
                 return refuse(counter::DROP_ICMP_TRUNCATED);
             }
             let next = f[q3 + 6];
