@@ -18,6 +18,8 @@ pub mod maps {
     pub const REVERSE_NAT: &str = "REVERSE_NAT";
     pub const NAT_SOURCES: &str = "NAT_SOURCES";
     pub const TRACE: &str = "TRACE";
+    pub const ICMP_PROG: &str = "ICMP_PROG";
+    pub const PING_BUCKET: &str = "PING_BUCKET";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const COUNTERS: &str = "COUNTERS";
@@ -28,6 +30,8 @@ pub mod maps {
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "xlb";
+/// The ICMP program, which `xlb` tail-calls through `ICMP_PROG[0]`.
+pub const ICMP_PROGRAM_NAME: &str = "xlb_icmp";
 
 /// Most services (VIP, port, protocol) one daemon serves.
 pub const MAX_SERVICES: u32 = 256;
@@ -51,6 +55,29 @@ pub const FAMILY_V6: u8 = 6;
 
 /// `Service::flags`: only the destination MAC is rewritten (direct server return).
 pub const SERVICE_F_DSR: u32 = 1;
+/// `Service::flags`: echo requests to the VIP are answered by xlb (`answer_ping`, the default).
+pub const SERVICE_F_PING: u32 = 2;
+/// `VIP_ADDRS` value: the address is a VIP (always set).
+pub const VIP_ADDR_F_KNOWN: u32 = 1;
+/// `VIP_ADDRS` value: echo requests to the address are answered (every service
+/// on the address has `answer_ping = true`).
+pub const VIP_ADDR_F_PING: u32 = 2;
+/// Echo replies per second each CPU sends at most (token bucket refill rate).
+pub const PING_RATE_PER_CPU: u64 = 1000;
+/// Echo replies a CPU may send back to back (token bucket depth).
+pub const PING_BURST: u64 = 64;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Value of the per-CPU `PING_BUCKET`: the echo-reply token bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+}
+
 /// `Backend::flags`: the backend may carry traffic (configured, healthy).
 /// Established flows follow a backend only while this is set.
 pub const BACKEND_F_UP: u32 = 1;
@@ -258,6 +285,8 @@ pub mod trace {
     /// A TCP packet of an unknown flow that is not a SYN: a Maglev pick that
     /// makes no conntrack entry.
     pub const NON_SYN: u8 = 6;
+    /// ICMP handled by xlb: an error sent on to a flow's end, or an echo request answered.
+    pub const ICMP: u8 = 7;
 }
 
 /// One sampled data-path decision, as written to `TRACE`. Addresses and
@@ -306,8 +335,19 @@ pub mod counter {
     pub const DROP_BAD_SOURCE: u32 = 5;
     /// TCP to a VIP address with an impossible flag set: none at all, SYN+FIN, SYN+RST.
     pub const DROP_BAD_FLAGS: u32 = 6;
+    // ICMP (lb-ebpf/src/icmp.rs).
+    /// ICMP error to a VIP address whose quoted packet is too short for its IP header and ports.
+    pub const DROP_ICMP_TRUNCATED: u32 = 7;
+    /// ICMP error to a VIP address quoting a non-first fragment (no ports) or an IPv6
+    /// packet with extension headers.
+    pub const DROP_ICMP_FRAGMENT: u32 = 8;
+    /// ICMP error to a VIP address about a flow xlb does not know (no service at the
+    /// quoted address, port and protocol, or no usable backend).
+    pub const DROP_ICMP_UNKNOWN_FLOW: u32 = 9;
+    /// Echo request to a VIP beyond the per-CPU rate (`PING_RATE_PER_CPU`).
+    pub const DROP_PING_RATE_LIMITED: u32 = 10;
     /// Number of drop reasons (indices below this are drops).
-    pub const NUM_DROPS: u32 = 7;
+    pub const NUM_DROPS: u32 = 11;
 
     /// VIP packet handed to the kernel: no route or neighbour for the backend yet.
     pub const PASS_NO_ROUTE: u32 = 16;
@@ -318,11 +358,44 @@ pub mod counter {
     /// Packets handed to the kernel untouched because they are not for a VIP: not IP, not
     /// TCP/UDP, not to a service, not a tracked NAT reply, or malformed and not to a VIP address.
     pub const PASS_NOT_VIP: u32 = 19;
+    /// Fragmentation needed / packet too big about a VIP flow, sent to its backend.
+    pub const ICMP_TO_BACKEND: u32 = 20;
+    /// ICMP error from the backend side about a NAT flow, rewritten to the VIP, to the client.
+    pub const ICMP_TO_CLIENT: u32 = 21;
+    /// Echo request to a VIP answered by xlb.
+    pub const PING_ANSWERED: u32 = 22;
+    /// ICMP to a VIP address handed to the kernel: echo with `answer_ping = false`,
+    /// an error other than frag-needed/packet-too-big about a VIP flow, other types.
+    pub const PASS_ICMP: u32 = 23;
+
+    /// Every drop reason: its `COUNTERS` index and its `reason` label.
+    pub fn drops() -> impl Iterator<Item = (u32, &'static str)> {
+        DROP_NAMES.iter().enumerate().map(|(i, n)| (i as u32, *n))
+    }
+
+    /// The `reason` label of drop counter `i`, if it is one.
+    pub fn drop_name(i: u32) -> Option<&'static str> {
+        DROP_NAMES.get(i as usize).copied()
+    }
+    /// ICMP events xlb acts on (not drops, not passes), as `event` labels.
+    pub const ICMP_EVENTS: [(u32, &str); 3] =
+        [(ICMP_TO_BACKEND, "to_backend"), (ICMP_TO_CLIENT, "to_client"), (PING_ANSWERED, "ping_answered")];
     pub const NUM_COUNTERS: u32 = 32;
 
     /// Prometheus `reason` label of each drop counter.
-    pub const DROP_NAMES: [&str; NUM_DROPS as usize] =
-        ["truncated", "fragment", "ipv6_extension", "bad_header", "no_backend", "bad_source", "bad_flags"];
+    pub const DROP_NAMES: [&str; NUM_DROPS as usize] = [
+        "truncated",
+        "fragment",
+        "ipv6_extension",
+        "bad_header",
+        "no_backend",
+        "bad_source",
+        "bad_flags",
+        "icmp_truncated",
+        "icmp_fragment",
+        "icmp_unknown_flow",
+        "ping_rate_limited",
+    ];
 }
 
 /// Address words of an IPv4 address given as its four octets (network order).
@@ -392,6 +465,7 @@ mod pod {
     unsafe impl aya::Pod for TraceEvent {}
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for TokenBucket {}
 }
 
 // No implicit padding anywhere: the size is the sum of the fields.

@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
     EbpfContext,
 };
@@ -24,8 +24,8 @@ use lb_common::{
     counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
-    NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SERVICE_F_DSR,
-    SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
+    SERVICE_F_DSR, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -35,6 +35,11 @@ use network_types::{
 };
 
 use crate::csum;
+
+/// ICMP for VIP flows and echo requests to VIPs: entered from [`process_packet`]'s
+/// `Parse::Icmp` arm only.
+#[path = "icmp.rs"]
+mod icmp;
 
 // ---------------------------------------------------------------- maps
 
@@ -78,6 +83,10 @@ static SETTINGS: Array<u32> = Array::with_max_entries(NUM_SETTINGS, 0);
 /// Sampled decisions for `xlb trace`, while `SETTINGS[SETTING_TRACE]` is set.
 #[map]
 static TRACE: RingBuf = RingBuf::with_byte_size(TRACE_RING_BYTES, 0);
+/// `xlb_icmp` at index 0, put there by the loader: ICMP is handled in a program of its
+/// own (a tail call), whose stack does not add to this one's.
+#[map]
+static ICMP_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// Ports backends answer from (bitmap): the reply path's cheap pre-filter.
 #[map]
 static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
@@ -150,6 +159,10 @@ enum Reason {
     NoBackend = counter::DROP_NO_BACKEND,
     BadSource = counter::DROP_BAD_SOURCE,
     BadFlags = counter::DROP_BAD_FLAGS,
+    IcmpTruncated = counter::DROP_ICMP_TRUNCATED,
+    IcmpFragment = counter::DROP_ICMP_FRAGMENT,
+    IcmpUnknownFlow = counter::DROP_ICMP_UNKNOWN_FLOW,
+    PingRateLimited = counter::DROP_PING_RATE_LIMITED,
 }
 
 /// Why a packet is handed to the kernel: its `COUNTERS` index.
@@ -162,6 +175,8 @@ enum Pass {
     NoRoute = counter::PASS_NO_ROUTE,
     /// The TTL or hop limit would expire: the kernel answers ICMP.
     TtlExpired = counter::PASS_TTL,
+    /// ICMP to a VIP address that xlb leaves to the kernel.
+    Icmp = counter::PASS_ICMP,
 }
 
 /// What is done with a packet that is not dropped.
@@ -194,6 +209,8 @@ enum Flow {
     /// A TCP packet of an unknown flow that is not a SYN: a Maglev pick
     /// without a conntrack entry.
     NonSyn = 32,
+    /// ICMP handled by `icmp` (an error about a VIP flow, an echo request to a VIP).
+    Icmp = 64,
 }
 
 /// Everything decided about a packet; [`record`] writes it to the counters
@@ -352,6 +369,21 @@ pub fn xlb_floor(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// ICMP and ICMPv6 (see `icmp`), tail-called from `xlb` once its parse found a sound
+/// IP header: read again (the first parse left no state), handled, recorded like
+/// every packet.
+#[xdp]
+pub fn xlb_icmp(ctx: XdpContext) -> u32 {
+    let Some(s) = icmp::scratch() else {
+        return record(&ctx, &Parse::Kernel(Pass::Icmp), &Decision::pass(Pass::Icmp));
+    };
+    if !s.at.read(&ctx) {
+        return record(&ctx, &Parse::Kernel(Pass::NotVip), &Decision::pass(Pass::NotVip));
+    }
+    let decision = icmp::handle(&ctx, s);
+    record(&ctx, &Parse::Icmp(s.at.key), &decision)
+}
+
 /// Parse (what the packet is), classify (its service, backend and flow
 /// state), act (rewrite and send, or hand to the kernel, or drop), record
 /// (counters and trace, from the one [`Decision`]).
@@ -370,6 +402,13 @@ fn process_packet(ctx: &XdpContext) -> u32 {
         // knows all of the decision, rather than after the other arms.
         Parse::Kernel(why) => return record(ctx, &parsed, &Decision::pass(*why)),
         Parse::Refused(why, _) => Decision::new(Flow::Refused, NOT_KNOWN, NOT_KNOWN, Err(*why)),
+        Parse::Icmp(_) => {
+            core::hint::cold_path();
+            // SAFETY: a tail call with this program's own context; it returns only when
+            // the slot is empty (an object loaded without `xlb_icmp`).
+            unsafe { ICMP_PROG.tail_call(ctx, 0) };
+            Decision::pass(Pass::Icmp)
+        }
     };
     record(ctx, &parsed, &decision)
 }
@@ -405,6 +444,8 @@ enum Parse {
     Kernel(Pass),
     /// Malformed and to a VIP address: dropped. The key has no ports.
     Refused(Reason, FlowKey),
+    /// ICMP (IPv4) or ICMPv6 with a sound IP header: see `icmp`.
+    Icmp(FlowKey),
 }
 
 /// Reads the headers. Looks at maps (which addresses and ports are VIPs'),
@@ -499,7 +540,7 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Parse {
             get8(hdr, offset_of!(Ipv4Hdr, proto)),
         )
     };
-    if proto != PROTO_TCP && proto != PROTO_UDP {
+    if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
         return Parse::Kernel(Pass::NotVip);
     }
     let ihl = ((vihl & 0x0f) as usize) << 2;
@@ -512,6 +553,10 @@ fn parse_v4(ctx: &XdpContext, l3: usize) -> Parse {
     }
     if (len as usize) < ihl || ctx.data() + ip.end > ctx.data_end() {
         return ip.refuse(Reason::Truncated);
+    }
+    if proto == PROTO_ICMP {
+        core::hint::cold_path();
+        return Parse::Icmp(ip.key());
     }
     parse_l4(ctx, &ip)
 }
@@ -533,7 +578,7 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Parse {
     let l4 = l3 + Ipv6Hdr::LEN;
     let len = payload_len.wrapping_add(Ipv6Hdr::LEN as u16);
     let ip = Ip { hdr, family: FAMILY_V6, proto: next, ttl: hop_limit, len, l3, l4, end: l4 + payload_len as usize };
-    if next != PROTO_TCP && next != PROTO_UDP {
+    if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
         // Extension headers (and fragments) are refused for VIPs; ICMPv6 and
         // anything else goes to the kernel.
         use next_header::*;
@@ -550,6 +595,10 @@ fn parse_v6(ctx: &XdpContext, l3: usize) -> Parse {
     }
     if ctx.data() + ip.end > ctx.data_end() {
         return ip.refuse(Reason::Truncated);
+    }
+    if next == PROTO_ICMPV6 {
+        core::hint::cold_path();
+        return Parse::Icmp(ip.key());
     }
     parse_l4(ctx, &ip)
 }
@@ -855,7 +904,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
 fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
     // Only packets from a port some NAT backend answers from get here
     // (`REPLY_PORTS`, empty while no service uses NAT).
-    let Some((vip, vip_port, hop, backend)) = nat_reply(pkt) else {
+    let Some((vip, vip_port, hop, backend)) = nat_reply(&pkt.key) else {
         return Decision::pass(Pass::NotVip);
     };
     let from = Nat { port_off: L4_SPORT, old_addr: &pkt.key.src, old_port: pkt.key.sport, addr: &vip, port: vip_port };
@@ -867,8 +916,7 @@ fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
 /// the flow's `CONNTRACK` entry (client -> VIP) must name this backend.
 /// Backends shared by several NAT services look in `REVERSE_NAT` first.
 #[inline(always)]
-fn nat_reply(pkt: &Packet) -> Option<([u32; 4], u16, NextHop, u32)> {
-    let k = &pkt.key;
+fn nat_reply(k: &FlowKey) -> Option<([u32; 4], u16, NextHop, u32)> {
     let from = VipKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
     // SAFETY: NAT sources are replaced whole by the daemon; a packet reads one.
     let src = unsafe { NAT_SOURCES.get(from) }?;
@@ -1085,7 +1133,7 @@ fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
     if d.flow != Flow::None {
         let key = match parsed {
             Parse::Vip(p) | Parse::MaybeReply(p) => &p.key,
-            Parse::Refused(_, k) => k,
+            Parse::Refused(_, k) | Parse::Icmp(k) => k,
             Parse::Kernel(_) => return d.action,
         };
         trace_decision(key, d);
@@ -1156,13 +1204,14 @@ fn trace_decision(key: &FlowKey, d: &Decision) {
 #[inline(never)]
 fn write_trace(key: &FlowKey, d: &Decision) {
     let kind = match d.flow {
+        Flow::Icmp if d.action != xdp_action::XDP_DROP => trace::ICMP,
         _ if d.backend == NOT_KNOWN => trace::DROP,
         Flow::Established => trace::HIT,
         Flow::New => trace::MISS,
         Flow::Repicked => trace::REPICK,
         Flow::Reply => trace::REPLY,
         Flow::NonSyn => trace::NON_SYN,
-        Flow::Refused | Flow::None => trace::DROP,
+        Flow::Refused | Flow::None | Flow::Icmp => trace::DROP,
     };
     let reason = if d.action == xdp_action::XDP_DROP { d.counter } else { NOT_KNOWN };
     // Written in place in the ring (no event on the stack: this frame and the

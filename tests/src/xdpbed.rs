@@ -100,6 +100,7 @@ fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[
         forwarding: fwd,
         table_size: 251,
         preempt: true,
+        answer_ping: true,
         health: HealthConfig { check: CheckKind::None, ..HealthConfig::default() },
         backends: backends.iter().map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary }).collect(),
     }

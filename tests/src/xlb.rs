@@ -118,6 +118,12 @@ impl Daemon {
         Self::start_with(ns, config_toml, interfaces, false, &[])
     }
 
+    /// [`Daemon::start`] with extra environment variables for `xlb run` (test knobs
+    /// such as `XLB_NO_ICMP`).
+    pub fn start_with_env(ns: &Netns, config_toml: &str, interfaces: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_launched(ns, config_toml, interfaces, Launch { env, ..Launch::default() })
+    }
+
     /// [`Daemon::start`], run as `launch` says.
     pub fn start_launched(ns: &Netns, config_toml: &str, interfaces: &[&str], launch: Launch) -> Result<Self> {
         Self::start_full(ns, config_toml, interfaces, true, &[], launch)

@@ -1,6 +1,6 @@
 //! A short run of the differential fuzzer (`cargo xtask fuzz` runs a long
 //! one): 50,000 frames through the XDP program and the reference model must
-//! agree on every action, output byte and counter. `XLB_FUZZ_SEED` picks
+//! agree on every action, output byte and counter, ICMP and ICMPv6 included. `XLB_FUZZ_SEED` picks
 //! another seed than the fixed one.
 
 use xlb_testbed::fuzz::run_fuzz;
@@ -36,6 +36,15 @@ fn differential_fuzz_short_run() {
         "tx/nat_reply",
         "pass/not_vip",
         "pass/ttl",
+        "drop/icmp_truncated",
+        "drop/icmp_fragment",
+        "drop/icmp_unknown_flow",
+        "drop/ping_rate_limited",
+        "pass/icmp",
+        "redirect/icmp_to_backend",
+        "tx/icmp_to_backend",
+        "redirect/icmp_to_client",
+        "tx/ping_answered",
     ] {
         let n = rep.outcomes.get(outcome).copied().unwrap_or(0);
         assert!(n >= 10, "outcome {outcome}: {n} frames, expected at least 10 in {FRAMES}\n{}", rep.summary());

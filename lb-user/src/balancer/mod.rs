@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use lb_common::{
     addr_v4, addr_v6, Backend, NextHop, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SETTINGS_F_NAT,
+    MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SERVICE_F_PING, SETTINGS_F_NAT,
 };
 
 pub use self::tables::Tables;
@@ -600,7 +600,8 @@ impl<T: Tables> Balancer<T> {
             id: svc.id,
             ring_offset: offset,
             table_size: svc.cfg.table_size,
-            flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 },
+            flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 }
+                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 },
         };
         // Written after its table, so a new service is published complete.
         self.dp.set_service(&svc.key, &entry)?;

@@ -111,6 +111,9 @@ pub struct ServiceConfig {
     pub table_size: u32,
     /// keepalived's nopreempt when false: traffic stays on a backup until it fails.
     pub preempt: bool,
+    /// Echo requests to the VIP are answered by xlb (rate-limited); false: left to the kernel.
+    /// An address answers only while every service on it says true.
+    pub answer_ping: bool,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
 }

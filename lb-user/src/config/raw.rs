@@ -292,6 +292,7 @@ raw_table! {
         forwarding: String,
         table_size: i128,
         preempt: bool,
+        answer_ping: bool,
         health: RawHealth,
         backend: Vec<Item<RawBackend>>,
     }

@@ -151,6 +151,12 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
         true,
         "true or false (false: a backup keeps its flows after a primary comes back)",
     );
+    let answer_ping = v.flag(
+        &path.key("answer_ping"),
+        raw.answer_ping,
+        true,
+        "true or false (false: echo requests to the VIP are left to the kernel, which does not answer them)",
+    );
     let health = health::validate(v, &path.key("health"), raw.health);
 
     let backends_path = path.key("backend");
@@ -205,6 +211,7 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
             forwarding,
             table_size,
             preempt,
+            answer_ping,
             health,
             backends: configs,
         },
@@ -258,8 +265,8 @@ mod tests {
     fn defaults_are_filled_in() {
         let s = &parse(BASE, "base.toml").expect("BASE is valid").services[0];
         assert_eq!(
-            (s.protocol, s.forwarding, s.table_size, s.preempt),
-            (Protocol::Tcp, Forwarding::Nat, lb_common::DEFAULT_TABLE_SIZE, true)
+            (s.protocol, s.forwarding, s.table_size, s.preempt, s.answer_ping),
+            (Protocol::Tcp, Forwarding::Nat, lb_common::DEFAULT_TABLE_SIZE, true, true)
         );
     }
 
@@ -273,13 +280,17 @@ vip = "[2001:db8::10]:443"
 protocol = "udp"
 forwarding = "dsr"
 preempt = false
+answer_ping = false
 [[service.backend]]
 address = "[2001:db8:1::12]:443"
 "#;
         let config = parse(text, "v6.toml").expect("valid");
         let s = &config.services[0];
         assert_eq!(s.name, "[2001:db8::10]:443/udp");
-        assert_eq!((s.protocol, s.forwarding, s.preempt), (Protocol::Udp, Forwarding::Dsr, false));
+        assert_eq!(
+            (s.protocol, s.forwarding, s.preempt, s.answer_ping),
+            (Protocol::Udp, Forwarding::Dsr, false, false)
+        );
         assert_eq!(config.daemon.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
     }
 
@@ -318,7 +329,9 @@ address = "[2001:db8:1::12]:443"
             ("table_size = 65537.0", "service[0] (www).table_size (line 8, column 14)", "the float 65537.0 is not an integer"),
             ("preempt = \"yes\"", "service[0] (www).preempt (line 8, column 11)", "the string \"yes\" is not a boolean; expected true or false"),
             ("preempt = \"false\"", "service[0] (www).preempt", "(write it without quotes: preempt = false)"),
-            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, table_size, preempt, health, backend"),
+            ("answer_ping = \"no\"", "service[0] (www).answer_ping (line 8, column 15)", "the string \"no\" is not a boolean; expected true or false"),
+            ("answer_ping = 0", "service[0] (www).answer_ping", "the integer 0 is not a boolean"),
+            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, table_size, preempt, answer_ping, health, backend"),
             ("vips = 1", "service[0] (www).vips (line 8, column 1)", "unknown key `vips` (did you mean `vip`?)"),
         ];
         for (line, field, message) in cases {

@@ -7,13 +7,13 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::{
     counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
-    SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE,
+    SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
 };
 
 use self::{
@@ -98,6 +98,23 @@ pub struct Dataplane {
     trace_ring: Option<RingBuf<MapData>>,
 }
 
+/// Loads `xlb_icmp` (ICMP for VIP flows, echo requests to VIPs) and puts it where `xlb`
+/// tail-calls it. An object without it (an older build, e.g. a benchmark's baseline) leaves
+/// ICMP to the kernel, as it did.
+fn load_icmp(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let Some(prog) = ebpf.program_mut(lb_common::ICMP_PROGRAM_NAME) else {
+        log::debug!("the XDP object has no {} program: ICMP goes to the kernel", lb_common::ICMP_PROGRAM_NAME);
+        return Ok(());
+    };
+    let prog: &mut Xdp = prog.try_into()?;
+    prog.load().context("the kernel refused the ICMP program xlb_icmp (verifier)")?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf.map_mut(maps::ICMP_PROG).context("the XDP object has no ICMP_PROG map")?;
+    let mut jump: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+    jump.set(0, &fd, 0).context("writing ICMP_PROG")?;
+    Ok(())
+}
+
 impl Dataplane {
     /// Loads the embedded program (not attached yet) with maps sized by
     /// `sizes`, nothing pinned (benchmarks, tests).
@@ -136,6 +153,17 @@ impl Dataplane {
         let prog: &mut Xdp =
             ebpf.program_mut(lb_common::PROGRAM_NAME).context("the XDP object has no program `xlb`")?.try_into()?;
         prog.load().context("the kernel refused the XDP program (verifier)")?;
+        if std::env::var_os("XLB_NO_ICMP").is_some() {
+            // A test knob: the data path as before issue 11's ICMP handling.
+            log::warn!("XLB_NO_ICMP is set: ICMP is left to the kernel (no PMTU errors to backends, no ping answers)");
+            // A pinned ICMP_PROG may still hold a previous daemon's xlb_icmp.
+            if let Some(map) = ebpf.map_mut(maps::ICMP_PROG) {
+                let mut jump: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+                let _ = jump.clear_index(&0);
+            }
+        } else {
+            load_icmp(&mut ebpf)?;
+        }
         let ring = match ebpf.map(maps::RING) {
             Some(aya::maps::Map::Array(m)) => RingMem::map(m.fd(), sizes.ring_entries.max(1) as usize)
                 .inspect_err(|e| log::warn!("{e:#}; writing Maglev tables slot by slot (slower)"))
@@ -375,10 +403,18 @@ impl Dataplane {
         self.sync_vip_port(key.port)?;
         let mut m: HashMap<&mut MapData, VipKey, Service> = HashMap::try_from(self.map_mut(maps::SERVICES))?;
         m.insert(key, svc, 0).context("writing SERVICES")?;
+        self.sync_vip_addr(key)
+    }
+
+    /// Writes the `VIP_ADDRS` entry of `key`'s address from the services in the book:
+    /// echo requests are answered while every service on the address has `answer_ping`.
+    fn sync_vip_addr(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        let same = |k: &VipKey| k.addr == key.addr && k.family == key.family;
+        let ping = self.book.services.values().filter(|(k, _)| same(k)).all(|(_, f)| f & SERVICE_F_PING != 0);
+        let value = VIP_ADDR_F_KNOWN | if ping { VIP_ADDR_F_PING } else { 0 };
         let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
         let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
-        a.insert(addr, 1, 0).context("writing VIP_ADDRS")?;
-        Ok(())
+        a.insert(addr, value, 0).context("writing VIP_ADDRS")
     }
 
     /// Removes a service; its VIP address stays known while another service uses it.
@@ -394,6 +430,9 @@ impl Dataplane {
             let before = self.book.keys_of_service(id);
             self.book.services.remove(&id);
             self.sync_service_sources(id, before)?;
+        }
+        if addr_still_used {
+            self.sync_vip_addr(key)?;
         }
         // Its `SERVICES_BY_ID` entry stays until the id is reused: it is only
         // reached through its backends, which are cleared after it.
@@ -626,6 +665,15 @@ impl Dataplane {
     pub fn counters(&self) -> anyhow::Result<Vec<u64>> {
         let m: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(self.map(maps::COUNTERS))?;
         (0..counter::NUM_COUNTERS).map(|i| Ok(m.get(&i, 0)?.iter().sum())).collect()
+    }
+
+    /// Sets every CPU's echo-reply token bucket (`PING_BUCKET`) to `bucket`: the
+    /// differential fuzzer makes the rate limit's outcome known before a frame runs.
+    pub fn set_ping_bucket(&mut self, bucket: lb_common::TokenBucket) -> anyhow::Result<()> {
+        let mut m: PerCpuArray<&mut MapData, lb_common::TokenBucket> =
+            PerCpuArray::try_from(self.map_mut(maps::PING_BUCKET))?;
+        let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        m.set(0, aya::maps::PerCpuValues::try_from(vec![bucket; n])?, 0).context("writing PING_BUCKET")
     }
 
     /// `BACKEND_STATS[slot]`, summed over CPUs.

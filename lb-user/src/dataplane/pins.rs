@@ -181,8 +181,9 @@ pub fn object_maps(object: &[u8], sizes: &[(&str, u32)]) -> anyhow::Result<Vec<(
                 def.value_size = 0;
                 def.max_entries = def.max_entries.div_ceil(page).next_power_of_two() * page;
             }
-            // What aya creates on kernels that know program ids in these maps (5.8+);
-            // the kernel makes device maps read-only to programs (BPF_F_RDONLY_PROG).
+            // What aya creates on kernels that know program ids in these maps (5.8+); the
+            // kernel adds BPF_F_RDONLY_PROG to a devmap's flags (its lookups return a
+            // pointer into the map's own data), so a pinned one shows it.
             DEVMAP | DEVMAP_HASH => {
                 def.value_size = 8;
                 def.flags |= BPF_F_RDONLY_PROG;

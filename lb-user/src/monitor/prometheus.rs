@@ -145,8 +145,8 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         "counter",
         "Packets to a VIP dropped, by reason (no_backend: no backend up).",
     );
-    for (i, reason) in counter::DROP_NAMES.iter().enumerate() {
-        e.sample("xlb_dropped_packets_total", &[("reason", reason)], snap.counter(i as u32));
+    for (i, reason) in counter::drops() {
+        e.sample("xlb_dropped_packets_total", &[("reason", reason)], snap.counter(i));
     }
     e.family("xlb_kernel_passed_packets_total", "counter", "Packets handed to the kernel's stack, by reason.");
     for (i, reason) in PASS_REASONS {
@@ -157,6 +157,15 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         &[],
         snap.counter(counter::REPLY_NAT),
     );
+    e.family(
+        "xlb_icmp_packets_total",
+        "counter",
+        "ICMP about VIP flows sent on (to_backend: frag needed / packet too big to the flow's backend; \
+         to_client: errors from the backend side rewritten to the VIP), echo requests to VIPs answered.",
+    );
+    for (i, event) in counter::ICMP_EVENTS {
+        e.sample("xlb_icmp_packets_total", &[("event", event)], snap.counter(i));
+    }
 
     if let Some(ct) = conntrack {
         e.family(
@@ -297,6 +306,10 @@ mod tests {
                 (i * 10).to_string()
             );
         }
+        // The snapshot holds 10 * index in each counter: icmp_unknown_flow is drop 9.
+        assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"icmp_unknown_flow\"}"), "90");
+        assert_eq!(value(&text, "xlb_icmp_packets_total{event=\"to_client\"}"), "210");
+        assert_eq!(value(&text, "xlb_kernel_passed_packets_total{reason=\"icmp\"}"), "230");
         assert_eq!(value(&text, "xlb_xdp_attached_info{interface=\"eth1\",mode=\"generic\"}"), "1");
         assert_eq!(value(&text, "xlb_table_slots_written_total"), "131074");
         assert_eq!(value(&text, &format!("xlb_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"))), "1");

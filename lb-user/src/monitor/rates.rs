@@ -56,7 +56,7 @@ pub struct Rates {
     pub window: Duration,
     backends: HashMap<(String, SocketAddr), BackendRates>,
     services: HashMap<String, ServiceRates>,
-    /// Per drop reason (`counter::DROP_NAMES` order).
+    /// Per drop reason (`counter::drops()` order).
     pub drops: Vec<f64>,
 }
 
@@ -90,7 +90,7 @@ impl Rates {
                 );
             }
         }
-        r.drops = (0..counter::NUM_DROPS).map(|i| per_s(cur.counter(i), prev.counter(i))).collect();
+        r.drops = counter::drops().map(|(i, _)| per_s(cur.counter(i), prev.counter(i))).collect();
         Some(r)
     }
 

@@ -136,8 +136,12 @@ impl Snapshot {
 }
 
 /// Names of the `COUNTERS` events that pass packets to the kernel, as `reason` labels.
-pub const PASS_REASONS: [(u32, &str); 3] =
-    [(counter::PASS_NO_ROUTE, "no_route"), (counter::PASS_TTL, "ttl_expired"), (counter::PASS_NOT_VIP, "not_vip")];
+pub const PASS_REASONS: [(u32, &str); 4] = [
+    (counter::PASS_NO_ROUTE, "no_route"),
+    (counter::PASS_TTL, "ttl_expired"),
+    (counter::PASS_NOT_VIP, "not_vip"),
+    (counter::PASS_ICMP, "icmp"),
+];
 
 #[cfg(test)]
 pub(crate) mod tests {

@@ -73,19 +73,27 @@ pub fn text(v: &View) -> String {
     backend_table(&mut o, v);
     service_table(&mut o, v);
     let _ = writeln!(o, "\ndropped:{:>22} {:>9}", "TOTAL", "PER S");
-    for (i, name) in counter::DROP_NAMES.iter().enumerate() {
-        let rate = v.rates.and_then(|r| r.drop(i));
-        let _ = writeln!(o, "  {name:<16} {:>12} {:>9}", v.snap.counter(i as u32), si(rate));
+    for (pos, (i, name)) in counter::drops().enumerate() {
+        let rate = v.rates.and_then(|r| r.drop(pos));
+        let _ = writeln!(o, "  {name:<17} {:>11} {:>9}", v.snap.counter(i), si(rate));
     }
     let c = |i| v.snap.counter(i);
     let _ = writeln!(
         o,
-        "to the kernel: no route/neighbour {}, ttl {}, not for a VIP {}",
+        "to the kernel: no route/neighbour {}, ttl {}, not for a VIP {}, icmp {}",
         c(counter::PASS_NO_ROUTE),
         c(counter::PASS_TTL),
-        c(counter::PASS_NOT_VIP)
+        c(counter::PASS_NOT_VIP),
+        c(counter::PASS_ICMP)
     );
     let _ = writeln!(o, "nat replies rewritten: {}", c(counter::REPLY_NAT));
+    let _ = writeln!(
+        o,
+        "icmp: errors to backends {}, errors to clients {}, pings answered {}",
+        c(counter::ICMP_TO_BACKEND),
+        c(counter::ICMP_TO_CLIENT),
+        c(counter::PING_ANSWERED)
+    );
     o
 }
 
@@ -178,8 +186,10 @@ fn service_table(o: &mut String, v: &View) {
 /// - `conntrack`: `entries`, `limit`, `used_percent`, `age_seconds` (since it was counted); `null` before the first count.
 /// - `table_rebuilds`, `table_slots_written`: Maglev table rebuilds that changed a slot, and slots written, since start.
 /// - `drops[]`: `reason`, `total`, `per_second`: packets to a VIP dropped, by reason.
-/// - `kernel_passed[]`: `reason` (`no_route`, `ttl_expired`, `not_vip`), `total`: packets handed to the kernel.
+/// - `kernel_passed[]`: `reason` (`no_route`, `ttl_expired`, `not_vip`, `icmp`), `total`: packets handed to the kernel.
 /// - `nat_replies`: backend replies rewritten back to the VIP.
+/// - `icmp[]`: `event` (`to_backend`, `to_client`, `ping_answered`), `total`: ICMP errors sent on to a VIP
+///   flow's backend or client, echo requests answered.
 /// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `on_backup` (new flows go to the backups),
 ///   `packets`, `new_flows`, `established`, `repicked`, `non_syn` (TCP packets of an unknown flow that are
 ///   not a SYN: sent to their Maglev backend without a conntrack entry), `packets_per_second`,
@@ -201,7 +211,14 @@ pub struct StatusJson {
     pub drops: Vec<DropJson>,
     pub kernel_passed: Vec<PassJson>,
     pub nat_replies: u64,
+    pub icmp: Vec<IcmpJson>,
     pub services: Vec<ServiceJson>,
+}
+
+#[derive(Serialize)]
+pub struct IcmpJson {
+    pub event: &'static str,
+    pub total: u64,
 }
 
 #[derive(Serialize)]
@@ -288,17 +305,17 @@ pub fn json(v: &View) -> StatusJson {
         }),
         table_rebuilds: v.snap.rebuilds,
         table_slots_written: v.snap.slots_written,
-        drops: counter::DROP_NAMES
-            .iter()
+        drops: counter::drops()
             .enumerate()
-            .map(|(i, reason)| DropJson {
+            .map(|(pos, (i, reason))| DropJson {
                 reason,
-                total: v.snap.counter(i as u32),
-                per_second: v.rates.and_then(|r| r.drop(i)),
+                total: v.snap.counter(i),
+                per_second: v.rates.and_then(|r| r.drop(pos)),
             })
             .collect(),
         kernel_passed: PASS_REASONS.iter().map(|&(i, reason)| PassJson { reason, total: v.snap.counter(i) }).collect(),
         nat_replies: v.snap.counter(counter::REPLY_NAT),
+        icmp: counter::ICMP_EVENTS.iter().map(|&(i, event)| IcmpJson { event, total: v.snap.counter(i) }).collect(),
         services: v.snap.services.iter().map(|s| service_json(v, s)).collect(),
     }
 }
@@ -403,6 +420,14 @@ mod tests {
         assert_eq!(j["kernel_passed"][1]["reason"], "ttl_expired");
         assert_eq!(j["kernel_passed"][1]["total"], snap.counter(counter::PASS_TTL));
         assert_eq!(j["nat_replies"], snap.counter(counter::REPLY_NAT));
+        // ICMP drop reasons follow the others, in index order.
+        assert_eq!(j["drops"][7]["reason"], "icmp_truncated");
+        assert_eq!(j["drops"][7]["total"], snap.counter(counter::DROP_ICMP_TRUNCATED));
+        assert_eq!(j["drops"][10]["reason"], "ping_rate_limited");
+        assert_eq!(j["kernel_passed"][3]["reason"], "icmp");
+        assert_eq!(j["icmp"][0]["event"], "to_backend");
+        assert_eq!(j["icmp"][0]["total"], snap.counter(counter::ICMP_TO_BACKEND));
+        assert_eq!(j["icmp"][2]["event"], "ping_answered");
         assert_eq!(j["xdp"][0]["mode"], "native");
     }
 

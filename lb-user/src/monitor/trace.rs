@@ -232,11 +232,15 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
     let proto = match ev.proto {
         PROTO_TCP => "tcp".to_string(),
         PROTO_UDP => "udp".to_string(),
+        lb_common::PROTO_ICMP => "icmp".to_string(),
+        lb_common::PROTO_ICMPV6 => "icmpv6".to_string(),
         p => format!("proto-{p}"),
     };
     let (src, dst) = (addr(ev.src, ev.family), addr(ev.dst, ev.family));
     let t = ev.ns.saturating_sub(start_ns) as f64 / 1e9;
-    let mut o = if ev.kind == trace::DROP && ev.service == u32::MAX && ev.sport == 0 && ev.dport == 0 {
+    let mut o = if (ev.kind == trace::DROP && ev.service == u32::MAX && ev.sport == 0 && ev.dport == 0)
+        || ev.kind == trace::ICMP
+    {
         // Refused while parsing: no ports known.
         format!("+{t:.6}s {proto} {src} -> {dst}")
     } else {
@@ -255,6 +259,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
         trace::REPLY => "nat-reply",
         trace::DROP => "refused",
         trace::NON_SYN => "conntrack=non_syn",
+        trace::ICMP => "icmp",
         _ => "unknown",
     };
     let _ = write!(o, " {decision}");
@@ -262,7 +267,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
         let _ = write!(o, " backend={a}");
     }
     let _ = write!(o, " action={}", action_name(ev.action));
-    if let Some(reason) = counter::DROP_NAMES.get(ev.reason as usize) {
+    if let Some(reason) = counter::drop_name(ev.reason) {
         let _ = write!(o, " reason={reason}");
     }
     o
@@ -347,6 +352,20 @@ mod tests {
         assert!(
             bad_flags.ends_with("tcp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=bad_flags"),
             "{bad_flags}"
+        );
+        let mut e = event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_ICMP_FRAGMENT);
+        (e.proto, e.sport, e.dport) = (lb_common::PROTO_ICMP, 0, 0);
+        let icmp_drop = format_event(&e, 0, &Fixed);
+        assert!(
+            icmp_drop.ends_with("icmp 198.18.0.1 -> 198.18.0.10 refused action=drop reason=icmp_fragment"),
+            "{icmp_drop}"
+        );
+        let mut e = event(trace::ICMP, u32::MAX, 7, 4, u32::MAX);
+        (e.proto, e.sport, e.dport) = (lb_common::PROTO_ICMP, 0, 0);
+        let sent = format_event(&e, 0, &Fixed);
+        assert!(
+            sent.ends_with("icmp 198.18.0.1 -> 198.18.0.10 service=www icmp backend=198.18.1.11:8080 action=redirect"),
+            "{sent}"
         );
     }
 

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _};
-use lb_common::counter;
+use lb_common::{counter, TokenBucket, PING_BURST, PING_RATE_PER_CPU};
 use xlb::balancer::Balancer;
 
 use self::model::{Expect, Hop, Model, SvcTotals, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX};
@@ -81,6 +81,9 @@ pub fn frame(seed: u64, i: u64) -> (Vec<u8>, Side) {
     r.u64();
     if r.chance(40) {
         return random_frame(&mut r);
+    }
+    if r.chance(150) {
+        return icmp_frame(&mut r);
     }
     let (p, side) = base_packet(&mut r);
     let mut f = build(&p, &mut r);
@@ -183,6 +186,257 @@ fn base_packet(r: &mut Rng) -> (Pkt, Side) {
         p.ipv6_ext = Some(r.pick(&[0, 43, 44, 50, 51, 60, 135, 139, 140, 59]));
     }
     (p, side)
+}
+
+/// Routers and hosts that send ICMP errors (not VIPs, not backends).
+const ROUTERS_V4: [&str; 2] = ["198.18.0.254", "198.18.1.254"];
+const ROUTERS_V6: [&str; 2] = ["2001:db8::fe", "2001:db8:1::fe"];
+
+/// An ICMP or ICMPv6 frame: an echo request (to a VIP, the lb, a client), an
+/// error quoting the reply of a VIP flow (VIP:port -> client, as a router
+/// between client and lb sends it), an error quoting a packet to a NAT
+/// backend (client -> backend:port, from the backend or a router on its
+/// side), or some other type; quotes cut at every length, quoted
+/// fragments and extension headers, then the same truncations, tags,
+/// padding and mutations as other frames.
+fn icmp_frame(r: &mut Rng) -> (Vec<u8>, Side) {
+    use crate::icmp::Icmp;
+    let v6 = r.chance(400);
+    let pick_ip = |r: &mut Rng, v4: &[&str], v6s: &[&str]| if v6 { ip(r.pick(v6s)) } else { ip(r.pick(v4)) };
+    let client = |r: &mut Rng| {
+        let i = if r.chance(700) { 0 } else { r.below(3) + 1 };
+        if v6 {
+            ip(CLIENTS_V6[i.min(CLIENTS_V6.len() - 1)])
+        } else {
+            ip(CLIENTS_V4[i])
+        }
+    };
+    let client_port = 40000 + if r.chance(750) { r.below(4) } else { r.below(64) } as u16;
+    let tcp = r.chance(650);
+    let l4 = if tcp { L4::Tcp } else { L4::Udp };
+    let (mut p, side) = match r.below(100) {
+        0..=29 => {
+            // Echo request (or reply, or another type) to a VIP, the lb or a client.
+            let dst = match r.below(10) {
+                0 => client(r),
+                1 => pick_ip(r, &MARTIANS_V4, &MARTIANS_V6),
+                _ => pick_ip(r, &VIPS_V4, &VIPS_V6),
+            };
+            let src = if r.chance(900) { client(r) } else { pick_ip(r, &MARTIANS_V4, &MARTIANS_V6) };
+            let n = r.pick(&[0, 8, 56, 200]);
+            let data = r.bytes(n);
+            let mut p = Icmp::echo(src, dst, r.chance(80), r.u64() as u16, &data);
+            if r.chance(80) {
+                p.ty = r.u64() as u8;
+                p.code = r.u64() as u8;
+            }
+            (p, if r.chance(850) { Side::Client } else { Side::Backend })
+        }
+        _ => {
+            // An error about a VIP flow: its reply (VIP:port -> client), or a
+            // packet to a NAT backend (client -> backend:port).
+            let c = client(r);
+            let (qsrc, qdst, qsport, qdport, outer_src, side) = if r.chance(550) {
+                let vip = pick_ip(r, &VIPS_V4, &VIPS_V6);
+                let port = if r.chance(800) {
+                    if tcp {
+                        80
+                    } else {
+                        53
+                    }
+                } else {
+                    r.pick(&PORTS)
+                };
+                let from = if r.chance(800) { pick_ip(r, &ROUTERS_V4, &ROUTERS_V6) } else { c };
+                (vip, c, port, client_port, from, if r.chance(850) { Side::Client } else { Side::Backend })
+            } else {
+                // Mostly a NAT backend and a port it serves on for this protocol.
+                let be = if r.chance(750) {
+                    ip(if v6 { BACKENDS_V6[0] } else { BACKENDS_V4[0] })
+                } else {
+                    pick_ip(r, &BACKENDS_V4, &BACKENDS_V6)
+                };
+                let port = match (r.below(10), tcp) {
+                    (0..=7, true) => r.pick(&[8080, 8080, 80]),
+                    (0..=7, false) => r.pick(&[5353, 53]),
+                    _ => r.pick(&PORTS),
+                };
+                let from = if r.chance(600) { be } else { pick_ip(r, &ROUTERS_V4, &ROUTERS_V6) };
+                (c, be, client_port, port, from, if r.chance(850) { Side::Backend } else { Side::Client })
+            };
+            let mut q = Pkt::new(qsrc, qdst, l4, qsport, qdport);
+            q.tcp_flags = r.pick(&FLAGS);
+            q.ttl = r.pick(&[64, 63, 1]);
+            let n = r.pick(&[0, 0, 5, 64, 200, 1300]);
+            q.payload = r.bytes(n);
+            q.udp_no_csum = r.chance(200);
+            if !v6 && r.chance(60) {
+                let any = r.u64() as u16;
+                q.ipv4_frag = r.pick(&[0x2000, 0x0010, 0x4000, 0x2010, 0x1fff, any]);
+            }
+            if !v6 && r.chance(50) {
+                let n = 4 * (1 + r.below(10));
+                q.ipv4_options = r.bytes(n);
+            }
+            if v6 && r.chance(50) {
+                q.ipv6_ext = Some(r.pick(&[0, 43, 44, 60, 59, 50]));
+            }
+            let qf = q.build();
+            // The quote: a router's 28 bytes (IPv4 header and 8), as much as fits
+            // in 576 / 1280 bytes, a TCP header's worth, or any length.
+            let whole = qf.len() - 14;
+            let cut = match r.below(10) {
+                0..=2 => whole.min(if v6 { 1232 } else { 548 }),
+                3 | 4 => {
+                    if v6 {
+                        48
+                    } else {
+                        28 + q.ipv4_options.len()
+                    }
+                }
+                5 | 6 => (if v6 { 60 } else { 40 + q.ipv4_options.len() }).min(whole),
+                _ => r.below(whole + 1),
+            };
+            let mut quoted = crate::icmp::ip_packet(&qf, cut);
+            if r.chance(60) && quoted.len() > 9 {
+                // Another protocol quoted.
+                let at = if v6 { 6 } else { 9 };
+                let any = r.u64() as u8;
+                quoted[at] = r.pick(&[1, 58, 47, 0, any]);
+            }
+            let (ty, code) = match (v6, r.below(10)) {
+                (false, 0..=5) => (3, 4),
+                (false, 6) => (3, 3),
+                (false, 7) => (11, 0),
+                (false, 8) => (12, 0),
+                (true, 0..=5) => (2, 0),
+                (true, 6) => (1, 4),
+                (true, 7) => (3, 0),
+                (true, 8) => (4, 0),
+                _ => (r.u64() as u8, r.u64() as u8),
+            };
+            let dst = if r.chance(950) { qsrc } else { pick_ip(r, &VIPS_V4, &VIPS_V6) };
+            (Icmp::error(outer_src, dst, ty, code, r.pick(&[1280, 1400, 576, 0]), &quoted), side)
+        }
+    };
+    p.eth_dst = r.bytes(6).try_into().unwrap();
+    p.eth_src = r.bytes(6).try_into().unwrap();
+    p.ttl = match r.below(20) {
+        0 => 1,
+        1 => 0,
+        2 => r.u64() as u8,
+        _ => 64,
+    };
+    let mut f = p.build();
+    let l3 = if r.chance(150) {
+        let tpid: u16 = if r.chance(300) { 0x88a8 } else { 0x8100 };
+        let mut tag = tpid.to_be_bytes().to_vec();
+        tag.extend_from_slice(&(r.u64() as u16).to_be_bytes());
+        f.splice(12..12, tag);
+        18
+    } else {
+        14
+    };
+    if r.chance(150) {
+        let pad = if r.chance(500) { 60usize.saturating_sub(f.len()) } else { 1 + r.below(40) };
+        let bytes = if r.chance(500) { vec![0; pad] } else { r.bytes(pad) };
+        f.extend_from_slice(&bytes);
+    }
+    if r.chance(80) {
+        let at = 14 + r.below(f.len() - 13);
+        f.truncate(at.max(14));
+        return (f, side);
+    }
+    let n = match r.below(100) {
+        0..=49 => 0,
+        50..=79 => 1,
+        _ => 2 + r.below(3),
+    };
+    for _ in 0..n {
+        mutate_icmp(&mut f, l3, v6, r);
+    }
+    (f, side)
+}
+
+/// One mutation of an ICMP frame: a field of the outer header, the ICMP
+/// header or the quoted headers set to an interesting value, or a byte set,
+/// a bit flipped, bytes added anywhere.
+fn mutate_icmp(f: &mut Vec<u8>, l3: usize, v6: bool, r: &mut Rng) {
+    let l4 = if v6 { l3 + 40 } else { l3 + usize::from(f.get(l3).map_or(5, |b| b & 0xf)) * 4 };
+    let q3 = l4 + 8;
+    let q4 = if v6 { q3 + 40 } else { q3 + usize::from(f.get(q3).map_or(5, |b| b & 0xf)) * 4 };
+    let fields: &[(usize, usize)] = if v6 {
+        &[
+            (l3, 1),
+            (l3 + 4, 2),
+            (l3 + 6, 1),
+            (l3 + 7, 1),
+            (l4, 1),
+            (l4 + 1, 1),
+            (q3 + 6, 1),
+            (q3 + 8, 16),
+            (q3 + 24, 16),
+            (q4, 2),
+            (q4 + 2, 2),
+            (q4 + 6, 2),
+            (q4 + 16, 2),
+        ]
+    } else {
+        &[
+            (l3, 1),
+            (l3 + 2, 2),
+            (l3 + 6, 2),
+            (l3 + 8, 1),
+            (l4, 1),
+            (l4 + 1, 1),
+            (q3, 1),
+            (q3 + 2, 2),
+            (q3 + 6, 2),
+            (q3 + 9, 1),
+            (q3 + 12, 4),
+            (q3 + 16, 4),
+            (q4, 2),
+            (q4 + 2, 2),
+            (q4 + 6, 2),
+            (q4 + 16, 2),
+        ]
+    };
+    let (any8, any16) = (r.u64() as u8, r.u64() as u16);
+    match r.below(10) {
+        0..=5 => {
+            let (at, w) = r.pick(fields);
+            if at + w > f.len() {
+                return;
+            }
+            let b = match w {
+                1 => {
+                    vec![r.pick(&[0, 1, 2, 3, 4, 8, 11, 12, 44, 0x45, 0x46, 0x4f, 0x60, 128, 129, 0xff, any8])]
+                }
+                2 => r.pick(&[0u16, 1, 8, 53, 80, 0x1fff, 0x2000, 0xffff, any16]).to_be_bytes().to_vec(),
+                _ => match r.below(3) {
+                    0 if w == 4 => ip_octets(ip(r.pick(&VIPS_V4))),
+                    0 => ip_octets(ip(r.pick(&VIPS_V6))),
+                    1 if w == 4 => ip_octets(ip(r.pick(&CLIENTS_V4))),
+                    1 => ip_octets(ip(r.pick(&CLIENTS_V6))),
+                    _ => r.bytes(w),
+                },
+            };
+            f[at..at + w].copy_from_slice(&b);
+        }
+        6 => {
+            let at = r.below(f.len().min(120));
+            f[at] = r.u64() as u8;
+        }
+        7 | 8 => {
+            let at = r.below(f.len());
+            f[at] ^= 1 << r.below(8);
+        }
+        _ => {
+            let n = 1 + r.below(30);
+            let b = r.bytes(n);
+            f.extend_from_slice(&b);
+        }
+    }
 }
 
 /// The packet's bytes, then maybe another protocol in the IP header, an
@@ -349,6 +603,14 @@ fn ip_octets(a: IpAddr) -> Vec<u8> {
     }
 }
 
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -401,6 +663,10 @@ fn outcome_name(e: &Expect) -> String {
         Some(counter::PASS_NOT_VIP) => format!("{action}/not_vip"),
         Some(counter::PASS_TTL) => format!("{action}/ttl"),
         Some(counter::REPLY_NAT) => format!("{action}/nat_reply"),
+        Some(counter::PASS_ICMP) => format!("{action}/icmp"),
+        Some(counter::ICMP_TO_BACKEND) => format!("{action}/icmp_to_backend"),
+        Some(counter::ICMP_TO_CLIENT) => format!("{action}/icmp_to_client"),
+        Some(counter::PING_ANSWERED) => format!("{action}/ping_answered"),
         Some(c) => format!("{action}/counter{c}"),
         None => format!("{action}/to_backend"),
     }
@@ -414,6 +680,12 @@ pub fn run_fuzz(frames: u64, seed: u64, progress: bool) -> anyhow::Result<Report
     b.ns.run_in(move || -> anyhow::Result<Report> {
         let mut cfg = fixture_config();
         cfg.daemon.conntrack_entries = 65536;
+        // Echo requests to 198.18.0.30 and 2001:db8::20 go to the kernel.
+        for s in &mut cfg.services {
+            if s.name == "pair" || s.name == "dsr6" {
+                s.answer_ping = false;
+            }
+        }
         let mut bal = Balancer::load(&cfg).context("load the XDP program")?;
         bal.apply(&cfg).context("fill the maps")?;
         let n = bal.refresh_next_hops()?;
@@ -452,8 +724,26 @@ pub fn run_fuzz(frames: u64, seed: u64, progress: bool) -> anyhow::Result<Report
         for i in 0..frames {
             let (frame, side) = frame(seed, i);
             let ingress = if side == Side::Client { c0 } else { b0 };
-            let want = model.decide(&frame, ingress);
-            let (action, out) = run(&bal, &frame, ingress);
+            // An echo request to a VIP finds its CPU's token bucket empty one
+            // time in five: the bucket is set before the frame runs.
+            let empty = Rng::new(seed ^ i.wrapping_mul(0x2545_f491_4f6c_dd1d)).chance(200);
+            model.ping_token = !empty;
+            let mut want = model.decide(&frame, ingress);
+            let (action, out) = if want.ping {
+                let set_at = monotonic_ns();
+                let tokens = if empty { 0 } else { PING_BURST };
+                bal.dp.set_ping_bucket(TokenBucket { tokens, last_ns: set_at })?;
+                let (action, out) = run(&bal, &frame, ingress);
+                // The bucket gains a token every 1/PING_RATE_PER_CPU s: an empty
+                // one may have one by the time the frame runs on a slow machine.
+                if empty && action != want.action && monotonic_ns() - set_at >= 1_000_000_000 / PING_RATE_PER_CPU {
+                    model.ping_token = true;
+                    want = model.decide(&frame, ingress);
+                }
+                (action, out)
+            } else {
+                run(&bal, &frame, ingress)
+            };
             let now = bal.dp.counters()?;
             let moved: Vec<(usize, u64)> =
                 (0..now.len()).filter(|&k| now[k] != prev[k]).map(|k| (k, now[k] - prev[k])).collect();

@@ -15,7 +15,9 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use lb_common::{counter, flow_hash, FlowKey, FAMILY_V4, FAMILY_V6, NO_BACKEND, PROTO_TCP, PROTO_UDP};
+use lb_common::{
+    counter, flow_hash, FlowKey, FAMILY_V4, FAMILY_V6, NO_BACKEND, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+};
 use xlb::{
     config::{Config, Forwarding},
     plan,
@@ -53,6 +55,9 @@ pub struct Expect {
     pub service: Option<usize>,
     /// How the service counts it.
     pub flow: Flow,
+    /// An echo request answered or refused by the per-CPU rate limit: the
+    /// outcome depends on [`Model::ping_token`].
+    pub ping: bool,
 }
 
 /// How a service's counters see a packet (as `ServiceStats` counts them).
@@ -90,6 +95,8 @@ pub struct Model {
     /// (address, port, proto) of a service -> its index.
     by_vip: HashMap<(IpAddr, u16, u8), usize>,
     vip_addrs: HashSet<IpAddr>,
+    /// VIP addresses whose services all have `answer_ping`.
+    ping_addrs: HashSet<IpAddr>,
     vip_ports: HashSet<u16>,
     reply_ports: HashSet<u16>,
     /// NAT backend (address, port, proto) -> (service, backend index).
@@ -97,6 +104,9 @@ pub struct Model {
     hops: HashMap<IpAddr, Hop>,
     conntrack: HashMap<Key, Tracked>,
     pub totals: Vec<SvcTotals>,
+    /// Whether the CPU's echo-reply token bucket has a token for the next
+    /// echo request (the fuzzer sets the bucket to match before the frame).
+    pub ping_token: bool,
 }
 
 /// A flow as the model keys it: (src, dst, sport, dport, proto).
@@ -115,12 +125,17 @@ impl Model {
             hops,
             conntrack: HashMap::new(),
             totals: vec![SvcTotals::default(); cfg.services.len()],
+            ping_addrs: HashSet::new(),
+            ping_token: true,
         };
         for (i, s) in cfg.services.iter().enumerate() {
             let proto = s.protocol.number();
             let dsr = s.forwarding == Forwarding::Dsr;
             m.by_vip.insert((s.vip.ip(), s.vip.port(), proto), i);
             m.vip_addrs.insert(s.vip.ip());
+            if cfg.services.iter().filter(|o| o.vip.ip() == s.vip.ip()).all(|o| o.answer_ping) {
+                m.ping_addrs.insert(s.vip.ip());
+            }
             m.vip_ports.insert(s.vip.port());
             if !dsr {
                 for (j, b) in s.backends.iter().enumerate() {
@@ -170,6 +185,7 @@ impl Model {
         let pkt = match parse(f, self) {
             Parsed::Kernel => return pass(f, counter::PASS_NOT_VIP),
             Parsed::Refused(reason) => return drop(f, reason, None),
+            Parsed::Icmp(o) => return self.icmp(f, &o, ingress),
             Parsed::Packet(p) => p,
         };
         if pkt.to_vip_port {
@@ -222,7 +238,7 @@ impl Model {
             rewrite(&mut out, p, true, be.ip(), be.port());
         }
         let action = send(&mut out, &hop, ingress);
-        Some(Expect { action, output: out, counter: None, service: Some(si), flow })
+        Some(Expect { action, output: out, counter: None, service: Some(si), flow, ping: false })
     }
 
     /// Not a service's packet: the reply of a tracked NAT flow, or the kernel's.
@@ -243,7 +259,137 @@ impl Model {
         let mut out = f.to_vec();
         rewrite(&mut out, p, false, vip.ip(), vip.port());
         let action = send(&mut out, &t.reply_hop, ingress);
-        Expect { action, output: out, counter: Some(counter::REPLY_NAT), service: None, flow: Flow::None }
+        Expect { action, output: out, counter: Some(counter::REPLY_NAT), service: None, flow: Flow::None, ping: false }
+    }
+
+    /// ICMP or ICMPv6 (the README's ICMP section): echo requests to a VIP
+    /// answered, frag-needed / packet-too-big about a VIP's reply sent to the
+    /// flow's backend, errors about a tracked NAT flow sent back to its client.
+    fn icmp(&self, f: &[u8], o: &Outer, ingress: u32) -> Expect {
+        let v4 = o.family == FAMILY_V4;
+        let to_vip = self.vip_addrs.contains(&o.dst);
+        let not_handled = || pass(f, if to_vip { counter::PASS_ICMP } else { counter::PASS_NOT_VIP });
+        let refuse = |reason: u32| if to_vip { drop(f, reason, None) } else { pass(f, counter::PASS_NOT_VIP) };
+        // Every header within the IP packet's own length (not the frame's).
+        if o.l4 + 8 > f.len() || o.l4 + 8 > o.end {
+            return not_handled();
+        }
+        let (ty, code) = (f[o.l4], f[o.l4 + 1]);
+        if (v4 && ty == 8) || (!v4 && ty == 128) {
+            if !to_vip {
+                return pass(f, counter::PASS_NOT_VIP);
+            }
+            if !self.ping_addrs.contains(&o.dst) {
+                return pass(f, counter::PASS_ICMP);
+            }
+            if !self.ping_token {
+                return Expect { ping: true, ..drop(f, counter::DROP_PING_RATE_LIMITED, None) };
+            }
+            return Expect { ping: true, ..echo_reply(f, o) };
+        }
+        let error = if v4 { matches!(ty, 3 | 11 | 12) } else { (1..=4).contains(&ty) };
+        if !error {
+            return not_handled();
+        }
+        let too_big = if v4 { ty == 3 && code == 4 } else { ty == 2 };
+        // The quoted packet: its IP header (read within the frame), then its
+        // ports (within the outer IP packet).
+        let q3 = o.l4 + 8;
+        let (proto, qsrc, qdst, q4) = if v4 {
+            if q3 + 20 > f.len() || q3 + 20 > o.end {
+                return refuse(counter::DROP_ICMP_TRUNCATED);
+            }
+            let (vihl, frags, proto) = (f[q3], be16(f, q3 + 6), f[q3 + 9]);
+            let ihl = usize::from(vihl & 0xf) * 4;
+            if vihl >> 4 != 4 || ihl < 20 {
+                return refuse(counter::DROP_ICMP_TRUNCATED);
+            }
+            if proto != PROTO_TCP && proto != PROTO_UDP {
+                return not_handled();
+            }
+            if frags & 0x1fff != 0 {
+                return refuse(counter::DROP_ICMP_FRAGMENT);
+            }
+            (proto, addr(f, q3 + 12, FAMILY_V4), addr(f, q3 + 16, FAMILY_V4), q3 + ihl)
+        } else {
+            if q3 + 40 > f.len() || q3 + 40 > o.end {
+                return refuse(counter::DROP_ICMP_TRUNCATED);
+            }
+            let next = f[q3 + 6];
+            if next != PROTO_TCP && next != PROTO_UDP {
+                return match next {
+                    0 | 43 | 44 | 60 => refuse(counter::DROP_ICMP_FRAGMENT),
+                    _ => not_handled(),
+                };
+            }
+            (next, addr(f, q3 + 8, FAMILY_V6), addr(f, q3 + 24, FAMILY_V6), q3 + 40)
+        };
+        if q4 + 8 > f.len() || q4 + 8 > o.end {
+            return refuse(counter::DROP_ICMP_TRUNCATED);
+        }
+        let (qsport, qdport) = (be16(f, q4), be16(f, q4 + 2));
+        // An error goes to the source of the packet it quotes.
+        if o.dst != qsrc {
+            return not_handled();
+        }
+        let q = Quote { l3: q3, l4: q4, proto };
+        // The reply of a VIP flow (VIP:port -> client).
+        if let Some(&si) = self.vip_ports.contains(&qsport).then(|| self.by_vip.get(&(qsrc, qsport, proto))).flatten() {
+            if !too_big {
+                return not_handled();
+            }
+            let key: Key = (qdst, qsrc, qdport, qsport, proto);
+            let svc = &self.services[si];
+            let bi = match self.conntrack.get(&key) {
+                Some(t) => t.backend,
+                None => {
+                    let k = Pkt::key_of(o.family, qdst, qsrc, qdport, qsport, proto);
+                    svc.table[(flow_hash(&k) % svc.table.len() as u32) as usize] as usize
+                }
+            };
+            let be = svc.backends[bi];
+            let mut out = f.to_vec();
+            if !svc.dsr {
+                if o.ttl <= 1 {
+                    return pass(f, counter::PASS_TTL);
+                }
+                icmp_nat(&mut out, o, &q, false, be.ip(), be.port(), Some(false));
+            }
+            let action = send(&mut out, &self.hops[&be.ip()], ingress);
+            return Expect {
+                action,
+                output: out,
+                counter: Some(counter::ICMP_TO_BACKEND),
+                service: None,
+                flow: Flow::None,
+                ping: false,
+            };
+        }
+        // To a NAT backend (client -> backend:port) of a tracked flow.
+        let Some(&(si, bi)) = self.nat_sources.get(&(qdst, qdport, proto)) else {
+            return refuse(counter::DROP_ICMP_UNKNOWN_FLOW);
+        };
+        let vip = self.vip_of(si);
+        let flow: Key = (qsrc, vip.ip(), qsport, vip.port(), proto);
+        let Some(t) = self.conntrack.get(&flow).filter(|t| t.service == si && t.backend == bi) else {
+            return refuse(counter::DROP_ICMP_UNKNOWN_FLOW);
+        };
+        if o.ttl <= 1 {
+            return pass(f, counter::PASS_TTL);
+        }
+        // The outer source too when the backend itself sent the error.
+        let outer = (o.src == qdst).then_some(true);
+        let mut out = f.to_vec();
+        icmp_nat(&mut out, o, &q, true, vip.ip(), vip.port(), outer);
+        let action = send(&mut out, &t.reply_hop, ingress);
+        Expect {
+            action,
+            output: out,
+            counter: Some(counter::ICMP_TO_CLIENT),
+            service: None,
+            flow: Flow::None,
+            ping: false,
+        }
     }
 
     fn vip_of(&self, si: usize) -> SocketAddr {
@@ -253,11 +399,18 @@ impl Model {
 }
 
 fn pass(f: &[u8], counter: u32) -> Expect {
-    Expect { action: XDP_PASS, output: f.to_vec(), counter: Some(counter), service: None, flow: Flow::None }
+    Expect {
+        action: XDP_PASS,
+        output: f.to_vec(),
+        counter: Some(counter),
+        service: None,
+        flow: Flow::None,
+        ping: false,
+    }
 }
 
 fn drop(f: &[u8], counter: u32, service: Option<usize>) -> Expect {
-    Expect { action: XDP_DROP, output: f.to_vec(), counter: Some(counter), service, flow: Flow::None }
+    Expect { action: XDP_DROP, output: f.to_vec(), counter: Some(counter), service, flow: Flow::None, ping: false }
 }
 
 fn mac(f: &[u8], at: usize) -> [u8; 6] {
@@ -288,7 +441,22 @@ enum Parsed {
     Kernel,
     /// Malformed (or impossible) and to a VIP address: dropped with this counter.
     Refused(u32),
+    /// ICMP or ICMPv6 with a sound IP header.
+    Icmp(Outer),
     Packet(Pkt),
+}
+
+/// The IP header of an ICMP or ICMPv6 packet.
+struct Outer {
+    family: u8,
+    l3: usize,
+    /// The ICMP header.
+    l4: usize,
+    /// Where the IP packet ends.
+    end: usize,
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
 }
 
 /// An IPv4/IPv6 TCP/UDP packet to a service port, or from a NAT backend's port.
@@ -310,17 +478,21 @@ struct Pkt {
 
 impl Pkt {
     fn flow_key(&self) -> FlowKey {
+        Pkt::key_of(self.family, self.src, self.dst, self.sport, self.dport, self.proto)
+    }
+
+    fn key_of(family: u8, src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8) -> FlowKey {
         let words = |a: IpAddr| match a {
             IpAddr::V4(a) => lb_common::addr_v4(a.octets()),
             IpAddr::V6(a) => lb_common::addr_v6(a.octets()),
         };
         FlowKey {
-            src: words(self.src),
-            dst: words(self.dst),
-            sport: self.sport.to_be(),
-            dport: self.dport.to_be(),
-            proto: self.proto,
-            family: self.family,
+            src: words(src),
+            dst: words(dst),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            proto,
+            family,
             _pad: [0; 2],
         }
     }
@@ -363,7 +535,7 @@ fn parse(f: &[u8], m: &Model) -> Parsed {
                 return Parsed::Kernel;
             }
             let (vihl, tot, frags, ttl, proto) = (f[l3], be16(f, l3 + 2), be16(f, l3 + 6), f[l3 + 8], f[l3 + 9]);
-            if proto != PROTO_TCP && proto != PROTO_UDP {
+            if proto != PROTO_TCP && proto != PROTO_UDP && proto != PROTO_ICMP {
                 return Parsed::Kernel;
             }
             let dst = addr(f, l3 + 16, FAMILY_V4);
@@ -377,6 +549,10 @@ fn parse(f: &[u8], m: &Model) -> Parsed {
             if usize::from(tot) < ihl || l3 + usize::from(tot) > len {
                 return refuse(counter::DROP_TRUNCATED, dst);
             }
+            if proto == PROTO_ICMP {
+                let (l4, end, src) = (l3 + ihl, l3 + usize::from(tot), addr(f, l3 + 12, FAMILY_V4));
+                return Parsed::Icmp(Outer { family: FAMILY_V4, l3, l4, end, src, dst, ttl });
+            }
             (FAMILY_V4, proto, ttl, l3 + ihl, l3 + usize::from(tot), l3 + 16, l3 + 12)
         }
         0x86dd => {
@@ -385,7 +561,7 @@ fn parse(f: &[u8], m: &Model) -> Parsed {
             }
             let (version, plen, next, hop) = (f[l3] >> 4, be16(f, l3 + 4), f[l3 + 6], f[l3 + 7]);
             let dst = addr(f, l3 + 24, FAMILY_V6);
-            if next != PROTO_TCP && next != PROTO_UDP {
+            if next != PROTO_TCP && next != PROTO_UDP && next != PROTO_ICMPV6 {
                 return match next {
                     44 => refuse(counter::DROP_FRAGMENT, dst),
                     0 | 43 | 50 | 51 | 60 | 135 | 139 | 140 => refuse(counter::DROP_IPV6_EXT, dst),
@@ -398,6 +574,10 @@ fn parse(f: &[u8], m: &Model) -> Parsed {
             let end = l3 + 40 + usize::from(plen);
             if end > len {
                 return refuse(counter::DROP_TRUNCATED, dst);
+            }
+            if next == PROTO_ICMPV6 {
+                let src = addr(f, l3 + 8, FAMILY_V6);
+                return Parsed::Icmp(Outer { family: FAMILY_V6, l3, l4: l3 + 40, end, src, dst, ttl: hop });
             }
             (FAMILY_V6, next, hop, l3 + 40, end, l3 + 24, l3 + 8)
         }
@@ -527,6 +707,128 @@ fn rewrite(f: &mut [u8], p: &Pkt, to_backend: bool, addr: IpAddr, port: u16) {
         }
         f[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
     }
+}
+
+/// The packet an ICMP error quotes: its IP header, its TCP/UDP header.
+struct Quote {
+    l3: usize,
+    l4: usize,
+    proto: u8,
+}
+
+/// An echo reply made of the request in place: type, addresses and MACs
+/// swapped, TTL / hop limit 64, checksums updated; sent back (XDP_TX).
+fn echo_reply(f: &[u8], o: &Outer) -> Expect {
+    let mut out = f.to_vec();
+    let (l3, l4) = (o.l3, o.l4);
+    let reply = if o.family == FAMILY_V4 { 0 } else { 129 };
+    let mut c = Csum(0);
+    c.word(be16(f, l4), u16::from_be_bytes([reply, f[l4 + 1]]));
+    out[l4] = reply;
+    let ck = c.apply(be16(f, l4 + 2));
+    out[l4 + 2..l4 + 4].copy_from_slice(&ck.to_be_bytes());
+    let (s, d, n) = if o.family == FAMILY_V4 { (l3 + 12, l3 + 16, 4) } else { (l3 + 8, l3 + 24, 16) };
+    out[s..s + n].copy_from_slice(&f[d..d + n]);
+    out[d..d + n].copy_from_slice(&f[s..s + n]);
+    if o.family == FAMILY_V4 {
+        let mut c = Csum(0);
+        c.word(u16::from_be_bytes([o.ttl, PROTO_ICMP]), u16::from_be_bytes([64, PROTO_ICMP]));
+        out[l3 + 8] = 64;
+        let ck = c.apply(be16(f, l3 + 10));
+        out[l3 + 10..l3 + 12].copy_from_slice(&ck.to_be_bytes());
+    } else {
+        out[l3 + 7] = 64;
+    }
+    out[0..6].copy_from_slice(&f[6..12]);
+    out[6..12].copy_from_slice(&f[0..6]);
+    Expect {
+        action: XDP_TX,
+        output: out,
+        counter: Some(counter::PING_ANSWERED),
+        service: None,
+        flow: Flow::None,
+        ping: true,
+    }
+}
+
+/// NAT of an ICMP error: the quoted source (`inner_dst == false`) or
+/// destination address and port become `addr`:`port`; the outer destination
+/// (`outer == Some(false)`) or source (`Some(true)`) becomes `addr`; the TTL or
+/// hop limit drops by one. Every checksum that covers a changed word is
+/// updated: the outer IPv4 header's, the quoted IPv4 header's, the quoted
+/// TCP/UDP checksum when the quote holds it (a zero UDP/IPv4 one stays zero),
+/// and the ICMP checksum over all of these (ICMPv6: with its pseudo-header).
+fn icmp_nat(f: &mut [u8], o: &Outer, q: &Quote, inner_dst: bool, addr: IpAddr, port: u16, outer: Option<bool>) {
+    let v4 = o.family == FAMILY_V4;
+    let new = ip_bytes(addr);
+    let n = new.len();
+    let mut icmp = Csum(0);
+    let mut l4c = Csum(0);
+    let port_at = q.l4 + if inner_dst { 2 } else { 0 };
+    let old_port = be16(f, port_at);
+    l4c.word(old_port, port);
+    icmp.word(old_port, port);
+    f[port_at..port_at + 2].copy_from_slice(&port.to_be_bytes());
+    let addr_at = q.l3
+        + match (v4, inner_dst) {
+            (true, false) => 12,
+            (true, true) => 16,
+            (false, false) => 8,
+            (false, true) => 24,
+        };
+    let old = f[addr_at..addr_at + n].to_vec();
+    l4c.bytes(&old, &new);
+    icmp.bytes(&old, &new);
+    f[addr_at..addr_at + n].copy_from_slice(&new);
+    let outer_at = outer.map(|src| {
+        o.l3 + match (v4, src) {
+            (true, true) => 12,
+            (true, false) => 16,
+            (false, true) => 8,
+            (false, false) => 24,
+        }
+    });
+    if v4 {
+        let mut ic = Csum(0);
+        ic.bytes(&old, &new);
+        let (old_c, new_c) = (be16(f, q.l3 + 10), ic.apply(be16(f, q.l3 + 10)));
+        f[q.l3 + 10..q.l3 + 12].copy_from_slice(&new_c.to_be_bytes());
+        icmp.word(old_c, new_c);
+        let mut oc = Csum(0);
+        if let Some(at) = outer_at {
+            let old = f[at..at + n].to_vec();
+            oc.bytes(&old, &new);
+            f[at..at + n].copy_from_slice(&new);
+        }
+        oc.word(u16::from_be_bytes([o.ttl, PROTO_ICMP]), u16::from_be_bytes([o.ttl - 1, PROTO_ICMP]));
+        f[o.l3 + 8] = o.ttl - 1;
+        let c = oc.apply(be16(f, o.l3 + 10));
+        f[o.l3 + 10..o.l3 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        if let Some(at) = outer_at {
+            // In ICMPv6's pseudo-header.
+            let old = f[at..at + n].to_vec();
+            icmp.bytes(&old, &new);
+            f[at..at + n].copy_from_slice(&new);
+        }
+        f[o.l3 + 7] = o.ttl - 1;
+    }
+    let tcp = q.proto == PROTO_TCP;
+    let check_at = q.l4 + if tcp { 16 } else { 6 };
+    let quoted = !tcp || (q.l4 + 18 <= f.len() && q.l4 + 18 <= o.end);
+    if quoted {
+        let old = be16(f, check_at);
+        if tcp || old != 0 || !v4 {
+            let mut c = l4c.apply(old);
+            if !tcp && c == 0 {
+                c = 0xffff;
+            }
+            f[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+            icmp.word(old, c);
+        }
+    }
+    let c = icmp.apply(be16(f, o.l4 + 2));
+    f[o.l4 + 2..o.l4 + 4].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The next hop's MACs; XDP_TX out of the ingress interface, else XDP_REDIRECT.
