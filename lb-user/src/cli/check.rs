@@ -80,15 +80,26 @@ fn health_summary(service: &ServiceConfig) -> String {
     let what = match h.check {
         CheckKind::None => return "none (backends are always up)".to_owned(),
         CheckKind::Tcp => "tcp connect".to_owned(),
-        CheckKind::Http => {
+        CheckKind::Http | CheckKind::Https => {
             let host = h.host.as_ref().map_or_else(String::new, |host| format!(" Host: {host}"));
-            format!("http GET {}{host} expecting {}", h.path, h.expect_status)
+            format!("{} GET {}{host} expecting {}{}", h.check.as_str(), h.path, h.expect_status, tls_summary(h))
         }
+        CheckKind::Tls => format!("tls handshake{}", tls_summary(h)),
     };
     format!(
         "{what}, every {} ms, timeout {} ms, up after {} passed, down after {} failed",
         h.interval_ms, h.timeout_ms, h.rise, h.fall
     )
+}
+
+/// For the TLS checks: the name checked and the CAs trusted.
+fn tls_summary(h: &crate::config::HealthConfig) -> String {
+    if !h.check.uses_tls() {
+        return String::new();
+    }
+    let name = h.host.as_deref().unwrap_or("the backend's IP");
+    let ca = h.ca_file.as_ref().map_or_else(|| "the system's CAs".to_owned(), |p| p.display().to_string());
+    format!(", certificate for {name} signed by {ca}")
 }
 
 #[cfg(test)]
