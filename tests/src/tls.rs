@@ -37,7 +37,8 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    /// Makes a new CA ("xlb test CA", P-256, valid one day).
+    /// Makes a new CA ("xlb test CA {tag}": CAs with different tags have different
+    /// names, P-256, valid one day).
     pub fn new(tag: &str) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("xlb-ca-{}-{tag}", run_suffix()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -57,7 +58,7 @@ impl TestCa {
             "-days",
             "1",
             "-subj",
-            "/CN=xlb test CA",
+            &format!("/CN=xlb test CA {tag}"),
         ])?;
         Ok(ca)
     }

@@ -112,7 +112,15 @@ fn certificate_reason(c: &CertificateError) -> String {
                 ServerName::IpAddress(ip) => std::net::IpAddr::from(*ip).to_string(),
                 other => format!("{other:?}"),
             };
-            format!("certificate not valid for {expected} (it names {})", presented.join(", "))
+            // webpki writes the names as `DnsName("www.example.org")`.
+            let names: Vec<&str> = presented
+                .iter()
+                .map(|p| p.strip_prefix("DnsName(\"").and_then(|p| p.strip_suffix("\")")).unwrap_or(p))
+                .collect();
+            match names.is_empty() {
+                true => format!("certificate not valid for {expected} (it names no DNS name or IP)"),
+                false => format!("certificate not valid for {expected} (it is for {})", names.join(", ")),
+            }
         }
         CertificateError::UnknownIssuer => "certificate signed by an unknown CA".into(),
         CertificateError::BadSignature => "certificate has a bad signature".into(),
