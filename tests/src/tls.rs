@@ -3,12 +3,14 @@
 //! name, for nginx's HTTPS and xlb's `tls`/`https` checks. Everything lives in
 //! a per-run directory that is removed on drop; nothing is installed anywhere.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::run_suffix;
+use crate::netns::{run_suffix, Netns};
 
 /// The name the demo and the tests serve over HTTPS.
 pub const TLS_NAME: &str = "www.foobar.com";
@@ -141,4 +143,23 @@ fn openssl(args: &[&str]) -> Result<()> {
         bail!("openssl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// `GET https://{name}/` from `ns` on a new connection, with `name` resolved
+/// to `vip` (port 443) and only `ca` trusted (`curl --cacert CA --resolve
+/// NAME:443:VIP`): the body without surrounding whitespace, or curl's error.
+pub fn https_fetch(ns: &Netns, name: &str, vip: IpAddr, ca: &Path) -> Result<String> {
+    let host = match vip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    };
+    let resolve = format!("{name}:443:{host}");
+    let cacert = ca.to_string_lossy();
+    let url = format!("https://{name}/");
+    let argv = ["curl", "-sS", "--fail", "--max-time", "3", "--cacert", &cacert, "--resolve", &resolve, &url];
+    let out = ns.exec_timeout(&argv, Duration::from_secs(5))?;
+    if !out.status.success() {
+        bail!("curl {}: {}", argv[1..].join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }

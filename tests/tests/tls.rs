@@ -11,7 +11,7 @@ use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use xlb_testbed::{
     config::{web, BackendToml, ConfigToml, ServiceToml},
-    tls::{CertKind, CertPair, TestCa, TLS_NAME},
+    tls::{https_fetch, CertKind, CertPair, TestCa, TLS_NAME},
     xlb::{json_backend, Daemon},
     Nginx, Topology, VIP_V4,
 };
@@ -49,20 +49,7 @@ fn start(check: &str, ca: &TestCa, certs: [&CertPair; 2]) -> (Topology, Vec<Ngin
 /// `https://www.foobar.com/` on a new connection, the name resolved to the
 /// VIP and the CA pinned: which backend answered, or curl's error.
 fn fetch(topo: &Topology, ca: &TestCa) -> Result<String, String> {
-    let resolve = format!("{TLS_NAME}:443:{VIP_V4}");
-    let cacert = ca.cert().to_string_lossy().into_owned();
-    let url = format!("https://{TLS_NAME}/");
-    let out = topo
-        .client_ns()
-        .exec_timeout(
-            &["curl", "-sS", "--fail", "--max-time", "3", "--cacert", &cacert, "--resolve", &resolve, &url],
-            Duration::from_secs(5),
-        )
-        .map_err(|e| format!("{e:#}"))?;
-    match out.status.success() {
-        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned()),
-        false => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-    }
+    https_fetch(topo.client_ns(), TLS_NAME, VIP_V4.into(), &ca.cert()).map_err(|e| format!("{e:#}"))
 }
 
 /// `n` HTTPS fetches through the VIP; the backends that answered. Panics on a failed one.
