@@ -5,7 +5,7 @@
 //! another host or comes from an unknown CA is taken DOWN with the reason,
 //! and new connections go to the others.
 //!
-//! Needs root, openssl and a release build with the XDP object (`cargo xtask test tls`).
+//! Needs root, openssl and a release build with the XDP object (`cargo xtask test tls_`: the tests are named tls_*).
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
@@ -85,7 +85,7 @@ fn set(names: &[&str]) -> BTreeSet<String> {
 /// a certificate for another name, it goes DOWN again, naming the name.
 #[test]
 #[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
-fn https_check_takes_out_expired_and_wrong_name_certificates() {
+fn tls_https_check_takes_out_expired_and_wrong_name_certificates() {
     let mut ca = TestCa::new("https").unwrap();
     let good = ca.issue(TLS_NAME, CertKind::Good).unwrap();
     let expired = ca.issue(TLS_NAME, CertKind::Expired).unwrap();
