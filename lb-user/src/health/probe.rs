@@ -210,4 +210,39 @@ mod tests {
             p.duration
         );
     }
+
+    /// A CA certificate (a trust anchor only: no key is kept).
+    const UNIT_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjTCCATOgAwIBAgIUW3KrUib4A0wP9GvqIc+emvl3maQwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQeGxiIHVuaXQgdGVzdCBDQTAgFw0yNjEyMDIxOTI4NDFaGA8y\nMTI2MTEwODE5Mjg0MVowGzEZMBcGA1UEAwwQeGxiIHVuaXQgdGVzdCBDQTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABEVG770b9mIOHBpujxVzeyqj4D6EOEb+gJC6\nEMvKWxxjWNBFAsc3bxwacOOutW4MvHlDS/slhIQRHBZfFaT7pYCjUzBRMB0GA1Ud\nDgQWBBS4A8IDtKloXb34VOeiG4pRuzXXgTAfBgNVHSMEGDAWgBS4A8IDtKloXb34\nVOeiG4pRuzXXgTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIH+I\nmF0mAFWFBDyo3jPLbLw++ZpS8QlOhQH8kHHWHFxvAiEAiJt2+zxIBNpL2mmceur0\n5Kat3v+zzEbeaIicGEf4c+I=\n-----END CERTIFICATE-----\n";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn tls_probes_name_the_reason() {
+        let dir = std::env::temp_dir().join(format!("xlb-probe-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, UNIT_CA).unwrap();
+
+        // A plain HTTP server where a TLS one is expected: the handshake fails, and says so.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hello = vec![0u8; 2048];
+            let _ = s.read(&mut hello).await.unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n").await.unwrap();
+        });
+        let mut check = hc(CheckKind::Tls);
+        check.host = Some("www.foobar.com".into());
+        check.ca_file = Some(ca.clone());
+        let p = probe(addr, &check).await;
+        let want = "tls: not a TLS answer (does the port serve plain HTTP?)";
+        assert_eq!((p.ok, p.detail.as_str()), (false, want), "expected a failed check with a tls reason, got {p:?}");
+        server.await.unwrap();
+
+        // A CA file that went away after the config was checked: every probe fails, naming the file.
+        check.ca_file = Some(dir.join("gone.pem"));
+        check.check = CheckKind::Https;
+        let p = probe(addr, &check).await;
+        assert!(!p.ok && p.detail.starts_with("tls: cannot read ") && p.detail.contains("gone.pem"), "got {p:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

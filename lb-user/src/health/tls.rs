@@ -92,6 +92,9 @@ pub fn reason(e: &std::io::Error) -> String {
     match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
         Some(rustls::Error::InvalidCertificate(c)) => format!("tls: {}", certificate_reason(c)),
         Some(rustls::Error::AlertReceived(alert)) => format!("tls: the backend sent alert {alert:?}"),
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            "tls: not a TLS answer (does the port serve plain HTTP?)".into()
+        }
         Some(rustls::Error::NoCertificatesPresented) => "tls: no certificate presented".into(),
         Some(other) => format!("tls: {other}"),
         None if e.kind() == std::io::ErrorKind::UnexpectedEof => "tls: closed during the handshake".into(),
