@@ -314,7 +314,7 @@ forwarding = "nat"                 # nat | dsr
 table_size = 65537                 # prime
 
 [service.health]
-check = "http"                     # tcp | http | none
+check = "http"                     # tcp | http | tls | https | none
 path = "/"
 expect_status = 200
 interval_ms = 1000
