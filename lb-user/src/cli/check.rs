@@ -140,4 +140,23 @@ role = "backup"
             assert!(plan.contains(want), "expected the plan to mention {want:?}:\n{plan}");
         }
     }
+
+    #[test]
+    fn tls_checks_say_what_they_verify() {
+        let text = "[daemon]\ninterfaces = [\"eth0\"]\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:443\"\n\
+                    [service.health]\ncheck = \"tls\"\n[[service.backend]]\naddress = \"198.18.1.11:443\"\n";
+        let mut cfg = crate::config::parse(text, "t.toml").expect("valid");
+        assert_eq!(
+            health_summary(&cfg.services[0]).split(", every").next(),
+            Some("tls handshake, certificate for the backend's IP signed by the system's CAs")
+        );
+        let h = &mut cfg.services[0].health;
+        h.check = CheckKind::Https;
+        h.host = Some("www.foobar.com".into());
+        h.ca_file = Some("/etc/xlb/ca.pem".into());
+        assert_eq!(
+            health_summary(&cfg.services[0]).split(", every").next(),
+            Some("https GET / Host: www.foobar.com expecting 200, certificate for www.foobar.com signed by /etc/xlb/ca.pem")
+        );
+    }
 }
