@@ -5,18 +5,27 @@
 //! Sends a few hundred HTTP requests to the VIP (IPv4 and IPv6), prints which
 //! web server answered how many; switches to active-passive with `xlb reload`,
 //! kills web1 and shows the failover to web2 and the failback when web1
-//! returns; prints what xlb counted. Everything is torn down on every exit
-//! path (also Ctrl-C).
+//! returns; prints what xlb counted. HTTPS passes through: the web servers
+//! also serve https://www.foobar.com/ with a certificate from a throwaway CA
+//! made at run time, xlb checks them over TLS (`check = "https"`) and the
+//! client fetches the page through the VIP with that CA pinned. Everything is
+//! torn down on every exit path (also Ctrl-C).
 
 use std::{
     collections::BTreeMap,
     net::IpAddr,
+    path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
-use xlb_testbed::{http_url, is_root, xlb::Daemon, Topology, VIP_V4, VIP_V6};
+use xlb_testbed::{
+    http_url, is_root,
+    tls::{https_fetch, CertKind, TestCa, TLS_NAME},
+    xlb::Daemon,
+    Topology, VIP_V4, VIP_V6,
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -26,8 +35,10 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 const REQUESTS: usize = 200;
 
-/// `replica_role`: "primary" (active-active) or "backup" (active-passive).
-fn config(replica_role: &str) -> String {
+/// `replica_role`: "primary" (active-active) or "backup" (active-passive);
+/// `ca`: the CA the HTTPS checks trust.
+fn config(replica_role: &str, ca: &Path) -> String {
+    let ca = ca.display();
     format!(
         r#"# www.foobar.com: one VIP in front of a primary and a replica web server.
 [daemon]
@@ -72,6 +83,27 @@ address = "[2001:db8:1::11]:80"
 [[service.backend]]
 address = "[2001:db8:1::12]:80"
 role = "{replica_role}"
+
+# HTTPS passes through: the certificate stays on the web servers.
+[[service]]
+name = "www-tls"
+vip = "{VIP_V4}:443"
+forwarding = "nat"
+
+[service.health]
+check = "https"               # GET /health over TLS, certificate checked for host
+host = "{TLS_NAME}"
+ca_file = "{ca}"
+path = "/health"
+interval_ms = 200
+timeout_ms = 150
+rise = 2
+fall = 2
+
+[[service.backend]]
+address = "198.18.1.11:443"
+[[service.backend]]
+address = "198.18.1.12:443"
 "#
     )
 }
@@ -139,12 +171,23 @@ fn main() -> Result<()> {
 
     println!("== building the www.foobar.com setup in network namespaces");
     let topo = Topology::new(2).context("building the topology")?;
-    let mut web = topo.start_nginx_all().context("starting nginx on web1 and web2")?;
+    let mut ca = TestCa::new("demo").context("making a throwaway CA with openssl")?;
+    let cert = ca.issue(TLS_NAME, CertKind::Good).context("issuing the certificate for www.foobar.com")?;
+    let mut web = topo
+        .backends()
+        .iter()
+        .map(|b| b.start_nginx_tls(&cert))
+        .collect::<Result<Vec<_>>>()
+        .context("starting nginx (HTTP on 80, HTTPS on 443) on web1 and web2")?;
     println!("   client 198.18.0.1 -> lb (VIP {VIP_V4}, {VIP_V6}) -> web1 198.18.1.11, web2 198.18.1.12");
+    println!(
+        "   web1 and web2 serve https://{TLS_NAME}/ with a certificate from a throwaway CA ({})",
+        ca.cert().display()
+    );
     check_interrupt()?;
 
     println!("== starting xlb in the lb namespace");
-    let d = Daemon::start(topo.lb_ns(), &config("primary"), &["eth0", "eth1"])?;
+    let d = Daemon::start(topo.lb_ns(), &config("primary", &ca.cert()), &["eth0", "eth1"])?;
     for l in d.log_text().lines().filter(|l| l.contains("attached") || l.contains("service")) {
         println!("   {}", l.split_once("] ").map(|(_, r)| r).unwrap_or(l));
     }
@@ -161,8 +204,20 @@ fn main() -> Result<()> {
     }
 
     check_interrupt()?;
+    let vip = IpAddr::from(VIP_V4);
+    println!("== HTTPS passthrough: curl --cacert CA --resolve {TLS_NAME}:443:{vip} https://{TLS_NAME}/, 20 times");
+    d.wait_checked(Duration::from_secs(5))?;
+    let mut per: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..20 {
+        check_interrupt()?;
+        *per.entry(https_fetch(topo.client_ns(), TLS_NAME, vip, &ca.cert())?).or_default() += 1;
+    }
+    print_spread(&per, 20);
+    println!("   the certificate was verified by curl against the pinned CA: xlb only forwarded the packets");
+
+    check_interrupt()?;
     println!("== active-passive: web2 becomes the backup (xlb reload)");
-    d.write_config(&config("backup"))?;
+    d.write_config(&config("backup", &ca.cert()))?;
     let out = d.ctl(&["reload"])?;
     if !out.status.success() {
         bail!("xlb reload failed: {}", String::from_utf8_lossy(&out.stderr));

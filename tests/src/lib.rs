@@ -39,6 +39,7 @@ pub mod netns;
 pub mod nginx;
 pub mod packet;
 pub mod status_page;
+pub mod tls;
 pub mod topology;
 pub mod xdpbed;
 pub mod xlb;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::netns::{ns_command, run_suffix, BgProcess, Netns};
+use crate::tls::CertPair;
 
 /// The nginx binary.
 pub const NGINX_BIN: &str = "/usr/sbin/nginx";
@@ -25,12 +26,32 @@ pub struct NginxConfig {
     /// Write an access log (`$remote_addr:$remote_port -> $server_addr "$request"
     /// $status`) to `access.log` in the run directory (default true).
     pub access_log: bool,
+    /// Also serve HTTPS on `tls_port` with this certificate and key (copied
+    /// into the run directory; [`Nginx::set_certificate`] switches them).
+    pub tls: Option<CertPair>,
+    /// The HTTPS port (default 443), used when `tls` is set.
+    pub tls_port: u16,
 }
 
 impl NginxConfig {
     /// Defaults for backend `name`: port 80, one worker, access log on.
     pub fn new(name: &str) -> Self {
-        NginxConfig { name: name.to_owned(), port: 80, workers: 1, access_log: true }
+        NginxConfig { name: name.to_owned(), port: 80, workers: 1, access_log: true, tls: None, tls_port: 443 }
+    }
+
+    /// Also serve HTTPS on port 443 with `pair`.
+    pub fn with_tls(mut self, pair: &CertPair) -> Self {
+        self.tls = Some(pair.clone());
+        self
+    }
+
+    /// The ports nginx listens on.
+    fn ports(&self) -> Vec<u16> {
+        let mut ports = vec![self.port];
+        if self.tls.is_some() {
+            ports.push(self.tls_port);
+        }
+        ports
     }
 
     fn render(&self, dir: &Path) -> String {
@@ -38,6 +59,14 @@ impl NginxConfig {
         let name = &self.name;
         let port = self.port;
         let workers = self.workers.max(1);
+        let tls = if self.tls.is_some() {
+            let p = self.tls_port;
+            format!(
+                "listen 0.0.0.0:{p} ssl default_server;\n        listen [::]:{p} ssl default_server ipv6only=on;\n        ssl_certificate {d}/tls.crt;\n        ssl_certificate_key {d}/tls.key;"
+            )
+        } else {
+            String::new()
+        };
         let access_log =
             if self.access_log { format!("access_log {d}/access.log xlb;") } else { "access_log off;".to_owned() };
         format!(
@@ -65,6 +94,7 @@ http {{
     server {{
         listen 0.0.0.0:{port} default_server;
         listen [::]:{port} default_server ipv6only=on;
+        {tls}
         default_type text/plain;
         location = /health {{
             return 200 "ok\n";
@@ -105,6 +135,9 @@ impl Nginx {
         let dir = std::env::temp_dir().join(format!("xlb-nginx-{}-{}", run_suffix(), config.name));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut nginx = Nginx { ns: ns.name().to_owned(), config, dir, process: None };
+        if let Some(pair) = nginx.config.tls.clone() {
+            nginx.copy_certificate(&pair)?;
+        }
         std::fs::write(nginx.config_path(), nginx.config.render(&nginx.dir))
             .with_context(|| format!("writing {}", nginx.config_path().display()))?;
         nginx.start()?;
@@ -124,6 +157,31 @@ impl Nginx {
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.config.port
+    }
+
+    /// Serves `pair` over HTTPS from now on: copies it in place and tells
+    /// nginx to reload (SIGHUP: new workers take it, no port closes), then
+    /// gives the new workers a moment. Only for an nginx started with TLS.
+    pub fn set_certificate(&mut self, pair: &CertPair) -> Result<()> {
+        if self.config.tls.is_none() {
+            bail!("nginx {} was started without TLS", self.config.name);
+        }
+        self.copy_certificate(pair)?;
+        self.config.tls = Some(pair.clone());
+        let pid = self.process.as_ref().map(BgProcess::pid).filter(|&p| p != 0);
+        let Some(pid) = pid else { bail!("nginx {} is not running", self.config.name) };
+        // SAFETY: kill(2) with a pid we started and own.
+        if unsafe { libc::kill(pid as i32, libc::SIGHUP) } != 0 {
+            bail!("SIGHUP to nginx {}: {}", self.config.name, std::io::Error::last_os_error());
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(())
+    }
+
+    fn copy_certificate(&self, pair: &CertPair) -> Result<()> {
+        std::fs::copy(&pair.cert, self.dir.join("tls.crt")).context("copying the certificate")?;
+        std::fs::copy(&pair.key, self.dir.join("tls.key")).context("copying the key")?;
+        Ok(())
     }
 
     /// The run directory (config, pid file, logs, temp paths).
@@ -176,10 +234,7 @@ impl Nginx {
         self.process = Some(BgProcess::spawn(cmd)?);
 
         let deadline = Instant::now() + READY_TIMEOUT;
-        let targets = [
-            SocketAddr::from((Ipv4Addr::LOCALHOST, self.config.port)),
-            SocketAddr::from((Ipv6Addr::LOCALHOST, self.config.port)),
-        ];
+        let targets = self.local_targets();
         loop {
             if let Some(p) = self.process.as_mut() {
                 if let Ok(Some(status)) = p.try_wait() {
@@ -216,10 +271,7 @@ impl Nginx {
             return Ok(());
         };
         p.stop();
-        let targets = [
-            SocketAddr::from((Ipv4Addr::LOCALHOST, self.config.port)),
-            SocketAddr::from((Ipv6Addr::LOCALHOST, self.config.port)),
-        ];
+        let targets = self.local_targets();
         let deadline = Instant::now() + READY_TIMEOUT;
         while self.any_connect(&targets) {
             if Instant::now() >= deadline {
@@ -228,6 +280,13 @@ impl Nginx {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Every port nginx listens on, on `127.0.0.1` and `[::1]`.
+    fn local_targets(&self) -> Vec<SocketAddr> {
+        let ports = self.config.ports();
+        let v4 = ports.iter().map(|&p| SocketAddr::from((Ipv4Addr::LOCALHOST, p)));
+        v4.chain(ports.iter().map(|&p| SocketAddr::from((Ipv6Addr::LOCALHOST, p)))).collect()
     }
 
     fn probe(&self, targets: &[SocketAddr]) -> Vec<bool> {

@@ -336,6 +336,11 @@ impl Backend {
     pub fn start_nginx(&self) -> Result<Nginx> {
         Nginx::spawn(&self.ns, &self.name)
     }
+
+    /// Starts nginx answering `"webN\n"` over HTTP on 80 and HTTPS on 443 with `pair`.
+    pub fn start_nginx_tls(&self, pair: &crate::tls::CertPair) -> Result<Nginx> {
+        Nginx::spawn_with(&self.ns, crate::NginxConfig::new(&self.name).with_tls(pair))
+    }
 }
 
 /// The running topology; dropping it removes every namespace it created (and so

@@ -80,15 +80,26 @@ fn health_summary(service: &ServiceConfig) -> String {
     let what = match h.check {
         CheckKind::None => return "none (backends are always up)".to_owned(),
         CheckKind::Tcp => "tcp connect".to_owned(),
-        CheckKind::Http => {
+        CheckKind::Http | CheckKind::Https => {
             let host = h.host.as_ref().map_or_else(String::new, |host| format!(" Host: {host}"));
-            format!("http GET {}{host} expecting {}", h.path, h.expect_status)
+            format!("{} GET {}{host} expecting {}{}", h.check.as_str(), h.path, h.expect_status, tls_summary(h))
         }
+        CheckKind::Tls => format!("tls handshake{}", tls_summary(h)),
     };
     format!(
         "{what}, every {} ms, timeout {} ms, up after {} passed, down after {} failed",
         h.interval_ms, h.timeout_ms, h.rise, h.fall
     )
+}
+
+/// For the TLS checks: the name checked and the CAs trusted.
+fn tls_summary(h: &crate::config::HealthConfig) -> String {
+    if !h.check.uses_tls() {
+        return String::new();
+    }
+    let name = h.host.as_deref().unwrap_or("the backend's IP");
+    let ca = h.ca_file.as_ref().map_or_else(|| "the system's CAs".to_owned(), |p| p.display().to_string());
+    format!(", certificate for {name} signed by {ca}")
 }
 
 #[cfg(test)]
@@ -128,5 +139,24 @@ role = "backup"
         ] {
             assert!(plan.contains(want), "expected the plan to mention {want:?}:\n{plan}");
         }
+    }
+
+    #[test]
+    fn tls_checks_say_what_they_verify() {
+        let text = "[daemon]\ninterfaces = [\"eth0\"]\n[[service]]\nname = \"www\"\nvip = \"198.18.0.10:443\"\n\
+                    [service.health]\ncheck = \"tls\"\n[[service.backend]]\naddress = \"198.18.1.11:443\"\n";
+        let mut cfg = crate::config::parse(text, "t.toml").expect("valid");
+        assert_eq!(
+            health_summary(&cfg.services[0]).split(", every").next(),
+            Some("tls handshake, certificate for the backend's IP signed by the system's CAs")
+        );
+        let h = &mut cfg.services[0].health;
+        h.check = CheckKind::Https;
+        h.host = Some("www.foobar.com".into());
+        h.ca_file = Some("/etc/xlb/ca.pem".into());
+        assert_eq!(
+            health_summary(&cfg.services[0]).split(", every").next(),
+            Some("https GET / Host: www.foobar.com expecting 200, certificate for www.foobar.com signed by /etc/xlb/ca.pem")
+        );
     }
 }

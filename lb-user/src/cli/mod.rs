@@ -34,8 +34,15 @@ pub fn request(socket: &Path, req: &str) -> anyhow::Result<String> {
 
 /// Connects to the admin socket; the error says what to check.
 pub fn connect(socket: &Path) -> anyhow::Result<std::os::unix::net::UnixStream> {
-    std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connecting to {} (is xlb running? are you root?)", socket.display()))
+    std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on {}: the admin socket is root-only (mode 0600); run this command as root",
+            socket.display()
+        ),
+        _ => {
+            anyhow::Error::new(e).context(format!("connecting to {} (is xlb running? are you root?)", socket.display()))
+        }
+    })
 }
 
 /// The socket to use: `--socket`, else the `admin_socket` of `--config`, else

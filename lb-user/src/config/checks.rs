@@ -4,6 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+
 use super::{DEFAULT_METRICS, MAX_IFNAME_LEN, MAX_NAME_LEN, MIN_TABLE_SIZE};
 use crate::maglev::is_prime;
 
@@ -128,6 +130,48 @@ pub fn http_host(host: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A health check's `ca_file`: an absolute path to a readable PEM file of certificates.
+pub fn ca_file(path: &std::path::Path) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!(
+            "\"{}\" is not an absolute path; expected e.g. \"/etc/xlb/backend-ca.pem\"",
+            path.display()
+        ));
+    }
+    read_ca_file(path).map(drop)
+}
+
+/// The certificates of a PEM file; an error says what is wrong with it.
+pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{shown} is not a PEM file: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} holds no certificate; expected PEM \"-----BEGIN CERTIFICATE-----\" blocks"));
+    }
+    Ok(certs)
+}
+
+/// The name a TLS check sends (SNI) and wants the certificate to be valid
+/// for: `host` without a `:port`.
+pub fn tls_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(strip_port(host).to_owned())
+        .map_err(|_| format!("\"{host}\" is not a DNS name or an IP address a certificate can be checked for"))
+}
+
+/// `www.example.org:8443` → `www.example.org`; `[2001:db8::1]:443` → `2001:db8::1`.
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(rest, |(ip, _)| ip);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
 }
 
 /// The value named `text` among `choices`; otherwise what is wrong, with a

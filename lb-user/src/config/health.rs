@@ -38,6 +38,42 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawHea
         _ => None,
     };
 
+    let ca_path = path.key("ca_file");
+    let ca_file = match v.read(&ca_path, raw.ca_file, "the absolute path of a PEM file of CA certificates") {
+        Ok(Some(text)) => {
+            let span = Some(text.span());
+            let file = std::path::PathBuf::from(text.into_inner());
+            if !check.uses_tls() {
+                v.report(
+                    &ca_path,
+                    span,
+                    format!(
+                        "ca_file is for check = \"tls\" or \"https\", not \"{}\"; remove it or change check",
+                        check.as_str()
+                    ),
+                );
+            } else if let Err(why) = checks::ca_file(&file) {
+                v.report(&ca_path, span, why);
+            }
+            Some(file)
+        }
+        _ => None,
+    };
+    if check.uses_tls() {
+        if let Some(host) = &host {
+            if let Err(why) = checks::tls_name(host) {
+                v.report(
+                    &host_path,
+                    None,
+                    format!(
+                        "{why}; for check = \"{}\" host is the name the backend's certificate must be valid for",
+                        check.as_str()
+                    ),
+                );
+            }
+        }
+    }
+
     let expect_status = v.int(
         &path.key("expect_status"),
         raw.expect_status,
@@ -82,7 +118,7 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawHea
         (1, 1000),
         "the number of failed checks that take a backend down, 1 to 1000",
     );
-    HealthConfig { check, path: http_path, host, expect_status, interval_ms, timeout_ms, rise, fall }
+    HealthConfig { check, path: http_path, host, ca_file, expect_status, interval_ms, timeout_ms, rise, fall }
 }
 
 #[cfg(test)]
@@ -112,6 +148,19 @@ mod tests {
     }
 
     #[test]
+    fn tls_checks() {
+        let text = with("check = \"https\"\nhost = \"www.foobar.com\"");
+        let health = &parse(&text, "t.toml").expect("valid").services[0].health;
+        assert_eq!(
+            (health.check, health.host.as_deref(), health.ca_file.as_ref()),
+            (CheckKind::Https, Some("www.foobar.com"), None)
+        );
+        assert!(health.check.uses_tls());
+        let text = with("check = \"tls\"");
+        assert_eq!(parse(&text, "t.toml").expect("valid").services[0].health.check, CheckKind::Tls);
+    }
+
+    #[test]
     fn bad_values() {
         let cases = [
             ("interval_ms = 0", "service[0] (www).health.interval_ms (line 16)", "0 is out of range; expected milliseconds between checks"),
@@ -126,8 +175,13 @@ mod tests {
             ("path = \"healthz\"", "service[0] (www).health.path (line 16)", "\"healthz\" does not start with '/'"),
             ("path = \"/a b\"", "service[0] (www).health.path", "contains spaces or control characters"),
             ("path = 5", "service[0] (www).health.path (line 16, column 8)", "the integer 5 is not a string; expected an HTTP path"),
-            ("check = \"icmp\"", "service[0] (www).health.check (line 16)", "unknown value \"icmp\"; expected one of: tcp, http, none"),
+            ("check = \"icmp\"", "service[0] (www).health.check (line 16)", "unknown value \"icmp\"; expected one of: tcp, http, tls, https, none"),
             ("host = \"\"", "service[0] (www).health.host", "not a valid Host"),
+            ("check = \"tls\"\nhost = \"bad_name!\"", "service[0] (www).health.host", "\"bad_name!\" is not a DNS name or an IP address a certificate can be checked for; for check = \"tls\" host is the name"),
+            ("check = \"https\"\nca_file = \"ca.pem\"", "service[0] (www).health.ca_file (line 17)", "\"ca.pem\" is not an absolute path"),
+            ("check = \"tls\"\nca_file = \"/nonexistent/ca.pem\"", "service[0] (www).health.ca_file", "cannot read /nonexistent/ca.pem"),
+            ("check = \"http\"\nca_file = \"/etc/ssl/ca.pem\"", "service[0] (www).health.ca_file (line 17)", "ca_file is for check = \"tls\" or \"https\", not \"http\""),
+            ("check = \"tls\"\nca_file = \"/etc/hostname\"", "service[0] (www).health.ca_file", "/etc/hostname holds no certificate"),
             ("intervall_ms = 10", "service[0] (www).health.intervall_ms (line 16, column 1)", "unknown key `intervall_ms` (did you mean `interval_ms`?)"),
         ];
         for (lines, field, message) in cases {

@@ -29,6 +29,9 @@ mod validate;
 #[cfg(test)]
 mod testing;
 
+/// Shared with the health checks, which read the same files and names.
+pub use checks::{read_ca_file, tls_name};
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -161,7 +164,12 @@ impl Forwarding {
 pub struct HealthConfig {
     pub check: CheckKind,
     pub path: String,
+    /// The HTTP Host header; for `tls` and `https` also the TLS server name
+    /// (SNI) and the name the certificate must be valid for.
     pub host: Option<String>,
+    /// PEM file with the CA certificates that `tls` and `https` checks trust;
+    /// `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
     pub expect_status: u16,
     pub interval_ms: u64,
     pub timeout_ms: u64,
@@ -175,6 +183,7 @@ impl Default for HealthConfig {
             check: CheckKind::Tcp,
             path: "/".to_owned(),
             host: None,
+            ca_file: None,
             expect_status: 200,
             interval_ms: 1000,
             timeout_ms: 500,
@@ -188,14 +197,23 @@ impl Default for HealthConfig {
 pub enum CheckKind {
     Tcp,
     Http,
+    /// TCP connect and a TLS handshake with a certificate that verifies.
+    Tls,
+    /// The `http` check over TLS.
+    Https,
     None,
 }
 
 impl CheckKind {
     /// Every value with its name in the configuration file.
-    pub const CHOICES: [(&'static str, Self); 3] = [("tcp", Self::Tcp), ("http", Self::Http), ("none", Self::None)];
+    pub const CHOICES: [(&'static str, Self); 5] =
+        [("tcp", Self::Tcp), ("http", Self::Http), ("tls", Self::Tls), ("https", Self::Https), ("none", Self::None)];
     pub fn as_str(self) -> &'static str {
         choice_name(&Self::CHOICES, self)
+    }
+    /// The check runs a TLS handshake.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Tls | Self::Https)
     }
 }
 
@@ -303,7 +321,7 @@ forwarding = "nat"                 # nat | dsr
 table_size = 65537                 # prime
 
 [service.health]
-check = "http"                     # tcp | http | none
+check = "http"                     # tcp | http | tls | https | none
 path = "/"
 expect_status = 200
 interval_ms = 1000

@@ -304,6 +304,7 @@ raw_table! {
         check: String,
         path: String,
         host: String,
+        ca_file: String,
         expect_status: i128,
         interval_ms: i128,
         timeout_ms: i128,

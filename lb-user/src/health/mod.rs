@@ -16,11 +16,12 @@ use tokio::{
     task::{AbortHandle, JoinSet},
 };
 
-pub use self::probe::{probe, Probe};
+pub use self::probe::{probe, Probe, Prober};
 use crate::config::HealthConfig;
 
 pub mod hysteresis;
 pub mod probe;
+pub mod tls;
 
 /// Where a backend's checks report: its service's id and its address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,9 +127,10 @@ async fn check_loop(target: Target, hc: HealthConfig, reports: mpsc::Sender<Repo
     let mut jitter = Jitter::new(&target);
     // The first check comes at a random point of the first interval.
     tokio::time::sleep(jitter.below(interval)).await;
+    let mut prober = Prober::new(target.address, hc);
     loop {
         let started = Instant::now();
-        let probe = probe(target.address, &hc).await;
+        let probe = prober.probe().await;
         if reports.send(Report { target, probe }).await.is_err() {
             return;
         }

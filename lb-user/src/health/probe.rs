@@ -1,5 +1,6 @@
-//! One health probe of one backend: a TCP connect or an HTTP GET from the
-//! lb host, bounded by the check's timeout. Probes never touch the data path.
+//! One health probe of one backend: a TCP connect, an HTTP GET, a TLS
+//! handshake or an HTTP GET over TLS from the lb host, bounded by the check's
+//! timeout. Probes never touch the data path.
 
 use std::{
     net::SocketAddr,
@@ -7,10 +8,11 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 
+use super::tls::TlsClient;
 use crate::config::{CheckKind, HealthConfig};
 
 /// What one probe found.
@@ -24,23 +26,66 @@ pub struct Probe {
 
 /// Probes `addr` once, as `hc` says; never takes longer than `timeout_ms`.
 pub async fn probe(addr: SocketAddr, hc: &HealthConfig) -> Probe {
-    let start = Instant::now();
-    let limit = Duration::from_millis(hc.timeout_ms);
-    let result = match hc.check {
-        CheckKind::None => Ok(()),
-        CheckKind::Tcp => tokio::time::timeout(limit, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "timeout".to_string())
-            .and_then(|r| r.map(drop).map_err(|e| io_reason(&e))),
-        CheckKind::Http => {
-            tokio::time::timeout(limit, http_get(addr, hc)).await.map_err(|_| "timeout".to_string()).and_then(|r| r)
+    Prober::new(addr, hc.clone()).probe().await
+}
+
+/// Probes one backend again and again: what a check task keeps between
+/// probes (for TLS checks, the trusted CAs, read once).
+pub struct Prober {
+    addr: SocketAddr,
+    hc: HealthConfig,
+    /// `tls` and `https` checks: the client, or why it could not be made
+    /// (then every probe fails with that reason, and it is tried again).
+    tls: Option<Result<TlsClient, String>>,
+}
+
+impl Prober {
+    pub fn new(addr: SocketAddr, hc: HealthConfig) -> Self {
+        let tls = hc.check.uses_tls().then(|| TlsClient::new(&hc, addr));
+        Self { addr, hc, tls }
+    }
+
+    /// Probes once; never takes longer than `timeout_ms`.
+    pub async fn probe(&mut self) -> Probe {
+        let start = Instant::now();
+        if let Some(Err(_)) = &self.tls {
+            self.tls = Some(TlsClient::new(&self.hc, self.addr));
         }
-    };
-    let (ok, detail) = match result {
-        Ok(()) => (true, "ok".to_string()),
-        Err(why) => (false, why),
-    };
-    Probe { ok, detail, duration: start.elapsed() }
+        let limit = Duration::from_millis(self.hc.timeout_ms);
+        let result = match tokio::time::timeout(limit, self.run()).await {
+            Ok(r) => r,
+            Err(_) => Err("timeout".to_string()),
+        };
+        let (ok, detail) = match result {
+            Ok(()) => (true, "ok".to_string()),
+            Err(why) => (false, why),
+        };
+        Probe { ok, detail, duration: start.elapsed() }
+    }
+
+    async fn run(&self) -> Result<(), String> {
+        let (addr, hc) = (self.addr, &self.hc);
+        if hc.check == CheckKind::None {
+            return Ok(());
+        }
+        let tls = match &self.tls {
+            Some(Err(why)) => return Err(format!("tls: {why}")),
+            Some(Ok(client)) => Some(client),
+            None => None,
+        };
+        let tcp = TcpStream::connect(addr).await.map_err(|e| io_reason(&e))?;
+        match (hc.check, tls) {
+            (CheckKind::Http, _) => http_get(tcp, addr, hc).await,
+            (CheckKind::Tls, Some(tls)) => {
+                let mut s = tls.handshake(tcp).await?;
+                // Say goodbye properly; the handshake was the check.
+                let _ = s.shutdown().await;
+                Ok(())
+            }
+            (CheckKind::Https, Some(tls)) => http_get(tls.handshake(tcp).await?, addr, hc).await,
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A short name for a socket error, as operators know them.
@@ -57,9 +102,12 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// `GET path` and compare the status code with `expect_status`.
-async fn http_get(addr: SocketAddr, hc: &HealthConfig) -> Result<(), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| io_reason(&e))?;
+/// `GET path` over `s` (TCP or TLS) and compare the status code with `expect_status`.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    addr: SocketAddr,
+    hc: &HealthConfig,
+) -> Result<(), String> {
     let host = hc.host.clone().unwrap_or_else(|| addr.to_string());
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: xlb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
@@ -161,5 +209,40 @@ mod tests {
             "{:?}",
             p.duration
         );
+    }
+
+    /// A CA certificate (a trust anchor only: no key is kept).
+    const UNIT_CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBjTCCATOgAwIBAgIUW3KrUib4A0wP9GvqIc+emvl3maQwCgYIKoZIzj0EAwIw\nGzEZMBcGA1UEAwwQeGxiIHVuaXQgdGVzdCBDQTAgFw0yNjEyMDIxOTI4NDFaGA8y\nMTI2MTEwODE5Mjg0MVowGzEZMBcGA1UEAwwQeGxiIHVuaXQgdGVzdCBDQTBZMBMG\nByqGSM49AgEGCCqGSM49AwEHA0IABEVG770b9mIOHBpujxVzeyqj4D6EOEb+gJC6\nEMvKWxxjWNBFAsc3bxwacOOutW4MvHlDS/slhIQRHBZfFaT7pYCjUzBRMB0GA1Ud\nDgQWBBS4A8IDtKloXb34VOeiG4pRuzXXgTAfBgNVHSMEGDAWgBS4A8IDtKloXb34\nVOeiG4pRuzXXgTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIH+I\nmF0mAFWFBDyo3jPLbLw++ZpS8QlOhQH8kHHWHFxvAiEAiJt2+zxIBNpL2mmceur0\n5Kat3v+zzEbeaIicGEf4c+I=\n-----END CERTIFICATE-----\n";
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn tls_probes_name_the_reason() {
+        let dir = std::env::temp_dir().join(format!("xlb-probe-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, UNIT_CA).unwrap();
+
+        // A plain HTTP server where a TLS one is expected: the handshake fails, and says so.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hello = vec![0u8; 2048];
+            let _ = s.read(&mut hello).await.unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n").await.unwrap();
+        });
+        let mut check = hc(CheckKind::Tls);
+        check.host = Some("www.foobar.com".into());
+        check.ca_file = Some(ca.clone());
+        let p = probe(addr, &check).await;
+        let want = "tls: not a TLS answer (does the port serve plain HTTP?)";
+        assert_eq!((p.ok, p.detail.as_str()), (false, want), "expected a failed check with a tls reason, got {p:?}");
+        server.await.unwrap();
+
+        // A CA file that went away after the config was checked: every probe fails, naming the file.
+        check.ca_file = Some(dir.join("gone.pem"));
+        check.check = CheckKind::Https;
+        let p = probe(addr, &check).await;
+        assert!(!p.ok && p.detail.starts_with("tls: cannot read ") && p.detail.contains("gone.pem"), "got {p:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
