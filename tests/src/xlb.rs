@@ -500,3 +500,15 @@ pub fn xlb(ns: Option<&Netns>, args: &[&str]) -> Result<Output> {
     };
     crate::netns::run_with_timeout(&mut cmd, None, Duration::from_secs(30))
 }
+
+/// A capability set of process `pid` (`set`: "CapEff", "CapPrm", "CapBnd",
+/// ...) as its 64-bit mask, from `/proc/PID/status`.
+pub fn capabilities(pid: u32, set: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(set)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {set} in /proc/{pid}/status"));
+    u64::from_str_radix(hex.trim(), 16).unwrap_or_else(|e| panic!("{set} {hex:?}: {e}"))
+}

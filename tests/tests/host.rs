@@ -10,7 +10,7 @@ use std::{
 
 use xlb_testbed::{
     config::{web, BackendToml, ConfigToml, ServiceToml},
-    xlb::{xlb_bin, Daemon},
+    xlb::{capabilities, xlb_bin, Daemon},
     Topology, VIP_V4,
 };
 
@@ -87,4 +87,51 @@ fn host_metrics_listen_on_loopback_by_default() {
         "expected no metrics from the client side, got:\n{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// Once attached, a daemon started as root keeps only CAP_NET_ADMIN,
+/// CAP_PERFMON and CAP_BPF (effective, permitted and bounding sets), and
+/// still does what it needs them for: serves through the VIP, reloads a
+/// changed config into the maps, and detaches on `xlb stop`.
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn host_daemon_drops_capabilities_after_attaching() {
+    const KEPT: u64 = 1 << 12 | 1 << 38 | 1 << 39;
+    let topo = Topology::new(2).unwrap();
+    let _web = topo.start_nginx_all().unwrap();
+    let one = config().to_string();
+    let mut d = Daemon::start(topo.lb_ns(), &one, &["eth0", "eth1"]).unwrap();
+    // The daemon started with this test's capabilities: all of them, more than it keeps.
+    let ours = capabilities(std::process::id(), "CapEff");
+    assert!(ours & KEPT == KEPT && ours & !KEPT != 0, "the test must run as root with every capability: {ours:#x}");
+    d.expect_log("capabilities after attaching: kept cap_net_admin, cap_perfmon, cap_bpf; dropped", 1);
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(capabilities(d.pid(), set), KEPT, "{set} of the daemon after attaching:\n{}", d.log_text());
+    }
+    assert_eq!(capabilities(d.pid(), "CapInh"), 0, "CapInh of the daemon");
+    assert_eq!(capabilities(d.pid(), "CapAmb"), 0, "CapAmb of the daemon");
+
+    let url = xlb_testbed::http_url(VIP_V4.into(), 80, "/");
+    let answer = topo.client().curl(&url).unwrap_or_else(|e| panic!("{e:#}; log:\n{}", d.log_text()));
+    assert!(answer.contains("web1"), "web1 answers through the VIP: {answer:?}");
+
+    // A reload writes the maps: web2 takes web1's place.
+    let two = ConfigToml::new()
+        .service(ServiceToml::new("www", (VIP_V4, 80).into()).no_checks().backend(BackendToml::new(web(2, 80))))
+        .to_string();
+    d.write_config(&two).unwrap();
+    d.signal(libc::SIGHUP).unwrap();
+    d.wait_log_count(std::time::Duration::from_secs(10), "reloaded", 1).unwrap_or_else(|e| panic!("{e:#}"));
+    let answer = topo.client().curl(&url).unwrap_or_else(|e| panic!("{e:#}; log:\n{}", d.log_text()));
+    assert!(answer.contains("web2"), "after the reload web2 answers through the VIP: {answer:?}");
+
+    // `xlb stop` asks the daemon, which detaches its links and removes its pins itself.
+    let out = d.xlb_stop().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("stopping"), "xlb stop did not ask the daemon: {text}");
+    let st = d.stop();
+    assert!(st.is_err() || st.unwrap().success(), "{}", d.log_text());
+    let log = d.log_text();
+    assert!(log.contains("removed the pins") && log.contains("detached from eth0, eth1"), "log:\n{log}");
+    assert_eq!(d.xdp_attached(), [false, false], "XDP left attached by the daemon; log:\n{log}");
 }

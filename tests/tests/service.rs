@@ -245,9 +245,7 @@ fn next_notification(sock: &UnixDatagram, what: &str, log: impl Fn() -> String) 
 
 /// The capability bits of `CapEff` in /proc/PID/status.
 fn effective_caps(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:")).expect("CapEff in /proc/PID/status");
-    u64::from_str_radix(hex.trim(), 16).unwrap()
+    xlb_testbed::xlb::capabilities(pid, "CapEff")
 }
 
 fn cap_bit(name: &str) -> u64 {

@@ -26,7 +26,8 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The bound socket; its file is removed when this is dropped.
 pub struct AdminSocket {
-    listener: UnixListener,
+    /// Non-blocking; served by the tokio runtime, which starts after attaching.
+    listener: std::os::unix::net::UnixListener,
     path: PathBuf,
 }
 
@@ -36,7 +37,10 @@ impl Drop for AdminSocket {
     }
 }
 
-/// Binds the socket (replacing a stale one) with mode 0600.
+/// Binds the socket (replacing a stale one) with mode 0600. The socket is
+/// made under umask 0177, so it is never open to others, not even between
+/// its creation and the `chmod`. The umask is the process's: call this
+/// before other threads exist (`xlb run` does, before its runtime starts).
 pub fn bind(path: &Path) -> anyhow::Result<AdminSocket> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -47,9 +51,15 @@ pub fn bind(path: &Path) -> anyhow::Result<AdminSocket> {
         }
         std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
+    // SAFETY: umask only sets the process's file mode mask.
+    let umask = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, putting the previous mask back.
+    unsafe { libc::umask(umask) };
+    let listener = bound.with_context(|| format!("binding admin socket {}", path.display()))?;
     let socket = AdminSocket { listener, path: path.to_path_buf() };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    socket.listener.set_nonblocking(true).context("making the admin socket non-blocking")?;
     Ok(socket)
 }
 
@@ -57,11 +67,18 @@ pub fn bind(path: &Path) -> anyhow::Result<AdminSocket> {
 /// connections in progress (a running trace turns tracing off as it ends)
 /// and removes the socket.
 pub async fn serve(socket: AdminSocket, ctx: Arc<Ctx>) {
+    let listener = match socket.listener.try_clone().and_then(UnixListener::from_std) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("admin socket {} not served: {e}", socket.path.display());
+            return;
+        }
+    };
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
-            accepted = socket.listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
+            accepted = listener.accept(), if conns.len() < MAX_CONNECTIONS => match accepted {
                 Ok((stream, _)) => {
                     let ctx = ctx.clone();
                     conns.spawn(async move {

@@ -34,6 +34,7 @@ use crate::{
 pub mod admin;
 pub mod ctx;
 pub mod notify;
+pub mod privileges;
 
 /// How long each group of tasks has to end at shutdown before it is aborted.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -50,15 +51,32 @@ pub struct RunOptions {
 pub fn run(path: &Path, opts: &RunOptions) -> anyhow::Result<()> {
     // The same load as `xlb check` and reloads: every problem, before anything needs root.
     let cfg = config::load(path)?;
+    // Bound, loaded and attached before any other thread exists: the admin
+    // socket's umask and the capabilities dropped next are per process only
+    // while there is one thread (capabilities are per thread in Linux; the
+    // runtime's threads inherit the reduced set).
+    let started = start(path, &cfg, opts)?;
+    match privileges::drop_unneeded() {
+        Ok(kept) => log::info!("capabilities after attaching: {kept}"),
+        Err(e) => log::warn!("could not drop capabilities after attaching: {e:#}"),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(path, cfg, opts))
+    rt.block_on(serve(path, cfg, opts, started))
 }
 
-async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::Result<()> {
+/// What `xlb run` sets up before it serves: the bound admin socket and
+/// metrics listener, and the balancer with its maps filled and XDP attached.
+struct Started {
+    admin_socket: admin::AdminSocket,
+    metrics: Option<std::net::TcpListener>,
+    bal: Balancer,
+}
+
+fn start(path: &Path, cfg: &config::Config, opts: &RunOptions) -> anyhow::Result<Started> {
     let file = opts.object.as_deref().map(crate::dataplane::ObjectFile::read).transpose()?;
     let object = match &file {
         Some(f) => f.bytes(),
@@ -66,9 +84,9 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::R
     };
     // The addresses first: one that is taken fails before any traffic or pin is touched.
     let admin_socket = admin::bind(&cfg.daemon.admin_socket)?;
-    let metrics = monitor::bind_metrics(&cfg.daemon).await?;
-    let mut bal = Balancer::load_pinned(&cfg, path, object)?;
-    bal.apply(&cfg)?;
+    let metrics = monitor::bind_metrics(&cfg.daemon)?;
+    let mut bal = Balancer::load_pinned(cfg, path, object)?;
+    bal.apply(cfg)?;
     let adopting = bal.dp.pins().is_some_and(|p| p.previous.is_some());
     if adopting {
         let n = bal.dp.prune_stale()?;
@@ -90,6 +108,11 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::R
         p.commit()?;
     }
     bal.dp.write_state(std::process::id(), bal.drains())?;
+    Ok(Started { admin_socket, metrics, bal })
+}
+
+async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions, started: Started) -> anyhow::Result<()> {
+    let Started { admin_socket, metrics, bal } = started;
     let cancel = CancellationToken::new();
     // Background tasks: awaited last.
     let mut back = JoinSet::new();

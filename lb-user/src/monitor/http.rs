@@ -170,11 +170,18 @@ async fn handle(mut stream: TcpStream, bal: Arc<Mutex<Balancer>>, history: Arc<M
 /// Serves until `cancel` is cancelled, then ends the connections in
 /// progress (they live in this task's `JoinSet`) and returns.
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     bal: Arc<Mutex<Balancer>>,
     history: Arc<Mutex<History>>,
     cancel: CancellationToken,
 ) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            log::error!("metrics endpoint not served: {e}");
+            return;
+        }
+    };
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -61,10 +61,12 @@ pub fn metrics_text(bal: &Mutex<Balancer>, history: &Mutex<History>) -> anyhow::
 
 /// Binds `daemon.metrics` (an error names the address); `None` when it is
 /// turned off. The address is read at start only; a reload does not move it.
-pub async fn bind_metrics(daemon: &DaemonConfig) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+pub fn bind_metrics(daemon: &DaemonConfig) -> anyhow::Result<Option<std::net::TcpListener>> {
     let Some(addr) = daemon.metrics else { return Ok(None) };
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| {
         format!("binding daemon.metrics address {addr} (it must be an address of this host that no other program uses; metrics = \"\" turns the endpoint off)")
     })?;
+    // Served by the tokio runtime, which is started after attaching.
+    listener.set_nonblocking(true).context("making the metrics listener non-blocking")?;
     Ok(Some(listener))
 }
