@@ -131,6 +131,23 @@ pub struct Balancer<T = Dataplane> {
     pub rebuilds: u64,
     /// What pinned maps taken over at start held, until the first `apply`.
     seed: Option<Seed>,
+    /// The VIPs and what BIRD was told of them (`[daemon.announce]`; written
+    /// by the daemon's announcer, empty without one).
+    pub announcements: Vec<VipAnnouncement>,
+}
+
+/// One VIP address and what BIRD was told about it (`daemon::announce`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipAnnouncement {
+    pub vip: IpAddr,
+    /// The BIRD protocol that announces it.
+    pub protocol: String,
+    /// Some service on this address has a backend taking new flows.
+    pub wanted: bool,
+    /// BIRD confirmed the protocol enabled (the route is exported).
+    pub announced: bool,
+    /// The last failure to tell BIRD, if the last attempt failed.
+    pub error: Option<String>,
 }
 
 /// A backend as the maps name it: (service id, address, port, family).
@@ -236,6 +253,7 @@ impl<T: Tables> Balancer<T> {
             slots_written: 0,
             rebuilds: 0,
             seed: None,
+            announcements: Vec::new(),
         }
     }
 
