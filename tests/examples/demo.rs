@@ -7,6 +7,9 @@
 //! kills web1 and shows the failover to web2 and the failback when web1
 //! returns; prints what xlb counted. Everything is torn down on every exit
 //! path (also Ctrl-C).
+//!
+//! `demo ha` (`cargo xtask demo ha`): two lbs behind a BGP router instead,
+//! one of them killed (see `demo/ha.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +20,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use xlb_testbed::{http_url, is_root, xlb::Daemon, Topology, VIP_V4, VIP_V6};
+
+mod ha;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -136,6 +141,11 @@ fn main() -> Result<()> {
     }
     // Ctrl-C: stop sending, then tear everything down through the guards' Drop.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("ha") => return ha::run(),
+        Some(other) => bail!("unknown demo {other:?}; expected none (the classic setup) or \"ha\""),
+    }
 
     println!("== building the www.foobar.com setup in network namespaces");
     let topo = Topology::new(2).context("building the topology")?;

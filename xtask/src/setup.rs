@@ -8,7 +8,8 @@ use anyhow::{bail, Context as _, Result};
 use crate::cmd::{self, command, display, is_root, probe, run};
 
 /// Debian packages the integration tests use.
-pub const TEST_PACKAGES: &[&str] = &["nginx-light", "curl", "ethtool", "iproute2", "procps", "nftables", "chromium"];
+pub const TEST_PACKAGES: &[&str] =
+    &["nginx-light", "curl", "ethtool", "iproute2", "procps", "nftables", "chromium", "bird2"];
 /// Debian packages `cargo xtask deb` uses (dpkg-shlibdeps; gzip for the man pages).
 pub const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "gzip"];
 /// Debian packages the service test uses: `systemd-analyze verify` (which runs
