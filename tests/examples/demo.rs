@@ -21,6 +21,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use xlb_testbed::{http_url, is_root, xlb::Daemon, Topology, VIP_V4, VIP_V6};
 
+#[path = "demo/ha.rs"]
 mod ha;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
