@@ -565,7 +565,8 @@ fn failover_lb_bench(opts: &Opts, figs: &mut Figures) -> Result<()> {
              restart) behind a router (BIRD, merge paths, fib_multipath_hash_policy=1), 3 nginx backends; \
              {LB_FAILOVER_CONNECTIONS} kept-alive connections each sending a request every 20 ms; lb1's host dies \
              (its BIRD SIGKILLed, its link set down, its xlb SIGKILLed); the figure is the time from the death to \
-             the last connection's first answer after it (TCP retransmission included); lb1 is brought back and \
+             the answer that ends the last stalled connection's pause (a pause: over 100 ms without an answer; TCP \
+             retransmission included); lb1 is brought back and \
              both paths are routed again before the next repetition"
         ),
     );
