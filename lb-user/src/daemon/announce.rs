@@ -9,7 +9,7 @@
 //! (continued) and `CODE text` (the last); codes 8000 and up are errors.
 //!
 //! A VIP address is announced while some service on it has a backend taking
-//! new flows and the program is attached (the daemon runs this task only
+//! new flows that has passed a health check, and the program is attached (the daemon runs this task only
 //! after attaching); withdrawn when no service on it has one, when its last
 //! service is removed by a reload, and when the daemon stops. A daemon that
 //! dies cannot withdraw: the unit's `ExecStopPost=xlb withdraw` does, and
@@ -62,16 +62,6 @@ pub enum BirdError {
 pub fn protocol_name(pattern: &str, vip: IpAddr) -> String {
     let addr: String = vip.to_string().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
     pattern.replace("{vip}", &addr)
-}
-
-/// Every VIP address of the balancer's services, and whether one of its
-/// services has a backend taking new flows.
-pub fn wanted(bal: &Balancer) -> BTreeMap<IpAddr, bool> {
-    let mut m = BTreeMap::new();
-    for s in &bal.services {
-        *m.entry(s.cfg.vip.ip()).or_insert(false) |= s.serving;
-    }
-    m
 }
 
 /// One reply of BIRD: the code and the text of its last line.
@@ -187,7 +177,7 @@ pub fn withdraw_all(cfg: &Config) -> anyhow::Result<String> {
 }
 
 /// The daemon's announcer: keeps BIRD's VIP protocols in step with
-/// [`wanted`] every [`POLL`] (and tells every state again each
+/// [`Balancer::vips_to_announce`] every [`POLL`] (and tells every state again each
 /// [`REASSERT`]); withdraws every VIP when `cancel` fires.
 pub async fn run(cfg: AnnounceConfig, bal: Arc<Mutex<Balancer>>, cancel: CancellationToken) {
     // What BIRD confirmed for each VIP.
@@ -201,7 +191,7 @@ pub async fn run(cfg: AnnounceConfig, bal: Arc<Mutex<Balancer>>, cancel: Cancell
             _ = cancel.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let want = wanted(&lock(&bal));
+        let want = lock(&bal).vips_to_announce();
         let full = last_full.is_none_or(|t| t.elapsed() >= REASSERT);
         // VIPs a reload removed are withdrawn, then forgotten.
         let gone: Vec<IpAddr> = told.keys().filter(|v| !want.contains_key(v)).copied().collect();
@@ -259,7 +249,8 @@ pub async fn run(cfg: AnnounceConfig, bal: Arc<Mutex<Balancer>>, cancel: Cancell
         lock(&bal).announcements = list;
     }
     // Stopping: nothing keeps the tables in step with the backends any more.
-    let all: Vec<(IpAddr, bool)> = wanted(&lock(&bal)).keys().chain(told.keys()).map(|v| (*v, false)).collect();
+    let all: Vec<(IpAddr, bool)> =
+        lock(&bal).vips_to_announce().keys().chain(told.keys()).map(|v| (*v, false)).collect();
     let mut all = all;
     all.dedup();
     if all.is_empty() {
