@@ -36,6 +36,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         pin_path: Option<PathBuf>,
     },
+    /// Withdraw every VIP of the config from BGP: disable its protocol in BIRD
+    /// (`[daemon.announce]`). The daemon does it when it stops; this is for a
+    /// daemon that died (the unit's ExecStopPost).
+    Withdraw {
+        /// Configuration file (TOML).
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate a configuration; print the plan, or every problem found.
     Check {
         /// Configuration file (TOML).
@@ -161,6 +169,10 @@ fn main() -> ExitCode {
         }
         Command::Stop { daemon, pin_path } => xlb::cli::stop::run(daemon.socket, daemon.config.as_deref(), pin_path),
         Command::Check { config } => xlb::cli::check::run(&config),
+        Command::Withdraw { config } => xlb::config::load(&config)
+            .map_err(anyhow::Error::from)
+            .and_then(|cfg| xlb::daemon::announce::withdraw_all(&cfg))
+            .map(|out| print!("{out}")),
         Command::Status { daemon, json } => daemon.socket().and_then(|p| xlb::cli::status::run(&p, json)),
         Command::Drain { service, backend, daemon } => daemon.ask(&format!("drain {service} {backend}")),
         Command::Enable { service, backend, daemon } => daemon.ask(&format!("enable {service} {backend}")),

@@ -11,7 +11,10 @@
 //!   request (`cps`);
 //! - `lb_cpu_*`: CPU seconds the lb spent per million packets or requests
 //!   (xlb_testbed::bench::cpu);
-//! - `failover_ms`: active-passive failover time (xlb_testbed::bench::failover).
+//! - `failover_ms`: active-passive failover time (xlb_testbed::bench::failover);
+//! - `failover_ms_lb`: losing one of two lbs behind an ECMP router (in its own
+//!   topology, xlb_testbed::ha): from the host's death to the last stalled
+//!   kept-alive connection answering again.
 //!
 //! Contenders alternate within each repetition, so the ratios are taken side
 //! by side under the same machine load. Prints `FIG`/`MISSING`/`METHOD` lines.
@@ -194,6 +197,10 @@ fn main() -> Result<()> {
     if opts.runs("failover") {
         let r = failover_bench(&topo, &mut web, &opts, &mut figs);
         section(&mut figs, &["failover_ms"], r);
+    }
+    if opts.runs("failover_lb") {
+        let r = failover_lb_bench(&opts, &mut figs);
+        section(&mut figs, &["failover_ms_lb"], r);
     }
     figs.emit_all();
     Ok(())
@@ -543,5 +550,51 @@ fn failover_bench(topo: &Topology, web: &mut [Nginx], opts: &Opts, figs: &mut Fi
         }
     }
     drop(d);
+    Ok(())
+}
+
+/// Kept-alive connections held through each lb failover.
+const LB_FAILOVER_CONNECTIONS: usize = 20;
+
+fn failover_lb_bench(opts: &Opts, figs: &mut Figures) -> Result<()> {
+    use xlb_testbed::ha::{drive, last_stall, open_connections, HaTopology, BFD_INTERVAL_MS, BFD_MULTIPLIER};
+    method(
+        "failover_ms_lb",
+        &format!(
+            "two lbs (xlb one-arm DSR + BIRD, BGP with BFD {BFD_INTERVAL_MS} ms x {BFD_MULTIPLIER}, no graceful \
+             restart) behind a router (BIRD, merge paths, fib_multipath_hash_policy=1), 3 nginx backends; \
+             {LB_FAILOVER_CONNECTIONS} kept-alive connections each sending a request every 20 ms; lb1's host dies \
+             (its BIRD SIGKILLed, its link set down, its xlb SIGKILLed); the figure is the time from the death to \
+             the answer that ends the last stalled connection's pause (a pause: over 100 ms without an answer; TCP \
+             retransmission included); lb1 is brought back and \
+             both paths are routed again before the next repetition"
+        ),
+    );
+    let mut topo = HaTopology::build(2, 3)?;
+    let mut d1 = Daemon::start(&topo.lb(1).ns, &topo.xlb_config(1, &[1, 2, 3]), &["eth0"])?;
+    let _d2 = Daemon::start(&topo.lb(2).ns, &topo.xlb_config(2, &[3, 1, 2]), &["eth0"])?;
+    for _ in 0..opts.reps {
+        topo.wait_next_hops(&[1, 2], Duration::from_secs(20)).context("both lbs routed")?;
+        let mut conns = open_connections(&topo, LB_FAILOVER_CONNECTIONS)?;
+        let (logs, killed) = drive(&mut conns, Duration::from_millis(20), Duration::from_secs(20), || {
+            std::thread::sleep(Duration::from_millis(300));
+            let killed = std::time::Instant::now();
+            let _ = topo.kill_lb_host(1);
+            let _ = d1.stop_with(libc::SIGKILL);
+            let _ = topo.wait_next_hops(&[2], Duration::from_secs(5));
+            std::thread::sleep(Duration::from_secs(3));
+            killed
+        });
+        match last_stall(&logs, killed) {
+            Some(t) => figs.push("failover_ms_lb", t.as_secs_f64() * 1000.0),
+            None => {
+                figs.fail("failover_ms_lb", "a kept-alive connection never answered again after lb1 died");
+                break;
+            }
+        }
+        drop(conns);
+        topo.revive_lb_host(1)?;
+        d1.spawn(&[])?;
+    }
     Ok(())
 }

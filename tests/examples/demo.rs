@@ -10,6 +10,9 @@
 //! made at run time, xlb checks them over TLS (`check = "https"`) and the
 //! client fetches the page through the VIP with that CA pinned. Everything is
 //! torn down on every exit path (also Ctrl-C).
+//!
+//! `demo ha` (`cargo xtask demo ha`): two lbs behind a BGP router instead,
+//! one of them killed (see `demo/ha.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -26,6 +29,9 @@ use xlb_testbed::{
     xlb::Daemon,
     Topology, VIP_V4, VIP_V6,
 };
+
+#[path = "demo/ha.rs"]
+mod ha;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -168,6 +174,11 @@ fn main() -> Result<()> {
     }
     // Ctrl-C: stop sending, then tear everything down through the guards' Drop.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("ha") => return ha::run(),
+        Some(other) => bail!("unknown demo {other:?}; expected none (the classic setup) or \"ha\""),
+    }
 
     println!("== building the www.foobar.com setup in network namespaces");
     let topo = Topology::new(2).context("building the topology")?;

@@ -34,6 +34,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod fuzz;
+pub mod ha;
 pub mod icmp;
 pub mod netns;
 pub mod nginx;

@@ -71,7 +71,7 @@ pub fn backend_v6(n: usize) -> Ipv6Addr {
 }
 
 /// Runs `ethtool -K` on each interface (`gro on`, and `tx off` when asked).
-fn tune_veths(ns: &Netns, ifaces: &[&str], tx_csum_off: bool) -> Result<()> {
+pub(crate) fn tune_veths(ns: &Netns, ifaces: &[&str], tx_csum_off: bool) -> Result<()> {
     for iface in ifaces {
         let mut argv = vec!["ethtool", "-K", iface, "gro", "on"];
         if tx_csum_off {
@@ -99,11 +99,11 @@ const COMMON_SYSCTLS: &[(&str, &str)] = &[
 
 /// A veth pair created inside `ns` (`dev`) with its peer moved straight into
 /// `peer_ns` (`peer`): nothing ever exists in the root namespace.
-fn veth(ns: &Netns, dev: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
+pub(crate) fn veth(ns: &Netns, dev: &str, peer_ns: &Netns, peer: &str) -> Result<()> {
     ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", peer, "netns", peer_ns.name()])
 }
 
-fn new_ns(suffix: &str, role: &str) -> Result<Netns> {
+pub(crate) fn new_ns(suffix: &str, role: &str) -> Result<Netns> {
     let ns = Netns::new(format!("{NS_PREFIX}-{suffix}-{role}"))?;
     ns.sysctl(COMMON_SYSCTLS)?;
     Ok(ns)

@@ -46,7 +46,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Set up, build, then run the demo (arguments are passed through).
+    /// Set up, build, then run the demo (arguments are passed through): `cargo xtask demo` the classic
+    /// setup, `cargo xtask demo ha` two lbs behind a BGP router, one killed.
     Demo {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,

@@ -7,9 +7,9 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::cmd::{self, command, display, is_root, probe, run};
 
-/// Debian packages the integration tests use (openssl: the TLS tests and the demo make a throwaway CA).
+/// Debian packages the integration tests use (openssl: the TLS tests and the demo make a throwaway CA; bird2: the two-lb test).
 pub const TEST_PACKAGES: &[&str] =
-    &["nginx-light", "curl", "openssl", "ethtool", "iproute2", "procps", "nftables", "chromium"];
+    &["nginx-light", "curl", "openssl", "ethtool", "iproute2", "procps", "nftables", "chromium", "bird2"];
 /// Debian packages `cargo xtask deb` uses (dpkg-shlibdeps; gzip for the man pages).
 pub const PACKAGING_PACKAGES: &[&str] = &["dpkg-dev", "gzip"];
 /// Debian packages the service test uses: `systemd-analyze verify` (which runs

@@ -131,6 +131,23 @@ pub struct Balancer<T = Dataplane> {
     pub rebuilds: u64,
     /// What pinned maps taken over at start held, until the first `apply`.
     seed: Option<Seed>,
+    /// The VIPs and what BIRD was told of them (`[daemon.announce]`; written
+    /// by the daemon's announcer, empty without one).
+    pub announcements: Vec<VipAnnouncement>,
+}
+
+/// One VIP address and what BIRD was told about it (`daemon::announce`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipAnnouncement {
+    pub vip: IpAddr,
+    /// The BIRD protocol that announces it.
+    pub protocol: String,
+    /// Some service on this address has a backend taking new flows.
+    pub wanted: bool,
+    /// BIRD confirmed the protocol enabled (the route is exported).
+    pub announced: bool,
+    /// The last failure to tell BIRD, if the last attempt failed.
+    pub error: Option<String>,
 }
 
 /// A backend as the maps name it: (service id, address, port, family).
@@ -215,6 +232,23 @@ impl Balancer {
     }
 }
 
+impl<T> Balancer<T> {
+    /// Every VIP address of the services, and whether it should be announced
+    /// (`[daemon.announce]`): some service on it has a backend taking new
+    /// flows that its health checks have passed at least once (checks off: up
+    /// is enough). A new daemon's backends count as up before their first
+    /// check; a VIP is not announced on that guess.
+    pub fn vips_to_announce(&self) -> std::collections::BTreeMap<IpAddr, bool> {
+        let mut m = std::collections::BTreeMap::new();
+        for s in &self.services {
+            let checks_off = s.cfg.health.check == CheckKind::None;
+            let proven = s.backends.iter().any(|b| b.up() && !b.drained && (checks_off || b.checks.checked));
+            *m.entry(s.cfg.vip.ip()).or_insert(false) |= s.serving && proven;
+        }
+        m
+    }
+}
+
 impl<T: Tables> Balancer<T> {
     /// Slots of `RING` per service region and the number of regions for
     /// `cfg`, with room for more services on reload.
@@ -236,6 +270,7 @@ impl<T: Tables> Balancer<T> {
             slots_written: 0,
             rebuilds: 0,
             seed: None,
+            announcements: Vec::new(),
         }
     }
 
@@ -768,6 +803,26 @@ role = "backup"
         let named: std::collections::BTreeSet<u32> = k.ring.values().copied().collect();
         let web_slots: std::collections::BTreeSet<u32> = bal.services[0].backends[..2].iter().map(|b| b.slot).collect();
         assert_eq!(named, web_slots, "the table names both primaries at the end");
+    }
+
+    /// A VIP is to be announced once a backend taking new flows has passed a
+    /// check, and not while none takes new flows.
+    #[test]
+    fn vips_to_announce_wait_for_a_checked_backend() {
+        let (mut bal, id) = balancer();
+        let vip: IpAddr = "198.18.0.10".parse().unwrap();
+        assert!(!bal.vips_to_announce()[&vip], "no backend checked yet");
+        check(&mut bal, id, "198.18.1.11:80", true);
+        assert!(bal.vips_to_announce()[&vip], "web1 passed a check");
+        for b in ["198.18.1.11:80", "198.18.1.12:80", "198.18.1.13:80"] {
+            check(&mut bal, id, b, false);
+        }
+        assert!(!bal.services[0].serving);
+        assert!(!bal.vips_to_announce()[&vip], "no backend takes new flows");
+        check(&mut bal, id, "198.18.1.13:80", true);
+        assert!(bal.vips_to_announce()[&vip], "the backup takes new flows");
+        bal.set_drained("www", "198.18.1.13:80", true).unwrap();
+        assert!(!bal.vips_to_announce()[&vip], "the only backend up is drained");
     }
 
     /// A drained backend keeps its up flag (established flows continue) and

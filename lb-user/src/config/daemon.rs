@@ -3,9 +3,10 @@
 use super::{
     checks,
     diag::{FieldPath, Span},
-    raw::{Item, RawDaemon, Spanned},
+    raw::{Item, RawAnnounce, RawDaemon, Spanned},
     validate::{Reported, Validator},
-    DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
+    AnnounceConfig, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_BIRD_SOCKET,
+    DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
 };
 
 pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
@@ -80,7 +81,63 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         metrics,
         conntrack_entries,
         pin_path: pin_path.into(),
+        announce: announce(v, &path.key("announce"), raw.announce),
     }
+}
+
+/// `[daemon.announce]`: BIRD's control socket (absolute) and the protocol
+/// name pattern (one `{vip}`, otherwise letters, digits and `_`, starting
+/// with a letter: a BIRD symbol once `{vip}` is filled in).
+fn announce(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawAnnounce>>) -> Option<AnnounceConfig> {
+    let raw = v.table(path, raw).ok()??.into_inner();
+    v.unknown_keys(path, &raw.unknown, RawAnnounce::KEYS);
+    let socket_path = path.key("socket");
+    let expected = format!("the absolute path of BIRD's control socket, e.g. \"{DEFAULT_BIRD_SOCKET}\"");
+    let socket = match v.read(&socket_path, raw.socket, &expected) {
+        Ok(Some(s)) if !s.get_ref().starts_with('/') => {
+            v.report(
+                &socket_path,
+                Some(s.span()),
+                format!("{:?} is not an absolute path; expected {expected}", s.get_ref()),
+            );
+            DEFAULT_BIRD_SOCKET.to_owned()
+        }
+        Ok(Some(s)) => s.into_inner(),
+        _ => DEFAULT_BIRD_SOCKET.to_owned(),
+    };
+    let proto_path = path.key("protocol");
+    let expected = format!(
+        "the name of each VIP's static protocol in BIRD, with {{vip}} for the address, e.g. \"{DEFAULT_ANNOUNCE_PROTOCOL}\""
+    );
+    let protocol = match v.read(&proto_path, raw.protocol, &expected) {
+        Ok(Some(p)) => {
+            if let Err(why) = check_protocol_pattern(p.get_ref()) {
+                v.report(&proto_path, Some(p.span()), format!("{why}; expected {expected}"));
+            }
+            p.into_inner()
+        }
+        _ => DEFAULT_ANNOUNCE_PROTOCOL.to_owned(),
+    };
+    Some(AnnounceConfig { socket: socket.into(), protocol })
+}
+
+/// Whether `pattern` makes a BIRD symbol for every VIP.
+fn check_protocol_pattern(pattern: &str) -> Result<(), String> {
+    let n = pattern.matches("{vip}").count();
+    if n != 1 {
+        return Err(format!("{pattern:?} holds {{vip}} {n} times, not once"));
+    }
+    let rest = pattern.replace("{vip}", "");
+    if let Some(c) = rest.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+        return Err(format!("{pattern:?} holds {c:?}: a BIRD protocol name takes only letters, digits and _"));
+    }
+    if !pattern.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(format!("{pattern:?} does not start with a letter, as a BIRD protocol name must"));
+    }
+    if pattern.len() + 39 - 5 > 64 {
+        return Err(format!("{pattern:?} is too long: with an IPv6 VIP the name would pass BIRD's 64 characters"));
+    }
+    Ok(())
 }
 
 /// `interfaces`: at least one, each a valid name, none twice.
@@ -211,7 +268,7 @@ mod tests {
         assert_one(
             &with("mode = \"x\""),
             "daemon.mode (line 3, column 1)",
-            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, pin_path",
+            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, pin_path, announce",
         );
         assert_one(
             &with("interface = [\"eth2\"]"),
@@ -219,6 +276,33 @@ mod tests {
             "unknown key `interface` (did you mean `interfaces`?)",
         );
         assert_one(&format!("{BASE}\n[daemon.extra]\n"), "daemon.extra (line 15, column 9)", "unknown key `extra`");
+    }
+
+    #[test]
+    fn announce() {
+        let d = parse(BASE, "t.toml").expect("valid").daemon;
+        assert_eq!(d.announce, None, "no [daemon.announce]: nothing announced");
+        let d = parse(&format!("{BASE}\n[daemon.announce]\n"), "t.toml").expect("valid").daemon;
+        let a = d.announce.expect("an empty [daemon.announce] announces with the defaults");
+        assert_eq!((a.socket.to_str(), a.protocol.as_str()), (Some("/run/bird/bird.ctl"), "xlb_{vip}"));
+        let text = format!("{BASE}\n[daemon.announce]\nsocket = \"/run/b.ctl\"\nprotocol = \"vip_{{vip}}_x\"\n");
+        let a = parse(&text, "t.toml").expect("valid").daemon.announce.expect("announce");
+        assert_eq!((a.socket.to_str(), a.protocol.as_str()), (Some("/run/b.ctl"), "vip_{vip}_x"));
+        let cases = [
+            ("socket = \"bird.ctl\"", "daemon.announce.socket (line 16)", "\"bird.ctl\" is not an absolute path"),
+            ("protocol = \"xlb\"", "daemon.announce.protocol (line 16)", "holds {vip} 0 times, not once"),
+            ("protocol = \"{vip}\"", "daemon.announce.protocol", "does not start with a letter"),
+            ("protocol = \"xlb-{vip}\"", "daemon.announce.protocol", "holds '-': a BIRD protocol name takes only"),
+            ("protocol = 5", "daemon.announce.protocol (line 16, column 12)", "the integer 5 is not a string"),
+            (
+                "sockets = \"/x\"",
+                "daemon.announce.sockets (line 16, column 1)",
+                "unknown key `sockets` (did you mean `socket`?)",
+            ),
+        ];
+        for (line, field, message) in cases {
+            assert_one(&format!("{BASE}\n[daemon.announce]\n{line}\n"), field, message);
+        }
     }
 
     #[test]

@@ -87,7 +87,24 @@ pub struct DaemonConfig {
     pub conntrack_entries: u32,
     /// The bpffs directory holding the pinned maps and XDP links.
     pub pin_path: PathBuf,
+    /// `[daemon.announce]`: the VIPs are announced through BIRD (absent: not announced).
+    pub announce: Option<AnnounceConfig>,
 }
+
+/// `[daemon.announce]`: which BIRD to tell, and the name of each VIP's protocol there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceConfig {
+    /// BIRD's control socket.
+    pub socket: PathBuf,
+    /// The static protocol's name for a VIP: `{vip}` stands for the address
+    /// with every character that is not a letter or digit written as `_`.
+    pub protocol: String,
+}
+
+/// BIRD's control socket on Debian (`bird2`).
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+/// The default name pattern of a VIP's static protocol in BIRD.
+pub const DEFAULT_ANNOUNCE_PROTOCOL: &str = "xlb_{vip}";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpModeConfig {

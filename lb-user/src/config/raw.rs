@@ -280,6 +280,15 @@ raw_table! {
         metrics: String,
         conntrack_entries: i128,
         pin_path: String,
+        announce: RawAnnounce,
+    }
+}
+
+raw_table! {
+    /// `[daemon.announce]`
+    RawAnnounce {
+        socket: String,
+        protocol: String,
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
 };
 
 pub mod admin;
+pub mod announce;
 pub mod ctx;
 pub mod notify;
 pub mod privileges;
@@ -158,6 +159,10 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions, started: Sta
     let mut admin = JoinSet::new();
     admin.spawn(admin::serve(admin_socket, ctx.clone()));
     back.spawn(refresh_next_hops(bal.clone(), cancel.clone()));
+    if let Some(a) = &cfg.daemon.announce {
+        log::info!("announcing VIPs through BIRD at {} (protocols {})", a.socket.display(), a.protocol);
+        back.spawn(announce::run(a.clone(), bal.clone(), cancel.clone()));
+    }
     back.spawn(monitor::rates::sample(bal.clone(), conntrack, history.clone(), cancel.clone()));
     if let (Some(listener), Some(addr)) = (metrics, cfg.daemon.metrics) {
         log::info!("metrics on http://{addr}/metrics, status page on http://{addr}/");

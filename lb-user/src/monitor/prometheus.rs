@@ -109,6 +109,18 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         e.sample("xlb_xdp_attached_info", &[("interface", iface), ("mode", mode)], 1);
     }
 
+    if !snap.announcements.is_empty() {
+        e.family(
+            "xlb_vip_announced",
+            "gauge",
+            "1 while the VIP is announced by BGP through BIRD (its protocol enabled), else 0.",
+        );
+        for a in &snap.announcements {
+            let vip = a.vip.to_string();
+            e.sample("xlb_vip_announced", &[("vip", &vip), ("protocol", &a.protocol)], u8::from(a.announced));
+        }
+    }
+
     e.family("xlb_service_info", "gauge", "Always 1, per service: its VIP, protocol and forwarding mode.");
     for s in &snap.services {
         let vip = s.vip.to_string();
@@ -282,6 +294,8 @@ mod tests {
         assert_eq!(b("xlb_backend_bytes_total", "198.18.1.11:80"), "96000");
         assert_eq!(b("xlb_backend_new_flows_total", "198.18.1.11:80"), "96");
         assert_eq!(b("xlb_backend_up", "198.18.1.11:80"), "1");
+        assert_eq!(value(&text, "xlb_vip_announced{vip=\"198.18.0.10\",protocol=\"xlb_198_18_0_10\"}"), "1");
+        assert_eq!(value(&text, "xlb_vip_announced{vip=\"2001:db8::10\",protocol=\"xlb_2001_db8__10\"}"), "0");
         assert_eq!(b("xlb_backend_up", "198.18.1.12:80"), "0");
         assert_eq!(b("xlb_backend_up", "198.18.1.13:80"), "1");
         assert_eq!(b("xlb_backend_drained", "198.18.1.13:80"), "1");

@@ -14,7 +14,7 @@ use std::{
 use lb_common::{counter, BackendStats, ServiceStats};
 
 use crate::{
-    balancer::{BackendState, Balancer},
+    balancer::{BackendState, Balancer, VipAnnouncement},
     config::Role,
 };
 
@@ -85,6 +85,8 @@ pub struct Snapshot {
     pub slots_written: u64,
     /// Interface and XDP mode.
     pub attached: Vec<(String, &'static str)>,
+    /// The VIPs announced through BIRD (empty without `[daemon.announce]`).
+    pub announcements: Vec<VipAnnouncement>,
 }
 
 impl Snapshot {
@@ -127,6 +129,7 @@ impl Snapshot {
             rebuilds: bal.rebuilds,
             slots_written: bal.slots_written,
             attached: bal.dp.attached().iter().map(|(i, m)| (i.clone(), *m)).collect(),
+            announcements: bal.announcements.clone(),
         })
     }
 
@@ -199,6 +202,22 @@ pub(crate) mod tests {
             rebuilds: 4,
             slots_written: 131_074,
             attached: vec![("eth0".into(), "native"), ("eth1".into(), "generic")],
+            announcements: vec![
+                VipAnnouncement {
+                    vip: "198.18.0.10".parse().unwrap(),
+                    protocol: "xlb_198_18_0_10".into(),
+                    wanted: true,
+                    announced: true,
+                    error: None,
+                },
+                VipAnnouncement {
+                    vip: "2001:db8::10".parse().unwrap(),
+                    protocol: "xlb_2001_db8__10".into(),
+                    wanted: true,
+                    announced: false,
+                    error: Some("cannot reach BIRD".into()),
+                },
+            ],
         }
     }
 }

@@ -70,6 +70,15 @@ pub fn text(v: &View) -> String {
         None => writeln!(o, "rates: not sampled yet (-)"),
     };
     let _ = writeln!(o, "maglev tables: {} rebuilds, {} slots written", v.snap.rebuilds, v.snap.slots_written);
+    for a in &v.snap.announcements {
+        let state = match (a.announced, a.wanted, &a.error) {
+            (_, _, Some(e)) => format!("BIRD not told: {e}"),
+            (true, _, None) => "announced".to_owned(),
+            (false, true, None) => "to be announced".to_owned(),
+            (false, false, None) => "withdrawn (no backend takes new flows)".to_owned(),
+        };
+        let _ = writeln!(o, "vip {} (BIRD protocol {}): {state}", a.vip, a.protocol);
+    }
     backend_table(&mut o, v);
     service_table(&mut o, v);
     let _ = writeln!(o, "\ndropped:{:>22} {:>9}", "TOTAL", "PER S");
@@ -190,6 +199,9 @@ fn service_table(o: &mut String, v: &View) {
 /// - `nat_replies`: backend replies rewritten back to the VIP.
 /// - `icmp[]`: `event` (`to_backend`, `to_client`, `ping_answered`), `total`: ICMP errors sent on to a VIP
 ///   flow's backend or client, echo requests answered.
+/// - `announce[]`: `vip`, `protocol` (BIRD's), `wanted` (a service on it has a backend taking new flows),
+///   `announced` (BIRD confirmed the protocol enabled), `error` (the last failure to tell BIRD, or null);
+///   empty without `[daemon.announce]`.
 /// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `on_backup` (new flows go to the backups),
 ///   `packets`, `new_flows`, `established`, `repicked`, `non_syn` (TCP packets of an unknown flow that are
 ///   not a SYN: sent to their Maglev backend without a conntrack entry), `packets_per_second`,
@@ -212,7 +224,17 @@ pub struct StatusJson {
     pub kernel_passed: Vec<PassJson>,
     pub nat_replies: u64,
     pub icmp: Vec<IcmpJson>,
+    pub announce: Vec<AnnounceJson>,
     pub services: Vec<ServiceJson>,
+}
+
+#[derive(Serialize)]
+pub struct AnnounceJson {
+    pub vip: String,
+    pub protocol: String,
+    pub wanted: bool,
+    pub announced: bool,
+    pub error: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -316,6 +338,18 @@ pub fn json(v: &View) -> StatusJson {
         kernel_passed: PASS_REASONS.iter().map(|&(i, reason)| PassJson { reason, total: v.snap.counter(i) }).collect(),
         nat_replies: v.snap.counter(counter::REPLY_NAT),
         icmp: counter::ICMP_EVENTS.iter().map(|&(i, event)| IcmpJson { event, total: v.snap.counter(i) }).collect(),
+        announce: v
+            .snap
+            .announcements
+            .iter()
+            .map(|a| AnnounceJson {
+                vip: a.vip.to_string(),
+                protocol: a.protocol.clone(),
+                wanted: a.wanted,
+                announced: a.announced,
+                error: a.error.clone(),
+            })
+            .collect(),
         services: v.snap.services.iter().map(|s| service_json(v, s)).collect(),
     }
 }
@@ -389,6 +423,11 @@ mod tests {
         assert!(row("198.18.1.13:80").contains(" backup   drained "), "{t}");
         assert!(t.contains("conntrack entries: not counted yet"), "{t}");
         assert!(t.contains("  fragment ") && t.contains("no_backend"), "{t}");
+        assert!(t.contains("vip 198.18.0.10 (BIRD protocol xlb_198_18_0_10): announced\n"), "{t}");
+        assert!(
+            t.contains("vip 2001:db8::10 (BIRD protocol xlb_2001_db8__10): BIRD not told: cannot reach BIRD"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -429,6 +468,13 @@ mod tests {
         assert_eq!(j["icmp"][0]["total"], snap.counter(counter::ICMP_TO_BACKEND));
         assert_eq!(j["icmp"][2]["event"], "ping_answered");
         assert_eq!(j["xdp"][0]["mode"], "native");
+        assert_eq!(j["announce"][0]["vip"], "198.18.0.10");
+        assert_eq!(j["announce"][0]["announced"], true);
+        assert_eq!(j["announce"][1]["protocol"], "xlb_2001_db8__10");
+        assert_eq!(
+            (&j["announce"][1]["announced"], &j["announce"][1]["error"]),
+            (&false.into(), &"cannot reach BIRD".into())
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ const PANELS: &[(&str, &[&str])] = &[
     ("lb CPU per million kept-alive requests, s (lower is better)", &["lb_cpu_http_rps_*"]),
     ("HTTP one connection per request, connections/s (higher is better)", &["http_cps_*"]),
     ("lb CPU per million connections, s (lower is better)", &["lb_cpu_http_cps_*"]),
-    ("Maglev build time, ms; failover, ms (lower is better)", &["maglev_build_ms_*", "failover_ms"]),
+    ("Maglev build time, ms; failover, ms (lower is better)", &["maglev_build_ms_*", "failover_ms", "failover_ms_lb"]),
     (
         "Maglev balance (max/mean) and disruption (/ ideal 1/N), lower is better",
         &["maglev_max_over_mean_*", "maglev_disruption_*"],
@@ -116,7 +116,7 @@ fn short(v: f64) -> String {
 
 fn draw_bar(c: &mut Canvas, y: usize, f: &Figure, scale_max: f64) {
     let px = |v: f64| ((v / scale_max) * BAR_MAX_W as f64).round().clamp(0.0, BAR_MAX_W as f64) as usize;
-    let ours = f.name.contains("xlb") || f.name.starts_with("maglev") || f.name == "failover_ms";
+    let ours = f.name.contains("xlb") || f.name.starts_with("maglev") || f.name.starts_with("failover_ms");
     let color = if ours || (f.name.starts_with("xdp_ns_") && f.name != "xdp_ns_floor") { XLB } else { OTHER };
     c.text(MARGIN, y + 4, &f.name, BLACK);
     c.rect(BAR_X, y + 2, px(f.median).max(1), GLYPH, color);
