@@ -208,6 +208,11 @@ impl Balancer {
         Ok(bal)
     }
 
+    /// Each backend's slot and generation (what a conntrack entry must name to count).
+    pub fn backend_slots(&self) -> HashMap<u32, u32> {
+        self.services.iter().flat_map(|s| s.backends.iter().map(|b| (b.slot, b.generation))).collect()
+    }
+
     /// Resolves and writes next hops now (blocking: runs `ip`).
     pub fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
         let hops = crate::dataplane::neigh::resolve(&self.backend_ips());
@@ -300,6 +305,7 @@ impl<T: Tables> Balancer<T> {
             bail!("too many services for the tables allocated at start; restart xlb");
         }
 
+        self.dp.set_conntrack_timeouts(cfg.daemon.conntrack_timeouts.ticks())?;
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::with_capacity(cfg.services.len());
         let mut removed_backends = Vec::new();

@@ -111,6 +111,16 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::R
             None
         }
     };
+    let sweeper = match (bal.dp.conntrack_fd(), bal.dp.conns()) {
+        (Ok((fd, _)), Some(conns)) => {
+            Some(crate::dataplane::sweep::Sweeper::new(fd, conns, cfg.daemon.conntrack_timeouts.ticks()))
+        }
+        (Err(e), _) => {
+            log::warn!("conntrack entries will not be expired by the daemon: {e:#}");
+            None
+        }
+        (_, None) => None,
+    };
 
     let n = bal.services.len();
     let serving =
@@ -135,6 +145,9 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::R
     let mut admin = JoinSet::new();
     admin.spawn(admin::serve(admin_socket, ctx.clone()));
     back.spawn(refresh_next_hops(bal.clone(), cancel.clone()));
+    if let Some(sweeper) = sweeper {
+        back.spawn(sweep_conntrack(bal.clone(), sweeper, cancel.clone()));
+    }
     back.spawn(monitor::rates::sample(bal.clone(), conntrack, history.clone(), cancel.clone()));
     if let (Some(listener), Some(addr)) = (metrics, cfg.daemon.metrics) {
         log::info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
@@ -268,6 +281,58 @@ async fn refresh_next_hops(bal: Arc<Mutex<Balancer>>, cancel: CancellationToken)
             Ok(n) => log::info!("next hops updated for {n} backends ({} resolved)", hops.len()),
             Err(e) => log::error!("writing next hops: {e:#}"),
         }
+    }
+}
+
+/// How often the conntrack sweeper runs, and how many entries a pass reads at most.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const SWEEP_BUDGET: usize = 65536;
+
+/// Expires idle conntrack entries and corrects the active-connection counts
+/// (see `dataplane::sweep`), off the packet path and outside the balancer's
+/// lock (which is held only to read the backends' slots).
+async fn sweep_conntrack(
+    bal: Arc<Mutex<Balancer>>,
+    mut sweeper: crate::dataplane::sweep::Sweeper,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = sweeper.stats;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let slots = lock(&bal).backend_slots();
+        let pass = tokio::task::spawn_blocking(move || {
+            let r = sweeper.pass(&slots, SWEEP_BUDGET);
+            (sweeper, r)
+        });
+        let (s, result) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = pass => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("conntrack sweeper stopped: {e}");
+                    return;
+                }
+            },
+        };
+        sweeper = s;
+        if let Err(e) = result {
+            log::warn!("conntrack sweep: {e}");
+        }
+        let now = sweeper.stats;
+        if now != last && (now.expired != last.expired || now.corrected != last.corrected) {
+            log::debug!(
+                "conntrack sweep: {} entries expired ({} still counted), counts corrected by {} so far",
+                now.expired,
+                now.expired_counted,
+                now.corrected
+            );
+        }
+        last = now;
     }
 }
 
