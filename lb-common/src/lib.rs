@@ -446,11 +446,6 @@ pub mod counter {
     /// ICMP to a VIP address handed to the kernel: echo with `answer_ping = false`,
     /// an error other than frag-needed/packet-too-big about a VIP flow, other types.
     pub const PASS_ICMP: u32 = 23;
-    /// A conntrack entry found expired by a packet (not followed: the flow is picked again).
-    pub const CT_EXPIRED: u32 = 26;
-    /// A conntrack transition to closed: the flow's backend count fell (FIN+FIN, RST,
-    /// the client's FIN in DSR, an expired or re-picked entry), on the packet path.
-    pub const CT_CLOSED: u32 = 27;
 
     /// Every drop reason: its `COUNTERS` index and its `reason` label.
     pub fn drops() -> impl Iterator<Item = (u32, &'static str)> {

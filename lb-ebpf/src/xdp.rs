@@ -898,7 +898,6 @@ fn close(st: *mut FlowState, extra: u64) -> u64 {
     if matches!(BACKENDS.get(slot), Some(be) if be.generation == generation) {
         conn_closed(slot);
     }
-    count_event(counter::CT_CLOSED);
     old
 }
 
@@ -929,15 +928,6 @@ pub fn conn_closed(slot: u32) {
     }
 }
 
-/// A per-CPU event counter.
-#[inline(always)]
-fn count_event(i: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(i) {
-        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
-        unsafe { *c += 1 };
-    }
-}
-
 /// The idle timeout (ticks) of an entry of protocol `proto` in state `bits`; 0: none.
 #[inline(always)]
 fn timeout(proto: u8, bits: u64) -> u32 {
@@ -951,11 +941,7 @@ fn timeout(proto: u8, bits: u64) -> u32 {
 /// its backend usable ([`tracked_backend`]) and the entry not expired.
 /// `Err(expired)` otherwise.
 #[inline(always)]
-fn usable(
-    st: *mut FlowState,
-    proto: u8,
-    now: u32,
-) -> Result<(u32, &'static Backend, &'static Service), bool> {
+fn usable(st: *mut FlowState, proto: u8, now: u32) -> Result<(u32, &'static Backend, &'static Service), bool> {
     // SAFETY: a live map value; `state` read atomically, `seen` is a plain
     // word any packet of the flow may refresh (a torn read is impossible
     // for an aligned u32).
@@ -963,7 +949,6 @@ fn usable(
     let t = timeout(proto, bits);
     if t != 0 && ct::expired(now, seen, t) {
         core::hint::cold_path();
-        count_event(counter::CT_EXPIRED);
         return Err(true);
     }
     // SAFETY: as above.
@@ -1182,8 +1167,15 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
         Some(rev) => (rev.vip, rev.vip_port),
         None => (src.vip, src.vip_port),
     };
-    let flow =
-        FlowKey { src: k.dst, dst: vip, sport: k.dport, dport: vip_port, proto: k.proto, family: k.family, _pad: [0; 2] };
+    let flow = FlowKey {
+        src: k.dst,
+        dst: vip,
+        sport: k.dport,
+        dport: vip_port,
+        proto: k.proto,
+        family: k.family,
+        _pad: [0; 2],
+    };
     let found = CONNTRACK.get_ptr_mut(flow);
     if let Some(rev) = rev_hit {
         core::hint::cold_path();

@@ -5,7 +5,8 @@ use super::{
     diag::{FieldPath, Span},
     raw::{Item, RawDaemon, Spanned},
     validate::{Reported, Validator},
-    ConntrackTimeouts, DaemonConfig, XdpModeConfig, MAX_CONNTRACK_TIMEOUT_S, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
+    ConntrackTimeouts, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH,
+    MAX_CONNTRACK_ENTRIES, MAX_CONNTRACK_TIMEOUT_S,
 };
 
 pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
@@ -105,10 +106,8 @@ fn timeout(
     raw: Option<Item<String>>,
     default: std::time::Duration,
 ) -> std::time::Duration {
-    let expected = format!(
-        "an idle timeout from 1s to 7d: a number and a unit (ms, s, m, h, d), e.g. \"{}s\"",
-        default.as_secs()
-    );
+    let expected =
+        format!("an idle timeout from 1s to 7d: a number and a unit (ms, s, m, h, d), e.g. \"{}s\"", default.as_secs());
     let Ok(Some(text)) = v.read(path, raw, &expected) else { return default };
     match parse_duration(text.get_ref()) {
         Some(d) if d >= std::time::Duration::from_secs(1) && d.as_secs() <= MAX_CONNTRACK_TIMEOUT_S => d,
@@ -278,10 +277,18 @@ mod tests {
             (Duration::from_secs(5), Duration::from_secs(7200), Duration::from_millis(1500), Duration::from_secs(180))
         );
         let cases = [
-            ("conntrack_timeout_syn = \"60\"", "daemon.conntrack_timeout_syn (line 3)", "\"60\" is not a duration; expected an idle timeout from 1s to 7d"),
+            (
+                "conntrack_timeout_syn = \"60\"",
+                "daemon.conntrack_timeout_syn (line 3)",
+                "\"60\" is not a duration; expected an idle timeout from 1s to 7d",
+            ),
             ("conntrack_timeout_udp = \"500ms\"", "daemon.conntrack_timeout_udp (line 3)", "\"500ms\" is out of range"),
             ("conntrack_timeout_closing = \"8d\"", "daemon.conntrack_timeout_closing", "\"8d\" is out of range"),
-            ("conntrack_timeout_established = 60", "daemon.conntrack_timeout_established (line 3, column 33)", "the integer 60 is not a string"),
+            (
+                "conntrack_timeout_established = 60",
+                "daemon.conntrack_timeout_established (line 3, column 33)",
+                "the integer 60 is not a string",
+            ),
         ];
         for (line, field, message) in cases {
             assert_one(&with(line), field, message);

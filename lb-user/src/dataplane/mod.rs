@@ -22,13 +22,13 @@ use self::{
 };
 use crate::config::XdpModeConfig;
 
-pub mod conntrack_count;
 pub mod conns;
-pub mod sweep;
+pub mod conntrack_count;
 mod nat_book;
 pub mod neigh;
 pub mod pins;
 pub mod ring;
+pub mod sweep;
 pub mod sys;
 pub mod veth;
 

@@ -128,10 +128,7 @@ impl Sweeper {
     /// use and its generation. Returns whether the pass finished a cycle.
     pub fn pass(&mut self, slots: &HashMap<u32, u32>, budget: usize) -> io::Result<bool> {
         if self.cursor.is_none() {
-            self.cycle = Cycle {
-                live: HashMap::new(),
-                start: slots.keys().map(|&s| (s, self.conns.raw(s))).collect(),
-            };
+            self.cycle = Cycle { live: HashMap::new(), start: slots.keys().map(|&s| (s, self.conns.raw(s))).collect() };
         }
         let mut keys = vec![FlowKey::default(); BATCH as usize];
         let mut values = vec![FlowState::default(); BATCH as usize];
