@@ -752,7 +752,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
     if let Some(st) = found {
         match usable(st, pkt.key.proto, now) {
             Ok((idx, be, svc)) => {
-                follow(st, pkt, svc, be, now);
+                follow(st, pkt, svc, now);
                 return Some(Target { svc, flow: Flow::Established, backend: Ok((idx, be)) });
             }
             Err(expired) => stale = Some((st, expired)),
@@ -828,21 +828,8 @@ fn tracked_pick(
         Ok(()) => conn_opened(idx),
         Err(_) if track == Track::Insert => {
             core::hint::cold_path();
-            if let Some(st) = CONNTRACK.get_ptr_mut(pkt.key) {
-                // SAFETY: a live map value; `state` only through atomics.
-                let open = unsafe { state_bits(st) } & (ct::ENDING | ct::REPLACED) == 0;
-                match usable(st, pkt.key.proto, now) {
-                    Ok((i, b, s)) if open => {
-                        return Target { svc: s, flow: Flow::Established, backend: Ok((i, b)) };
-                    }
-                    // A reused 5-tuple (a SYN after a close), or an entry
-                    // not to follow: replaced by the packet that retires it.
-                    _ => {
-                        if retire(st) && CONNTRACK.insert(pkt.key, state, BPF_ANY).is_ok() {
-                            conn_opened(idx);
-                        }
-                    }
-                }
+            if let Some((i, b, s)) = existing_entry(&pkt.key, &state) {
+                return Target { svc: s, flow: Flow::Established, backend: Ok((i, b)) };
             }
         }
         Err(_) => core::hint::cold_path(),
@@ -851,6 +838,28 @@ fn tracked_pick(
         insert_reverse(pkt, be, idx, reply_hop);
     }
     Target { svc, flow, backend: Ok((idx, be)) }
+}
+
+/// A first packet (SYN, datagram) whose insert found an entry of its 5-tuple:
+/// the entry's backend while it is usable and open (a retransmitted SYN,
+/// another CPU's first packet of the flow); else (a reused 5-tuple, an entry
+/// not to follow) the entry is replaced by `state` by the packet that
+/// retires it, and `None`. Out of line (a BPF-to-BPF call): rare, and its
+/// locals stay off the packet path's stack.
+#[inline(never)]
+fn existing_entry(key: &FlowKey, state: &FlowState) -> Option<(u32, &'static Backend, &'static Service)> {
+    let st = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a live map value; `state` only through atomics.
+    let open = unsafe { state_bits(st) } & (ct::ENDING | ct::REPLACED) == 0;
+    match usable(st, key.proto, state.seen) {
+        Ok(found) if open => Some(found),
+        _ => {
+            if retire(st) && CONNTRACK.insert(key, state, BPF_ANY).is_ok() {
+                conn_opened(state.backend);
+            }
+            None
+        }
+    }
 }
 
 const BPF_ANY: u64 = 0;
@@ -962,7 +971,7 @@ fn usable(st: *mut FlowState, proto: u8, now: u32) -> Result<(u32, &'static Back
 /// more of it) and half-closes a NAT flow (closed once the backend's FIN
 /// passes too, [`reply_end`]); a RST closes.
 #[inline(always)]
-fn follow(st: *mut FlowState, pkt: &Packet, svc: &Service, _be: &Backend, now: u32) {
+fn follow(st: *mut FlowState, pkt: &Packet, svc: &Service, now: u32) {
     // SAFETY: a live map value (see `usable`).
     let (bits, seen) = unsafe { (state_bits(st), (*st).seen) };
     if now.wrapping_sub(seen) > timeout(pkt.key.proto, bits) >> 3 {
@@ -1152,7 +1161,7 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
     // SAFETY: NAT sources are replaced whole by the daemon; a packet reads one.
     let src = unsafe { NAT_SOURCES.get(from) }?;
     let shared = src.flags & NAT_SOURCE_F_SHARED != 0;
-    let mut rev_hit = None;
+    let mut rev_hit: Option<&NatReverse> = None;
     if shared {
         // SAFETY: as for CONNTRACK in `classify`: read once.
         if let Some(rev) = unsafe { REVERSE_NAT.get(k) } {
@@ -1160,10 +1169,10 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
             if flags & (TCP_FIN | TCP_RST) == 0 {
                 return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
             }
-            rev_hit = Some(*rev);
+            rev_hit = Some(rev);
         }
     }
-    let (vip, vip_port) = match &rev_hit {
+    let (vip, vip_port) = match rev_hit {
         Some(rev) => (rev.vip, rev.vip_port),
         None => (src.vip, src.vip_port),
     };

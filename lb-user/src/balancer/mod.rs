@@ -127,6 +127,8 @@ pub struct Balancer<T = Dataplane> {
     next_generation: u32,
     /// Total table slots written since start (for metrics and tests).
     pub slots_written: u64,
+    /// Conntrack idle timeouts in ticks, as last written (the sweeper uses the same).
+    pub conntrack_ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize],
     /// Table rebuilds that changed at least one slot, since start.
     pub rebuilds: u64,
     /// What pinned maps taken over at start held, until the first `apply`.
@@ -239,6 +241,7 @@ impl<T: Tables> Balancer<T> {
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             next_generation: 1,
             slots_written: 0,
+            conntrack_ticks: crate::config::ConntrackTimeouts::default().ticks(),
             rebuilds: 0,
             seed: None,
         }
@@ -305,7 +308,8 @@ impl<T: Tables> Balancer<T> {
             bail!("too many services for the tables allocated at start; restart xlb");
         }
 
-        self.dp.set_conntrack_timeouts(cfg.daemon.conntrack_timeouts.ticks())?;
+        self.conntrack_ticks = cfg.daemon.conntrack_timeouts.ticks();
+        self.dp.set_conntrack_timeouts(self.conntrack_ticks)?;
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::with_capacity(cfg.services.len());
         let mut removed_backends = Vec::new();

@@ -304,9 +304,12 @@ async fn sweep_conntrack(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let slots = lock(&bal).backend_slots();
+        let (slots, timeouts) = {
+            let b = lock(&bal);
+            (b.backend_slots(), b.conntrack_ticks)
+        };
         let pass = tokio::task::spawn_blocking(move || {
-            let r = sweeper.pass(&slots, SWEEP_BUDGET);
+            let r = sweeper.pass_with(&slots, timeouts, SWEEP_BUDGET);
             (sweeper, r)
         });
         let (s, result) = tokio::select! {

@@ -127,6 +127,12 @@ impl Sweeper {
     /// One pass of at most about `budget` entries. `slots`: each backend slot in
     /// use and its generation. Returns whether the pass finished a cycle.
     pub fn pass(&mut self, slots: &HashMap<u32, u32>, budget: usize) -> io::Result<bool> {
+        self.pass_with(slots, self.timeouts, budget)
+    }
+
+    /// [`Sweeper::pass`] with the timeouts (ticks) now in force (a reload may change them).
+    pub fn pass_with(&mut self, slots: &HashMap<u32, u32>, timeouts: [u32; 4], budget: usize) -> io::Result<bool> {
+        self.timeouts = timeouts;
         if self.cursor.is_none() {
             self.cycle = Cycle { live: HashMap::new(), start: slots.keys().map(|&s| (s, self.conns.raw(s))).collect() };
         }
