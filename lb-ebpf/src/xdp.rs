@@ -966,18 +966,15 @@ fn usable(st: *mut FlowState, proto: u8, now: u32) -> Result<(u32, &'static Back
 
 /// A packet of a followed flow moves its entry on: refreshes its last-seen
 /// time (at most every 1/8 of the state's timeout, so that busy flows do not
-/// write the shared entry on every packet) and its TCP state: the client's
-/// ACK establishes a SYN-only flow; its FIN closes a DSR flow (xlb sees no
-/// more of it) and half-closes a NAT flow (closed once the backend's FIN
-/// passes too, [`reply_end`]); a RST closes.
+/// write the shared entry on every packet; and on every change of state, so
+/// that a shorter timeout counts from the change) and its TCP state: the
+/// client's ACK establishes a SYN-only flow; its FIN closes a DSR flow (xlb
+/// sees no more of it) and half-closes a NAT flow (closed once the backend's
+/// FIN passes too, [`reply_end`]); a RST closes.
 #[inline(always)]
 fn follow(st: *mut FlowState, pkt: &Packet, svc: &Service, now: u32) {
     // SAFETY: a live map value (see `usable`).
     let (bits, seen) = unsafe { (state_bits(st), (*st).seen) };
-    if now.wrapping_sub(seen) > timeout(pkt.key.proto, bits) >> 3 {
-        // SAFETY: as above: an aligned u32 store.
-        unsafe { (*st).seen = now };
-    }
     let f = pkt.flags;
     if f & (TCP_FIN | TCP_RST) != 0 {
         core::hint::cold_path();
@@ -986,20 +983,27 @@ fn follow(st: *mut FlowState, pkt: &Packet, svc: &Service, now: u32) {
         } else if svc.flags & SERVICE_F_DSR != 0 || mark(st, ct::FIN_CLIENT) & ct::FIN_BACKEND != 0 {
             close(st, ct::FIN_CLIENT);
         }
-    } else if f & TCP_ACK != 0 && bits & ct::ESTABLISHED == 0 {
+    } else if f & TCP_ACK != 0 && bits & ct::ESTABLISHED == 0 && pkt.key.proto == PROTO_TCP {
         core::hint::cold_path();
         mark(st, ct::ESTABLISHED);
+    } else if now.wrapping_sub(seen) <= timeout(pkt.key.proto, bits) >> 3 {
+        return;
     }
+    // SAFETY: as above: an aligned u32 store.
+    unsafe { (*st).seen = now };
 }
 
-/// A NAT reply's FIN or RST: the backend's half of the close.
+/// A NAT reply's FIN or RST: the backend's half of the close. Refreshes the
+/// entry's last-seen time: its (closing) timeout counts from here.
 #[inline(always)]
-fn reply_end(st: *mut FlowState, flags: u8) {
+fn reply_end(st: *mut FlowState, flags: u8, now: u32) {
     if flags & TCP_RST != 0 {
         close(st, ct::RST);
     } else if mark(st, ct::FIN_BACKEND) & ct::FIN_CLIENT != 0 {
         close(st, ct::FIN_BACKEND);
     }
+    // SAFETY: `st` is a live map value; an aligned u32 store.
+    unsafe { (*st).seen = now };
 }
 
 /// Whether a new flow's source is one no client can have: unspecified,
@@ -1191,7 +1195,7 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
         if let Some(st) = found {
             // SAFETY: a live map value; plain fields written only when it was made.
             if unsafe { (*st).backend } == rev.backend {
-                reply_end(st, flags);
+                reply_end(st, flags, now_ticks());
             }
         }
         return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
@@ -1208,13 +1212,12 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
         core::hint::cold_path();
         return None;
     }
-    if now.wrapping_sub(seen) > t >> 3 {
-        // SAFETY: as above: an aligned u32 store.
-        unsafe { (*st).seen = now };
-    }
     if flags & (TCP_FIN | TCP_RST) != 0 {
         core::hint::cold_path();
-        reply_end(st, flags);
+        reply_end(st, flags, now);
+    } else if now.wrapping_sub(seen) > t >> 3 {
+        // SAFETY: as above: an aligned u32 store.
+        unsafe { (*st).seen = now };
     }
     Some((src.vip, src.vip_port, hop, src.backend))
 }

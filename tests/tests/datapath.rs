@@ -864,6 +864,24 @@ fn conntrack_counts_rise_and_fall_exactly_once() {
             bal.services[svc].backends[0].healthy = true;
             bal.sync_service(svc).unwrap();
 
+            // A change of state restarts the idle clock: a flow older than the closing
+            // timeout (200 ticks, about 210 ms) is not expired by the FIN that starts closing it.
+            bal.dp.set_conntrack_timeouts([1 << 20, 1 << 20, 200, 1 << 20]).unwrap();
+            let p = 44150;
+            let web = backend_of(p);
+            problems.extend(step(&bal, "old flow: SYN", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "old flow: ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 1));
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            problems.extend(step(&bal, "old flow: backend FIN", seg(&b, web, cl(p), TCP_FIN | TCP_ACK, false), b0, 1));
+            let id = bal.services[svc].id;
+            let before = bal.dp.service_stats(id).unwrap();
+            problems.extend(step(&bal, "old flow: client ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 1));
+            let after = bal.dp.service_stats(id).unwrap();
+            if after.established - before.established != 1 {
+                problems.push("old flow: the ACK after the backend's FIN did not follow its entry".into());
+            }
+            problems.extend(step(&bal, "old flow: client FIN", seg(&b, cl(p), vip, TCP_FIN | TCP_ACK, true), c0, 0));
+
             // Expiry: timeouts of one tick (about 1 ms).
             bal.dp.set_conntrack_timeouts([1; 4]).unwrap();
             let p = 44200;
