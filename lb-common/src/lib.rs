@@ -101,7 +101,12 @@ pub const SETTING_TRACE: u32 = 1;
 /// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
 /// came in on goes with XDP_TX without looking in that map.
 pub const SETTING_HAIRPIN: u32 = 2;
-pub const NUM_SETTINGS: u32 = 4;
+/// `SETTINGS[SETTING_CT_CLOCK]`: the conntrack clock, in `ct` ticks of
+/// `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`), written by the daemon
+/// every `ct::CLOCK_PERIOD_MS`: the data path reads the time of a packet from
+/// an array (inlined) instead of calling a helper. 0 (no daemon yet): nothing expires.
+pub const SETTING_CT_CLOCK: u32 = 7;
+pub const NUM_SETTINGS: u32 = 8;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -249,6 +254,8 @@ pub mod ct {
     pub const UDP: u32 = 3;
     pub const NUM_TIMEOUTS: u32 = 4;
 
+    /// How often the daemon advances `SETTINGS[SETTING_CT_CLOCK]`.
+    pub const CLOCK_PERIOD_MS: u64 = 100;
     /// A tick is 2^20 ns (1.048576 ms): `seen` wraps after 52 days, far
     /// beyond any timeout (the daemon sweeps expired entries long before).
     pub const TICK_SHIFT: u32 = 20;

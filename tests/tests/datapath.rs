@@ -872,6 +872,7 @@ fn conntrack_counts_rise_and_fall_exactly_once() {
             problems.extend(step(&bal, "old flow: SYN", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
             problems.extend(step(&bal, "old flow: ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 1));
             std::thread::sleep(std::time::Duration::from_millis(400));
+            bal.dp.tick_conntrack_clock().unwrap();
             problems.extend(step(&bal, "old flow: backend FIN", seg(&b, web, cl(p), TCP_FIN | TCP_ACK, false), b0, 1));
             let id = bal.services[svc].id;
             let before = bal.dp.service_stats(id).unwrap();
@@ -887,6 +888,7 @@ fn conntrack_counts_rise_and_fall_exactly_once() {
             let p = 44200;
             problems.extend(step(&bal, "SYN then expiry", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
             std::thread::sleep(std::time::Duration::from_millis(10));
+            bal.dp.tick_conntrack_clock().unwrap();
             // A non-SYN segment of an expired flow: not followed, stateless.
             let id = bal.services[svc].id;
             let before = bal.dp.service_stats(id).unwrap();
@@ -906,6 +908,7 @@ fn conntrack_counts_rise_and_fall_exactly_once() {
             let udp_active = |bal: &Balancer| active(bal, "dns4")[0];
             run(&bal, &dgram, c0);
             std::thread::sleep(std::time::Duration::from_millis(10));
+            bal.dp.tick_conntrack_clock().unwrap();
             let before = bal.dp.service_stats(dns_id).unwrap();
             run(&bal, &dgram, c0);
             let after = bal.dp.service_stats(dns_id).unwrap();

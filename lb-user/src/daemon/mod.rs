@@ -148,6 +148,12 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions) -> anyhow::R
     if let Some(sweeper) = sweeper {
         back.spawn(sweep_conntrack(bal.clone(), sweeper, cancel.clone()));
     }
+    match lock(&bal).dp.settings_fd() {
+        Ok(fd) => {
+            back.spawn(conntrack_clock(fd, cancel.clone()));
+        }
+        Err(e) => log::warn!("conntrack entries will not expire: {e:#}"),
+    }
     back.spawn(monitor::rates::sample(bal.clone(), conntrack, history.clone(), cancel.clone()));
     if let (Some(listener), Some(addr)) = (metrics, cfg.daemon.metrics) {
         log::info!("metrics on http://{addr}/metrics, status page on http://{addr}/");
@@ -280,6 +286,28 @@ async fn refresh_next_hops(bal: Arc<Mutex<Balancer>>, cancel: CancellationToken)
             Ok(0) => {}
             Ok(n) => log::info!("next hops updated for {n} backends ({} resolved)", hops.len()),
             Err(e) => log::error!("writing next hops: {e:#}"),
+        }
+    }
+}
+
+/// Advances the data path's conntrack clock (`SETTINGS[SETTING_CT_CLOCK]`)
+/// every `ct::CLOCK_PERIOD_MS`, through its own descriptor (no lock).
+async fn conntrack_clock(settings: std::os::fd::OwnedFd, cancel: CancellationToken) {
+    use std::os::fd::AsFd as _;
+    let mut tick = tokio::time::interval(Duration::from_millis(lb_common::ct::CLOCK_PERIOD_MS));
+    let key = lb_common::SETTING_CT_CLOCK.to_ne_bytes();
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::dataplane::sweep::now_ticks().to_ne_bytes();
+        if let Err(e) = crate::dataplane::sys::update(settings.as_fd(), &key, &now, 0) {
+            if !warned {
+                log::error!("advancing the conntrack clock: {e}");
+                warned = true;
+            }
         }
     }
 }

@@ -761,7 +761,22 @@ impl Dataplane {
         for (i, t) in ticks.into_iter().enumerate() {
             m.set(i as u32, t, 0).context("writing CONNTRACK_TIMEOUTS")?;
         }
-        Ok(())
+        self.tick_conntrack_clock()
+    }
+
+    /// Advances the conntrack clock (`SETTINGS[SETTING_CT_CLOCK]`) to now.
+    pub fn tick_conntrack_clock(&mut self) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(lb_common::SETTING_CT_CLOCK, sweep::now_ticks(), 0).context("writing SETTINGS")
+    }
+
+    /// A descriptor of `SETTINGS`, for the clock task (which writes outside the balancer's lock).
+    pub fn settings_fd(&self) -> anyhow::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        let aya::maps::Map::Array(m) = self.map(maps::SETTINGS) else {
+            bail!("{} is not an array", maps::SETTINGS);
+        };
+        m.fd().as_fd().try_clone_to_owned().context("duplicating the SETTINGS map descriptor")
     }
 
     pub fn conntrack_fd(&self) -> anyhow::Result<(std::os::fd::OwnedFd, u32)> {
