@@ -26,6 +26,8 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     pub const REPLY_PORTS: &str = "REPLY_PORTS";
     pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
+    pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
+    pub const CONNTRACK_TIMEOUTS: &str = "CONNTRACK_TIMEOUTS";
 }
 
 /// Name of the XDP program in the object file.
@@ -99,7 +101,12 @@ pub const SETTING_TRACE: u32 = 1;
 /// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
 /// came in on goes with XDP_TX without looking in that map.
 pub const SETTING_HAIRPIN: u32 = 2;
-pub const NUM_SETTINGS: u32 = 4;
+/// `SETTINGS[SETTING_CT_CLOCK]`: the conntrack clock, in `ct` ticks of
+/// `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`), written by the daemon
+/// every `ct::CLOCK_PERIOD_MS`: the data path reads the time of a packet from
+/// an array (inlined) instead of calling a helper. 0 (no daemon yet): nothing expires.
+pub const SETTING_CT_CLOCK: u32 = 7;
+pub const NUM_SETTINGS: u32 = 8;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -209,6 +216,84 @@ pub struct FlowState {
     /// interface, its source MAC as destination and its destination MAC as
     /// source), for the replies. Zero for DSR.
     pub reply_hop: NextHop,
+    /// `ct::*` bits, only ever added (atomic fetch-or), so that the one
+    /// packet that adds `ct::CLOSED` is the one that lowers the backend's
+    /// active count. A u64: BPF has no 32-bit fetch-or before cpu v3.
+    pub state: u64,
+    /// When a packet of the flow was last seen, in ticks
+    /// (`bpf_ktime_get_ns() >> ct::TICK_SHIFT`), refreshed at most every
+    /// 1/8 of the state's timeout.
+    pub seen: u32,
+    pub _pad: u32,
+}
+
+/// Connection tracking: `FlowState::state` bits, timeouts and time.
+pub mod ct {
+    /// TCP: a packet with ACK (and no SYN) came from the client after its SYN.
+    pub const ESTABLISHED: u64 = 1;
+    /// TCP: the client sent a FIN.
+    pub const FIN_CLIENT: u64 = 2;
+    /// TCP (NAT): the backend sent a FIN (seen on the reply path).
+    pub const FIN_BACKEND: u64 = 4;
+    /// TCP: a RST from either side.
+    pub const RST: u64 = 8;
+    /// The flow no longer counts in `BACKEND_CONNS`: set exactly once, by
+    /// whoever lowered the count (FIN from both sides, or the client's FIN in
+    /// DSR, a RST, an expired or re-picked entry).
+    pub const CLOSED: u64 = 16;
+    /// The entry is being replaced by a new one (re-pick, reused 5-tuple):
+    /// the packet that set it makes the new entry; the others do not.
+    pub const REPLACED: u64 = 32;
+    /// Bits after which the flow is closing (its timeout is `CLOSING`).
+    pub const ENDING: u64 = FIN_CLIENT | FIN_BACKEND | RST | CLOSED;
+
+    /// `CONNTRACK_TIMEOUTS` indices: the idle timeout (in ticks) of each state.
+    pub const SYN: u32 = 0;
+    pub const EST: u32 = 1;
+    pub const CLOSING: u32 = 2;
+    pub const UDP: u32 = 3;
+    pub const NUM_TIMEOUTS: u32 = 4;
+
+    /// How often the daemon advances `SETTINGS[SETTING_CT_CLOCK]`.
+    pub const CLOCK_PERIOD_MS: u64 = 100;
+    /// A tick is 2^20 ns (1.048576 ms): `seen` wraps after 52 days, far
+    /// beyond any timeout (the daemon sweeps expired entries long before).
+    pub const TICK_SHIFT: u32 = 20;
+    /// Default idle timeouts, in seconds (Cilium's and IPVS's orders of magnitude).
+    pub const DEFAULT_SYN_S: u64 = 60;
+    pub const DEFAULT_EST_S: u64 = 6 * 3600;
+    pub const DEFAULT_CLOSING_S: u64 = 10;
+    pub const DEFAULT_UDP_S: u64 = 60;
+
+    /// Ticks in `ms` milliseconds (rounded up, saturating).
+    pub const fn ticks_of_ms(ms: u64) -> u32 {
+        let t = (ms * 1_000_000).div_ceil(1 << TICK_SHIFT);
+        if t > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            t as u32
+        }
+    }
+
+    /// The timeout index of an entry of protocol `proto` in `state`.
+    #[inline(always)]
+    pub const fn timeout_index(proto: u8, state: u64) -> u32 {
+        if proto != super::PROTO_TCP {
+            UDP
+        } else if state & ENDING != 0 {
+            CLOSING
+        } else if state & ESTABLISHED != 0 {
+            EST
+        } else {
+            SYN
+        }
+    }
+
+    /// Whether an entry last seen at `seen` is expired at `now` (ticks) under `timeout`.
+    #[inline(always)]
+    pub const fn expired(now: u32, seen: u32, timeout: u32) -> bool {
+        now.wrapping_sub(seen) > timeout
+    }
 }
 
 /// Value of `NAT_SOURCES`, keyed by a NAT backend's address, port and
@@ -346,6 +431,7 @@ pub mod counter {
     pub const DROP_ICMP_UNKNOWN_FLOW: u32 = 9;
     /// Echo request to a VIP beyond the per-CPU rate (`PING_RATE_PER_CPU`).
     pub const DROP_PING_RATE_LIMITED: u32 = 10;
+    // 11..14: the firewall's drop reasons.
     /// Number of drop reasons (indices below this are drops).
     pub const NUM_DROPS: u32 = 11;
 
@@ -475,7 +561,7 @@ const _: () = assert!(core::mem::size_of::<Service>() == 16);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
-const _: () = assert!(core::mem::size_of::<FlowState>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowState>() == 40);
 const _: () = assert!(core::mem::size_of::<NatSource>() == 28);
 const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);

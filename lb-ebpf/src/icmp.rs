@@ -374,7 +374,7 @@ fn error_about_flow(ctx: &XdpContext, ip: &IcmpAt, q: &mut Quoted, too_big: bool
     }
     // To a NAT backend (client -> backend:port): `k` is the backend's reply,
     // backend:port -> client, which `nat_reply` knows when the flow is tracked.
-    let Some((vip, vip_port, hop, backend)) = nat_reply(k) else {
+    let Some((vip, vip_port, hop, backend)) = nat_reply(k, 0) else {
         return decided(NOT_KNOWN, refuse(ip, Reason::IcmpUnknownFlow), NOT_KNOWN);
     };
     let rw = Rewrite {

@@ -10,7 +10,10 @@
 //! 4. [`record`]: the [`Decision`] written to the counters and the trace, the
 //!    one place that writes them.
 
-use core::mem::{self, offset_of};
+use core::{
+    intrinsics::{atomic_or, atomic_xadd, atomic_xsub, AtomicOrdering},
+    mem::{self, offset_of},
+};
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
@@ -21,11 +24,11 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
+    counter, ct, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
     NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
-    SERVICE_F_DSR, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    SERVICE_F_DSR, SETTING_CT_CLOCK, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -97,6 +100,16 @@ static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
 /// that queue, unless the peer runs an XDP program; a redirect wakes it.
 #[map]
 static HAIRPIN_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_HAIRPIN_PORTS, 0);
+/// Active connections of each backend slot: raised when a flow is assigned to
+/// it ([`conn_opened`]), lowered once when the flow closes, expires or moves
+/// ([`conn_closed`]). Shared by all CPUs (atomic adds); mmapable, so that the
+/// daemon corrects it with atomics of its own (expired and evicted entries).
+#[map]
+static BACKEND_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, BPF_F_MMAPABLE);
+/// Idle timeout of each conntrack state (`ct::SYN` .. `ct::UDP`), in ticks;
+/// 0: never expires. Written by the daemon from `[daemon] conntrack_timeout_*`.
+#[map]
+static CONNTRACK_TIMEOUTS: Array<u32> = Array::with_max_entries(ct::NUM_TIMEOUTS, 0);
 
 // ---------------------------------------------------------------- constants
 
@@ -428,6 +441,8 @@ struct Packet {
     /// TCP SYN without ACK, FIN or RST: a connection's first packet, the only
     /// TCP packet that makes a conntrack entry.
     syn: bool,
+    /// TCP flags (byte 13); 0 for UDP.
+    flags: u8,
     /// UDP over IPv4 without a checksum: it stays zero.
     csum_none: bool,
     key: FlowKey,
@@ -654,13 +669,13 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     if !vip && !port_listed(&REPLY_PORTS, sport) {
         return Parse::Kernel(Pass::NotVip);
     }
-    let syn = match tcp_flags {
+    let (syn, flags) = match tcp_flags {
         Some(f) if vip && !tcp_flags_possible(f) => return ip.refuse(Reason::BadFlags),
-        Some(f) => f & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN,
-        None => false,
+        Some(f) => (f & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST) == TCP_SYN, f),
+        None => (false, 0),
     };
     let key = FlowKey { sport, dport, ..ip.key() };
-    let pkt = Packet { l3: ip.l3, l4: ip.l4, ip_len: ip.len, ttl: ip.ttl, syn, csum_none, key };
+    let pkt = Packet { l3: ip.l3, l4: ip.l4, ip_len: ip.len, ttl: ip.ttl, syn, flags, csum_none, key };
     if vip {
         Parse::Vip(pkt)
     } else {
@@ -718,23 +733,30 @@ struct Target {
 }
 
 /// The service, backend and flow state of a packet to a service port: a
-/// flow with a usable conntrack entry follows its backend (whose service is
-/// the flow's: one hash lookup per packet); any other packet looks its VIP
-/// up in `SERVICES` for a Maglev pick. Only a TCP SYN or a UDP datagram makes
-/// (or a re-pick replaces) a conntrack entry: other TCP packets of an unknown
-/// flow are picked statelessly, so that a flow whose entry was lost (or that
-/// moved here from another lb) stays on its Maglev backend. `None`: no
-/// service at this (address, port, protocol).
+/// flow with a usable conntrack entry (backend usable, entry not expired)
+/// follows its backend (whose service is the flow's: one hash lookup per
+/// packet), and its TCP state moves on ([`follow`]); any other packet looks
+/// its VIP up in `SERVICES` for a Maglev pick. Only a TCP SYN or a UDP
+/// datagram makes (or a re-pick replaces) a conntrack entry: other TCP
+/// packets of an unknown (or expired) flow are picked statelessly, so that a
+/// flow whose entry was lost (or that moved here from another lb) stays on
+/// its Maglev backend. `None`: no service at this (address, port, protocol).
 #[inline(always)]
 fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
+    let now = now_ticks();
     // A TCP SYN opens a connection: it is picked without looking (as in
-    // Katran), which saves a lookup that would miss and lets a reused
-    // 5-tuple start afresh.
-    // SAFETY: the entry is read once; another CPU replacing it meanwhile at
-    // worst sends this one packet along the entry it replaced.
-    let tracked = if pkt.syn { None } else { unsafe { CONNTRACK.get(pkt.key) } };
-    if let Some((idx, be, svc)) = tracked.and_then(tracked_backend) {
-        return Some(Target { svc, flow: Flow::Established, backend: Ok((idx, be)) });
+    // Katran), which saves a lookup that would miss; its insert finds an
+    // entry of the same 5-tuple if there is one ([`track`]).
+    let found = if pkt.syn { None } else { CONNTRACK.get_ptr_mut(pkt.key) };
+    let mut stale = None;
+    if let Some(st) = found {
+        match usable(st, pkt.key.proto, now) {
+            Ok((idx, be, svc)) => {
+                follow(st, pkt, svc, now);
+                return Some(Target { svc, flow: Flow::Established, backend: Ok((idx, be)) });
+            }
+            Err(expired) => stale = Some((st, expired)),
+        }
     }
     let vip = VipKey { addr: pkt.key.dst, port: pkt.key.dport, proto: pkt.key.proto, family: pkt.key.family };
     // SAFETY: services are replaced whole by the daemon; a packet reads one.
@@ -743,12 +765,250 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
         core::hint::cold_path();
         return Some(Target { svc, flow: Flow::Refused, backend: Err(Reason::BadSource) });
     }
-    let (flow, track) = match tracked {
-        Some(_) => (Flow::Repicked, true),
-        None if pkt.key.proto == PROTO_TCP && !pkt.syn => (Flow::NonSyn, false),
-        None => (Flow::New, true),
+    let tcp_non_syn = pkt.key.proto == PROTO_TCP && !pkt.syn;
+    let (flow, track) = match stale {
+        Some((st, expired)) => {
+            core::hint::cold_path();
+            // The entry is not followed: its count falls (once), and the
+            // packet that marks it replaced makes the new entry.
+            let won = retire(st);
+            match (expired, tcp_non_syn) {
+                (true, true) => (Flow::NonSyn, Track::No),
+                (true, false) => (Flow::New, if won { Track::Replace } else { Track::No }),
+                (false, _) => (Flow::Repicked, if won { Track::Replace } else { Track::No }),
+            }
+        }
+        None if tcp_non_syn => (Flow::NonSyn, Track::No),
+        None => (Flow::New, Track::Insert),
     };
-    Some(Target { svc, flow, backend: pick(ctx, pkt, svc, track).ok_or(Reason::NoBackend) })
+    let backend = match pick(pkt, svc) {
+        Some((idx, be)) => match track {
+            Track::No => Ok((idx, be)),
+            _ => return Some(tracked_pick(ctx, pkt, svc, flow, idx, be, track, now)),
+        },
+        None => Err(Reason::NoBackend),
+    };
+    Some(Target { svc, flow, backend })
+}
+
+/// Whether (and how) a pick makes a conntrack entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Track {
+    No,
+    /// No entry was found: insert unless one exists (another CPU's, or a
+    /// retransmitted SYN's).
+    Insert,
+    /// This packet retired the entry: it replaces it.
+    Replace,
+}
+
+/// Makes the entry of a picked flow and counts it on its backend. A SYN or
+/// datagram that finds an entry of its 5-tuple (another CPU made it, or a
+/// retransmitted SYN) follows that entry while it is usable and open: a flow
+/// is counted once however many of its first packets arrive.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tracked_pick(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    svc: &'static Service,
+    flow: Flow,
+    idx: u32,
+    be: &'static Backend,
+    track: Track,
+    now: u32,
+) -> Target {
+    let nat = svc.flags & SERVICE_F_DSR == 0;
+    let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
+    let state = FlowState { backend: idx, generation: be.generation, reply_hop, state: 0, seen: now, _pad: 0 };
+    let flags = if track == Track::Replace { BPF_ANY } else { BPF_NOEXIST };
+    // A full LRU evicts (silently: the daemon corrects the count); an insert
+    // fails otherwise only under memory pressure, or when the entry exists.
+    match CONNTRACK.insert(pkt.key, state, flags) {
+        Ok(()) => conn_opened(idx),
+        Err(_) if track == Track::Insert => {
+            core::hint::cold_path();
+            if let Some((i, b, s)) = existing_entry(&pkt.key, &state) {
+                return Target { svc: s, flow: Flow::Established, backend: Ok((i, b)) };
+            }
+        }
+        Err(_) => core::hint::cold_path(),
+    }
+    if nat && be.flags & BACKEND_F_SHARED != 0 {
+        insert_reverse(pkt, be, idx, reply_hop);
+    }
+    Target { svc, flow, backend: Ok((idx, be)) }
+}
+
+/// A first packet (SYN, datagram) whose insert found an entry of its 5-tuple:
+/// the entry's backend while it is usable and open (a retransmitted SYN,
+/// another CPU's first packet of the flow); else (a reused 5-tuple, an entry
+/// not to follow) the entry is replaced by `state` by the packet that
+/// retires it, and `None`. Out of line (a BPF-to-BPF call): rare, and its
+/// locals stay off the packet path's stack.
+#[inline(never)]
+fn existing_entry(key: &FlowKey, state: &FlowState) -> Option<(u32, &'static Backend, &'static Service)> {
+    let st = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a live map value; `state` only through atomics.
+    let open = unsafe { state_bits(st) } & (ct::ENDING | ct::REPLACED) == 0;
+    match usable(st, key.proto, state.seen) {
+        Ok(found) if open => Some(found),
+        _ => {
+            if retire(st) && CONNTRACK.insert(key, state, BPF_ANY).is_ok() {
+                conn_opened(state.backend);
+            }
+            None
+        }
+    }
+}
+
+const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
+
+/// The conntrack clock (`SETTINGS[SETTING_CT_CLOCK]`, ticks of `CLOCK_MONOTONIC`
+/// written by the daemon): an inlined array read, where `bpf_ktime_get_ns`
+/// is a helper call that cost about 30 ns per established packet on the
+/// benchmark machine.
+#[inline(always)]
+fn now_ticks() -> u32 {
+    match SETTINGS.get(SETTING_CT_CLOCK) {
+        Some(t) => *t,
+        None => 0,
+    }
+}
+
+/// An entry's state bits (an aligned u64: read whole; every writer of
+/// `state` uses atomics, the daemon only deletes entries).
+///
+/// # Safety
+/// `st` points at a live `CONNTRACK` value.
+#[inline(always)]
+unsafe fn state_bits(st: *mut FlowState) -> u64 {
+    // SAFETY: see above.
+    unsafe { (&raw const (*st).state).read_volatile() }
+}
+
+/// Adds `bits` to an entry's state (an atomic fetch-or); returns the bits before.
+#[inline(always)]
+fn mark(st: *mut FlowState, bits: u64) -> u64 {
+    // SAFETY: `st` is a live CONNTRACK value (from a lookup this packet made);
+    // `state` is an 8-aligned u64.
+    unsafe { atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*st).state, bits) }
+}
+
+/// Closes an entry: the packet whose fetch-or adds `ct::CLOSED` lowers its
+/// backend's count, exactly once over all CPUs (the bits are only added).
+/// Returns the bits before.
+#[inline(always)]
+fn close(st: *mut FlowState, extra: u64) -> u64 {
+    let old = mark(st, ct::CLOSED | extra);
+    if old & ct::CLOSED != 0 {
+        return old;
+    }
+    // SAFETY: as in `mark`; plain fields written only when the entry was made.
+    let (slot, generation) = unsafe { ((*st).backend, (*st).generation) };
+    // Only while the slot still holds the backend the entry counted on: a
+    // reused slot starts from 0.
+    if matches!(BACKENDS.get(slot), Some(be) if be.generation == generation) {
+        conn_closed(slot);
+    }
+    old
+}
+
+/// An entry that is not followed any more (expired, or its backend is not
+/// usable): closed, and marked replaced. Whether this packet marked it (and
+/// so makes the entry that replaces it).
+#[inline(always)]
+fn retire(st: *mut FlowState) -> bool {
+    close(st, ct::REPLACED) & ct::REPLACED == 0
+}
+
+/// One more active connection on backend `slot` (a flow assigned to it).
+#[inline(always)]
+pub fn conn_opened(slot: u32) {
+    if let Some(p) = BACKEND_CONNS.get_ptr_mut(slot) {
+        // SAFETY: a u64 in the array's data, 8-aligned; all writers use atomics.
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}
+
+/// One active connection fewer on backend `slot`: called exactly once per
+/// counted flow (see [`close`]).
+#[inline(always)]
+pub fn conn_closed(slot: u32) {
+    if let Some(p) = BACKEND_CONNS.get_ptr_mut(slot) {
+        // SAFETY: as in `conn_opened`.
+        unsafe { atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}
+
+/// The idle timeout (ticks) of an entry of protocol `proto` in state `bits`; 0: none.
+#[inline(always)]
+fn timeout(proto: u8, bits: u64) -> u32 {
+    match CONNTRACK_TIMEOUTS.get(ct::timeout_index(proto, bits)) {
+        Some(t) => *t,
+        None => 0,
+    }
+}
+
+/// A tracked flow's backend and service, while the entry may be followed:
+/// its backend usable ([`tracked_backend`]) and the entry not expired.
+/// `Err(expired)` otherwise.
+#[inline(always)]
+fn usable(st: *mut FlowState, proto: u8, now: u32) -> Result<(u32, &'static Backend, &'static Service), bool> {
+    // SAFETY: a live map value; `state` read atomically, `seen` is a plain
+    // word any packet of the flow may refresh (a torn read is impossible
+    // for an aligned u32).
+    let (bits, seen) = unsafe { (state_bits(st), (*st).seen) };
+    let t = timeout(proto, bits);
+    if t != 0 && ct::expired(now, seen, t) {
+        core::hint::cold_path();
+        return Err(true);
+    }
+    // SAFETY: as above.
+    tracked_backend(unsafe { &*st }).ok_or(false)
+}
+
+/// A packet of a followed flow moves its entry on: refreshes its last-seen
+/// time (at most every 1/8 of the state's timeout, so that busy flows do not
+/// write the shared entry on every packet; and on every change of state, so
+/// that a shorter timeout counts from the change) and its TCP state: the
+/// client's ACK establishes a SYN-only flow; its FIN closes a DSR flow (xlb
+/// sees no more of it) and half-closes a NAT flow (closed once the backend's
+/// FIN passes too, [`reply_end`]); a RST closes.
+#[inline(always)]
+fn follow(st: *mut FlowState, pkt: &Packet, svc: &Service, now: u32) {
+    // SAFETY: a live map value (see `usable`).
+    let (bits, seen) = unsafe { (state_bits(st), (*st).seen) };
+    let f = pkt.flags;
+    if f & (TCP_FIN | TCP_RST) != 0 {
+        core::hint::cold_path();
+        if f & TCP_RST != 0 {
+            close(st, ct::RST);
+        } else if svc.flags & SERVICE_F_DSR != 0 || mark(st, ct::FIN_CLIENT) & ct::FIN_BACKEND != 0 {
+            close(st, ct::FIN_CLIENT);
+        }
+    } else if f & TCP_ACK != 0 && bits & ct::ESTABLISHED == 0 && pkt.key.proto == PROTO_TCP {
+        core::hint::cold_path();
+        mark(st, ct::ESTABLISHED);
+    } else if now.wrapping_sub(seen) <= timeout(pkt.key.proto, bits) >> 3 {
+        return;
+    }
+    // SAFETY: as above: an aligned u32 store.
+    unsafe { (*st).seen = now };
+}
+
+/// A NAT reply's FIN or RST: the backend's half of the close. Refreshes the
+/// entry's last-seen time: its (closing) timeout counts from here.
+#[inline(always)]
+fn reply_end(st: *mut FlowState, flags: u8, now: u32) {
+    if flags & TCP_RST != 0 {
+        close(st, ct::RST);
+    } else if mark(st, ct::FIN_BACKEND) & ct::FIN_CLIENT != 0 {
+        close(st, ct::FIN_BACKEND);
+    }
+    // SAFETY: `st` is a live map value; an aligned u32 store.
+    unsafe { (*st).seen = now };
 }
 
 /// Whether a new flow's source is one no client can have: unspecified,
@@ -800,10 +1060,9 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
 }
 
 /// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
-/// usable conntrack entry; makes or replaces the entry when `track`. `None`:
-/// no usable backend in that slot.
+/// usable conntrack entry. `None`: no usable backend in that slot.
 #[inline(always)]
-fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, track: bool) -> Option<(u32, &'static Backend)> {
+fn pick(pkt: &Packet, svc: &Service) -> Option<(u32, &'static Backend)> {
     if svc.table_size == 0 {
         return None;
     }
@@ -815,18 +1074,6 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, track: bool) -> Option<(u
     let be = BACKENDS.get(idx)?;
     if be.flags & BACKEND_F_UP == 0 {
         return None;
-    }
-    if !track {
-        return Some((idx, be));
-    }
-    let nat = svc.flags & SERVICE_F_DSR == 0;
-    let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
-    let state = FlowState { backend: idx, generation: be.generation, reply_hop };
-    // A full LRU evicts; an insert can only fail under memory pressure, and
-    // then the flow is simply picked again (same answer) at its next packet.
-    let _ = CONNTRACK.insert(pkt.key, state, 0);
-    if nat && be.flags & BACKEND_F_SHARED != 0 {
-        insert_reverse(pkt, be, idx, reply_hop);
     }
     Some((idx, be))
 }
@@ -904,7 +1151,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
 fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
     // Only packets from a port some NAT backend answers from get here
     // (`REPLY_PORTS`, empty while no service uses NAT).
-    let Some((vip, vip_port, hop, backend)) = nat_reply(&pkt.key) else {
+    let Some((vip, vip_port, hop, backend)) = nat_reply(&pkt.key, pkt.flags) else {
         return Decision::pass(Pass::NotVip);
     };
     let from = Nat { port_off: L4_SPORT, old_addr: &pkt.key.src, old_port: pkt.key.sport, addr: &vip, port: vip_port };
@@ -915,32 +1162,69 @@ fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
 /// backend, if its flow is tracked: the backend's service names the VIP, and
 /// the flow's `CONNTRACK` entry (client -> VIP) must name this backend.
 /// Backends shared by several NAT services look in `REVERSE_NAT` first.
+/// The reply refreshes the entry's last-seen time and carries the backend's
+/// FIN or RST to its TCP state; an expired entry is not followed.
 #[inline(always)]
-fn nat_reply(k: &FlowKey) -> Option<([u32; 4], u16, NextHop, u32)> {
+fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
     let from = VipKey { addr: k.src, port: k.sport, proto: k.proto, family: k.family };
     // SAFETY: NAT sources are replaced whole by the daemon; a packet reads one.
     let src = unsafe { NAT_SOURCES.get(from) }?;
-    if src.flags & NAT_SOURCE_F_SHARED != 0 {
+    let shared = src.flags & NAT_SOURCE_F_SHARED != 0;
+    let mut rev_hit: Option<&NatReverse> = None;
+    if shared {
         // SAFETY: as for CONNTRACK in `classify`: read once.
         if let Some(rev) = unsafe { REVERSE_NAT.get(k) } {
-            return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
+            // Its flow's entry is needed only for a FIN or RST (below).
+            if flags & (TCP_FIN | TCP_RST) == 0 {
+                return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
+            }
+            rev_hit = Some(rev);
         }
     }
+    let (vip, vip_port) = match rev_hit {
+        Some(rev) => (rev.vip, rev.vip_port),
+        None => (src.vip, src.vip_port),
+    };
     let flow = FlowKey {
         src: k.dst,
-        dst: src.vip,
+        dst: vip,
         sport: k.dport,
-        dport: src.vip_port,
+        dport: vip_port,
         proto: k.proto,
         family: k.family,
         _pad: [0; 2],
     };
-    // SAFETY: as in `classify`: read once.
-    let st = unsafe { CONNTRACK.get(flow) }?;
-    if st.backend != src.backend {
+    let found = CONNTRACK.get_ptr_mut(flow);
+    if let Some(rev) = rev_hit {
+        core::hint::cold_path();
+        if let Some(st) = found {
+            // SAFETY: a live map value; plain fields written only when it was made.
+            if unsafe { (*st).backend } == rev.backend {
+                reply_end(st, flags, now_ticks());
+            }
+        }
+        return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
+    }
+    let st = found?;
+    // SAFETY: as above.
+    let (backend, hop, bits, seen) = unsafe { ((*st).backend, (*st).reply_hop, state_bits(st), (*st).seen) };
+    if backend != src.backend {
         return None;
     }
-    Some((src.vip, src.vip_port, st.reply_hop, src.backend))
+    let now = now_ticks();
+    let t = timeout(k.proto, bits);
+    if t != 0 && ct::expired(now, seen, t) {
+        core::hint::cold_path();
+        return None;
+    }
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        core::hint::cold_path();
+        reply_end(st, flags, now);
+    } else if now.wrapping_sub(seen) > t >> 3 {
+        // SAFETY: as above: an aligned u32 store.
+        unsafe { (*st).seen = now };
+    }
+    Some((src.vip, src.vip_port, hop, src.backend))
 }
 
 /// A NAT rewrite: the destination (`port_off == L4_DPORT`: to a backend) or

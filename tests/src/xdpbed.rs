@@ -119,6 +119,7 @@ pub fn fixture_config() -> Config {
             conntrack_entries: 4096,
             pin_path: "/nonexistent".into(),
             announce: None,
+            conntrack_timeouts: Default::default(),
         },
         services: vec![
             service("web4", "198.18.0.10:80", Tcp, Nat, &["198.18.1.11:8080"]),

@@ -751,3 +751,260 @@ fn non_syn_first_packets_follow_maglev_without_an_entry() {
         .unwrap();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Active connections per backend of service `name`, in config order.
+fn active(bal: &Balancer, name: &str) -> Vec<u64> {
+    let s = bal.services.iter().find(|s| s.cfg.name == name).unwrap();
+    s.backends.iter().map(|b| bal.dp.active_connections(b.slot)).collect()
+}
+
+/// A TCP segment with `flags`, client -> VIP (`from_client`) or backend -> client.
+fn seg(b: &Bed, src: SocketAddr, dst: SocketAddr, flags: u8, from_client: bool) -> Vec<u8> {
+    let mut p = Pkt::tcp(src.ip(), dst.ip(), src.port(), dst.port());
+    p.tcp_flags = flags;
+    if from_client {
+        with_macs(p, b.c0_mac, CLIENT_MAC).build()
+    } else {
+        with_macs(p, b.b0_mac, WEB1_MAC).build()
+    }
+}
+
+/// Backend counts: a flow counts on its backend from its SYN (once, however
+/// often the SYN comes) until it closes: FIN from both sides (NAT: the
+/// backend's through the reply path), or a RST from either side; in DSR the
+/// client's FIN. Duplicate FINs and RSTs do not count twice; a reused 5-tuple
+/// counts again; a flow moved to another backend moves its count; an
+/// expired entry is not followed (its count falls) and its next datagram is a
+/// new flow.
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn conntrack_counts_rise_and_fall_exactly_once() {
+    let b = bed();
+    let problems =
+        b.ns.run_in(|| {
+            let cfg = config();
+            let mut bal = Balancer::load(&cfg).unwrap();
+            bal.apply(&cfg).unwrap();
+            let mut problems = vec![];
+            let vip = sa("198.18.0.30:80");
+            let cl = |port: u16| SocketAddr::new(ip("198.18.0.1"), port);
+            let backend_of = |port: u16| xlb::cli::explain::pick(&cfg, cl(port), vip, Protocol::Tcp).unwrap();
+            let total = |bal: &Balancer| active(bal, "pair").iter().sum::<u64>();
+            let step = |bal: &Balancer, what: &str, pkt: Vec<u8>, ingress: u32, want_total: u64| {
+                let (action, _) = run(bal, &pkt, ingress);
+                let got = total(bal);
+                (action != XDP_REDIRECT || got != want_total)
+                    .then(|| format!("{what}: action {action}, {got} active; expected redirect, {want_total}"))
+            };
+            let (c0, b0) = (b.c0, b.b0);
+            // NAT: SYN (twice), ACK, client FIN (twice), backend FIN (twice), last ACK; then the 5-tuple again.
+            let p = 44000;
+            let web = backend_of(p);
+            problems.extend(step(&bal, "SYN", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "retransmitted SYN", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 1));
+            problems.extend(step(&bal, "client FIN", seg(&b, cl(p), vip, TCP_FIN | TCP_ACK, true), c0, 1));
+            problems.extend(step(&bal, "client FIN again", seg(&b, cl(p), vip, TCP_FIN | TCP_ACK, true), c0, 1));
+            problems.extend(step(&bal, "backend FIN", seg(&b, web, cl(p), TCP_FIN | TCP_ACK, false), b0, 0));
+            problems.extend(step(&bal, "backend FIN again", seg(&b, web, cl(p), TCP_FIN | TCP_ACK, false), b0, 0));
+            problems.extend(step(&bal, "last ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 0));
+            problems.extend(step(&bal, "SYN reusing the 5-tuple", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "its RST", seg(&b, cl(p), vip, TCP_RST, true), c0, 0));
+            // Backend FIN first, then the client's.
+            let p = 44001;
+            let web = backend_of(p);
+            problems.extend(step(&bal, "SYN 2", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "backend FIN 2", seg(&b, web, cl(p), TCP_FIN | TCP_ACK, false), b0, 1));
+            problems.extend(step(&bal, "client FIN 2", seg(&b, cl(p), vip, TCP_FIN | TCP_ACK, true), c0, 0));
+            // RST from the client, twice; RST from the backend.
+            let p = 44002;
+            problems.extend(step(&bal, "SYN 3", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "client RST", seg(&b, cl(p), vip, TCP_RST, true), c0, 0));
+            problems.extend(step(&bal, "client RST again", seg(&b, cl(p), vip, TCP_RST | TCP_ACK, true), c0, 0));
+            let p = 44003;
+            let web = backend_of(p);
+            problems.extend(step(&bal, "SYN 4", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "backend RST", seg(&b, web, cl(p), TCP_RST, false), b0, 0));
+            // DSR: the client's FIN closes (xlb sees nothing of the backend's half).
+            let dsr = sa("198.18.0.20:80");
+            let dsr_active = |bal: &Balancer| active(bal, "dsr4")[0];
+            for (what, flags, want) in
+                [("DSR SYN", TCP_SYN, 1), ("DSR FIN", TCP_FIN | TCP_ACK, 0), ("DSR FIN again", TCP_FIN | TCP_ACK, 0)]
+            {
+                run(&bal, &seg(&b, cl(44010), dsr, flags, true), c0);
+                if dsr_active(&bal) != want {
+                    problems.push(format!("{what}: {} active, expected {want}", dsr_active(&bal)));
+                }
+            }
+            // Many flows, then a backend goes down: its flows move (and their counts) at their next packet.
+            let ports: Vec<u16> = (44100..44140).collect();
+            for &p in &ports {
+                run(&bal, &seg(&b, cl(p), vip, TCP_SYN, true), c0);
+            }
+            let on = |web: &str| ports.iter().filter(|&&p| backend_of(p) == sa(web)).count() as u64;
+            let (n1, n2) = (on("198.18.1.11:80"), on("198.18.1.12:80"));
+            if active(&bal, "pair") != vec![n1, n2] {
+                problems.push(format!("40 SYNs: active {:?}, expected [{n1}, {n2}]", active(&bal, "pair")));
+            }
+            let svc = bal.services.iter().position(|s| s.cfg.name == "pair").unwrap();
+            bal.services[svc].backends[0].healthy = false;
+            bal.sync_service(svc).unwrap();
+            for &p in &ports {
+                run(&bal, &seg(&b, cl(p), vip, TCP_ACK, true), c0);
+            }
+            if active(&bal, "pair") != vec![0, 40] {
+                problems.push(format!("web1 down, 40 ACKs: active {:?}, expected [0, 40]", active(&bal, "pair")));
+            }
+            for &p in &ports {
+                run(&bal, &seg(&b, cl(p), vip, TCP_RST, true), c0);
+            }
+            if active(&bal, "pair") != vec![0, 0] {
+                problems.push(format!("40 RSTs: active {:?}, expected [0, 0]", active(&bal, "pair")));
+            }
+            bal.services[svc].backends[0].healthy = true;
+            bal.sync_service(svc).unwrap();
+
+            // A change of state restarts the idle clock: a flow older than the closing
+            // timeout (200 ticks, about 210 ms) is not expired by the FIN that starts closing it.
+            bal.dp.set_conntrack_timeouts([1 << 20, 1 << 20, 200, 1 << 20]).unwrap();
+            let p = 44150;
+            let web = backend_of(p);
+            problems.extend(step(&bal, "old flow: SYN", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            problems.extend(step(&bal, "old flow: ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 1));
+            std::thread::sleep(std::time::Duration::from_millis(400));
+            bal.dp.tick_conntrack_clock().unwrap();
+            problems.extend(step(&bal, "old flow: backend FIN", seg(&b, web, cl(p), TCP_FIN | TCP_ACK, false), b0, 1));
+            let id = bal.services[svc].id;
+            let before = bal.dp.service_stats(id).unwrap();
+            problems.extend(step(&bal, "old flow: client ACK", seg(&b, cl(p), vip, TCP_ACK, true), c0, 1));
+            let after = bal.dp.service_stats(id).unwrap();
+            if after.established - before.established != 1 {
+                problems.push("old flow: the ACK after the backend's FIN did not follow its entry".into());
+            }
+            problems.extend(step(&bal, "old flow: client FIN", seg(&b, cl(p), vip, TCP_FIN | TCP_ACK, true), c0, 0));
+
+            // Expiry: timeouts of one tick (about 1 ms).
+            bal.dp.set_conntrack_timeouts([1; 4]).unwrap();
+            let p = 44200;
+            problems.extend(step(&bal, "SYN then expiry", seg(&b, cl(p), vip, TCP_SYN, true), c0, 1));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            bal.dp.tick_conntrack_clock().unwrap();
+            // A non-SYN segment of an expired flow: not followed, stateless.
+            let id = bal.services[svc].id;
+            let before = bal.dp.service_stats(id).unwrap();
+            problems.extend(step(&bal, "ACK of an expired flow", seg(&b, cl(p), vip, TCP_ACK, true), c0, 0));
+            let after = bal.dp.service_stats(id).unwrap();
+            if (after.established - before.established, after.non_syn - before.non_syn) != (0, 1) {
+                problems.push(format!(
+                    "ACK of an expired flow: established +{}, non_syn +{}; expected +0, +1",
+                    after.established - before.established,
+                    after.non_syn - before.non_syn
+                ));
+            }
+            // UDP: the next datagram after expiry is a new flow, counted once.
+            let dns = sa("198.18.0.10:53");
+            let dgram = with_macs(Pkt::udp(ip("198.18.0.1"), dns.ip(), 44300, 53), b.c0_mac, CLIENT_MAC).build();
+            let dns_id = bal.services.iter().find(|s| s.cfg.name == "dns4").unwrap().id;
+            let udp_active = |bal: &Balancer| active(bal, "dns4")[0];
+            run(&bal, &dgram, c0);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            bal.dp.tick_conntrack_clock().unwrap();
+            let before = bal.dp.service_stats(dns_id).unwrap();
+            run(&bal, &dgram, c0);
+            let after = bal.dp.service_stats(dns_id).unwrap();
+            let d = (
+                after.new_flows - before.new_flows,
+                after.repicked - before.repicked,
+                after.established - before.established,
+            );
+            if d != (1, 0, 0) || udp_active(&bal) != 1 {
+                problems.push(format!(
+                    "datagram after expiry: (new, repicked, established) +{d:?}, {} active; expected +(1, 0, 0), 1",
+                    udp_active(&bal)
+                ));
+            }
+            let before = bal.dp.service_stats(dns_id).unwrap();
+            run(&bal, &dgram, c0);
+            let after = bal.dp.service_stats(dns_id).unwrap();
+            if after.established - before.established != 1 || udp_active(&bal) != 1 {
+                problems.push(format!(
+                    "datagram right after: established +{}, {} active; expected +1, 1",
+                    after.established - before.established,
+                    udp_active(&bal)
+                ));
+            }
+            problems
+        })
+        .unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The daemon's sweeper, against the kernel's map: it deletes entries idle
+/// past their timeout and lowers the counts of those still open, leaves
+/// fresh ones, and corrects a count that drifted (as an LRU eviction leaves
+/// it) once two quiet cycles agree.
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn sweeper_expires_entries_and_corrects_counts() {
+    use xlb::dataplane::sweep::Sweeper;
+    let b = bed();
+    let problems =
+        b.ns.run_in(|| {
+            let cfg = config();
+            let mut bal = Balancer::load(&cfg).unwrap();
+            bal.apply(&cfg).unwrap();
+            let mut problems = vec![];
+            let vip = sa("198.18.0.30:80");
+            let cl = |port: u16| SocketAddr::new(ip("198.18.0.1"), port);
+            let total = |bal: &Balancer| active(bal, "pair").iter().sum::<u64>();
+            // 30 open flows, 10 closed ones.
+            for p in 45000..45040u16 {
+                run(&bal, &seg(&b, cl(p), vip, TCP_SYN, true), b.c0);
+                if p >= 45030 {
+                    run(&bal, &seg(&b, cl(p), vip, TCP_RST, true), b.c0);
+                }
+            }
+            let entries = bal.dp.conntrack_len().unwrap();
+            if (total(&bal), entries) != (30, 40) {
+                problems.push(format!("before: {} active, {entries} entries; expected 30, 40", total(&bal)));
+            }
+            let (fd, _) = bal.dp.conntrack_fd().unwrap();
+            let conns = bal.dp.conns().expect("BACKEND_CONNS mapped");
+            // Long timeouts (ticks): nothing expires; an evicted-like drift of +3 on web2 is corrected.
+            let mut sw = Sweeper::new(fd, conns.clone(), [1 << 30; 4]);
+            let web2 = bal.services.iter().find(|s| s.cfg.name == "pair").unwrap().backends[1].slot;
+            conns.add(web2, 3);
+            let slots = bal.backend_slots();
+            for pass in 0..3 {
+                let done = sw.pass(&slots, 1 << 20).unwrap();
+                if !done {
+                    problems.push(format!("pass {pass} did not finish a cycle over 40 entries"));
+                }
+            }
+            if (total(&bal), bal.dp.conntrack_len().unwrap(), sw.stats.corrected) != (30, 40, -3) {
+                problems.push(format!(
+                    "drift: {} active, {} entries, corrected {}; expected 30, 40, -3",
+                    total(&bal),
+                    bal.dp.conntrack_len().unwrap(),
+                    sw.stats.corrected
+                ));
+            }
+            // Tiny timeouts: every entry expires; the 30 open ones lower the counts.
+            let (fd, _) = bal.dp.conntrack_fd().unwrap();
+            let mut sw = Sweeper::new(fd, conns, [1; 4]);
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            sw.pass(&slots, 1 << 20).unwrap();
+            let left = bal.dp.conntrack_len().unwrap();
+            if (total(&bal), left, sw.stats.expired, sw.stats.expired_counted) != (0, 0, 40, 30) {
+                problems.push(format!(
+                    "expiry: {} active, {left} entries left, {} expired ({} counted); expected 0, 0, 40 (30)",
+                    total(&bal),
+                    sw.stats.expired,
+                    sw.stats.expired_counted
+                ));
+            }
+            problems
+        })
+        .unwrap();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -127,6 +127,8 @@ pub struct Balancer<T = Dataplane> {
     next_generation: u32,
     /// Total table slots written since start (for metrics and tests).
     pub slots_written: u64,
+    /// Conntrack idle timeouts in ticks, as last written (the sweeper uses the same).
+    pub conntrack_ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize],
     /// Table rebuilds that changed at least one slot, since start.
     pub rebuilds: u64,
     /// What pinned maps taken over at start held, until the first `apply`.
@@ -225,6 +227,11 @@ impl Balancer {
         Ok(bal)
     }
 
+    /// Each backend's slot and generation (what a conntrack entry must name to count).
+    pub fn backend_slots(&self) -> HashMap<u32, u32> {
+        self.services.iter().flat_map(|s| s.backends.iter().map(|b| (b.slot, b.generation))).collect()
+    }
+
     /// Resolves and writes next hops now (blocking: runs `ip`).
     pub fn refresh_next_hops(&mut self) -> anyhow::Result<usize> {
         let hops = crate::dataplane::neigh::resolve(&self.backend_ips());
@@ -268,6 +275,7 @@ impl<T: Tables> Balancer<T> {
             free_slots: (0..MAX_BACKENDS).rev().collect(),
             next_generation: 1,
             slots_written: 0,
+            conntrack_ticks: crate::config::ConntrackTimeouts::default().ticks(),
             rebuilds: 0,
             seed: None,
             announcements: Vec::new(),
@@ -335,6 +343,8 @@ impl<T: Tables> Balancer<T> {
             bail!("too many services for the tables allocated at start; restart xlb");
         }
 
+        self.conntrack_ticks = cfg.daemon.conntrack_timeouts.ticks();
+        self.dp.set_conntrack_timeouts(self.conntrack_ticks)?;
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::with_capacity(cfg.services.len());
         let mut removed_backends = Vec::new();

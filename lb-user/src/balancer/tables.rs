@@ -21,6 +21,10 @@ pub trait Tables {
     fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize>;
     /// The data path's global flags (`SETTINGS_F_NAT`).
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()>;
+    /// Conntrack idle timeouts, in ticks by state.
+    fn set_conntrack_timeouts(&mut self, _ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize]) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 impl Tables for Dataplane {
@@ -41,5 +45,8 @@ impl Tables for Dataplane {
     }
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         Dataplane::set_flags(self, flags)
+    }
+    fn set_conntrack_timeouts(&mut self, ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize]) -> anyhow::Result<()> {
+        Dataplane::set_conntrack_timeouts(self, ticks)
     }
 }

@@ -5,8 +5,8 @@ use super::{
     diag::{FieldPath, Span},
     raw::{Item, RawAnnounce, RawDaemon, Spanned},
     validate::{Reported, Validator},
-    AnnounceConfig, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_BIRD_SOCKET,
-    DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
+    AnnounceConfig, ConntrackTimeouts, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_ANNOUNCE_PROTOCOL,
+    DEFAULT_BIRD_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES, MAX_CONNTRACK_TIMEOUT_S,
 };
 
 pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
@@ -74,7 +74,21 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         _ => DEFAULT_PIN_PATH.to_owned(),
     };
 
+    let d = ConntrackTimeouts::default();
+    let conntrack_timeouts = ConntrackTimeouts {
+        syn: timeout(v, &path.key("conntrack_timeout_syn"), raw.conntrack_timeout_syn, d.syn),
+        established: timeout(
+            v,
+            &path.key("conntrack_timeout_established"),
+            raw.conntrack_timeout_established,
+            d.established,
+        ),
+        closing: timeout(v, &path.key("conntrack_timeout_closing"), raw.conntrack_timeout_closing, d.closing),
+        udp: timeout(v, &path.key("conntrack_timeout_udp"), raw.conntrack_timeout_udp, d.udp),
+    };
+
     DaemonConfig {
+        conntrack_timeouts,
         interfaces,
         xdp_mode,
         admin_socket: admin_socket.into(),
@@ -138,6 +152,47 @@ fn check_protocol_pattern(pattern: &str) -> Result<(), String> {
         return Err(format!("{pattern:?} is too long: with an IPv6 VIP the name would pass BIRD's 64 characters"));
     }
     Ok(())
+}
+
+/// A `conntrack_timeout_*` key: a duration such as "60s", "10m", "6h" or
+/// "500ms", from 1s to 7 days.
+fn timeout(
+    v: &mut Validator<'_>,
+    path: &FieldPath,
+    raw: Option<Item<String>>,
+    default: std::time::Duration,
+) -> std::time::Duration {
+    let expected =
+        format!("an idle timeout from 1s to 7d: a number and a unit (ms, s, m, h, d), e.g. \"{}s\"", default.as_secs());
+    let Ok(Some(text)) = v.read(path, raw, &expected) else { return default };
+    match parse_duration(text.get_ref()) {
+        Some(d) if d >= std::time::Duration::from_secs(1) && d.as_secs() <= MAX_CONNTRACK_TIMEOUT_S => d,
+        Some(_) => {
+            v.report(path, Some(text.span()), format!("{:?} is out of range; expected {expected}", text.get_ref()));
+            default
+        }
+        None => {
+            v.report(path, Some(text.span()), format!("{:?} is not a duration; expected {expected}", text.get_ref()));
+            default
+        }
+    }
+}
+
+/// "60s", "10m", "6h", "1d", "500ms": a whole number and a unit.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let ms = match unit.trim() {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(n.checked_mul(ms)?))
 }
 
 /// `interfaces`: at least one, each a valid name, none twice.
@@ -264,11 +319,44 @@ mod tests {
     }
 
     #[test]
+    fn conntrack_timeouts() {
+        use std::time::Duration;
+        let d = parse(BASE, "base.toml").expect("BASE is valid").daemon.conntrack_timeouts;
+        assert_eq!(
+            (d.syn, d.established, d.closing, d.udp),
+            (Duration::from_secs(60), Duration::from_secs(6 * 3600), Duration::from_secs(10), Duration::from_secs(60))
+        );
+        let text = with("conntrack_timeout_syn = \"5s\"\nconntrack_timeout_established = \"2h\"\nconntrack_timeout_closing = \"1500ms\"\nconntrack_timeout_udp = \"3m\"");
+        let d = parse(&text, "t.toml").expect("valid").daemon.conntrack_timeouts;
+        assert_eq!(
+            (d.syn, d.established, d.closing, d.udp),
+            (Duration::from_secs(5), Duration::from_secs(7200), Duration::from_millis(1500), Duration::from_secs(180))
+        );
+        let cases = [
+            (
+                "conntrack_timeout_syn = \"60\"",
+                "daemon.conntrack_timeout_syn (line 3)",
+                "\"60\" is not a duration; expected an idle timeout from 1s to 7d",
+            ),
+            ("conntrack_timeout_udp = \"500ms\"", "daemon.conntrack_timeout_udp (line 3)", "\"500ms\" is out of range"),
+            ("conntrack_timeout_closing = \"8d\"", "daemon.conntrack_timeout_closing", "\"8d\" is out of range"),
+            (
+                "conntrack_timeout_established = 60",
+                "daemon.conntrack_timeout_established (line 3, column 33)",
+                "the integer 60 is not a string",
+            ),
+        ];
+        for (line, field, message) in cases {
+            assert_one(&with(line), field, message);
+        }
+    }
+
+    #[test]
     fn unknown_keys() {
         assert_one(
             &with("mode = \"x\""),
             "daemon.mode (line 3, column 1)",
-            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, pin_path, announce",
+            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, pin_path, conntrack_timeout_syn, conntrack_timeout_established, conntrack_timeout_closing, conntrack_timeout_udp, announce",
         );
         assert_one(
             &with("interface = [\"eth2\"]"),

@@ -87,9 +87,49 @@ pub struct DaemonConfig {
     pub conntrack_entries: u32,
     /// The bpffs directory holding the pinned maps and XDP links.
     pub pin_path: PathBuf,
+    /// Idle timeouts of conntrack entries, per state.
+    pub conntrack_timeouts: ConntrackTimeouts,
     /// `[daemon.announce]`: the VIPs are announced through BIRD (absent: not announced).
     pub announce: Option<AnnounceConfig>,
 }
+
+/// `[daemon] conntrack_timeout_*`: how long a tracked flow may stay idle in
+/// each state before its entry expires (and its backend's count falls).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    /// A TCP flow that has sent only its SYN.
+    pub syn: std::time::Duration,
+    /// A TCP flow whose client has acknowledged.
+    pub established: std::time::Duration,
+    /// A TCP flow after a FIN or RST.
+    pub closing: std::time::Duration,
+    /// A UDP flow.
+    pub udp: std::time::Duration,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        use lb_common::ct;
+        use std::time::Duration;
+        Self {
+            syn: Duration::from_secs(ct::DEFAULT_SYN_S),
+            established: Duration::from_secs(ct::DEFAULT_EST_S),
+            closing: Duration::from_secs(ct::DEFAULT_CLOSING_S),
+            udp: Duration::from_secs(ct::DEFAULT_UDP_S),
+        }
+    }
+}
+
+impl ConntrackTimeouts {
+    /// `CONNTRACK_TIMEOUTS` as the data path reads it: ticks, by `ct::SYN` .. `ct::UDP`.
+    pub fn ticks(&self) -> [u32; lb_common::ct::NUM_TIMEOUTS as usize] {
+        let t = |d: std::time::Duration| lb_common::ct::ticks_of_ms(d.as_millis().min(u64::MAX as u128) as u64);
+        [t(self.syn), t(self.established), t(self.closing), t(self.udp)]
+    }
+}
+
+/// Longest idle timeout accepted: 7 days (the data path's clock wraps after 52).
+pub const MAX_CONNTRACK_TIMEOUT_S: u64 = 7 * 24 * 3600;
 
 /// `[daemon.announce]`: which BIRD to tell, and the name of each VIP's protocol there.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -280,6 +280,10 @@ raw_table! {
         metrics: String,
         conntrack_entries: i128,
         pin_path: String,
+        conntrack_timeout_syn: String,
+        conntrack_timeout_established: String,
+        conntrack_timeout_closing: String,
+        conntrack_timeout_udp: String,
         announce: RawAnnounce,
     }
 }

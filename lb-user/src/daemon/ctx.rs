@@ -78,7 +78,9 @@ impl Ctx {
             cfg.services.len(),
             cfg.backend_count()
         );
-        if self.daemon != cfg.daemon {
+        // The conntrack timeouts apply at once (`Balancer::apply`); the rest at the next restart.
+        let daemon = config::DaemonConfig { conntrack_timeouts: self.daemon.conntrack_timeouts, ..cfg.daemon.clone() };
+        if self.daemon != daemon {
             msg += "; [daemon] settings changed: they apply at the next restart";
         }
         log::info!("{msg}");

@@ -135,6 +135,16 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions, started: Sta
             None
         }
     };
+    let sweeper = match (bal.dp.conntrack_fd(), bal.dp.conns()) {
+        (Ok((fd, _)), Some(conns)) => {
+            Some(crate::dataplane::sweep::Sweeper::new(fd, conns, cfg.daemon.conntrack_timeouts.ticks()))
+        }
+        (Err(e), _) => {
+            log::warn!("conntrack entries will not be expired by the daemon: {e:#}");
+            None
+        }
+        (_, None) => None,
+    };
 
     let n = bal.services.len();
     let serving =
@@ -162,6 +172,15 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions, started: Sta
     if let Some(a) = &cfg.daemon.announce {
         log::info!("announcing VIPs through BIRD at {} (protocols {})", a.socket.display(), a.protocol);
         back.spawn(announce::run(a.clone(), bal.clone(), cancel.clone()));
+    }
+    if let Some(sweeper) = sweeper {
+        back.spawn(sweep_conntrack(bal.clone(), sweeper, cancel.clone()));
+    }
+    match lock(&bal).dp.settings_fd() {
+        Ok(fd) => {
+            back.spawn(conntrack_clock(fd, cancel.clone()));
+        }
+        Err(e) => log::warn!("conntrack entries will not expire: {e:#}"),
     }
     back.spawn(monitor::rates::sample(bal.clone(), conntrack, history.clone(), cancel.clone()));
     if let (Some(listener), Some(addr)) = (metrics, cfg.daemon.metrics) {
@@ -296,6 +315,83 @@ async fn refresh_next_hops(bal: Arc<Mutex<Balancer>>, cancel: CancellationToken)
             Ok(n) => log::info!("next hops updated for {n} backends ({} resolved)", hops.len()),
             Err(e) => log::error!("writing next hops: {e:#}"),
         }
+    }
+}
+
+/// Advances the data path's conntrack clock (`SETTINGS[SETTING_CT_CLOCK]`)
+/// every `ct::CLOCK_PERIOD_MS`, through its own descriptor (no lock).
+async fn conntrack_clock(settings: std::os::fd::OwnedFd, cancel: CancellationToken) {
+    use std::os::fd::AsFd as _;
+    let mut tick = tokio::time::interval(Duration::from_millis(lb_common::ct::CLOCK_PERIOD_MS));
+    let key = lb_common::SETTING_CT_CLOCK.to_ne_bytes();
+    let mut warned = false;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::dataplane::sweep::now_ticks().to_ne_bytes();
+        if let Err(e) = crate::dataplane::sys::update(settings.as_fd(), &key, &now, 0) {
+            if !warned {
+                log::error!("advancing the conntrack clock: {e}");
+                warned = true;
+            }
+        }
+    }
+}
+
+/// How often the conntrack sweeper runs, and how many entries a pass reads at most.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const SWEEP_BUDGET: usize = 65536;
+
+/// Expires idle conntrack entries and corrects the active-connection counts
+/// (see `dataplane::sweep`), off the packet path and outside the balancer's
+/// lock (which is held only to read the backends' slots).
+async fn sweep_conntrack(
+    bal: Arc<Mutex<Balancer>>,
+    mut sweeper: crate::dataplane::sweep::Sweeper,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = sweeper.stats;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (slots, timeouts) = {
+            let b = lock(&bal);
+            (b.backend_slots(), b.conntrack_ticks)
+        };
+        let pass = tokio::task::spawn_blocking(move || {
+            let r = sweeper.pass_with(&slots, timeouts, SWEEP_BUDGET);
+            (sweeper, r)
+        });
+        let (s, result) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = pass => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    log::error!("conntrack sweeper stopped: {e}");
+                    return;
+                }
+            },
+        };
+        sweeper = s;
+        if let Err(e) = result {
+            log::warn!("conntrack sweep: {e}");
+        }
+        let now = sweeper.stats;
+        if now != last && (now.expired != last.expired || now.corrected != last.corrected) {
+            log::debug!(
+                "conntrack sweep: {} entries expired ({} still counted), counts corrected by {} so far",
+                now.expired,
+                now.expired_counted,
+                now.corrected
+            );
+        }
+        last = now;
     }
 }
 

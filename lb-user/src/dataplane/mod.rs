@@ -22,11 +22,13 @@ use self::{
 };
 use crate::config::XdpModeConfig;
 
+pub mod conns;
 pub mod conntrack_count;
 mod nat_book;
 pub mod neigh;
 pub mod pins;
 pub mod ring;
+pub mod sweep;
 pub mod sys;
 pub mod veth;
 
@@ -84,6 +86,8 @@ enum Link {
 pub struct Dataplane {
     /// `RING` mapped into memory (declared before `ebpf`: unmapped first).
     ring: Option<RingMem>,
+    /// `BACKEND_CONNS` mapped into memory; `None` for an object without it (an older build).
+    conns: Option<std::sync::Arc<conns::ConnsMem>>,
     ebpf: Ebpf,
     /// Interface -> the mode it was attached in.
     attached: BTreeMap<String, &'static str>,
@@ -170,10 +174,18 @@ impl Dataplane {
                 .ok(),
             _ => None,
         };
+        let conns = match ebpf.map(maps::BACKEND_CONNS) {
+            Some(aya::maps::Map::Array(m)) => conns::ConnsMem::map(m.fd(), lb_common::MAX_BACKENDS as usize)
+                .inspect_err(|e| log::warn!("{e:#}; active connections will not be shown"))
+                .ok()
+                .map(std::sync::Arc::new),
+            _ => None,
+        };
         let trace_ring = ebpf.take_map(maps::TRACE).context("the XDP object has no TRACE map")?;
         let trace_ring = Some(RingBuf::try_from(trace_ring)?);
         Ok(Self {
             ring,
+            conns,
             ebpf,
             attached: BTreeMap::new(),
             links: Vec::new(),
@@ -688,6 +700,9 @@ impl Dataplane {
 
     /// Clears `BACKEND_STATS[slot]` (a slot handed to a new backend starts at 0).
     pub fn reset_backend_stats(&mut self, slot: u32) -> anyhow::Result<()> {
+        if let Some(c) = &self.conns {
+            c.set(slot, 0);
+        }
         let n = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let mut m: PerCpuArray<&mut MapData, BackendStats> = PerCpuArray::try_from(self.map_mut(maps::BACKEND_STATS))?;
         m.set(slot, aya::maps::PerCpuValues::try_from(vec![BackendStats::default(); n])?, 0)?;
@@ -728,6 +743,42 @@ impl Dataplane {
     /// A duplicate of the conntrack map's descriptor and the map's capacity,
     /// so its entries can be counted without holding the balancer (see
     /// `conntrack_count`).
+    /// `BACKEND_CONNS`, shared with the sweeper; `None` for an object without it.
+    pub fn conns(&self) -> Option<std::sync::Arc<conns::ConnsMem>> {
+        self.conns.clone()
+    }
+
+    /// Active connections of backend slot `slot` (0 without `BACKEND_CONNS`).
+    pub fn active_connections(&self, slot: u32) -> u64 {
+        self.conns.as_ref().map_or(0, |c| c.get(slot))
+    }
+
+    /// Writes `CONNTRACK_TIMEOUTS` (ticks by `ct::SYN` .. `ct::UDP`). A no-op
+    /// for an object without it.
+    pub fn set_conntrack_timeouts(&mut self, ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize]) -> anyhow::Result<()> {
+        let Some(map) = self.ebpf.map_mut(maps::CONNTRACK_TIMEOUTS) else { return Ok(()) };
+        let mut m: Array<&mut MapData, u32> = Array::try_from(map)?;
+        for (i, t) in ticks.into_iter().enumerate() {
+            m.set(i as u32, t, 0).context("writing CONNTRACK_TIMEOUTS")?;
+        }
+        self.tick_conntrack_clock()
+    }
+
+    /// Advances the conntrack clock (`SETTINGS[SETTING_CT_CLOCK]`) to now.
+    pub fn tick_conntrack_clock(&mut self) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(lb_common::SETTING_CT_CLOCK, sweep::now_ticks(), 0).context("writing SETTINGS")
+    }
+
+    /// A descriptor of `SETTINGS`, for the clock task (which writes outside the balancer's lock).
+    pub fn settings_fd(&self) -> anyhow::Result<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd as _;
+        let aya::maps::Map::Array(m) = self.map(maps::SETTINGS) else {
+            bail!("{} is not an array", maps::SETTINGS);
+        };
+        m.fd().as_fd().try_clone_to_owned().context("duplicating the SETTINGS map descriptor")
+    }
+
     pub fn conntrack_fd(&self) -> anyhow::Result<(std::os::fd::OwnedFd, u32)> {
         use std::os::fd::AsFd as _;
         let aya::maps::Map::LruHashMap(m) = self.map(maps::CONNTRACK) else {

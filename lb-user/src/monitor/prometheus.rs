@@ -56,6 +56,9 @@ const BACKEND_METRICS: &[BackendMetric] = &[
     ("xlb_backend_packets_total", "counter", "Packets sent to the backend.", |b| b.stats.packets as f64),
     ("xlb_backend_bytes_total", "counter", "Bytes sent to the backend (frames as received).", |b| b.stats.bytes as f64),
     ("xlb_backend_new_flows_total", "counter", "New flows the backend was picked for.", |b| b.stats.new_flows as f64),
+    ("xlb_backend_active_connections", "gauge", "Connections open on the backend: assigned, not yet closed (FIN from both sides, or the client's in DSR; RST) nor expired.", |b| {
+        b.active as f64
+    }),
     ("xlb_backend_up", "gauge", "Health state: 1 up (established flows may continue to it), 0 down.", |b| {
         f64::from(u8::from(b.state != State::Down))
     }),

@@ -60,6 +60,8 @@ pub struct BackendSample {
     /// Changes when the backend's slot (and its counters) is handed out anew.
     pub generation: u32,
     pub stats: BackendStats,
+    /// Active connections (`BACKEND_CONNS`).
+    pub active: u64,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -109,6 +111,7 @@ impl Snapshot {
                         transitions: b.transitions,
                         generation: b.generation,
                         stats: bal.dp.backend_stats(b.slot)?,
+                        active: bal.dp.active_connections(b.slot),
                     })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
@@ -162,6 +165,7 @@ pub(crate) mod tests {
             transitions: 0,
             generation: 1,
             stats: BackendStats { packets: stats.0, bytes: stats.1, new_flows: stats.2 },
+            active: stats.2 / 8,
         }
     }
 

@@ -117,7 +117,7 @@ fn percent(n: u64, of: u32) -> f64 {
 fn backend_table(o: &mut String, v: &View) {
     let _ = writeln!(
         o,
-        "\n{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
+        "\n{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
         "SERVICE",
         "BACKEND",
         "ROLE",
@@ -125,6 +125,7 @@ fn backend_table(o: &mut String, v: &View) {
         "WEIGHT",
         "SINCE",
         "LAST CHECK",
+        "ACTIVE",
         "NEW/S",
         "PKTS/S",
         "BYTES/S",
@@ -137,7 +138,7 @@ fn backend_table(o: &mut String, v: &View) {
             let r = v.rates.and_then(|r| r.backend(&s.name, b.address));
             let _ = writeln!(
                 o,
-                "{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
+                "{:<10} {:<26} {:<8} {:<8} {:>6} {:>6}  {:<16} {:>8} {:>8} {:>8} {:>8} {:>10} {:>12} {:>14}",
                 s.name,
                 b.address.to_string(),
                 b.role.as_str(),
@@ -145,6 +146,7 @@ fn backend_table(o: &mut String, v: &View) {
                 b.weight,
                 ago(b.since),
                 b.last_check,
+                b.active,
                 si(r.map(|r| r.new_flows)),
                 si(r.map(|r| r.packets)),
                 si(r.map(|r| r.bytes)),
@@ -304,6 +306,8 @@ pub struct BackendJson {
     pub packets_per_second: Option<f64>,
     pub bytes_per_second: Option<f64>,
     pub new_flows_per_second: Option<f64>,
+    /// Active connections (`xlb_backend_active_connections`).
+    pub active_connections: u64,
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -390,6 +394,7 @@ fn backend_json(v: &View, s: &ServiceSample, b: &BackendSample) -> BackendJson {
         packets_per_second: r.map(|r| r.packets),
         bytes_per_second: r.map(|r| r.bytes),
         new_flows_per_second: r.map(|r| r.new_flows),
+        active_connections: b.active,
     }
 }
 

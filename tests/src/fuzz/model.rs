@@ -86,7 +86,12 @@ struct Tracked {
     service: usize,
     backend: usize,
     reply_hop: Hop,
+    /// A FIN or RST passed (either way): a SYN of the same 5-tuple starts a new flow.
+    ending: bool,
 }
+
+/// TCP FIN or RST.
+const FIN_OR_RST: u8 = 0x05;
 
 /// The model: the configuration as the maps hold it, the next hops, and the
 /// conntrack table as the program would have made it.
@@ -203,10 +208,15 @@ impl Model {
     /// A packet to a service port: `None` when no service has its (address, port, proto).
     fn for_service(&mut self, f: &[u8], p: &Pkt, ingress: u32) -> Option<Expect> {
         let key: Key = (p.src, p.dst, p.sport, p.dport, p.proto);
-        let tracked = if p.syn { None } else { self.conntrack.get(&key).copied() };
+        // A SYN follows an entry of its 5-tuple that saw no FIN or RST (a
+        // retransmission); after one, it starts a new flow.
+        let tracked = self.conntrack.get_mut(&key).filter(|t| !(p.syn && t.ending));
         let (si, bi, flow) = match tracked {
             // Every backend stays up: an entry is always usable.
-            Some(t) => (t.service, t.backend, Flow::Established),
+            Some(t) => {
+                t.ending |= p.flags & FIN_OR_RST != 0;
+                (t.service, t.backend, Flow::Established)
+            }
             None => {
                 let si = *self.by_vip.get(&(p.dst, p.dport, p.proto))?;
                 if martian(p.src) || self.vip_addrs.contains(&p.src) {
@@ -222,7 +232,7 @@ impl Model {
                     } else {
                         Hop { ifindex: ingress, dmac: mac(f, 6), smac: mac(f, 0) }
                     };
-                    self.conntrack.insert(key, Tracked { service: si, backend: bi, reply_hop });
+                    self.conntrack.insert(key, Tracked { service: si, backend: bi, reply_hop, ending: false });
                 }
                 (si, bi, if non_syn { Flow::NonSyn } else { Flow::New })
             }
@@ -242,7 +252,7 @@ impl Model {
     }
 
     /// Not a service's packet: the reply of a tracked NAT flow, or the kernel's.
-    fn reply(&self, f: &[u8], p: &Pkt, ingress: u32) -> Expect {
+    fn reply(&mut self, f: &[u8], p: &Pkt, ingress: u32) -> Expect {
         let Some(&(si, bi)) = self.nat_sources.get(&(p.src, p.sport, p.proto)) else {
             return pass(f, counter::PASS_NOT_VIP);
         };
@@ -250,9 +260,12 @@ impl Model {
         let _ = s;
         let vip = self.vip_of(si);
         let flow: Key = (p.dst, vip.ip(), p.dport, vip.port(), p.proto);
-        let Some(t) = self.conntrack.get(&flow).filter(|t| t.service == si && t.backend == bi) else {
+        let Some(t) = self.conntrack.get_mut(&flow).filter(|t| t.service == si && t.backend == bi) else {
             return pass(f, counter::PASS_NOT_VIP);
         };
+        // The backend's FIN or RST is seen before the TTL check.
+        t.ending |= p.flags & FIN_OR_RST != 0;
+        let t = *t;
         if p.ttl <= 1 {
             return pass(f, counter::PASS_TTL);
         }
@@ -471,6 +484,8 @@ struct Pkt {
     proto: u8,
     ttl: u8,
     syn: bool,
+    /// TCP flags; 0 for UDP.
+    flags: u8,
     /// UDP over IPv4 with checksum 0.
     csum_none: bool,
     to_vip_port: bool,
@@ -631,6 +646,7 @@ fn parse(f: &[u8], m: &Model) -> Parsed {
         proto,
         ttl,
         syn,
+        flags: flags.unwrap_or(0),
         csum_none,
         to_vip_port,
     })
