@@ -6,6 +6,8 @@
 //! (counters, trace). Everything that is not for a VIP (and is not a NAT
 //! reply) goes to the kernel untouched.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// Atomic add/sub on a map value (`BACKEND_CONNS`): the BPF target has no `AtomicU64::fetch_add`.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics), allow(internal_features))]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}

@@ -10,7 +10,10 @@
 //! 4. [`record`]: the [`Decision`] written to the counters and the trace, the
 //!    one place that writes them.
 
-use core::mem::{self, offset_of};
+use core::{
+    intrinsics::AtomicOrdering,
+    mem::{self, offset_of},
+};
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
@@ -23,9 +26,10 @@ use aya_ebpf::{
 use lb_common::{
     counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
     NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
-    SERVICE_F_DSR, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_HAIRPIN, SETTING_TRACE,
+    TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -97,6 +101,17 @@ static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
 /// that queue, unless the peer runs an XDP program; a redirect wakes it.
 #[map]
 static HAIRPIN_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_HAIRPIN_PORTS, 0);
+/// The round_robin sequences and least_conn candidates of the services, `SCHED_REGION`
+/// entries each (two halves, see `SCHED_HALF`), written by the daemon.
+#[map]
+static SCHED_SLOTS: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHED_REGION, 0);
+/// Each CPU's position in each round_robin service's sequence, by `Service::id`.
+#[map]
+static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+/// Active connections per backend slot (shared by every CPU: changed only by atomic
+/// add and sub, through [`conn_opened`] and [`conn_closed`]). Read by least_conn.
+#[map]
+static BACKEND_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 // ---------------------------------------------------------------- constants
 
@@ -807,8 +822,14 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, track: bool) -> Option<(u
     if svc.table_size == 0 {
         return None;
     }
-    let slot = svc.ring_offset + flow_hash(&pkt.key) % svc.table_size;
-    let idx = *RING.get(slot)?;
+    // The scheduler decides a tracked flow's first packet; untracked packets (a TCP
+    // packet of an unknown flow that is not a SYN) keep the stateless Maglev pick.
+    let idx = if track && svc.flags & (SERVICE_F_ROUND_ROBIN | SERVICE_F_LEAST_CONN) != 0 {
+        schedule(svc)?
+    } else {
+        let slot = svc.ring_offset + flow_hash(&pkt.key) % svc.table_size;
+        *RING.get(slot)?
+    };
     if idx == NO_BACKEND {
         return None;
     }
@@ -824,11 +845,98 @@ fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, track: bool) -> Option<(u
     let state = FlowState { backend: idx, generation: be.generation, reply_hop };
     // A full LRU evicts; an insert can only fail under memory pressure, and
     // then the flow is simply picked again (same answer) at its next packet.
-    let _ = CONNTRACK.insert(pkt.key, state, 0);
+    if CONNTRACK.insert(pkt.key, state, 0).is_ok() {
+        conn_opened(idx);
+    }
     if nat && be.flags & BACKEND_F_SHARED != 0 {
         insert_reverse(pkt, be, idx, reply_hop);
     }
     Some((idx, be))
+}
+
+/// The backend slot a round_robin or least_conn service gives a new flow: the next
+/// in this CPU's walk of its sequence, or the candidate with the fewest active
+/// connections per weight. One function, so that a caller may bypass it (Maglev).
+#[inline(always)]
+fn schedule(svc: &Service) -> Option<u32> {
+    let len = svc.sched_len;
+    if len == 0 {
+        core::hint::cold_path();
+        return None;
+    }
+    if svc.flags & SERVICE_F_ROUND_ROBIN != 0 {
+        // Per CPU: no shared line bouncing between cores on every new flow; each CPU
+        // walks the smooth sequence on its own (see the README for the tolerance).
+        let cur = RR_CURSORS.get_ptr_mut(svc.id)?;
+        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+        let i = unsafe { *cur } % len;
+        // SAFETY: as above.
+        unsafe { *cur = i + 1 };
+        return SCHED_SLOTS.get(svc.sched_offset + i).copied();
+    }
+    least_conn(svc.sched_offset, len)
+}
+
+/// Weighted least connections (IPVS wlc): the candidate with the smallest
+/// `active / weight`, compared as `active_a * w_b < active_b * w_a`; the first one
+/// on a tie. Up to `LC_FULL_SCAN` candidates are all compared; above, two random
+/// ones (power of two choices). Out of line: only new flows of such services ask.
+#[inline(never)]
+fn least_conn(offset: u32, len: u32) -> Option<u32> {
+    let candidate = |i: u32| -> Option<(u32, u64, u64)> {
+        let at = offset + 2 * i;
+        let slot = *SCHED_SLOTS.get(at)?;
+        let weight = *SCHED_SLOTS.get(at + 1)? as u64;
+        Some((slot, active(slot), weight))
+    };
+    if len > LC_FULL_SCAN {
+        // SAFETY: a helper call without arguments.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let a = candidate((r & 0xffff) % len)?;
+        let b = candidate((r >> 16) % len)?;
+        return Some(if b.1 * a.2 < a.1 * b.2 { b.0 } else { a.0 });
+    }
+    let (mut best, mut best_active, mut best_weight) = candidate(0)?;
+    for i in 1..LC_FULL_SCAN {
+        if i >= len {
+            break;
+        }
+        let Some((slot, active, weight)) = candidate(i) else { break };
+        if active * best_weight < best_active * weight {
+            (best, best_active, best_weight) = (slot, active, weight);
+        }
+    }
+    Some(best)
+}
+
+/// Active connections of backend slot `idx` (0 when out of range).
+#[inline(always)]
+fn active(idx: u32) -> u64 {
+    match BACKEND_CONNS.get_ptr(idx) {
+        // SAFETY: an aligned u64 in the map; changed by other CPUs only atomically.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
+}
+
+/// A conntrack entry was made for a flow to backend slot `idx`: one more active connection.
+#[inline(always)]
+fn conn_opened(idx: u32) {
+    if let Some(p) = BACKEND_CONNS.get_ptr_mut(idx) {
+        // SAFETY: an aligned u64 in the map, shared by every CPU: changed only atomically.
+        unsafe { core::intrinsics::atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
+}
+
+/// A tracked flow to backend slot `idx` closed or expired: one active connection fewer.
+/// (Called by the conntrack state tracking; not yet on this branch.)
+#[inline(always)]
+#[allow(dead_code)]
+fn conn_closed(idx: u32) {
+    if let Some(p) = BACKEND_CONNS.get_ptr_mut(idx) {
+        // SAFETY: as in `conn_opened`.
+        unsafe { core::intrinsics::atomic_xsub::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) };
+    }
 }
 
 /// Back where this packet came from: for the replies of a NAT flow.

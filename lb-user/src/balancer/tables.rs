@@ -21,6 +21,9 @@ pub trait Tables {
     fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize>;
     /// The data path's global flags (`SETTINGS_F_NAT`).
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()>;
+    /// Writes a round_robin sequence or least_conn candidate list at `offset` in
+    /// `SCHED_SLOTS` (a half no service entry names).
+    fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()>;
 }
 
 impl Tables for Dataplane {
@@ -41,5 +44,8 @@ impl Tables for Dataplane {
     }
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         Dataplane::set_flags(self, flags)
+    }
+    fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()> {
+        Dataplane::write_sched(self, offset, list)
     }
 }
