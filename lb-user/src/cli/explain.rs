@@ -141,7 +141,6 @@ pub fn run(config: &Path, client: &str, vip: &str, protocol: &str) -> anyhow::Re
     let cfg = crate::config::load(config)?;
     let e = explain(&cfg, client, vip, protocol)?;
     let service = &cfg.services[e.service];
-    let backend = &service.backends[e.backend];
     println!("flow: {client} -> {vip} {}", protocol.as_str());
     println!(
         "service: {} (vip {} {}, forwarding {}, scheduler {})",
