@@ -214,9 +214,11 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
         s.name = name.into();
         s.vip = SocketAddr::new(ip(vip), 80);
         s.scheduler = scheduler;
-        s.backends = ["198.18.1.11:8081", "198.18.1.12:8081"]
+        // Ports of their own: a backend shared by two NAT services costs a reverse entry per new flow.
+        let port = if scheduler == Scheduler::RoundRobin { 8081 } else { 8082 };
+        s.backends = ["198.18.1.11", "198.18.1.12"]
             .iter()
-            .map(|a| BackendConfig { address: a.parse().unwrap(), weight: 1, role: Role::Primary })
+            .map(|a| BackendConfig { address: SocketAddr::new(ip(a), port), weight: 1, role: Role::Primary })
             .collect();
         cfg.services.push(s);
     }
