@@ -105,7 +105,8 @@ static HAIRPIN_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_HAIRPIN_PORT
 /// entries each (two halves, see `SCHED_HALF`), written by the daemon.
 #[map]
 static SCHED_SLOTS: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHED_REGION, 0);
-/// Each CPU's position in each round_robin service's sequence, by `Service::id`.
+/// Each CPU's turn in each round_robin service's sequence (least_conn: where its scan
+/// starts), by `Service::id`.
 #[map]
 static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 /// Active connections per backend slot (shared by every CPU: changed only by atomic
@@ -864,25 +865,28 @@ fn schedule(svc: &Service) -> Option<u32> {
         core::hint::cold_path();
         return None;
     }
+    // Per CPU: no shared line bouncing between cores on every new flow; each CPU
+    // walks the smooth sequence on its own (see the README for the tolerance).
+    let cur = RR_CURSORS.get_ptr_mut(svc.id)?;
+    // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+    let turn = unsafe { *cur } % len;
+    // SAFETY: as above.
+    unsafe { *cur = turn + 1 };
     if svc.flags & SERVICE_F_ROUND_ROBIN != 0 {
-        // Per CPU: no shared line bouncing between cores on every new flow; each CPU
-        // walks the smooth sequence on its own (see the README for the tolerance).
-        let cur = RR_CURSORS.get_ptr_mut(svc.id)?;
-        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
-        let i = unsafe { *cur } % len;
-        // SAFETY: as above.
-        unsafe { *cur = i + 1 };
-        return SCHED_SLOTS.get(svc.sched_offset + i).copied();
+        return SCHED_SLOTS.get(svc.sched_offset + turn).copied();
     }
-    least_conn(svc.sched_offset, len)
+    least_conn(svc.sched_offset, len, turn)
 }
 
 /// Weighted least connections (IPVS wlc): the candidate with the smallest
-/// `active / weight`, compared as `active_a * w_b < active_b * w_a`; the first one
-/// on a tie. Up to `LC_FULL_SCAN` candidates are all compared; above, two random
-/// ones (power of two choices). Out of line: only new flows of such services ask.
+/// `active / weight`, compared as `active_a * w_b < active_b * w_a`. The scan starts
+/// at candidate `start` (this CPU's turn, which moves on every pick), so ties are
+/// shared out in turn rather than all given to the first candidate (as nginx does;
+/// IPVS gives them to the first). Up to `LC_FULL_SCAN` candidates are all compared;
+/// above, two random ones (power of two choices). Out of line: only new flows of such
+/// services ask.
 #[inline(never)]
-fn least_conn(offset: u32, len: u32) -> Option<u32> {
+fn least_conn(offset: u32, len: u32, start: u32) -> Option<u32> {
     let candidate = |i: u32| -> Option<(u32, u64, u64)> {
         let at = offset + 2 * i;
         let slot = *SCHED_SLOTS.get(at)?;
@@ -896,11 +900,12 @@ fn least_conn(offset: u32, len: u32) -> Option<u32> {
         let b = candidate((r >> 16) % len)?;
         return Some(if b.1 * a.2 < a.1 * b.2 { b.0 } else { a.0 });
     }
-    let (mut best, mut best_active, mut best_weight) = candidate(0)?;
-    for i in 1..LC_FULL_SCAN {
-        if i >= len {
+    let (mut best, mut best_active, mut best_weight) = candidate(start)?;
+    for k in 1..LC_FULL_SCAN {
+        if k >= len {
             break;
         }
+        let i = if start + k >= len { start + k - len } else { start + k };
         let Some((slot, active, weight)) = candidate(i) else { break };
         if active * best_weight < best_active * weight {
             (best, best_active, best_weight) = (slot, active, weight);

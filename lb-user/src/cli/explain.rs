@@ -108,7 +108,7 @@ pub fn describe(service: &ServiceConfig, e: &Explanation) -> String {
         }
         Scheduler::RoundRobin => "round_robin: the next backend in this CPU's walk of the smooth weighted sequence",
         Scheduler::LeastConn => {
-            "least_conn: the candidate with the fewest active connections per weight (the first on a tie)"
+            "least_conn: the candidate with the fewest active connections per weight (ties shared out in turn)"
         }
     };
     format!(
