@@ -28,6 +28,8 @@ pub mod maps {
     pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
     pub const BACKEND_CONNS: &str = "BACKEND_CONNS";
     pub const CONNTRACK_TIMEOUTS: &str = "CONNTRACK_TIMEOUTS";
+    pub const SCHED_SLOTS: &str = "SCHED_SLOTS";
+    pub const RR_CURSORS: &str = "RR_CURSORS";
 }
 
 /// Name of the XDP program in the object file.
@@ -59,6 +61,24 @@ pub const FAMILY_V6: u8 = 6;
 pub const SERVICE_F_DSR: u32 = 1;
 /// `Service::flags`: echo requests to the VIP are answered by xlb (`answer_ping`, the default).
 pub const SERVICE_F_PING: u32 = 2;
+/// `Service::flags`: new flows are picked by smooth weighted round robin over the
+/// sequence at `Service::sched_offset` in `SCHED_SLOTS` (walked by a per-CPU cursor).
+pub const SERVICE_F_ROUND_ROBIN: u32 = 32;
+/// `Service::flags`: new flows go to the candidate with the fewest active connections
+/// per weight (`BACKEND_CONNS`), candidates at `Service::sched_offset` in `SCHED_SLOTS`.
+pub const SERVICE_F_LEAST_CONN: u32 = 64;
+/// Entries of one half of a service's region in `SCHED_SLOTS`: the longest round-robin
+/// sequence, or twice the most least-conn candidates (each is a slot and a weight).
+pub const SCHED_HALF: u32 = 512;
+/// A service's region in `SCHED_SLOTS`: two halves; the daemon writes the one the
+/// service does not point at, then replaces the `SERVICES` value whole (flipping
+/// `sched_offset`), so a packet never reads a half-written list.
+pub const SCHED_REGION: u32 = 2 * SCHED_HALF;
+/// Most least-conn candidates of a service.
+pub const MAX_LC_CANDIDATES: u32 = SCHED_HALF / 2;
+/// Least conn scans every candidate up to this many; above, it compares two
+/// random ones (power of two choices).
+pub const LC_FULL_SCAN: u32 = 32;
 /// `VIP_ADDRS` value: the address is a VIP (always set).
 pub const VIP_ADDR_F_KNOWN: u32 = 1;
 /// `VIP_ADDRS` value: echo requests to the address are answered (every service
@@ -158,6 +178,11 @@ pub struct Service {
     /// Maglev table size M (prime).
     pub table_size: u32,
     pub flags: u32,
+    /// round_robin / least_conn: where the service's current list starts in `SCHED_SLOTS`.
+    pub sched_offset: u32,
+    /// Entries in that list: the sequence's length (round robin), the candidates (least conn);
+    /// 0: none takes new flows.
+    pub sched_len: u32,
 }
 
 /// Where to send a frame without asking the FIB: egress interface and MACs.
@@ -557,7 +582,7 @@ mod pod {
 // No implicit padding anywhere: the size is the sum of the fields.
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Service>() == 16);
+const _: () = assert!(core::mem::size_of::<Service>() == 24);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);

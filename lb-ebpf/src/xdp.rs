@@ -26,9 +26,10 @@ use aya_ebpf::{
 use lb_common::{
     counter, ct, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
     NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
-    SERVICE_F_DSR, SETTING_CT_CLOCK, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_HAIRPIN,
+    SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -110,6 +111,14 @@ static BACKEND_CONNS: Array<u64> = Array::with_max_entries(MAX_BACKENDS, BPF_F_M
 /// 0: never expires. Written by the daemon from `[daemon] conntrack_timeout_*`.
 #[map]
 static CONNTRACK_TIMEOUTS: Array<u32> = Array::with_max_entries(ct::NUM_TIMEOUTS, 0);
+/// The round_robin sequences and least_conn candidates of the services, `SCHED_REGION`
+/// entries each (two halves, see `SCHED_HALF`), written by the daemon.
+#[map]
+static SCHED_SLOTS: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHED_REGION, 0);
+/// Each CPU's turn in each round_robin service's sequence (least_conn: where its scan
+/// starts), by `Service::id`.
+#[map]
+static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 // ---------------------------------------------------------------- constants
 
@@ -781,7 +790,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
         None if tcp_non_syn => (Flow::NonSyn, Track::No),
         None => (Flow::New, Track::Insert),
     };
-    let backend = match pick(pkt, svc) {
+    let backend = match pick(pkt, svc, track != Track::No) {
         Some((idx, be)) => match track {
             Track::No => Ok((idx, be)),
             _ => return Some(tracked_pick(ctx, pkt, svc, flow, idx, be, track, now)),
@@ -1062,12 +1071,18 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
 /// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
 /// usable conntrack entry. `None`: no usable backend in that slot.
 #[inline(always)]
-fn pick(pkt: &Packet, svc: &Service) -> Option<(u32, &'static Backend)> {
+fn pick(pkt: &Packet, svc: &Service, track: bool) -> Option<(u32, &'static Backend)> {
     if svc.table_size == 0 {
         return None;
     }
-    let slot = svc.ring_offset + flow_hash(&pkt.key) % svc.table_size;
-    let idx = *RING.get(slot)?;
+    // The scheduler decides a tracked flow's first packet; untracked packets (a TCP
+    // packet of an unknown flow that is not a SYN) keep the stateless Maglev pick.
+    let idx = if track && svc.flags & (SERVICE_F_ROUND_ROBIN | SERVICE_F_LEAST_CONN) != 0 {
+        schedule(svc)?
+    } else {
+        let slot = svc.ring_offset + flow_hash(&pkt.key) % svc.table_size;
+        *RING.get(slot)?
+    };
     if idx == NO_BACKEND {
         return None;
     }
@@ -1076,6 +1091,75 @@ fn pick(pkt: &Packet, svc: &Service) -> Option<(u32, &'static Backend)> {
         return None;
     }
     Some((idx, be))
+}
+
+/// The backend slot a round_robin or least_conn service gives a new flow: the next
+/// in this CPU's walk of its sequence, or the candidate with the fewest active
+/// connections per weight. One function, so that a caller may bypass it (Maglev).
+#[inline(always)]
+fn schedule(svc: &Service) -> Option<u32> {
+    let len = svc.sched_len;
+    if len == 0 {
+        core::hint::cold_path();
+        return None;
+    }
+    // Per CPU: no shared line bouncing between cores on every new flow; each CPU
+    // walks the smooth sequence on its own (see the README for the tolerance).
+    let cur = RR_CURSORS.get_ptr_mut(svc.id)?;
+    // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+    let turn = unsafe { *cur } % len;
+    // SAFETY: as above.
+    unsafe { *cur = turn + 1 };
+    if svc.flags & SERVICE_F_ROUND_ROBIN != 0 {
+        return SCHED_SLOTS.get(svc.sched_offset + turn).copied();
+    }
+    least_conn(svc.sched_offset, len, turn)
+}
+
+/// Weighted least connections (IPVS wlc): the candidate with the smallest
+/// `active / weight`, compared as `active_a * w_b < active_b * w_a`. The scan starts
+/// at candidate `start` (this CPU's turn, which moves on every pick), so ties are
+/// shared out in turn rather than all given to the first candidate (as nginx does;
+/// IPVS gives them to the first). Up to `LC_FULL_SCAN` candidates are all compared;
+/// above, two random ones (power of two choices). Out of line: only new flows of such
+/// services ask.
+#[inline(never)]
+fn least_conn(offset: u32, len: u32, start: u32) -> Option<u32> {
+    let candidate = |i: u32| -> Option<(u32, u64, u64)> {
+        let at = offset + 2 * i;
+        let slot = *SCHED_SLOTS.get(at)?;
+        let weight = *SCHED_SLOTS.get(at + 1)? as u64;
+        Some((slot, active(slot), weight))
+    };
+    if len > LC_FULL_SCAN {
+        // SAFETY: a helper call without arguments.
+        let r = unsafe { bpf_get_prandom_u32() };
+        let a = candidate((r & 0xffff) % len)?;
+        let b = candidate((r >> 16) % len)?;
+        return Some(if b.1 * a.2 < a.1 * b.2 { b.0 } else { a.0 });
+    }
+    let (mut best, mut best_active, mut best_weight) = candidate(start)?;
+    for k in 1..LC_FULL_SCAN {
+        if k >= len {
+            break;
+        }
+        let i = if start + k >= len { start + k - len } else { start + k };
+        let Some((slot, active, weight)) = candidate(i) else { break };
+        if active * best_weight < best_active * weight {
+            (best, best_active, best_weight) = (slot, active, weight);
+        }
+    }
+    Some(best)
+}
+
+/// Active connections of backend slot `idx` (0 when out of range).
+#[inline(always)]
+fn active(idx: u32) -> u64 {
+    match BACKEND_CONNS.get_ptr(idx) {
+        // SAFETY: an aligned u64 in the map; changed by other CPUs only atomically.
+        Some(p) => unsafe { core::ptr::read_volatile(p) },
+        None => 0,
+    }
 }
 
 /// Back where this packet came from: for the replies of a NAT flow.

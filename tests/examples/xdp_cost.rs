@@ -15,11 +15,14 @@
 //! table on stderr.
 //! `cargo run --release -p xlb-testbed --example xdp_cost -- [--quick] [--reps N]` as root.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::ServiceStats;
-use xlb::balancer::Balancer;
+use xlb::{
+    balancer::Balancer,
+    config::{BackendConfig, Role, Scheduler},
+};
 use xlb_testbed::{
     bench::{emit, method, missing, summarize, Figures, Opts},
     is_root,
@@ -34,6 +37,10 @@ const XDP_REDIRECT: u32 = 4;
 /// Back out of the interface it came in by: redirected on a veth listed in
 /// `HAIRPIN_PORTS`, XDP_TX elsewhere (and by objects built before that map).
 const BACK_OUT: [u32; 2] = [XDP_TX, XDP_REDIRECT];
+
+/// VIPs of the round_robin and least_conn copies of web4.
+const VIP_RR: &str = "198.18.0.50";
+const VIP_LC: &str = "198.18.0.51";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
@@ -107,6 +114,10 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
         let p = frame(Pkt::udp(src, dst, 40000, 53));
         Established { open: p.clone(), packet: p }
     };
+    let (vip_rr, vip_lc) = (ip(VIP_RR), ip(VIP_LC));
+    let fresh_to = |vip: IpAddr| -> Vec<Vec<u8>> {
+        (0..new_flows).map(|i| frame(Pkt::tcp(client_of(i, false), vip, 1024 + (i & 0xff) as u16, 80))).collect()
+    };
     let fresh = |v6: bool, tcp: bool| -> Vec<Vec<u8>> {
         let (vip, dport) = match (v6, tcp) {
             (false, true) => (vip4, 80),
@@ -135,6 +146,11 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
         case("xdp_ns_new_flow_tcp_v6", Some("web6"), NewFlows(fresh(true, true))),
         case("xdp_ns_new_flow_udp_v4", Some("dns4"), NewFlows(fresh(false, false))),
         case("xdp_ns_new_flow_udp_v6", Some("dns6"), NewFlows(fresh(true, false))),
+        // The same TCP/IPv4 flows to services scheduled by round robin and least connections.
+        case("xdp_ns_established_tcp_v4_rr", Some("web4rr"), tcp_flow(cl4, vip_rr)),
+        case("xdp_ns_established_tcp_v4_lc", Some("web4lc"), tcp_flow(cl4, vip_lc)),
+        case("xdp_ns_new_flow_tcp_v4_rr", Some("web4rr"), NewFlows(fresh_to(vip_rr))),
+        case("xdp_ns_new_flow_tcp_v4_lc", Some("web4lc"), NewFlows(fresh_to(vip_lc))),
         case("xdp_ns_not_vip", None, NotVip(frame(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)))),
         case("xdp_ns_not_vip_v6", None, NotVip(frame(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)))),
         // One-arm: the established flow above, back out of b0 (redirect through
@@ -182,14 +198,30 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Conntrack entries that hold every flow the run inserts (4 new-flow figures).
+/// Conntrack entries that hold every flow the run inserts (6 new-flow figures).
 fn conntrack_entries(calls: usize, reps: usize) -> u32 {
-    u32::try_from((4 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
+    u32::try_from((6 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
 }
 
 fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) -> anyhow::Result<()> {
     let mut cfg = fixture_config();
     cfg.daemon.conntrack_entries = conntrack;
+    // web4 again (one more backend), scheduled by round robin and by least connections.
+    let web4 = cfg.services.iter().find(|s| s.name == "web4").expect("fixture service web4").clone();
+    for (name, vip, scheduler) in [("web4rr", VIP_RR, Scheduler::RoundRobin), ("web4lc", VIP_LC, Scheduler::LeastConn)]
+    {
+        let mut s = web4.clone();
+        s.name = name.into();
+        s.vip = SocketAddr::new(ip(vip), 80);
+        s.scheduler = scheduler;
+        // Ports of their own: a backend shared by two NAT services costs a reverse entry per new flow.
+        let port = if scheduler == Scheduler::RoundRobin { 8081 } else { 8082 };
+        s.backends = ["198.18.1.11", "198.18.1.12"]
+            .iter()
+            .map(|a| BackendConfig { address: SocketAddr::new(ip(a), port), weight: 1, role: Role::Primary })
+            .collect();
+        cfg.services.push(s);
+    }
     let mut bal = Balancer::load(&cfg)?;
     bal.apply(&cfg)?;
     // As the daemon does: next hops from the neighbour table, no FIB per packet.
@@ -221,7 +253,7 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             measure(bal.dp.program(), std::slice::from_ref(packet), b.c0, 10, &[XDP_REDIRECT]);
         }
     }
-    let services = ["web4", "web6", "dns4", "dns6"];
+    let services = ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc"];
     let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
         services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()
     };

@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use xlb::{
     balancer::Balancer,
     config::{
-        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role, ServiceConfig,
-        XdpModeConfig,
+        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role, Scheduler,
+        ServiceConfig, XdpModeConfig,
     },
 };
 
@@ -98,6 +98,7 @@ fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[
         vip: sa(vip),
         protocol: proto,
         forwarding: fwd,
+        scheduler: Scheduler::Maglev,
         table_size: 251,
         preempt: true,
         answer_ping: true,

@@ -19,12 +19,13 @@ use std::{
 use anyhow::{bail, Context as _};
 use lb_common::{
     addr_v4, addr_v6, Backend, NextHop, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SERVICE_F_PING, SETTINGS_F_NAT,
+    MAX_SERVICES, NO_BACKEND, SCHED_HALF, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_PING,
+    SERVICE_F_ROUND_ROBIN, SETTINGS_F_NAT,
 };
 
 pub use self::tables::Tables;
 use crate::{
-    config::{BackendConfig, CheckKind, Config, Forwarding, HealthConfig, ServiceConfig},
+    config::{BackendConfig, CheckKind, Config, Forwarding, HealthConfig, Scheduler, ServiceConfig},
     dataplane::{Dataplane, Sizes},
     health::{
         hysteresis::{Hysteresis, Step},
@@ -108,11 +109,22 @@ pub struct ServiceState {
     pub on_backup: bool,
     /// Some backend takes new flows.
     pub serving: bool,
+    /// round_robin / least_conn: the list in `SCHED_SLOTS` the service points at
+    /// (`plan::sched_list`), and which half of its region holds it.
+    pub sched: Vec<u32>,
+    pub sched_half: u32,
+    /// `sched` has been written (else the next sync writes it).
+    pub sched_written: bool,
 }
 
 impl ServiceState {
     pub fn ring_offset(&self, stride: u32) -> u32 {
         self.id * stride
+    }
+
+    /// Where half `half` of the service's region in `SCHED_SLOTS` starts.
+    pub fn sched_offset(&self, half: u32) -> u32 {
+        self.id * SCHED_REGION + half * SCHED_HALF
     }
 }
 
@@ -162,7 +174,8 @@ type SeedBackend = (u32, u32, bool, NextHop);
 /// flows stay valid), its health and its drain.
 #[derive(Debug, Default)]
 struct Seed {
-    services: HashMap<VipKey, u32>,
+    /// Service id, and the half of its `SCHED_SLOTS` region its entry pointed at.
+    services: HashMap<VipKey, (u32, u32)>,
     backends: HashMap<SeedKey, SeedBackend>,
     /// (service name, backend address:port).
     drains: Vec<(String, String)>,
@@ -290,7 +303,8 @@ impl<T: Tables> Balancer<T> {
         for (key, svc) in &tables.services {
             if let Some(i) = self.free_ids.iter().position(|&id| id == svc.id) {
                 self.free_ids.remove(i);
-                seed.services.insert(*key, svc.id);
+                let half = u32::from(svc.sched_offset >= svc.id * SCHED_REGION + SCHED_HALF);
+                seed.services.insert(*key, (svc.id, half));
             }
         }
         for (slot, be) in &tables.backends {
@@ -309,7 +323,7 @@ impl<T: Tables> Balancer<T> {
     /// After the first `apply`: ids and slots taken over but not given out are free again.
     fn release_seed(&mut self) {
         let Some(seed) = self.seed.take() else { return };
-        self.free_ids.extend(seed.services.into_values());
+        self.free_ids.extend(seed.services.into_values().map(|(id, _)| id));
         self.free_slots.extend(seed.backends.into_values().map(|(slot, ..)| slot));
         self.free_ids.sort_unstable_by(|a, b| b.cmp(a));
         self.free_slots.sort_unstable_by(|a, b| b.cmp(a));
@@ -374,9 +388,10 @@ impl<T: Tables> Balancer<T> {
                 }
                 None => {
                     let seeded = self.seed.as_mut().and_then(|seed| seed.services.remove(&key));
-                    let id = match seeded {
-                        Some(id) => id,
-                        None => self.free_ids.pop().context("no free service id")?,
+                    // The first list goes to the half the previous daemon's entry did not name.
+                    let (id, sched_half) = match seeded {
+                        Some(seeded) => seeded,
+                        None => (self.free_ids.pop().context("no free service id")?, 1),
                     };
                     let backends = s
                         .backends
@@ -391,6 +406,9 @@ impl<T: Tables> Balancer<T> {
                         ring: Vec::new(),
                         on_backup: false,
                         serving: false,
+                        sched: Vec::new(),
+                        sched_half,
+                        sched_written: false,
                     }
                 }
             };
@@ -641,12 +659,34 @@ impl<T: Tables> Balancer<T> {
         }
         let first = svc.ring.is_empty();
         svc.ring = ring;
+        // round_robin / least_conn: a changed list goes to the half no packet reads;
+        // the service entry, replaced whole, then names it.
+        let sched = plan::sched_list(&svc.cfg, &serving.members, |j| svc.backends[j].slot);
+        if svc.cfg.scheduler != Scheduler::Maglev && (!svc.sched_written || sched != svc.sched) {
+            let half = 1 - svc.sched_half;
+            self.dp.write_sched(svc.sched_offset(half), &sched)?;
+            (svc.sched, svc.sched_half, svc.sched_written) = (sched, half, true);
+        } else if svc.cfg.scheduler == Scheduler::Maglev {
+            (svc.sched, svc.sched_written) = (Vec::new(), false);
+        }
+        let (sched_offset, sched_len) = match svc.cfg.scheduler {
+            Scheduler::Maglev => (0, 0),
+            Scheduler::RoundRobin => (svc.sched_offset(svc.sched_half), svc.sched.len() as u32),
+            Scheduler::LeastConn => (svc.sched_offset(svc.sched_half), svc.sched.len() as u32 / 2),
+        };
         let entry = Service {
             id: svc.id,
             ring_offset: offset,
             table_size: svc.cfg.table_size,
             flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 }
-                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 },
+                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 }
+                | match svc.cfg.scheduler {
+                    Scheduler::Maglev => 0,
+                    Scheduler::RoundRobin => SERVICE_F_ROUND_ROBIN,
+                    Scheduler::LeastConn => SERVICE_F_LEAST_CONN,
+                },
+            sched_offset,
+            sched_len,
         };
         // Written after its table, so a new service is published complete.
         self.dp.set_service(&svc.key, &entry)?;
@@ -697,6 +737,7 @@ mod tests {
         backends: HashMap<u32, Backend>,
         services: HashMap<VipKey, Service>,
         ring: HashMap<u32, u32>,
+        sched: HashMap<u32, u32>,
         writes: Vec<String>,
     }
 
@@ -746,6 +787,13 @@ mod tests {
             Ok(n)
         }
         fn set_flags(&mut self, _: u32) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()> {
+            for (i, &b) in list.iter().enumerate() {
+                self.sched.insert(offset + i as u32, b);
+            }
+            self.writes.push(format!("sched {offset} len {}", list.len()));
             Ok(())
         }
     }

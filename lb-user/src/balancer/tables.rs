@@ -25,6 +25,9 @@ pub trait Tables {
     fn set_conntrack_timeouts(&mut self, _ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize]) -> anyhow::Result<()> {
         Ok(())
     }
+    /// Writes a round_robin sequence or least_conn candidate list at `offset` in
+    /// `SCHED_SLOTS` (a half no service entry names).
+    fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()>;
 }
 
 impl Tables for Dataplane {
@@ -48,5 +51,8 @@ impl Tables for Dataplane {
     }
     fn set_conntrack_timeouts(&mut self, ticks: [u32; lb_common::ct::NUM_TIMEOUTS as usize]) -> anyhow::Result<()> {
         Dataplane::set_conntrack_timeouts(self, ticks)
+    }
+    fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()> {
+        Dataplane::write_sched(self, offset, list)
     }
 }

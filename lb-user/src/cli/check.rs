@@ -32,11 +32,12 @@ pub fn plan(cfg: &Config, file: &str) -> String {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "service {}: vip {} {}, forwarding {}, table_size {}, preempt {}",
+            "service {}: vip {} {}, forwarding {}, scheduler {}, table_size {}, preempt {}",
             service.name,
             service.vip,
             service.protocol.as_str(),
             service.forwarding.as_str(),
+            service.scheduler.as_str(),
             service.table_size,
             if service.preempt { "yes" } else { "no" },
         );

@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use lb_common::{FlowKey, NO_BACKEND};
 
 use crate::{
-    config::{Config, Protocol},
+    config::{Config, Protocol, Scheduler, ServiceConfig},
     plan,
 };
 
@@ -78,6 +78,48 @@ pub fn pick(cfg: &Config, client: SocketAddr, vip: SocketAddr, proto: Protocol) 
     Ok(cfg.services[e.service].backends[e.backend].address)
 }
 
+/// What decides the flow's backend, the scheduler's way: Maglev names the backend
+/// (the flow hash and its slot); round robin and least connections depend on live
+/// state, so they name the candidates (and the Maglev backend an untracked packet gets).
+pub fn describe(service: &ServiceConfig, e: &Explanation) -> String {
+    let backend = &service.backends[e.backend];
+    let maglev = format!(
+        "hash: {:#010x}\nslot: {} of {}\nbackend: {}\nrole: {}, weight {}\n",
+        e.hash,
+        e.slot,
+        service.table_size,
+        backend.address,
+        backend.role.as_str(),
+        backend.weight
+    );
+    let candidates = || {
+        plan::serving_when_all_up(service)
+            .iter()
+            .map(|&i| format!("{} (weight {})", service.backends[i].address, service.backends[i].weight))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let decides = match service.scheduler {
+        Scheduler::Maglev => {
+            return format!(
+                "decided by: maglev (the flow hash; every xlb instance agrees)\n{maglev}\
+                 (assumes every backend is up and no conntrack entry exists for the flow yet)\n"
+            )
+        }
+        Scheduler::RoundRobin => "round_robin: the next backend in this CPU's walk of the smooth weighted sequence",
+        Scheduler::LeastConn => {
+            "least_conn: the candidate with the fewest active connections per weight (ties shared out in turn)"
+        }
+    };
+    format!(
+        "decided by: {decides}; it depends on live state, so the backend cannot be named here\n\
+         candidates: {}\n\
+         (assumes every backend is up; a flow keeps its backend once tracked)\n\
+         untracked (a TCP packet without a conntrack entry that is not a SYN): maglev\n{maglev}",
+        candidates()
+    )
+}
+
 /// Parses the `tcp|udp` argument.
 pub fn parse_protocol(text: &str) -> anyhow::Result<Protocol> {
     Protocol::CHOICES
@@ -99,20 +141,16 @@ pub fn run(config: &Path, client: &str, vip: &str, protocol: &str) -> anyhow::Re
     let cfg = crate::config::load(config)?;
     let e = explain(&cfg, client, vip, protocol)?;
     let service = &cfg.services[e.service];
-    let backend = &service.backends[e.backend];
     println!("flow: {client} -> {vip} {}", protocol.as_str());
     println!(
-        "service: {} (vip {} {}, forwarding {})",
+        "service: {} (vip {} {}, forwarding {}, scheduler {})",
         service.name,
         service.vip,
         service.protocol.as_str(),
-        service.forwarding.as_str()
+        service.forwarding.as_str(),
+        service.scheduler.as_str()
     );
-    println!("hash: {:#010x}", e.hash);
-    println!("slot: {} of {}", e.slot, service.table_size);
-    println!("backend: {}", backend.address);
-    println!("role: {}, weight {}", backend.role.as_str(), backend.weight);
-    println!("(assumes every backend is up and no conntrack entry exists for the flow yet)");
+    print!("{}", describe(service, &e));
     Ok(())
 }
 
@@ -177,5 +215,19 @@ address = "[2001:db8:1::11]:53"
             err.contains("no service has VIP 198.18.0.10:80 udp") && err.contains("198.18.0.10:80 tcp (www)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn describe_names_the_scheduler_and_its_candidates() {
+        let mut cfg = config::parse(TEXT, "t.toml").expect("valid");
+        let (client, vip) = ("198.18.0.1:40000".parse().unwrap(), "198.18.0.10:80".parse().unwrap());
+        let e = explain(&cfg, client, vip, Protocol::Tcp).unwrap();
+        let maglev = describe(&cfg.services[0], &e);
+        assert!(maglev.starts_with("decided by: maglev") && maglev.contains("backend: "), "{maglev}");
+        cfg.services[0].scheduler = Scheduler::LeastConn;
+        let lc = describe(&cfg.services[0], &e);
+        assert!(lc.starts_with("decided by: least_conn") && lc.contains("depends on live state"), "{lc}");
+        assert!(lc.contains("candidates: 198.18.1.11:80 (weight 1), 198.18.1.12:80 (weight 1)"), "{lc}");
+        assert!(lc.contains("untracked (a TCP packet without a conntrack entry that is not a SYN): maglev"), "{lc}");
     }
 }

@@ -168,6 +168,8 @@ pub struct ServiceConfig {
     pub vip: SocketAddr,
     pub protocol: Protocol,
     pub forwarding: Forwarding,
+    /// Who picks a new flow's backend.
+    pub scheduler: Scheduler,
     pub table_size: u32,
     /// keepalived's nopreempt when false: traffic stays on a backup until it fails.
     pub preempt: bool,
@@ -212,6 +214,27 @@ pub enum Forwarding {
 impl Forwarding {
     /// Every value with its name in the configuration file.
     pub const CHOICES: [(&'static str, Self); 2] = [("nat", Self::Nat), ("dsr", Self::Dsr)];
+    pub fn as_str(self) -> &'static str {
+        choice_name(&Self::CHOICES, self)
+    }
+}
+
+/// Who picks the backend of a service's new flows (a flow's first packet; conntrack
+/// keeps it there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheduler {
+    /// The flow hash in the service's Maglev table: the same on every instance.
+    Maglev,
+    /// Smooth weighted round robin, per CPU.
+    RoundRobin,
+    /// Fewest active connections per weight.
+    LeastConn,
+}
+
+impl Scheduler {
+    /// Every value with its name in the configuration file.
+    pub const CHOICES: [(&'static str, Self); 3] =
+        [("maglev", Self::Maglev), ("round_robin", Self::RoundRobin), ("least_conn", Self::LeastConn)];
     pub fn as_str(self) -> &'static str {
         choice_name(&Self::CHOICES, self)
     }
@@ -375,6 +398,7 @@ name = "www"
 vip = "198.18.0.10:80"             # IPv4 or [IPv6]:port
 protocol = "tcp"                   # tcp | udp
 forwarding = "nat"                 # nat | dsr
+scheduler = "maglev"               # maglev | round_robin | least_conn
 table_size = 65537                 # prime
 
 [service.health]

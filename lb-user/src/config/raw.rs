@@ -303,6 +303,7 @@ raw_table! {
         vip: String,
         protocol: String,
         forwarding: String,
+        scheduler: String,
         table_size: i128,
         preempt: bool,
         answer_ping: bool,

@@ -8,7 +8,7 @@ use super::{
     health,
     raw::{Item, RawService, Spanned},
     validate::{Located, Reported, Validator},
-    Forwarding, Protocol, ServiceConfig,
+    Forwarding, Protocol, Scheduler, ServiceConfig,
 };
 
 /// The `[[service]]` tables: each one, then names and VIPs across them.
@@ -145,6 +145,7 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
 
     let protocol = v.choice(&path.key("protocol"), raw.protocol, &Protocol::CHOICES, Protocol::Tcp);
     let forwarding = v.choice(&path.key("forwarding"), raw.forwarding, &Forwarding::CHOICES, Forwarding::Nat);
+    let scheduler = v.choice(&path.key("scheduler"), raw.scheduler, &Scheduler::CHOICES, Scheduler::Maglev);
     let preempt = v.flag(
         &path.key("preempt"),
         raw.preempt,
@@ -209,6 +210,7 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
             vip: vip.value,
             protocol,
             forwarding,
+            scheduler,
             table_size,
             preempt,
             answer_ping,
@@ -322,6 +324,7 @@ address = "[2001:db8:1::12]:443"
             ("protocol = \"TCP\"", "service[0] (www).protocol", "(did you mean \"tcp\"?)"),
             ("protocol = 6", "service[0] (www).protocol (line 8, column 12)", "the integer 6 is not a string; expected one of: tcp, udp"),
             ("forwarding = \"tunnel\"", "service[0] (www).forwarding (line 8)", "unknown value \"tunnel\"; expected one of: nat, dsr"),
+            ("scheduler = \"wrr\"", "service[0] (www).scheduler (line 8)", "unknown value \"wrr\"; expected one of: maglev, round_robin, least_conn"),
             ("table_size = 65536", "service[0] (www).table_size (line 8)", "65536 is not prime; Maglev needs a prime table size (nearest: 65521 or 65537"),
             ("table_size = 5", "service[0] (www).table_size", "5 is out of range; expected a prime from 7"),
             ("table_size = 2000003", "service[0] (www).table_size", "out of range"),
@@ -331,7 +334,7 @@ address = "[2001:db8:1::12]:443"
             ("preempt = \"false\"", "service[0] (www).preempt", "(write it without quotes: preempt = false)"),
             ("answer_ping = \"no\"", "service[0] (www).answer_ping (line 8, column 15)", "the string \"no\" is not a boolean; expected true or false"),
             ("answer_ping = 0", "service[0] (www).answer_ping", "the integer 0 is not a boolean"),
-            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, table_size, preempt, answer_ping, health, backend"),
+            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, scheduler, table_size, preempt, answer_ping, health, backend"),
             ("vips = 1", "service[0] (www).vips (line 8, column 1)", "unknown key `vips` (did you mean `vip`?)"),
         ];
         for (line, field, message) in cases {

@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::{
     counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
-    SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
+    SCHED_HALF, SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
 };
 
 use self::{
@@ -557,6 +557,19 @@ impl Dataplane {
             }
         }
         Ok(written)
+    }
+
+    /// Writes a round_robin sequence or least_conn list into `SCHED_SLOTS` at `offset`
+    /// (a half of the service's region that its entry does not name yet).
+    pub fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()> {
+        if list.len() > SCHED_HALF as usize {
+            bail!("scheduler list of {} entries is longer than {SCHED_HALF}", list.len());
+        }
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SCHED_SLOTS))?;
+        for (i, &v) in list.iter().enumerate() {
+            m.set(offset + i as u32, v, 0).context("writing SCHED_SLOTS")?;
+        }
+        Ok(())
     }
 
     /// The services and backends the previous daemon left in the maps this

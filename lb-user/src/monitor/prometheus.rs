@@ -124,12 +124,18 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         }
     }
 
-    e.family("xlb_service_info", "gauge", "Always 1, per service: its VIP, protocol and forwarding mode.");
+    e.family("xlb_service_info", "gauge", "Always 1, per service: its VIP, protocol, forwarding mode and scheduler.");
     for s in &snap.services {
         let vip = s.vip.to_string();
         e.sample(
             "xlb_service_info",
-            &[("service", &s.name), ("vip", &vip), ("protocol", s.protocol), ("forwarding", s.forwarding)],
+            &[
+                ("service", &s.name),
+                ("vip", &vip),
+                ("protocol", s.protocol),
+                ("forwarding", s.forwarding),
+                ("scheduler", s.scheduler),
+            ],
             1,
         );
     }

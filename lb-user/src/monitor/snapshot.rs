@@ -70,6 +70,8 @@ pub struct ServiceSample {
     pub vip: SocketAddr,
     pub protocol: &'static str,
     pub forwarding: &'static str,
+    /// Who picks new flows' backends: maglev, round_robin, least_conn.
+    pub scheduler: &'static str,
     /// New flows go to the backup backends.
     pub on_backup: bool,
     pub stats: ServiceStats,
@@ -120,6 +122,7 @@ impl Snapshot {
                 vip: s.cfg.vip,
                 protocol: s.cfg.protocol.as_str(),
                 forwarding: s.cfg.forwarding.as_str(),
+                scheduler: s.cfg.scheduler.as_str(),
                 on_backup: s.on_backup,
                 stats: bal.dp.service_stats(s.id)?,
                 backends,
@@ -184,6 +187,7 @@ pub(crate) mod tests {
                     vip: "198.18.0.10:80".parse().unwrap(),
                     protocol: "tcp",
                     forwarding: "nat",
+                    scheduler: "maglev",
                     on_backup: false,
                     stats: ServiceStats { packets: 1000, established: 900, new_flows: 100, repicked: 2, non_syn: 7 },
                     backends: vec![
@@ -197,6 +201,7 @@ pub(crate) mod tests {
                     vip: "[2001:db8::10]:443".parse().unwrap(),
                     protocol: "tcp",
                     forwarding: "dsr",
+                    scheduler: "least_conn",
                     on_backup: true,
                     stats: ServiceStats::default(),
                     backends: vec![backend("[2001:db8:1::11]:443", Role::Backup, State::Up, (7, 700, 1))],

@@ -161,17 +161,18 @@ fn backend_table(o: &mut String, v: &View) {
 fn service_table(o: &mut String, v: &View) {
     let _ = writeln!(
         o,
-        "\n{:<10} {:<26} {:>10} {:>12} {:>10} {:>10} {:>8} {:>8}  NEW FLOWS TO",
-        "SERVICE", "VIP", "NEW FLOWS", "ESTABLISHED", "REPICKED", "NON-SYN", "NEW/S", "PKTS/S"
+        "\n{:<10} {:<26} {:<11} {:>10} {:>12} {:>10} {:>10} {:>8} {:>8}  NEW FLOWS TO",
+        "SERVICE", "VIP", "SCHEDULER", "NEW FLOWS", "ESTABLISHED", "REPICKED", "NON-SYN", "NEW/S", "PKTS/S"
     );
     for s in &v.snap.services {
         let r = v.rates.and_then(|r| r.service(&s.name));
         let vip = format!("{} {}", s.protocol, s.vip);
         let _ = writeln!(
             o,
-            "{:<10} {:<26} {:>10} {:>12} {:>10} {:>10} {:>8} {:>8}  {}",
+            "{:<10} {:<26} {:<11} {:>10} {:>12} {:>10} {:>10} {:>8} {:>8}  {}",
             s.name,
             vip,
+            s.scheduler,
             s.stats.new_flows,
             s.stats.established,
             s.stats.repicked,
@@ -204,7 +205,8 @@ fn service_table(o: &mut String, v: &View) {
 /// - `announce[]`: `vip`, `protocol` (BIRD's), `wanted` (a service on it has a backend taking new flows),
 ///   `announced` (BIRD confirmed the protocol enabled), `error` (the last failure to tell BIRD, or null);
 ///   empty without `[daemon.announce]`.
-/// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `on_backup` (new flows go to the backups),
+/// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `scheduler` (`maglev`, `round_robin`,
+///   `least_conn`), `on_backup` (new flows go to the backups),
 ///   `packets`, `new_flows`, `established`, `repicked`, `non_syn` (TCP packets of an unknown flow that are
 ///   not a SYN: sent to their Maglev backend without a conntrack entry), `packets_per_second`,
 ///   `new_flows_per_second`, and
@@ -278,6 +280,7 @@ pub struct ServiceJson {
     pub vip: String,
     pub protocol: &'static str,
     pub forwarding: &'static str,
+    pub scheduler: &'static str,
     pub on_backup: bool,
     pub packets: u64,
     pub new_flows: u64,
@@ -365,6 +368,7 @@ fn service_json(v: &View, s: &ServiceSample) -> ServiceJson {
         vip: s.vip.to_string(),
         protocol: s.protocol,
         forwarding: s.forwarding,
+        scheduler: s.scheduler,
         on_backup: s.on_backup,
         packets: s.stats.packets,
         new_flows: s.stats.new_flows,
