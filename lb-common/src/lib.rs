@@ -26,6 +26,7 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     pub const REPLY_PORTS: &str = "REPLY_PORTS";
     pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
+    pub const NEW_FLOW_WINDOW: &str = "NEW_FLOW_WINDOW";
 }
 
 /// Name of the XDP program in the object file.
@@ -99,7 +100,25 @@ pub const SETTING_TRACE: u32 = 1;
 /// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
 /// came in on goes with XDP_TX without looking in that map.
 pub const SETTING_HAIRPIN: u32 = 2;
-pub const NUM_SETTINGS: u32 = 4;
+/// `SETTINGS[SETTING_GUARD]`: the conntrack guard's threshold, new flows per second per CPU
+/// (`[daemon] conntrack_guard_rate`); 0, the guard is off. Above it a CPU's new flows are
+/// forwarded by Maglev without a conntrack entry (Katran's guard against SYN floods).
+pub const SETTING_GUARD: u32 = 3;
+pub const NUM_SETTINGS: u32 = 8;
+/// The conntrack guard counts new flows per CPU over windows of this length.
+pub const GUARD_WINDOW_NS: u64 = 1_000_000_000;
+/// Default `conntrack_guard_rate`: Katran's `MAX_CONN_RATE`, new flows per second per CPU.
+pub const DEFAULT_GUARD_RATE: u32 = 125_000;
+
+/// Value of the per-CPU `NEW_FLOW_WINDOW`: the conntrack guard's window on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewFlowWindow {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the window began.
+    pub start_ns: u64,
+    /// New flows this CPU asked to track in the window (tracked or not).
+    pub flows: u64,
+}
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -287,6 +306,9 @@ pub mod trace {
     pub const NON_SYN: u8 = 6;
     /// ICMP handled by xlb: an error sent on to a flow's end, or an echo request answered.
     pub const ICMP: u8 = 7;
+    /// A new flow the conntrack guard did not track (this CPU is above
+    /// `conntrack_guard_rate`): a Maglev pick without a conntrack entry.
+    pub const UNTRACKED: u8 = 8;
 }
 
 /// One sampled data-path decision, as written to `TRACE`. Addresses and
@@ -367,6 +389,12 @@ pub mod counter {
     /// ICMP to a VIP address handed to the kernel: echo with `answer_ping = false`,
     /// an error other than frag-needed/packet-too-big about a VIP flow, other types.
     pub const PASS_ICMP: u32 = 23;
+    /// New flows forwarded by Maglev without a conntrack entry: the guard found their CPU
+    /// above `conntrack_guard_rate`. `xlb_flows_untracked_total`.
+    pub const FLOWS_UNTRACKED: u32 = 24;
+    /// Windows (one second, one CPU) in which the guard stopped tracking new flows.
+    /// `xlb_conntrack_guard_activations_total`.
+    pub const GUARD_ACTIVATIONS: u32 = 25;
 
     /// Every drop reason: its `COUNTERS` index and its `reason` label.
     pub fn drops() -> impl Iterator<Item = (u32, &'static str)> {
@@ -466,6 +494,7 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for NewFlowWindow {}
 }
 
 // No implicit padding anywhere: the size is the sum of the fields.
@@ -481,6 +510,7 @@ const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
+const _: () = assert!(core::mem::size_of::<NewFlowWindow>() == 16);
 
 #[cfg(test)]
 mod tests {

@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
-    NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
+    NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_NS, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
     NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
-    SERVICE_F_DSR, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    SERVICE_F_DSR, SETTING_GUARD, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -72,6 +72,9 @@ static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entri
 /// back into its flow's `CONNTRACK` key. Filled by the loader.
 #[map]
 static NAT_SOURCES: HashMap<VipKey, NatSource> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+/// The conntrack guard's window on each CPU: new flows counted over the last second.
+#[map]
+static NEW_FLOW_WINDOW: PerCpuArray<NewFlowWindow> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
@@ -211,6 +214,8 @@ enum Flow {
     NonSyn = 32,
     /// ICMP handled by `icmp` (an error about a VIP flow, an echo request to a VIP).
     Icmp = 64,
+    /// A new flow the conntrack guard did not track: a Maglev pick without an entry.
+    Untracked = 128,
 }
 
 /// Everything decided about a packet; [`record`] writes it to the counters
@@ -743,12 +748,56 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
         core::hint::cold_path();
         return Some(Target { svc, flow: Flow::Refused, backend: Err(Reason::BadSource) });
     }
+    // The guard decides before any scheduler: a flow it does not track is
+    // Maglev's (`pick` with `track == false`), so its later packets, which
+    // find no entry, go statelessly to the same backend.
     let (flow, track) = match tracked {
         Some(_) => (Flow::Repicked, true),
         None if pkt.key.proto == PROTO_TCP && !pkt.syn => (Flow::NonSyn, false),
-        None => (Flow::New, true),
+        None if guard_admits() => (Flow::New, true),
+        None => (Flow::Untracked, false),
     };
     Some(Target { svc, flow, backend: pick(ctx, pkt, svc, track).ok_or(Reason::NoBackend) })
+}
+
+/// Katran's conntrack guard: whether this CPU may still make a conntrack
+/// entry for a new flow. Each CPU counts its new flows over one-second
+/// windows; past `SETTINGS[SETTING_GUARD]` of them (0: no limit) the rest of
+/// the window's new flows are forwarded by Maglev, which is stateless, without
+/// an entry, so that a flood of spoofed SYNs cannot evict the established
+/// flows' entries from the LRU. A window's first refusal is counted as an
+/// activation here (the only counter written outside [`record`]: it belongs
+/// to the window, not to a packet).
+#[inline(always)]
+fn guard_admits() -> bool {
+    let rate = match SETTINGS.get(SETTING_GUARD) {
+        Some(r) if *r != 0 => *r as u64,
+        _ => return true,
+    };
+    let Some(w) = NEW_FLOW_WINDOW.get_ptr_mut(0) else {
+        core::hint::cold_path();
+        return true;
+    };
+    // SAFETY: a helper call without arguments; `w` is this CPU's slot, which
+    // only this CPU writes while the program runs.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        if now.wrapping_sub((*w).start_ns) >= GUARD_WINDOW_NS {
+            (*w).start_ns = now;
+            (*w).flows = 0;
+        }
+        (*w).flows += 1;
+        if (*w).flows <= rate {
+            return true;
+        }
+        core::hint::cold_path();
+        if (*w).flows == rate + 1 {
+            if let Some(c) = COUNTERS.get_ptr_mut(counter::GUARD_ACTIVATIONS) {
+                *c += 1;
+            }
+        }
+    }
+    false
 }
 
 /// Whether a new flow's source is one no client can have: unspecified,
@@ -801,7 +850,9 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
 
 /// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
 /// usable conntrack entry; makes or replaces the entry when `track`. `None`:
-/// no usable backend in that slot.
+/// no usable backend in that slot. A pick with `track == false` (a non-SYN
+/// of an unknown flow, a flow the guard does not track) must stay Maglev's
+/// whatever the service's scheduler: nothing remembers it.
 #[inline(always)]
 fn pick(ctx: &XdpContext, pkt: &Packet, svc: &Service, track: bool) -> Option<(u32, &'static Backend)> {
     if svc.table_size == 0 {
@@ -936,11 +987,38 @@ fn nat_reply(k: &FlowKey) -> Option<([u32; 4], u16, NextHop, u32)> {
         _pad: [0; 2],
     };
     // SAFETY: as in `classify`: read once.
-    let st = unsafe { CONNTRACK.get(flow) }?;
+    let Some(st) = (unsafe { CONNTRACK.get(flow) }) else {
+        core::hint::cold_path();
+        return untracked_reply(&flow, src);
+    };
     if st.backend != src.backend {
         return None;
     }
     Some((src.vip, src.vip_port, st.reply_hop, src.backend))
+}
+
+/// The reply of a NAT flow without a conntrack entry, while the guard is on:
+/// the flows it did not track have none, and their replies must still go
+/// back from the VIP. Such a reply is translated when Maglev sends its flow
+/// (`flow`, client -> VIP) to the backend it comes from, as it did the flow's
+/// packets; its next hop is the FIB's. Out of line: only replies without an
+/// entry come here.
+#[inline(never)]
+fn untracked_reply(flow: &FlowKey, src: &NatSource) -> Option<([u32; 4], u16, NextHop, u32)> {
+    if !matches!(SETTINGS.get(SETTING_GUARD), Some(r) if *r != 0) {
+        return None;
+    }
+    let vip = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
+    // SAFETY: services are replaced whole by the daemon; a packet reads one.
+    let svc = unsafe { SERVICES.get(vip) }?;
+    if svc.table_size == 0 {
+        return None;
+    }
+    let slot = svc.ring_offset + flow_hash(flow) % svc.table_size;
+    if *RING.get(slot)? != src.backend {
+        return None;
+    }
+    Some((src.vip, src.vip_port, NextHop::default(), src.backend))
 }
 
 /// A NAT rewrite: the destination (`port_off == L4_DPORT`: to a backend) or
@@ -1130,6 +1208,13 @@ fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
     if d.service != NOT_KNOWN {
         count_service(ctx, d);
     }
+    if d.flow == Flow::Untracked && d.backend != NOT_KNOWN {
+        core::hint::cold_path();
+        if let Some(c) = COUNTERS.get_ptr_mut(counter::FLOWS_UNTRACKED) {
+            // SAFETY: a per-CPU slot, as above.
+            unsafe { *c += 1 };
+        }
+    }
     if d.flow != Flow::None {
         let key = match parsed {
             Parse::Vip(p) | Parse::MaybeReply(p) => &p.key,
@@ -1148,7 +1233,7 @@ fn count_service(ctx: &XdpContext, d: &Decision) {
     let established = f & Flow::Established as u64;
     let repicked = (f & Flow::Repicked as u64) >> 2;
     // A Maglev pick: new (bit 1) or re-picked (bit 2).
-    let picked = ((f >> 1) | (f >> 2)) & 1;
+    let picked = ((f >> 1) | (f >> 2) | (f >> 7)) & 1;
     let Some(s) = SERVICE_STATS.get_ptr_mut(d.service) else {
         core::hint::cold_path();
         return;
@@ -1211,6 +1296,7 @@ fn write_trace(key: &FlowKey, d: &Decision) {
         Flow::Repicked => trace::REPICK,
         Flow::Reply => trace::REPLY,
         Flow::NonSyn => trace::NON_SYN,
+        Flow::Untracked => trace::UNTRACKED,
         Flow::Refused | Flow::None | Flow::Icmp => trace::DROP,
     };
     let reason = if d.action == xdp_action::XDP_DROP { d.counter } else { NOT_KNOWN };
