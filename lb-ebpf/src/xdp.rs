@@ -63,11 +63,15 @@ static RING: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
 /// NAT flow may arrive on another CPU than the packet that made the entry.
 #[map]
-static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, CT_FLAGS);
 /// backend -> client flows of NAT services whose backend is shared with
 /// another NAT service (`BACKEND_F_SHARED`): what to restore as the source.
 #[map]
-static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, CT_FLAGS);
+#[cfg(feature = "ct-no-common-lru")]
+const CT_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
+#[cfg(not(feature = "ct-no-common-lru"))]
+const CT_FLAGS: u32 = 0;
 /// NAT backend (address, port, protocol) -> its service's VIP: turns a reply
 /// back into its flow's `CONNTRACK` key. Filled by the loader.
 #[map]
@@ -989,7 +993,10 @@ fn nat_reply(k: &FlowKey) -> Option<([u32; 4], u16, NextHop, u32)> {
     // SAFETY: as in `classify`: read once.
     let Some(st) = (unsafe { CONNTRACK.get(flow) }) else {
         core::hint::cold_path();
-        return untracked_reply(&flow, src);
+        if untracked_reply(&flow, src) {
+            return Some((src.vip, src.vip_port, NextHop::default(), src.backend));
+        }
+        return None;
     };
     if st.backend != src.backend {
         return None;
@@ -1001,24 +1008,29 @@ fn nat_reply(k: &FlowKey) -> Option<([u32; 4], u16, NextHop, u32)> {
 /// the flows it did not track have none, and their replies must still go
 /// back from the VIP. Such a reply is translated when Maglev sends its flow
 /// (`flow`, client -> VIP) to the backend it comes from, as it did the flow's
-/// packets; its next hop is the FIB's. Out of line: only replies without an
-/// entry come here.
+/// packets; its next hop is the FIB's. Out of line, and answering only yes or
+/// no: only replies without an entry come here, and the packet path's stack
+/// (near the verifier's 512 bytes with `bad_source`'s) must not grow.
 #[inline(never)]
-fn untracked_reply(flow: &FlowKey, src: &NatSource) -> Option<([u32; 4], u16, NextHop, u32)> {
+fn untracked_reply(flow: &FlowKey, src: &NatSource) -> bool {
     if !matches!(SETTINGS.get(SETTING_GUARD), Some(r) if *r != 0) {
-        return None;
+        return false;
     }
-    let vip = VipKey { addr: flow.dst, port: flow.dport, proto: flow.proto, family: flow.family };
-    // SAFETY: services are replaced whole by the daemon; a packet reads one.
-    let svc = unsafe { SERVICES.get(vip) }?;
+    maglev_backend(flow, src.backend).is_some()
+}
+
+/// `Some` when the Maglev table sends `flow` to backend slot `backend`.
+#[inline(always)]
+fn maglev_backend(flow: &FlowKey, backend: u32) -> Option<()> {
+    // The backend's service is the NAT source's (one service per NAT source):
+    // array lookups keep this frame small (the packet path's is near the
+    // verifier's 512 bytes).
+    let svc = SERVICES_BY_ID.get(BACKENDS.get(backend)?.service)?;
     if svc.table_size == 0 {
         return None;
     }
     let slot = svc.ring_offset + flow_hash(flow) % svc.table_size;
-    if *RING.get(slot)? != src.backend {
-        return None;
-    }
-    Some((src.vip, src.vip_port, NextHop::default(), src.backend))
+    (*RING.get(slot)? == backend).then_some(())
 }
 
 /// A NAT rewrite: the destination (`port_off == L4_DPORT`: to a backend) or

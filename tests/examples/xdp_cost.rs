@@ -207,7 +207,8 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
     bal.apply(&cfg)?;
     // As the daemon does: the conntrack guard checks every new flow (a rate
     // never reached here, so every flow is tracked and counted as inserted).
-    bal.dp.set_guard_rate(u32::MAX)?;
+    let guard: u32 = std::env::var("XLB_COST_GUARD_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+    bal.dp.set_guard_rate(guard)?;
     // As the daemon does: next hops from the neighbour table, no FIB per packet.
     bal.refresh_next_hops()?;
     // As the daemon does for a veth attached in native mode (an object built
