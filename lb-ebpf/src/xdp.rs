@@ -63,15 +63,11 @@ static RING: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
 /// NAT flow may arrive on another CPU than the packet that made the entry.
 #[map]
-static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, CT_FLAGS);
+static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
 /// backend -> client flows of NAT services whose backend is shared with
 /// another NAT service (`BACKEND_F_SHARED`): what to restore as the source.
 #[map]
-static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, CT_FLAGS);
-#[cfg(feature = "ct-no-common-lru")]
-const CT_FLAGS: u32 = aya_ebpf::bindings::BPF_F_NO_COMMON_LRU;
-#[cfg(not(feature = "ct-no-common-lru"))]
-const CT_FLAGS: u32 = 0;
+static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
 /// NAT backend (address, port, protocol) -> its service's VIP: turns a reply
 /// back into its flow's `CONNTRACK` key. Filled by the loader.
 #[map]

@@ -69,8 +69,8 @@ fn main() -> anyhow::Result<()> {
             let src = ip(&format!("198.19.{}.{}", (seq >> 8) & 0xff, seq & 0xff));
             frame(Pkt::tcp(src, vip, 1024 + (seq >> 16) as u16, 80))
         };
-        println!("N = {N} entries, {LIVE} live flows, 3N new flows per gap");
-        for gap_eighths in [1u32, 2, 4, 6, 7, 8, 10, 12] {
+        println!("N = {N} entries, {LIVE} live flows, at least 3 rounds and 3N new flows per gap");
+        for gap_eighths in [4u32, 8, 12, 16, 24, 32, 64, 128] {
             let gap = N * gap_eighths / 8;
             let mut cfg = fixture_config();
             cfg.daemon.conntrack_entries = N;
@@ -102,11 +102,14 @@ fn main() -> anyhow::Result<()> {
             for s in &live_syn {
                 run(s);
             }
+            // Control: a flow of one packet (its SYN), asked for again only at the end.
+            let mut control = Pkt::tcp(cl, vip, 49999, 80);
+            run(&frame(control.clone()));
             let svc = bal.services.iter().find(|s| s.cfg.name == "web4").expect("web4").id;
             let mut inserted = 0;
             let (mut touches, mut lost) = (0, 0);
             let mut misses = bal.dp.service_stats(svc)?.non_syn;
-            while inserted < 3 * N {
+            while inserted < 3 * N.max(gap) {
                 for (a, s) in live_ack.iter().zip(&live_syn) {
                     run(a);
                     touches += 1;
@@ -123,9 +126,15 @@ fn main() -> anyhow::Result<()> {
                 }
                 inserted += gap;
             }
+            control.tcp_flags = TCP_ACK;
+            let before = bal.dp.service_stats(svc)?.non_syn;
+            run(&frame(control));
+            let control_lost = bal.dp.service_stats(svc)?.non_syn != before;
             println!(
-                "gap {gap:>5} new flows ({:.3} N) between touches: {lost} of {touches} live-flow packets found no entry",
-                gap as f64 / N as f64
+                "gap {gap:>5} new flows ({:.3} N) between touches: {lost} of {touches} live-flow packets found no \
+                 entry; a one-packet flow after {inserted} new flows: {}",
+                gap as f64 / N as f64,
+                if control_lost { "evicted" } else { "still there" }
             );
         }
         Ok(())
