@@ -944,7 +944,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
     } else {
         let to =
             Nat { port_off: L4_DPORT, old_addr: &pkt.key.dst, old_port: pkt.key.dport, addr: &be.addr, port: be.port };
-        nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src)
+        nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src, true)
     };
     Decision::new(t.flow, t.svc.id, idx, action)
 }
@@ -959,7 +959,14 @@ fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
         return Decision::pass(Pass::NotVip);
     };
     let from = Nat { port_off: L4_SPORT, old_addr: &pkt.key.src, old_port: pkt.key.sport, addr: &vip, port: vip_port };
-    Decision::new(Flow::Reply, NOT_KNOWN, backend, nat(ctx, pkt, &from, &hop, &pkt.key.dst, &vip))
+    // A reply without a conntrack entry (`untracked_reply`, no next hop of its
+    // own) is translated only when the FIB forwards it: a backend's answer
+    // to the lb host itself (a health check) stays the kernel's, untouched.
+    let tracked = hop.ifindex != 0;
+    match nat(ctx, pkt, &from, &hop, &pkt.key.dst, &vip, tracked) {
+        Ok(Action::Pass(_)) if !tracked => Decision::pass(Pass::NotVip),
+        action => Decision::new(Flow::Reply, NOT_KNOWN, backend, action),
+    }
 }
 
 /// The VIP address, port, next hop and backend slot of a reply from a NAT
@@ -1044,6 +1051,8 @@ struct Nat<'a> {
 /// quotes the packet as it came. Without a next hop (no route or neighbour
 /// yet) the kernel gets the rewritten packet (it resolves and forwards, and
 /// decrements the TTL itself); else the TTL is decremented with the rewrite.
+/// `rewrite_unrouted == false`: without a next hop the packet goes to the
+/// kernel untouched instead (a reply whose flow xlb does not track).
 #[inline(always)]
 fn nat(
     ctx: &XdpContext,
@@ -1052,6 +1061,7 @@ fn nat(
     hop: &NextHop,
     dst: &[u32; 4],
     src: &[u32; 4],
+    rewrite_unrouted: bool,
 ) -> Result<Action, Reason> {
     if pkt.ttl <= 1 {
         return Ok(Action::Pass(Pass::TtlExpired));
@@ -1068,6 +1078,9 @@ fn nat(
             send(ctx, &hop)
         }
         None => {
+            if !rewrite_unrouted {
+                return Ok(Action::Pass(Pass::NotVip));
+            }
             rewrite(ctx, pkt, rw, false)?;
             Ok(Action::Pass(Pass::NoRoute))
         }
