@@ -43,7 +43,8 @@ fn pin_to_one_cpu() {
 /// tracked, the 4th and 5th are forwarded to their Maglev backend without an
 /// entry (counted untracked, one activation, the guard shown active); the
 /// ACK of an untracked flow goes to the same backend, and the backend's reply
-/// is translated back to the VIP without an entry. With the guard off, new
+/// is translated back to the VIP without an entry (but not a backend's answer
+/// to the lb host itself, which the FIB delivers locally). With the guard off, new
 /// flows are tracked again and a reply without an entry is the kernel's.
 #[test]
 #[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
@@ -114,6 +115,20 @@ fn guard_stops_tracking_above_its_rate_and_maglev_carries_the_rest() {
             let (action, _) = run(&bal, &stray, b.b0);
             if action != XDP_PASS {
                 problems.push(format!("reply from the backend Maglev did not pick: {action}, expected XDP_PASS"));
+            }
+            // The lb host's own connection to that backend (a health check from
+            // 198.18.1.1, b0's address) whose 5-tuple Maglev would also map to it:
+            // its answers are local, not a client's, and stay untouched.
+            let lb = ip("198.18.1.1");
+            let own = (30000u16..31000)
+                .find(|&p| xlb::cli::explain::pick(&cfg, SocketAddr::new(lb, p), vip, Protocol::Tcp).ok() == Some(want))
+                .expect("some port of the lb host maps to the backend");
+            let answer = with_macs(Pkt::tcp(want.ip(), lb, want.port(), own), b.b0_mac, mac).build();
+            let (action, out) = run(&bal, &answer, b.b0);
+            if action != XDP_PASS || out != answer {
+                problems.push(format!(
+                    "backend's answer to the lb host (port {own}): {action}, expected XDP_PASS untouched"
+                ));
             }
             // Guard off: tracked again; a reply without an entry is the kernel's.
             bal.dp.set_guard_rate(0).unwrap();
