@@ -30,6 +30,7 @@ pub mod maps {
     pub const CONNTRACK_TIMEOUTS: &str = "CONNTRACK_TIMEOUTS";
     pub const SCHED_SLOTS: &str = "SCHED_SLOTS";
     pub const RR_CURSORS: &str = "RR_CURSORS";
+    pub const NEW_FLOW_WINDOW: &str = "NEW_FLOW_WINDOW";
 }
 
 /// Name of the XDP program in the object file.
@@ -127,6 +128,24 @@ pub const SETTING_HAIRPIN: u32 = 2;
 /// an array (inlined) instead of calling a helper. 0 (no daemon yet): nothing expires.
 pub const SETTING_CT_CLOCK: u32 = 7;
 pub const NUM_SETTINGS: u32 = 8;
+/// `SETTINGS[SETTING_GUARD]`: the conntrack guard's threshold, new flows per second per CPU
+/// (`[daemon] conntrack_guard_rate`); 0, the guard is off. Above it a CPU's new flows are
+/// forwarded by Maglev without a conntrack entry (Katran's guard against SYN floods).
+pub const SETTING_GUARD: u32 = 3;
+/// The conntrack guard counts new flows per CPU over windows of this length.
+pub const GUARD_WINDOW_NS: u64 = 1_000_000_000;
+/// Default `conntrack_guard_rate`: Katran's `MAX_CONN_RATE`, new flows per second per CPU.
+pub const DEFAULT_GUARD_RATE: u32 = 125_000;
+
+/// Value of the per-CPU `NEW_FLOW_WINDOW`: the conntrack guard's window on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NewFlowWindow {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the window began.
+    pub start_ns: u64,
+    /// New flows this CPU asked to track in the window (tracked or not).
+    pub flows: u64,
+}
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -397,6 +416,9 @@ pub mod trace {
     pub const NON_SYN: u8 = 6;
     /// ICMP handled by xlb: an error sent on to a flow's end, or an echo request answered.
     pub const ICMP: u8 = 7;
+    /// A new flow the conntrack guard did not track (this CPU is above
+    /// `conntrack_guard_rate`): a Maglev pick without a conntrack entry.
+    pub const UNTRACKED: u8 = 8;
 }
 
 /// One sampled data-path decision, as written to `TRACE`. Addresses and
@@ -478,6 +500,12 @@ pub mod counter {
     /// ICMP to a VIP address handed to the kernel: echo with `answer_ping = false`,
     /// an error other than frag-needed/packet-too-big about a VIP flow, other types.
     pub const PASS_ICMP: u32 = 23;
+    /// New flows forwarded by Maglev without a conntrack entry: the guard found their CPU
+    /// above `conntrack_guard_rate`. `xlb_flows_untracked_total`.
+    pub const FLOWS_UNTRACKED: u32 = 24;
+    /// Windows (one second, one CPU) in which the guard stopped tracking new flows.
+    /// `xlb_conntrack_guard_activations_total`.
+    pub const GUARD_ACTIVATIONS: u32 = 25;
 
     /// Every drop reason: its `COUNTERS` index and its `reason` label.
     pub fn drops() -> impl Iterator<Item = (u32, &'static str)> {
@@ -577,6 +605,7 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for NewFlowWindow {}
 }
 
 // No implicit padding anywhere: the size is the sum of the fields.
@@ -592,6 +621,7 @@ const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
+const _: () = assert!(core::mem::size_of::<NewFlowWindow>() == 16);
 
 #[cfg(test)]
 mod tests {

@@ -25,11 +25,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, ct, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
-    NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
-    NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
-    SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_HAIRPIN,
-    SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_NS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS,
+    MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
+    REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK,
+    SETTING_GUARD, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use network_types::{
     eth::EthHdr,
@@ -76,6 +76,9 @@ static REVERSE_NAT: LruHashMap<FlowKey, NatReverse> = LruHashMap::with_max_entri
 /// back into its flow's `CONNTRACK` key. Filled by the loader.
 #[map]
 static NAT_SOURCES: HashMap<VipKey, NatSource> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+/// The conntrack guard's window on each CPU: new flows counted over the last second.
+#[map]
+static NEW_FLOW_WINDOW: PerCpuArray<NewFlowWindow> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 #[map]
@@ -233,6 +236,8 @@ enum Flow {
     NonSyn = 32,
     /// ICMP handled by `icmp` (an error about a VIP flow, an echo request to a VIP).
     Icmp = 64,
+    /// A new flow the conntrack guard did not track: a Maglev pick without an entry.
+    Untracked = 128,
 }
 
 /// Everything decided about a packet; [`record`] writes it to the counters
@@ -788,7 +793,11 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
             }
         }
         None if tcp_non_syn => (Flow::NonSyn, Track::No),
-        None => (Flow::New, Track::Insert),
+        // The guard decides before any scheduler: a flow it does not track is
+        // Maglev's (`pick` with `track == false`), so its later packets, which
+        // find no entry, go statelessly to the same backend.
+        None if guard_admits() => (Flow::New, Track::Insert),
+        None => (Flow::Untracked, Track::No),
     };
     let backend = match pick(pkt, svc, track != Track::No) {
         Some((idx, be)) => match track {
@@ -1020,6 +1029,46 @@ fn reply_end(st: *mut FlowState, flags: u8, now: u32) {
     unsafe { (*st).seen = now };
 }
 
+/// Katran's conntrack guard: whether this CPU may still make a conntrack
+/// entry for a new flow. Each CPU counts its new flows over one-second
+/// windows; past `SETTINGS[SETTING_GUARD]` of them (0: no limit) the rest of
+/// the window's new flows are forwarded by Maglev, which is stateless, without
+/// an entry, so that a flood of spoofed SYNs cannot evict the established
+/// flows' entries from the LRU. A window's first refusal is counted as an
+/// activation here (the only counter written outside [`record`]: it belongs
+/// to the window, not to a packet).
+#[inline(always)]
+fn guard_admits() -> bool {
+    let rate = match SETTINGS.get(SETTING_GUARD) {
+        Some(r) if *r != 0 => *r as u64,
+        _ => return true,
+    };
+    let Some(w) = NEW_FLOW_WINDOW.get_ptr_mut(0) else {
+        core::hint::cold_path();
+        return true;
+    };
+    // SAFETY: a helper call without arguments; `w` is this CPU's slot, which
+    // only this CPU writes while the program runs.
+    unsafe {
+        let now = bpf_ktime_get_ns();
+        if now.wrapping_sub((*w).start_ns) >= GUARD_WINDOW_NS {
+            (*w).start_ns = now;
+            (*w).flows = 0;
+        }
+        (*w).flows += 1;
+        if (*w).flows <= rate {
+            return true;
+        }
+        core::hint::cold_path();
+        if (*w).flows == rate + 1 {
+            if let Some(c) = COUNTERS.get_ptr_mut(counter::GUARD_ACTIVATIONS) {
+                *c += 1;
+            }
+        }
+    }
+    false
+}
+
 /// Whether a new flow's source is one no client can have: unspecified,
 /// loopback, multicast, limited broadcast (IPv4: 0.0.0.0/8, 127.0.0.0/8,
 /// 224.0.0.0/4, 255.255.255.255; IPv6: ::, ::1, ff00::/8, ::ffff:0:0/96),
@@ -1069,7 +1118,10 @@ fn tracked_backend(st: &FlowState) -> Option<(u32, &'static Backend, &'static Se
 }
 
 /// A Maglev pick, `ring[service][hash(flow) % M]`, for a flow without a
-/// usable conntrack entry. `None`: no usable backend in that slot.
+/// usable conntrack entry; makes or replaces the entry when `track`. `None`:
+/// no usable backend in that slot. A pick with `track == false` (a non-SYN
+/// of an unknown flow, a flow the guard does not track) must stay Maglev's
+/// whatever the service's scheduler: nothing remembers it.
 #[inline(always)]
 fn pick(pkt: &Packet, svc: &Service, track: bool) -> Option<(u32, &'static Backend)> {
     if svc.table_size == 0 {
@@ -1224,7 +1276,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
     } else {
         let to =
             Nat { port_off: L4_DPORT, old_addr: &pkt.key.dst, old_port: pkt.key.dport, addr: &be.addr, port: be.port };
-        nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src)
+        nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src, true)
     };
     Decision::new(t.flow, t.svc.id, idx, action)
 }
@@ -1239,7 +1291,14 @@ fn reply(ctx: &XdpContext, pkt: &Packet) -> Decision {
         return Decision::pass(Pass::NotVip);
     };
     let from = Nat { port_off: L4_SPORT, old_addr: &pkt.key.src, old_port: pkt.key.sport, addr: &vip, port: vip_port };
-    Decision::new(Flow::Reply, NOT_KNOWN, backend, nat(ctx, pkt, &from, &hop, &pkt.key.dst, &vip))
+    // A reply without a conntrack entry (`untracked_reply`, no next hop of its
+    // own) is translated only when the FIB forwards it: a backend's answer
+    // to the lb host itself (a health check) stays the kernel's, untouched.
+    let tracked = hop.ifindex != 0;
+    match nat(ctx, pkt, &from, &hop, &pkt.key.dst, &vip, tracked) {
+        Ok(Action::Pass(_)) if !tracked => Decision::pass(Pass::NotVip),
+        action => Decision::new(Flow::Reply, NOT_KNOWN, backend, action),
+    }
 }
 
 /// The VIP address, port, next hop and backend slot of a reply from a NAT
@@ -1289,7 +1348,13 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
         }
         return Some((rev.vip, rev.vip_port, rev.next_hop, rev.backend));
     }
-    let st = found?;
+    let Some(st) = found else {
+        core::hint::cold_path();
+        if untracked_reply(&flow, src) {
+            return Some((src.vip, src.vip_port, NextHop::default(), src.backend));
+        }
+        return None;
+    };
     // SAFETY: as above.
     let (backend, hop, bits, seen) = unsafe { ((*st).backend, (*st).reply_hop, state_bits(st), (*st).seen) };
     if backend != src.backend {
@@ -1311,6 +1376,35 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, hop, src.backend))
 }
 
+/// The reply of a NAT flow without a conntrack entry, while the guard is on:
+/// the flows it did not track have none, and their replies must still go
+/// back from the VIP. Such a reply is translated when Maglev sends its flow
+/// (`flow`, client -> VIP) to the backend it comes from, as it did the flow's
+/// packets; its next hop is the FIB's. Out of line, and answering only yes or
+/// no: only replies without an entry come here, and the packet path's stack
+/// (near the verifier's 512 bytes with `bad_source`'s) must not grow.
+#[inline(never)]
+fn untracked_reply(flow: &FlowKey, src: &NatSource) -> bool {
+    if !matches!(SETTINGS.get(SETTING_GUARD), Some(r) if *r != 0) {
+        return false;
+    }
+    maglev_backend(flow, src.backend).is_some()
+}
+
+/// `Some` when the Maglev table sends `flow` to backend slot `backend`.
+#[inline(always)]
+fn maglev_backend(flow: &FlowKey, backend: u32) -> Option<()> {
+    // The backend's service is the NAT source's (one service per NAT source):
+    // array lookups keep this frame small (the packet path's is near the
+    // verifier's 512 bytes).
+    let svc = SERVICES_BY_ID.get(BACKENDS.get(backend)?.service)?;
+    if svc.table_size == 0 {
+        return None;
+    }
+    let slot = svc.ring_offset + flow_hash(flow) % svc.table_size;
+    (*RING.get(slot)? == backend).then_some(())
+}
+
 /// A NAT rewrite: the destination (`port_off == L4_DPORT`: to a backend) or
 /// the source (a reply to the client) address and port become `addr`:`port`.
 struct Nat<'a> {
@@ -1326,6 +1420,8 @@ struct Nat<'a> {
 /// quotes the packet as it came. Without a next hop (no route or neighbour
 /// yet) the kernel gets the rewritten packet (it resolves and forwards, and
 /// decrements the TTL itself); else the TTL is decremented with the rewrite.
+/// `rewrite_unrouted == false`: without a next hop the packet goes to the
+/// kernel untouched instead (a reply whose flow xlb does not track).
 #[inline(always)]
 fn nat(
     ctx: &XdpContext,
@@ -1334,6 +1430,7 @@ fn nat(
     hop: &NextHop,
     dst: &[u32; 4],
     src: &[u32; 4],
+    rewrite_unrouted: bool,
 ) -> Result<Action, Reason> {
     if pkt.ttl <= 1 {
         return Ok(Action::Pass(Pass::TtlExpired));
@@ -1350,6 +1447,9 @@ fn nat(
             send(ctx, &hop)
         }
         None => {
+            if !rewrite_unrouted {
+                return Ok(Action::Pass(Pass::NotVip));
+            }
             rewrite(ctx, pkt, rw, false)?;
             Ok(Action::Pass(Pass::NoRoute))
         }
@@ -1498,6 +1598,13 @@ fn record(ctx: &XdpContext, parsed: &Parse, d: &Decision) -> u32 {
     if d.service != NOT_KNOWN {
         count_service(ctx, d);
     }
+    if d.flow == Flow::Untracked && d.backend != NOT_KNOWN {
+        core::hint::cold_path();
+        if let Some(c) = COUNTERS.get_ptr_mut(counter::FLOWS_UNTRACKED) {
+            // SAFETY: a per-CPU slot, as above.
+            unsafe { *c += 1 };
+        }
+    }
     if d.flow != Flow::None {
         let key = match parsed {
             Parse::Vip(p) | Parse::MaybeReply(p) => &p.key,
@@ -1516,7 +1623,7 @@ fn count_service(ctx: &XdpContext, d: &Decision) {
     let established = f & Flow::Established as u64;
     let repicked = (f & Flow::Repicked as u64) >> 2;
     // A Maglev pick: new (bit 1) or re-picked (bit 2).
-    let picked = ((f >> 1) | (f >> 2)) & 1;
+    let picked = ((f >> 1) | (f >> 2) | (f >> 7)) & 1;
     let Some(s) = SERVICE_STATS.get_ptr_mut(d.service) else {
         core::hint::cold_path();
         return;
@@ -1579,6 +1686,7 @@ fn write_trace(key: &FlowKey, d: &Decision) {
         Flow::Repicked => trace::REPICK,
         Flow::Reply => trace::REPLY,
         Flow::NonSyn => trace::NON_SYN,
+        Flow::Untracked => trace::UNTRACKED,
         Flow::Refused | Flow::None | Flow::Icmp => trace::DROP,
     };
     let reason = if d.action == xdp_action::XDP_DROP { d.counter } else { NOT_KNOWN };

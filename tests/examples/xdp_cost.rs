@@ -13,7 +13,8 @@
 //!
 //! Prints `FIG`/`MISSING`/`METHOD` lines (xlb_testbed::bench) and a readable
 //! table on stderr.
-//! `cargo run --release -p xlb-testbed --example xdp_cost -- [--quick] [--reps N]` as root.
+//! `cargo run --release -p xlb-testbed --example xdp_cost -- [--quick] [--reps N]` as root;
+//! `XLB_COST_OBJECT=path.o` measures that object instead of the embedded one.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -222,8 +223,24 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             .collect();
         cfg.services.push(s);
     }
-    let mut bal = Balancer::load(&cfg)?;
+    let mut bal = match std::env::var_os("XLB_COST_OBJECT") {
+        // Another object than the embedded one, read at run time: variants side
+        // by side without rebuilding the harness.
+        Some(path) => {
+            use xlb::dataplane::{Dataplane, ObjectFile, Sizes};
+            let obj = ObjectFile::read(std::path::Path::new(&path))?;
+            eprintln!("object: {}", std::path::Path::new(&path).display());
+            let (stride, regions) = Balancer::<Dataplane>::table_room(&cfg);
+            let sizes = Sizes { conntrack_entries: cfg.daemon.conntrack_entries, ring_entries: stride * regions };
+            Balancer::new(Dataplane::load_with(sizes, obj.bytes(), None)?, stride, regions)
+        }
+        None => Balancer::load(&cfg)?,
+    };
     bal.apply(&cfg)?;
+    // As the daemon does: the conntrack guard checks every new flow (a rate
+    // never reached here, so every flow is tracked and counted as inserted).
+    let guard: u32 = std::env::var("XLB_COST_GUARD_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
+    bal.dp.set_guard_rate(guard)?;
     // As the daemon does: next hops from the neighbour table, no FIB per packet.
     bal.refresh_next_hops()?;
     // As the daemon does for a veth attached in native mode (an object built

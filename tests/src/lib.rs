@@ -33,6 +33,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod flood;
 pub mod fuzz;
 pub mod ha;
 pub mod icmp;

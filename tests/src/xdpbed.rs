@@ -118,6 +118,7 @@ pub fn fixture_config() -> Config {
             admin_socket: "/nonexistent".into(),
             metrics: None,
             conntrack_entries: 4096,
+            conntrack_guard_rate: 0,
             pin_path: "/nonexistent".into(),
             announce: None,
             conntrack_timeouts: Default::default(),

@@ -27,6 +27,7 @@ pub fn plan(cfg: &Config, file: &str) -> String {
     let metrics = d.metrics.map_or_else(|| "off".to_owned(), |m| format!("http://{m}/metrics"));
     let _ = writeln!(out, "  metrics:           {metrics}");
     let _ = writeln!(out, "  conntrack_entries: {}", d.conntrack_entries);
+    let _ = writeln!(out, "  conntrack_guard_rate: {}", d.conntrack_guard_rate);
 
     for service in &cfg.services {
         let _ = writeln!(out);

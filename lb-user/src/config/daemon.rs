@@ -59,6 +59,19 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         ),
     );
 
+    let conntrack_guard_rate = v.int(
+        &path.key("conntrack_guard_rate"),
+        raw.conntrack_guard_rate,
+        lb_common::DEFAULT_GUARD_RATE,
+        (0, u32::MAX.into()),
+        &format!(
+            "new flows per second per CPU above which new flows are forwarded without a conntrack entry, \
+             0 to {} (0: no guard; default {})",
+            u32::MAX,
+            lb_common::DEFAULT_GUARD_RATE
+        ),
+    );
+
     let pin = path.key("pin_path");
     let expected = format!("an absolute directory in a BPF filesystem, e.g. \"{DEFAULT_PIN_PATH}\"");
     let pin_path = match v.read(&pin, raw.pin_path, &expected) {
@@ -94,6 +107,7 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         admin_socket: admin_socket.into(),
         metrics,
         conntrack_entries,
+        conntrack_guard_rate,
         pin_path: pin_path.into(),
         announce: announce(v, &path.key("announce"), raw.announce),
     }
@@ -252,6 +266,9 @@ mod tests {
         assert_eq!(d.metrics, Some(DEFAULT_METRICS.parse().unwrap()));
         assert_eq!(d.conntrack_entries, lb_common::DEFAULT_CONNTRACK_ENTRIES);
         assert_eq!(d.pin_path, std::path::PathBuf::from(crate::config::DEFAULT_PIN_PATH));
+        assert_eq!(d.conntrack_guard_rate, lb_common::DEFAULT_GUARD_RATE);
+        let d = parse(&with("conntrack_guard_rate = 0"), "t.toml").expect("0 turns the guard off").daemon;
+        assert_eq!(d.conntrack_guard_rate, 0);
         let d = parse(&with("pin_path = \"/sys/fs/bpf/xlb-edge/\""), "t.toml").expect("valid").daemon;
         assert_eq!(d.pin_path, std::path::PathBuf::from("/sys/fs/bpf/xlb-edge"));
     }
@@ -310,6 +327,8 @@ mod tests {
             ("conntrack_entries = 134217729", "daemon.conntrack_entries", "out of range"),
             ("conntrack_entries = -5", "daemon.conntrack_entries", "-5 is out of range"),
             ("conntrack_entries = 99999999999999999999", "daemon.conntrack_entries", "99999999999999999999 is out of range"),
+            ("conntrack_guard_rate = -1", "daemon.conntrack_guard_rate (line 3)", "-1 is out of range; expected new flows per second per CPU above which new flows are forwarded without a conntrack entry, 0 to 4294967295 (0: no guard; default 125000)"),
+            ("conntrack_guard_rate = 4294967296", "daemon.conntrack_guard_rate", "4294967296 is out of range"),
             ("conntrack_entries = \"1M\"", "daemon.conntrack_entries (line 3, column 21)", "the string \"1M\" is not an integer; expected the number of flows tracked"),
             ("conntrack_entries = \"1024\"", "daemon.conntrack_entries", "(write numbers without quotes: conntrack_entries = 1024)"),
         ];
@@ -356,7 +375,7 @@ mod tests {
         assert_one(
             &with("mode = \"x\""),
             "daemon.mode (line 3, column 1)",
-            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, pin_path, conntrack_timeout_syn, conntrack_timeout_established, conntrack_timeout_closing, conntrack_timeout_udp, announce",
+            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, conntrack_guard_rate, pin_path, conntrack_timeout_syn, conntrack_timeout_established, conntrack_timeout_closing, conntrack_timeout_udp, announce",
         );
         assert_one(
             &with("interface = [\"eth2\"]"),

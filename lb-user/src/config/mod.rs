@@ -85,6 +85,9 @@ pub struct DaemonConfig {
     /// `None` when `metrics = ""`.
     pub metrics: Option<SocketAddr>,
     pub conntrack_entries: u32,
+    /// New flows per second per CPU above which new flows are not tracked
+    /// (Katran's conntrack guard); 0: off.
+    pub conntrack_guard_rate: u32,
     /// The bpffs directory holding the pinned maps and XDP links.
     pub pin_path: PathBuf,
     /// Idle timeouts of conntrack entries, per state.

@@ -279,6 +279,7 @@ raw_table! {
         admin_socket: String,
         metrics: String,
         conntrack_entries: i128,
+        conntrack_guard_rate: i128,
         pin_path: String,
         conntrack_timeout_syn: String,
         conntrack_timeout_established: String,

@@ -88,6 +88,7 @@ fn start(path: &Path, cfg: &config::Config, opts: &RunOptions) -> anyhow::Result
     let metrics = monitor::bind_metrics(&cfg.daemon)?;
     let mut bal = Balancer::load_pinned(cfg, path, object)?;
     bal.apply(cfg)?;
+    bal.dp.set_guard_rate(cfg.daemon.conntrack_guard_rate)?;
     let adopting = bal.dp.pins().is_some_and(|p| p.previous.is_some());
     if adopting {
         let n = bal.dp.prune_stale()?;

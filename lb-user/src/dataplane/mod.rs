@@ -671,6 +671,28 @@ impl Dataplane {
         m.set(SETTING_FLAGS, flags, 0).context("writing SETTINGS")
     }
 
+    /// The conntrack guard's threshold (`SETTINGS[SETTING_GUARD]`): new flows per second per
+    /// CPU above which new flows are forwarded without a conntrack entry; 0: off.
+    pub fn set_guard_rate(&mut self, rate: u32) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        m.set(lb_common::SETTING_GUARD, rate, 0).context("writing SETTINGS")
+    }
+
+    /// Whether some CPU's conntrack guard refused to track a new flow in a window that began
+    /// less than two windows ago (`NEW_FLOW_WINDOW` against `SETTINGS[SETTING_GUARD]`).
+    pub fn guard_active(&self) -> anyhow::Result<bool> {
+        let settings: Array<&MapData, u32> = Array::try_from(self.map(maps::SETTINGS))?;
+        let rate = u64::from(settings.get(&lb_common::SETTING_GUARD, 0)?);
+        if rate == 0 {
+            return Ok(false);
+        }
+        let m: PerCpuArray<&MapData, lb_common::NewFlowWindow> =
+            PerCpuArray::try_from(self.map(maps::NEW_FLOW_WINDOW))?;
+        let now = monotonic_ns();
+        let recent = 2 * lb_common::GUARD_WINDOW_NS;
+        Ok(m.get(&0, 0)?.iter().any(|w| w.flows > rate && now.saturating_sub(w.start_ns) < recent))
+    }
+
     /// Turns data-path tracing on (one decision in `rate`) or off (`0`).
     pub fn set_trace(&mut self, rate: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
@@ -812,6 +834,14 @@ pub struct Adopted {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the struct we own; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large

@@ -188,6 +188,26 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         e.sample("xlb_icmp_packets_total", &[("event", event)], snap.counter(i));
     }
 
+    e.family(
+        "xlb_conntrack_guard_active",
+        "gauge",
+        "1 while some CPU is above conntrack_guard_rate (new flows in the last two seconds): new flows are \
+         forwarded by Maglev without a conntrack entry.",
+    )
+    .sample("xlb_conntrack_guard_active", &[], u64::from(snap.guard_active));
+    e.family(
+        "xlb_flows_untracked_total",
+        "counter",
+        "New flows the conntrack guard forwarded without a conntrack entry.",
+    )
+    .sample("xlb_flows_untracked_total", &[], snap.counter(counter::FLOWS_UNTRACKED));
+    e.family(
+        "xlb_conntrack_guard_activations_total",
+        "counter",
+        "One-second windows in which a CPU's conntrack guard stopped tracking new flows.",
+    )
+    .sample("xlb_conntrack_guard_activations_total", &[], snap.counter(counter::GUARD_ACTIVATIONS));
+
     if let Some(ct) = conntrack {
         e.family(
             "xlb_conntrack_entries",
@@ -329,6 +349,9 @@ mod tests {
                 (i * 10).to_string()
             );
         }
+        assert_eq!(value(&text, "xlb_conntrack_guard_active"), "1");
+        assert_eq!(value(&text, "xlb_flows_untracked_total"), "240");
+        assert_eq!(value(&text, "xlb_conntrack_guard_activations_total"), "250");
         // The snapshot holds 10 * index in each counter: icmp_unknown_flow is drop 9.
         assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"icmp_unknown_flow\"}"), "90");
         assert_eq!(value(&text, "xlb_icmp_packets_total{event=\"to_client\"}"), "210");

@@ -87,6 +87,8 @@ pub struct Snapshot {
     pub counters: Vec<u64>,
     pub rebuilds: u64,
     pub slots_written: u64,
+    /// Some CPU's conntrack guard stopped tracking new flows in the last two seconds.
+    pub guard_active: bool,
     /// Interface and XDP mode.
     pub attached: Vec<(String, &'static str)>,
     /// The VIPs announced through BIRD (empty without `[daemon.announce]`).
@@ -134,6 +136,7 @@ impl Snapshot {
             counters: bal.dp.counters()?,
             rebuilds: bal.rebuilds,
             slots_written: bal.slots_written,
+            guard_active: bal.dp.guard_active()?,
             attached: bal.dp.attached().iter().map(|(i, m)| (i.clone(), *m)).collect(),
             announcements: bal.announcements.clone(),
         })
@@ -210,6 +213,7 @@ pub(crate) mod tests {
             counters: (0..counter::NUM_COUNTERS as u64).map(|i| i * 10).collect(),
             rebuilds: 4,
             slots_written: 131_074,
+            guard_active: true,
             attached: vec![("eth0".into(), "native"), ("eth1".into(), "generic")],
             announcements: vec![
                 VipAnnouncement {

@@ -98,6 +98,13 @@ pub fn text(v: &View) -> String {
     let _ = writeln!(o, "nat replies rewritten: {}", c(counter::REPLY_NAT));
     let _ = writeln!(
         o,
+        "conntrack guard: {}, flows untracked {}, activations {}",
+        if v.snap.guard_active { "ACTIVE" } else { "idle" },
+        c(counter::FLOWS_UNTRACKED),
+        c(counter::GUARD_ACTIVATIONS)
+    );
+    let _ = writeln!(
+        o,
         "icmp: errors to backends {}, errors to clients {}, pings answered {}",
         c(counter::ICMP_TO_BACKEND),
         c(counter::ICMP_TO_CLIENT),
@@ -229,7 +236,16 @@ pub struct StatusJson {
     pub nat_replies: u64,
     pub icmp: Vec<IcmpJson>,
     pub announce: Vec<AnnounceJson>,
+    pub conntrack_guard: GuardJson,
     pub services: Vec<ServiceJson>,
+}
+
+/// The conntrack guard: `active` while some CPU is above `conntrack_guard_rate`.
+#[derive(Serialize)]
+pub struct GuardJson {
+    pub active: bool,
+    pub flows_untracked: u64,
+    pub activations: u64,
 }
 
 #[derive(Serialize)]
@@ -357,6 +373,11 @@ pub fn json(v: &View) -> StatusJson {
                 error: a.error.clone(),
             })
             .collect(),
+        conntrack_guard: GuardJson {
+            active: v.snap.guard_active,
+            flows_untracked: v.snap.counter(counter::FLOWS_UNTRACKED),
+            activations: v.snap.counter(counter::GUARD_ACTIVATIONS),
+        },
         services: v.snap.services.iter().map(|s| service_json(v, s)).collect(),
     }
 }
@@ -437,6 +458,7 @@ mod tests {
             t.contains("vip 2001:db8::10 (BIRD protocol xlb_2001_db8__10): BIRD not told: cannot reach BIRD"),
             "{t}"
         );
+        assert!(t.contains("conntrack guard: ACTIVE, flows untracked 240, activations 250"), "{t}");
     }
 
     #[test]
@@ -464,6 +486,9 @@ mod tests {
         assert_eq!(j["drops"][4]["reason"], "no_backend");
         assert_eq!(j["drops"][4]["total"], 40);
         assert_eq!(j["conntrack"]["entries"], 50);
+        assert_eq!(j["conntrack_guard"]["active"], true);
+        assert_eq!(j["conntrack_guard"]["flows_untracked"], 240);
+        assert_eq!(j["conntrack_guard"]["activations"], 250);
         assert_eq!(j["conntrack"]["used_percent"], 50.0);
         assert_eq!(j["kernel_passed"][1]["reason"], "ttl_expired");
         assert_eq!(j["kernel_passed"][1]["total"], snap.counter(counter::PASS_TTL));

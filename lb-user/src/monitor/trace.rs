@@ -260,6 +260,7 @@ pub fn format_event(ev: &TraceEvent, start_ns: u64, names: &impl NameLookup) -> 
         trace::DROP => "refused",
         trace::NON_SYN => "conntrack=non_syn",
         trace::ICMP => "icmp",
+        trace::UNTRACKED => "conntrack=untracked",
         _ => "unknown",
     };
     let _ = write!(o, " {decision}");
@@ -340,6 +341,11 @@ mod tests {
         assert!(
             non_syn.contains(" service=www conntrack=non_syn backend=198.18.1.11:8080 action=redirect"),
             "{non_syn}"
+        );
+        let untracked = format_event(&event(trace::UNTRACKED, 3, 7, 4, u32::MAX), 2_000_000_000, &Fixed);
+        assert!(
+            untracked.contains(" service=www conntrack=untracked backend=198.18.1.11:8080 action=redirect"),
+            "{untracked}"
         );
         let bad_source = format_event(&event(trace::DROP, u32::MAX, u32::MAX, 1, counter::DROP_BAD_SOURCE), 0, &Fixed);
         assert!(
