@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{lpm_trie::Key as LpmKey, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     programs::XdpContext,
     EbpfContext,
 };
@@ -26,6 +26,11 @@ use lb_common::{
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES,
     NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS,
     SERVICE_F_DSR, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+};
+use lb_common::{
+    SourceBucketKey, SourceRuleKey, TokenBucket, FIREWALL_F_CLOSED_DROP, MAX_SOURCE_RULES, NEW_FLOW_BUCKETS_ENTRIES,
+    RULE_DENY, SCOPE_DAEMON_V4, SCOPE_DAEMON_V6, SERVICE_F_ALLOW_LIST, SERVICE_F_FIREWALL, SERVICE_F_RATE_LIMIT,
+    SETTING_FIREWALL, VIP_ADDR_F_CLOSED_DROP,
 };
 use network_types::{
     eth::EthHdr,
@@ -98,6 +103,18 @@ static REPLY_PORTS: Array<u64> = Array::with_max_entries(REPLY_PORT_WORDS, 0);
 #[map]
 static HAIRPIN_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_HAIRPIN_PORTS, 0);
 
+/// Source rules (`allow`, `deny`, `[daemon] deny`): an LPM trie keyed by scope (service id
+/// or the daemon's) and source prefix, see `SourceRuleKey`. Looked up only for packets
+/// without a usable conntrack entry, of services with `SERVICE_F_FIREWALL`.
+#[map]
+static SOURCE_RULES: LpmTrie<SourceRuleKey, u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+/// New-flow token buckets per (service, source /32 or /64), of services with
+/// `SERVICE_F_RATE_LIMIT`. Shared by all CPUs (a source's flows land on every CPU): updated
+/// without atomics, so two CPUs racing on one source may each spend the same credit once.
+#[map]
+static NEW_FLOW_BUCKETS: LruHashMap<SourceBucketKey, TokenBucket> =
+    LruHashMap::with_max_entries(NEW_FLOW_BUCKETS_ENTRIES, 0);
+
 // ---------------------------------------------------------------- constants
 
 const ETH_P_IP: u16 = 0x0800;
@@ -163,6 +180,9 @@ enum Reason {
     IcmpFragment = counter::DROP_ICMP_FRAGMENT,
     IcmpUnknownFlow = counter::DROP_ICMP_UNKNOWN_FLOW,
     PingRateLimited = counter::DROP_PING_RATE_LIMITED,
+    Denied = counter::DROP_DENIED,
+    RateLimited = counter::DROP_RATE_LIMITED,
+    ClosedPort = counter::DROP_CLOSED_PORT,
 }
 
 /// Why a packet is handed to the kernel: its `COUNTERS` index.
@@ -395,7 +415,7 @@ fn process_packet(ctx: &XdpContext) -> u32 {
             Some(target) => send_to_backend(ctx, pkt, &target),
             // A VIP's port but not a service's (address, port, protocol).
             None if port_listed(&REPLY_PORTS, pkt.key.sport) => reply(ctx, pkt),
-            None => Decision::pass(Pass::NotVip),
+            None => closed_vip_port(pkt),
         },
         Parse::MaybeReply(pkt) => reply(ctx, pkt),
         // Most packets are not xlb's: recorded here, where the compiler
@@ -652,7 +672,7 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     let [sport, dport] = ports;
     let vip = port_listed(&VIP_PORTS, dport);
     if !vip && !port_listed(&REPLY_PORTS, sport) {
-        return Parse::Kernel(Pass::NotVip);
+        return closed_port(ip);
     }
     let syn = match tcp_flags {
         Some(f) if vip && !tcp_flags_possible(f) => return ip.refuse(Reason::BadFlags),
@@ -665,6 +685,29 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
         Parse::Vip(pkt)
     } else {
         Parse::MaybeReply(pkt)
+    }
+}
+
+/// A TCP/UDP packet to a port no service uses: refused (`closed_port`) when its destination
+/// is a VIP address with `closed_ports = "drop"`, else the kernel's. While no address asks
+/// for it (`FIREWALL_F_CLOSED_DROP` clear) this costs one array read, no hash lookup.
+#[inline(always)]
+fn closed_port(ip: &Ip) -> Parse {
+    if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {
+        return Parse::Kernel(Pass::NotVip);
+    }
+    closed_port_lookup(ip)
+}
+
+/// The `VIP_ADDRS` half of [`closed_port`]: out of line, only asked while some address drops.
+#[inline(never)]
+fn closed_port_lookup(ip: &Ip) -> Parse {
+    let key = ip.key();
+    let addr = VipAddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+    // SAFETY: the value is read once.
+    match unsafe { VIP_ADDRS.get(addr) } {
+        Some(f) if *f & VIP_ADDR_F_CLOSED_DROP != 0 => Parse::Refused(Reason::ClosedPort, key),
+        _ => Parse::Kernel(Pass::NotVip),
     }
 }
 
@@ -748,6 +791,11 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
         None if pkt.key.proto == PROTO_TCP && !pkt.syn => (Flow::NonSyn, false),
         None => (Flow::New, true),
     };
+    if svc.flags & (SERVICE_F_FIREWALL | SERVICE_F_RATE_LIMIT) != 0 {
+        if let Err(why) = admit(svc, &pkt.key, flow == Flow::New) {
+            return Some(Target { svc, flow: Flow::Refused, backend: Err(why) });
+        }
+    }
     Some(Target { svc, flow, backend: pick(ctx, pkt, svc, track).ok_or(Reason::NoBackend) })
 }
 
@@ -775,6 +823,93 @@ fn bad_source(k: &FlowKey) -> bool {
     let addr = VipAddrKey { addr: k.src, family: k.family, _pad: [0; 3] };
     // SAFETY: only whether the entry exists is used.
     unsafe { VIP_ADDRS.get(addr) }.is_some()
+}
+
+/// The firewall, for a packet without a usable conntrack entry (established flows never get
+/// here, so a reload that denies a source leaves its established flows alone): the source's
+/// `[daemon] deny` and the service's longest matching rule (`SOURCE_RULES`; deny wins at
+/// equal length because the loader stores one rule per prefix), then, for a flow's first
+/// packet (`new`), its source's token bucket. Out of line: services without rules never call it.
+#[inline(never)]
+fn admit(svc: &Service, k: &FlowKey, new: bool) -> Result<(), Reason> {
+    let flags = svc.flags;
+    if flags & SERVICE_F_FIREWALL != 0 {
+        let daemon = if k.family == FAMILY_V4 { SCOPE_DAEMON_V4 } else { SCOPE_DAEMON_V6 };
+        let key = LpmKey::new(32 + 128, SourceRuleKey { scope: daemon.to_be(), addr: k.src });
+        if SOURCE_RULES.get(&key).is_some() {
+            // Daemon-wide rules are all denies.
+            return Err(Reason::Denied);
+        }
+        let key = LpmKey::new(32 + 128, SourceRuleKey { scope: svc.id.to_be(), addr: k.src });
+        let denied = match SOURCE_RULES.get(&key) {
+            Some(rule) => *rule == RULE_DENY,
+            None => flags & SERVICE_F_ALLOW_LIST != 0,
+        };
+        if denied {
+            count_refusal(svc.id, Reason::Denied);
+            return Err(Reason::Denied);
+        }
+    }
+    if new && flags & SERVICE_F_RATE_LIMIT != 0 && !take_token(svc, k) {
+        count_refusal(svc.id, Reason::RateLimited);
+        return Err(Reason::RateLimited);
+    }
+    Ok(())
+}
+
+/// The service's own count of a refusal (`ServiceStats::denied`, `rate_limited`).
+#[inline(always)]
+fn count_refusal(service: u32, why: Reason) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+        unsafe {
+            if why == Reason::Denied {
+                (*s).denied += 1;
+            } else {
+                (*s).rate_limited += 1;
+            }
+        }
+    }
+}
+
+/// Spends one new flow's credit from the source's bucket (IPv4 /32, IPv6 /64). Credit is kept
+/// in nanoseconds: it grows with time up to `flow_burst` flows' worth, each flow costs
+/// `flow_cost_ns` (1e9 / rate): no division or multiplication by the rate on the packet path.
+/// An unknown source starts with a full bucket.
+#[inline(always)]
+fn take_token(svc: &Service, k: &FlowKey) -> bool {
+    let cost = svc.flow_cost_ns as u64;
+    let full = cost * svc.flow_burst as u64;
+    let v6 = k.family == FAMILY_V6;
+    let key = SourceBucketKey {
+        service: svc.id,
+        addr: [k.src[0], if v6 { k.src[1] } else { 0 }, 0, 0],
+    };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(b) = NEW_FLOW_BUCKETS.get_ptr_mut(&key) else {
+        if full < cost {
+            return false;
+        }
+        let _ = NEW_FLOW_BUCKETS.insert(&key, &TokenBucket { tokens: full - cost, last_ns: now }, 0);
+        return true;
+    };
+    // SAFETY: an LRU value: another CPU may write it meanwhile (see `NEW_FLOW_BUCKETS`).
+    unsafe {
+        let last = (*b).last_ns;
+        let elapsed = if now > last { now - last } else { 0 };
+        let mut credit = (*b).tokens + if elapsed > full { full } else { elapsed };
+        if credit > full {
+            credit = full;
+        }
+        (*b).last_ns = now;
+        if credit < cost {
+            (*b).tokens = credit;
+            return false;
+        }
+        (*b).tokens = credit - cost;
+    }
+    true
 }
 
 /// The backend of a tracked flow and its service, while that backend is
@@ -875,7 +1010,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
             core::hint::cold_path();
             // A refused source is not the service's traffic (as for every
             // refusal); a service without a backend counts the packet.
-            let service = if why == Reason::BadSource { NOT_KNOWN } else { t.svc.id };
+            let service = if why == Reason::NoBackend { t.svc.id } else { NOT_KNOWN };
             return Decision::new(t.flow, service, NOT_KNOWN, Err(why));
         }
     };
@@ -896,6 +1031,23 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
         nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src)
     };
     Decision::new(t.flow, t.svc.id, idx, action)
+}
+
+/// A packet to a service's port but not to a service (another address or protocol): refused
+/// when its destination is a VIP address with `closed_ports = "drop"`.
+#[inline(always)]
+fn closed_vip_port(pkt: &Packet) -> Decision {
+    if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {
+        return Decision::pass(Pass::NotVip);
+    }
+    let addr = VipAddrKey { addr: pkt.key.dst, family: pkt.key.family, _pad: [0; 3] };
+    // SAFETY: the value is read once.
+    match unsafe { VIP_ADDRS.get(addr) } {
+        Some(f) if *f & VIP_ADDR_F_CLOSED_DROP != 0 => {
+            Decision::new(Flow::Refused, NOT_KNOWN, NOT_KNOWN, Err(Reason::ClosedPort))
+        }
+        _ => Decision::pass(Pass::NotVip),
+    }
 }
 
 /// A packet that is not a service's: the reply of a tracked NAT flow goes
