@@ -16,7 +16,9 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{lpm_trie::Key as LpmKey, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::XdpContext,
     EbpfContext,
 };
@@ -881,10 +883,7 @@ fn take_token(svc: &Service, k: &FlowKey) -> bool {
     let cost = svc.flow_cost_ns as u64;
     let full = cost * svc.flow_burst as u64;
     let v6 = k.family == FAMILY_V6;
-    let key = SourceBucketKey {
-        service: svc.id,
-        addr: [k.src[0], if v6 { k.src[1] } else { 0 }, 0, 0],
-    };
+    let key = SourceBucketKey { service: svc.id, addr: [k.src[0], if v6 { k.src[1] } else { 0 }, 0, 0] };
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let Some(b) = NEW_FLOW_BUCKETS.get_ptr_mut(&key) else {

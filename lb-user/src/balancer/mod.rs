@@ -21,11 +21,15 @@ use lb_common::{
     addr_v4, addr_v6, Backend, NextHop, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
     MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SERVICE_F_PING, SETTINGS_F_NAT,
 };
+use lb_common::{
+    SourceRuleKey, RULE_ALLOW, RULE_DENY, SCOPE_DAEMON_V4, SCOPE_DAEMON_V6, SERVICE_F_ALLOW_LIST, SERVICE_F_FIREWALL,
+    SERVICE_F_RATE_LIMIT,
+};
 
 pub use self::tables::Tables;
 use crate::{
-    config::{BackendConfig, CheckKind, Config, Forwarding, HealthConfig, ServiceConfig},
-    dataplane::{Dataplane, Sizes},
+    config::{BackendConfig, CheckKind, Cidr, ClosedPorts, Config, Forwarding, HealthConfig, ServiceConfig},
+    dataplane::{Dataplane, RuleId, Sizes},
     health::{
         hysteresis::{Hysteresis, Step},
         Probe, Target,
@@ -131,6 +135,52 @@ pub struct Balancer<T = Dataplane> {
     pub rebuilds: u64,
     /// What pinned maps taken over at start held, until the first `apply`.
     seed: Option<Seed>,
+    /// `[daemon] deny` has IPv4 / IPv6 entries: every service of that family searches `SOURCE_RULES`.
+    daemon_deny: (bool, bool),
+}
+
+/// The `SOURCE_RULES` entry of `c` in `scope`.
+fn rule_id(scope: u32, c: &Cidr) -> RuleId {
+    let (addr, ..) = map_addr(&SocketAddr::new(c.addr, 0));
+    (32 + u32::from(c.len), SourceRuleKey { scope: scope.to_be(), addr })
+}
+
+/// Every rule of `services` (by id) and `[daemon] deny`: one per prefix, deny where a
+/// prefix is in both lists (deny wins at equal length).
+pub fn source_rules<'a>(
+    services: impl Iterator<Item = (u32, &'a ServiceConfig)>,
+    daemon_deny: &[Cidr],
+) -> HashMap<RuleId, u32> {
+    let mut rules = HashMap::new();
+    for (id, s) in services {
+        for c in &s.allow {
+            rules.entry(rule_id(id, c)).or_insert(RULE_ALLOW);
+        }
+        for c in &s.deny {
+            rules.insert(rule_id(id, c), RULE_DENY);
+        }
+    }
+    for c in daemon_deny {
+        let scope = if c.addr.is_ipv4() { SCOPE_DAEMON_V4 } else { SCOPE_DAEMON_V6 };
+        rules.insert(rule_id(scope, c), RULE_DENY);
+    }
+    rules
+}
+
+/// `Service::flags`, `flow_cost_ns` and `flow_burst` of the firewall.
+fn firewall_fields(cfg: &ServiceConfig, daemon_deny: (bool, bool)) -> (u32, u32, u32) {
+    let daemon = if cfg.vip.is_ipv4() { daemon_deny.0 } else { daemon_deny.1 };
+    let mut flags = 0;
+    if daemon || !cfg.allow.is_empty() || !cfg.deny.is_empty() {
+        flags |= SERVICE_F_FIREWALL;
+    }
+    if !cfg.allow.is_empty() {
+        flags |= SERVICE_F_ALLOW_LIST;
+    }
+    match cfg.new_flows_per_source {
+        Some(r) => (flags | SERVICE_F_RATE_LIMIT, (1_000_000_000 / r.rate.max(1)).max(1), r.burst),
+        None => (flags, 0, 0),
+    }
 }
 
 /// A backend as the maps name it: (service id, address, port, family).
@@ -236,6 +286,7 @@ impl<T: Tables> Balancer<T> {
             slots_written: 0,
             rebuilds: 0,
             seed: None,
+            daemon_deny: (false, false),
         }
     }
 
@@ -361,6 +412,13 @@ impl<T: Tables> Balancer<T> {
             removed_backends.extend(gone.backends);
             log::info!("service {} ({}) removed", gone.cfg.name, gone.cfg.vip);
         }
+        // Source rules are written before the service flags that make packets search them
+        // (and removed after): a service never searches a half-written list.
+        let rules = source_rules(self.services.iter().map(|s| (s.id, &s.cfg)), &cfg.daemon.deny);
+        self.dp.sync_source_rules(&rules, false)?;
+        self.daemon_deny =
+            (cfg.daemon.deny.iter().any(|c| c.addr.is_ipv4()), cfg.daemon.deny.iter().any(|c| c.addr.is_ipv6()));
+        self.dp.set_closed_drop(cfg.daemon.closed_ports == ClosedPorts::Drop)?;
         // New backends exist in BACKENDS before any table slot names them.
         for svc in &self.services {
             for be in &svc.backends {
@@ -376,6 +434,8 @@ impl<T: Tables> Balancer<T> {
         }
         let nat = self.services.iter().any(|s| s.cfg.forwarding == Forwarding::Nat);
         self.dp.set_flags(if nat { SETTINGS_F_NAT } else { 0 })?;
+        // Rules no longer wanted go once no service flag asks for them.
+        self.dp.sync_source_rules(&rules, true)?;
         self.release_seed();
         Ok(())
     }
@@ -596,12 +656,16 @@ impl<T: Tables> Balancer<T> {
         }
         let first = svc.ring.is_empty();
         svc.ring = ring;
+        let (firewall, flow_cost_ns, flow_burst) = firewall_fields(&svc.cfg, self.daemon_deny);
         let entry = Service {
             id: svc.id,
             ring_offset: offset,
             table_size: svc.cfg.table_size,
             flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 }
-                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 },
+                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 }
+                | firewall,
+            flow_cost_ns,
+            flow_burst,
         };
         // Written after its table, so a new service is published complete.
         self.dp.set_service(&svc.key, &entry)?;
@@ -652,6 +716,7 @@ mod tests {
         backends: HashMap<u32, Backend>,
         services: HashMap<VipKey, Service>,
         ring: HashMap<u32, u32>,
+        rules: HashMap<RuleId, u32>,
         writes: Vec<String>,
     }
 
@@ -701,6 +766,17 @@ mod tests {
             Ok(n)
         }
         fn set_flags(&mut self, _: u32) -> anyhow::Result<()> {
+            Ok(())
+        }
+        fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()> {
+            self.rules.extend(want.iter().map(|(k, v)| (*k, *v)));
+            if prune {
+                self.rules.retain(|k, _| want.contains_key(k));
+            }
+            self.writes.push(format!("rules {} prune {prune}", self.rules.len()));
+            Ok(())
+        }
+        fn set_closed_drop(&mut self, _: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }

@@ -4,7 +4,9 @@
 
 use lb_common::{Backend, Service, VipKey};
 
-use crate::dataplane::Dataplane;
+use std::collections::HashMap;
+
+use crate::dataplane::{Dataplane, RuleId};
 
 /// What the balancer writes. Each call is one step a packet may observe.
 pub trait Tables {
@@ -21,6 +23,10 @@ pub trait Tables {
     fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize>;
     /// The data path's global flags (`SETTINGS_F_NAT`).
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()>;
+    /// `SOURCE_RULES`: writes what `want` adds or changes; with `prune`, removes the rest.
+    fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()>;
+    /// `[daemon] closed_ports = "drop"` on every VIP address.
+    fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()>;
 }
 
 impl Tables for Dataplane {
@@ -41,5 +47,11 @@ impl Tables for Dataplane {
     }
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         Dataplane::set_flags(self, flags)
+    }
+    fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()> {
+        Dataplane::sync_source_rules(self, want, prune)
+    }
+    fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()> {
+        Dataplane::set_closed_drop(self, drop)
     }
 }

@@ -3,12 +3,19 @@
 use super::{
     checks,
     diag::{FieldPath, Span},
+    firewall,
     raw::{Item, RawDaemon, Spanned},
-    validate::{Reported, Validator},
-    DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
+    validate::{Located, Reported, Validator},
+    Cidr, ClosedPorts, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH,
+    MAX_CONNTRACK_ENTRIES,
 };
 
-pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
+/// `[daemon]`, and its `deny` entries with their places (for the services' dead-entry checks).
+pub fn validate(
+    v: &mut Validator<'_>,
+    path: &FieldPath,
+    raw: Option<Item<RawDaemon>>,
+) -> (DaemonConfig, Vec<Located<Cidr>>) {
     // A [daemon] of the wrong TOML type is reported once: its keys then count
     // as left out, not as missing.
     let (raw, span, reported) = match v.table(path, raw) {
@@ -73,14 +80,21 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         _ => DEFAULT_PIN_PATH.to_owned(),
     };
 
-    DaemonConfig {
+    let deny = firewall::cidr_list(v, &path.key("deny"), raw.deny, None);
+    firewall::dead_daemon_entries(v, &deny);
+    let closed_ports = v.choice(&path.key("closed_ports"), raw.closed_ports, &ClosedPorts::CHOICES, ClosedPorts::Pass);
+
+    let config = DaemonConfig {
         interfaces,
         xdp_mode,
         admin_socket: admin_socket.into(),
         metrics,
         conntrack_entries,
         pin_path: pin_path.into(),
-    }
+        deny: deny.iter().map(|d| d.value).collect(),
+        closed_ports,
+    };
+    (config, deny)
 }
 
 /// `interfaces`: at least one, each a valid name, none twice.

@@ -280,6 +280,8 @@ raw_table! {
         metrics: String,
         conntrack_entries: i128,
         pin_path: String,
+        deny: Vec<Item<String>>,
+        closed_ports: String,
     }
 }
 
@@ -293,8 +295,19 @@ raw_table! {
         table_size: i128,
         preempt: bool,
         answer_ping: bool,
+        allow: Vec<Item<String>>,
+        deny: Vec<Item<String>>,
+        new_flows_per_source: RawRate,
         health: RawHealth,
         backend: Vec<Item<RawBackend>>,
+    }
+}
+
+raw_table! {
+    /// `new_flows_per_source = { rate, burst }`
+    RawRate {
+        rate: i128,
+        burst: i128,
     }
 }
 

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -15,6 +18,7 @@ use lb_common::{
     counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
     SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
 };
+use lb_common::{SourceRuleKey, FIREWALL_F_CLOSED_DROP, SETTING_FIREWALL, VIP_ADDR_F_CLOSED_DROP};
 
 use self::{
     nat_book::{port_word, NatBook},
@@ -96,7 +100,15 @@ pub struct Dataplane {
     book: NatBook,
     /// The `TRACE` ring buffer, while no `xlb trace` has it.
     trace_ring: Option<RingBuf<MapData>>,
+    /// What `SOURCE_RULES` holds; `None` until first read (a pinned map may hold a previous
+    /// daemon's rules).
+    rules: Option<std::collections::HashMap<RuleId, u32>>,
+    /// `[daemon] closed_ports = "drop"`: every `VIP_ADDRS` entry has `VIP_ADDR_F_CLOSED_DROP`.
+    closed_drop: bool,
 }
+
+/// A `SOURCE_RULES` key: its prefix length (32 + the rule's) and its data.
+pub type RuleId = (u32, SourceRuleKey);
 
 /// Loads `xlb_icmp` (ICMP for VIP flows, echo requests to VIPs) and puts it where `xlb`
 /// tail-calls it. An object without it (an older build, e.g. a benchmark's baseline) leaves
@@ -180,6 +192,8 @@ impl Dataplane {
             pins,
             book: NatBook::default(),
             trace_ring,
+            rules: None,
+            closed_drop: false,
         })
     }
 
@@ -411,7 +425,9 @@ impl Dataplane {
     fn sync_vip_addr(&mut self, key: &VipKey) -> anyhow::Result<()> {
         let same = |k: &VipKey| k.addr == key.addr && k.family == key.family;
         let ping = self.book.services.values().filter(|(k, _)| same(k)).all(|(_, f)| f & SERVICE_F_PING != 0);
-        let value = VIP_ADDR_F_KNOWN | if ping { VIP_ADDR_F_PING } else { 0 };
+        let value = VIP_ADDR_F_KNOWN
+            | if ping { VIP_ADDR_F_PING } else { 0 }
+            | if self.closed_drop { VIP_ADDR_F_CLOSED_DROP } else { 0 };
         let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
         let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
         a.insert(addr, value, 0).context("writing VIP_ADDRS")
@@ -641,6 +657,87 @@ impl Dataplane {
         Ok(m.get(&i, 0)?)
     }
 
+    /// `[daemon] closed_ports`: every VIP address's `VIP_ADDR_F_CLOSED_DROP`, then the
+    /// `SETTINGS` bit that makes the program look (cleared first when turned off).
+    pub fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()> {
+        if drop == self.closed_drop && !drop {
+            return Ok(());
+        }
+        if !drop {
+            self.write_firewall_setting(0)?;
+        }
+        self.closed_drop = drop;
+        let keys: Vec<VipKey> = self.book.services.values().map(|(k, _)| *k).collect();
+        for k in &keys {
+            self.sync_vip_addr(k)?;
+        }
+        if drop {
+            self.write_firewall_setting(FIREWALL_F_CLOSED_DROP)?;
+        }
+        Ok(())
+    }
+
+    fn write_firewall_setting(&mut self, value: u32) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        if m.len() <= SETTING_FIREWALL {
+            // An object from before the firewall (a benchmark's baseline).
+            return Ok(());
+        }
+        m.set(SETTING_FIREWALL, value, 0).context("writing SETTINGS")
+    }
+
+    /// The source rules held now (read from the map the first time: a pinned one may hold a
+    /// previous daemon's).
+    fn rules_book(&mut self) -> anyhow::Result<&mut std::collections::HashMap<RuleId, u32>> {
+        if self.rules.is_none() {
+            let mut book = std::collections::HashMap::new();
+            if let Some(map) = self.ebpf.map(maps::SOURCE_RULES) {
+                let m: LpmTrie<&MapData, SourceRuleKey, u32> = LpmTrie::try_from(map)?;
+                for entry in m.iter() {
+                    let (k, v) = entry.context("reading SOURCE_RULES")?;
+                    book.insert((k.prefix_len(), k.data()), v);
+                }
+            }
+            self.rules = Some(book);
+        }
+        Ok(self.rules.as_mut().expect("filled above"))
+    }
+
+    /// Writes the rules of `want` that `SOURCE_RULES` lacks or holds otherwise; with
+    /// `prune`, then removes those `want` does not have.
+    pub fn sync_source_rules(
+        &mut self,
+        want: &std::collections::HashMap<RuleId, u32>,
+        prune: bool,
+    ) -> anyhow::Result<()> {
+        let book = self.rules_book()?.clone();
+        let add: Vec<(RuleId, u32)> =
+            want.iter().filter(|(k, v)| book.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
+        let gone: Vec<RuleId> =
+            if prune { book.keys().filter(|k| !want.contains_key(*k)).copied().collect() } else { Vec::new() };
+        if add.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let Some(map) = self.ebpf.map_mut(maps::SOURCE_RULES) else {
+            bail!("this XDP object has no {} map: allow, deny and [daemon] deny need a newer one", maps::SOURCE_RULES);
+        };
+        let mut m: LpmTrie<&mut MapData, SourceRuleKey, u32> = LpmTrie::try_from(map)?;
+        for ((len, data), v) in &add {
+            m.insert(&LpmKey::new(*len, *data), *v, 0).context("writing SOURCE_RULES (at most 65536 rules)")?;
+        }
+        for (len, data) in &gone {
+            m.remove(&LpmKey::new(*len, *data)).context("removing from SOURCE_RULES")?;
+        }
+        let book = self.rules.as_mut().expect("read above");
+        for (k, v) in add {
+            book.insert(k, v);
+        }
+        for k in gone {
+            book.remove(&k);
+        }
+        Ok(())
+    }
+
     pub fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
         m.set(SETTING_FLAGS, flags, 0).context("writing SETTINGS")
@@ -703,6 +800,8 @@ impl Dataplane {
             new_flows: a.new_flows + s.new_flows,
             repicked: a.repicked + s.repicked,
             non_syn: a.non_syn + s.non_syn,
+            denied: a.denied + s.denied,
+            rate_limited: a.rate_limited + s.rate_limited,
         }))
     }
 
