@@ -886,21 +886,18 @@ fn take_token(svc: &Service, k: &FlowKey) -> bool {
     let key = SourceBucketKey { service: svc.id, addr: [k.src[0], if v6 { k.src[1] } else { 0 }, 0, 0] };
     // SAFETY: a helper call without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let Some(b) = NEW_FLOW_BUCKETS.get_ptr_mut(&key) else {
+    let Some(b) = NEW_FLOW_BUCKETS.get_ptr_mut(key) else {
         if full < cost {
             return false;
         }
-        let _ = NEW_FLOW_BUCKETS.insert(&key, &TokenBucket { tokens: full - cost, last_ns: now }, 0);
+        let _ = NEW_FLOW_BUCKETS.insert(key, TokenBucket { tokens: full - cost, last_ns: now }, 0);
         return true;
     };
     // SAFETY: an LRU value: another CPU may write it meanwhile (see `NEW_FLOW_BUCKETS`).
     unsafe {
         let last = (*b).last_ns;
-        let elapsed = if now > last { now - last } else { 0 };
-        let mut credit = (*b).tokens + if elapsed > full { full } else { elapsed };
-        if credit > full {
-            credit = full;
-        }
+        let elapsed = now.saturating_sub(last);
+        let credit = ((*b).tokens + elapsed.min(full)).min(full);
         (*b).last_ns = now;
         if credit < cost {
             (*b).tokens = credit;
