@@ -698,19 +698,21 @@ fn closed_port(ip: &Ip) -> Parse {
     if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {
         return Parse::Kernel(Pass::NotVip);
     }
-    closed_port_lookup(ip)
+    core::hint::cold_path();
+    let key = ip.key();
+    if closed_port_drops(&key) {
+        return Parse::Refused(Reason::ClosedPort, key);
+    }
+    Parse::Kernel(Pass::NotVip)
 }
 
-/// The `VIP_ADDRS` half of [`closed_port`]: out of line, only asked while some address drops.
+/// The `VIP_ADDRS` half of [`closed_port`] (and of [`closed_vip_port`]): out of line, only asked while some address drops.
+/// Takes the key (read in line, where the verifier knows the packet's family), not the header.
 #[inline(never)]
-fn closed_port_lookup(ip: &Ip) -> Parse {
-    let key = ip.key();
+fn closed_port_drops(key: &FlowKey) -> bool {
     let addr = VipAddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
     // SAFETY: the value is read once.
-    match unsafe { VIP_ADDRS.get(addr) } {
-        Some(f) if *f & VIP_ADDR_F_CLOSED_DROP != 0 => Parse::Refused(Reason::ClosedPort, key),
-        _ => Parse::Kernel(Pass::NotVip),
-    }
+    matches!(unsafe { VIP_ADDRS.get(addr) }, Some(f) if *f & VIP_ADDR_F_CLOSED_DROP != 0)
 }
 
 /// Whether a TCP segment's flags (byte 13) can occur at all: some control bit
@@ -1036,14 +1038,11 @@ fn closed_vip_port(pkt: &Packet) -> Decision {
     if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {
         return Decision::pass(Pass::NotVip);
     }
-    let addr = VipAddrKey { addr: pkt.key.dst, family: pkt.key.family, _pad: [0; 3] };
-    // SAFETY: the value is read once.
-    match unsafe { VIP_ADDRS.get(addr) } {
-        Some(f) if *f & VIP_ADDR_F_CLOSED_DROP != 0 => {
-            Decision::new(Flow::Refused, NOT_KNOWN, NOT_KNOWN, Err(Reason::ClosedPort))
-        }
-        _ => Decision::pass(Pass::NotVip),
+    core::hint::cold_path();
+    if closed_port_drops(&pkt.key) {
+        return Decision::new(Flow::Refused, NOT_KNOWN, NOT_KNOWN, Err(Reason::ClosedPort));
     }
+    Decision::pass(Pass::NotVip)
 }
 
 /// A packet that is not a service's: the reply of a tracked NAT flow goes

@@ -31,7 +31,7 @@ fn cidr(s: &str) -> Cidr {
 /// The fixture services with rules: web4 (198.18.0.10:80) allows 198.18.0.0/24 but denies
 /// 198.18.0.128/25 except 198.18.0.200, and has 198.18.0.64/26 in both lists; web6 denies
 /// 2001:db8:0:1::/64; `[daemon] deny` holds 198.18.0.66 and 2001:db8::66; dns4 limits new
-/// flows to 100/s with a burst of 3.
+/// flows to 4/s (a token every 250 ms: the test's packets come well within one) with a burst of 3.
 fn config(closed: ClosedPorts) -> Config {
     let mut cfg = fixture_config();
     cfg.daemon.deny = vec![cidr("198.18.0.66/32"), cidr("2001:db8::66/128")];
@@ -43,7 +43,7 @@ fn config(closed: ClosedPorts) -> Config {
                 s.deny = vec![cidr("198.18.0.128/25"), cidr("198.18.0.64/26")];
             }
             "web6" => s.deny = vec![cidr("2001:db8:0:1::/64")],
-            "dns4" => s.new_flows_per_source = Some(RateLimit { rate: 100, burst: 3 }),
+            "dns4" => s.new_flows_per_source = Some(RateLimit { rate: 4, burst: 3 }),
             _ => {}
         }
     }
@@ -208,8 +208,8 @@ fn firewall_rate_limit_burst_refusal_refill_and_established_flows() {
                     None,
                 );
             }
-            // Refill: 100/s, so after 100 ms the bucket is full again (3), not more.
-            std::thread::sleep(Duration::from_millis(100));
+            // Refill: 4/s, so after 800 ms the bucket is full again (3), not more.
+            std::thread::sleep(Duration::from_millis(800));
             for port in 43010..43013u16 {
                 check(
                     &mut problems,
