@@ -310,7 +310,7 @@ mod tests {
         assert_eq!(value(&text, "xlb_service_conntrack_misses_total{service=\"www\",kind=\"non_syn\"}"), "7");
         assert_eq!(value(&text, "xlb_service_refused_total{service=\"www\",reason=\"denied\"}"), "3");
         assert_eq!(value(&text, "xlb_service_refused_total{service=\"www\",reason=\"rate_limited\"}"), "4");
-        assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"closed_port\"}"), "0");
+        assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"closed_port\"}"), "130");
         // Quotes in label values are escaped.
         assert_eq!(value(&text, "xlb_service_on_backup{service=\"we\\\"b6\"}"), "1");
         assert_eq!(
