@@ -19,7 +19,10 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::ServiceStats;
-use xlb::balancer::Balancer;
+use xlb::{
+    balancer::Balancer,
+    config::{Cidr, Config, RateLimit},
+};
 use xlb_testbed::{
     bench::{emit, method, missing, summarize, Figures, Opts},
     is_root,
@@ -121,6 +124,9 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
             })
             .collect()
     };
+    let fresh_to = |vip: IpAddr, dport| -> Vec<Vec<u8>> {
+        (0..new_flows).map(|i| frame(Pkt::tcp(client_of(i, false), vip, 1024 + (i & 0xff) as u16, dport))).collect()
+    };
     use Traffic::*;
     let case = |name, service, traffic| Case { name, service, traffic, one_arm: false };
     let one_arm = |name, service, traffic| Case { name, service, traffic, one_arm: true };
@@ -135,6 +141,8 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
         case("xdp_ns_new_flow_tcp_v6", Some("web6"), NewFlows(fresh(true, true))),
         case("xdp_ns_new_flow_udp_v4", Some("dns4"), NewFlows(fresh(false, false))),
         case("xdp_ns_new_flow_udp_v6", Some("dns6"), NewFlows(fresh(true, false))),
+        case("xdp_ns_new_flow_tcp_v4_deny_1000", Some("fw4"), NewFlows(fresh_to(ip("198.18.0.40"), 80))),
+        case("xdp_ns_new_flow_tcp_v4_rate_limited", Some("rl4"), NewFlows(fresh_to(ip("198.18.0.41"), 80))),
         case("xdp_ns_not_vip", None, NotVip(frame(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)))),
         case("xdp_ns_not_vip_v6", None, NotVip(frame(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)))),
         // One-arm: the established flow above, back out of b0 (redirect through
@@ -182,15 +190,40 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Conntrack entries that hold every flow the run inserts (4 new-flow figures).
+/// Conntrack entries that hold every flow the run inserts (6 new-flow figures).
 fn conntrack_entries(calls: usize, reps: usize) -> u32 {
-    u32::try_from((4 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
+    u32::try_from((6 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
+}
+
+/// The fixture services and two with the firewall on, both TCP/IPv4 NAT to web1:8080 like
+/// web4: fw4 (198.18.0.40:80) with 1,000 `deny` /32s (198.18.100.0 to 198.18.103.231; no
+/// client of the run is among them, so every new flow searches the trie and is admitted), and
+/// rl4 (198.18.0.41:80) with `new_flows_per_source` high enough never to refuse.
+fn firewall_config(conntrack: u32) -> Config {
+    let mut cfg = fixture_config();
+    cfg.daemon.conntrack_entries = conntrack;
+    let mut fw = cfg.services.iter().find(|s| s.name == "web4").expect("fixture web4").clone();
+    fw.name = "fw4".into();
+    fw.vip = "198.18.0.40:80".parse().unwrap();
+    fw.deny = (0..1000u32)
+        .map(|i| Cidr { addr: IpAddr::from([198, 18, 100 + (i / 250) as u8, (i % 250) as u8]), len: 32 })
+        .collect();
+    let mut rl = fw.clone();
+    rl.name = "rl4".into();
+    rl.vip = "198.18.0.41:80".parse().unwrap();
+    rl.deny.clear();
+    rl.new_flows_per_source = Some(RateLimit { rate: 1_000_000_000, burst: 1_000_000 });
+    cfg.services.extend([fw, rl]);
+    cfg
 }
 
 fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) -> anyhow::Result<()> {
-    let mut cfg = fixture_config();
-    cfg.daemon.conntrack_entries = conntrack;
+    let mut cfg = firewall_config(conntrack);
     let mut bal = Balancer::load(&cfg)?;
+    if !bal.dp.has_map(lb_common::maps::SOURCE_RULES) {
+        eprintln!("the XDP object has no firewall: no fw4/rl4 services (their figures are missing)");
+        cfg.services.retain(|s| s.name != "fw4" && s.name != "rl4");
+    }
     bal.apply(&cfg)?;
     // As the daemon does: next hops from the neighbour table, no FIB per packet.
     bal.refresh_next_hops()?;
@@ -221,7 +254,9 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             measure(bal.dp.program(), std::slice::from_ref(packet), b.c0, 10, &[XDP_REDIRECT]);
         }
     }
-    let services = ["web4", "web6", "dns4", "dns6"];
+    let services: Vec<&str> =
+        ["web4", "web6", "dns4", "dns6", "fw4", "rl4"].into_iter().filter(|s| service_id(s).is_some()).collect();
+    let cases: Vec<Case> = cases.into_iter().filter(|c| c.service.is_none_or(|s| services.contains(&s))).collect();
     let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
         services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()
     };

@@ -220,6 +220,11 @@ impl Dataplane {
         self.pins.as_mut()
     }
 
+    /// Whether the loaded object has the map `name` (a benchmark's baseline may predate it).
+    pub fn has_map(&self, name: &str) -> bool {
+        self.ebpf.map(name).is_some()
+    }
+
     pub fn program(&self) -> &Xdp {
         self.ebpf
             .program(lb_common::PROGRAM_NAME)
