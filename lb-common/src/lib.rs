@@ -113,9 +113,9 @@ pub const SETTING_TRACE: u32 = 1;
 pub const SETTING_HAIRPIN: u32 = 2;
 /// `SETTINGS[SETTING_FIREWALL]`: `FIREWALL_F_*` bits.
 pub const SETTING_FIREWALL: u32 = 4;
-/// `SETTINGS[SETTING_FIREWALL]`: some VIP address has `closed_ports = "drop"`: a TCP/UDP
-/// packet to no service's port looks its destination up in `VIP_ADDRS`. While clear,
-/// such packets pass without a lookup (as before).
+/// `SETTINGS[SETTING_FIREWALL]`: `closed_ports = "drop"`: a TCP/UDP packet to a listed port
+/// (the daemon then lists every port in `VIP_PORTS`) but to no service looks its destination
+/// up in `VIP_ADDRS`. While clear, such packets pass without a lookup (as before).
 pub const FIREWALL_F_CLOSED_DROP: u32 = 1;
 pub const NUM_SETTINGS: u32 = 8;
 

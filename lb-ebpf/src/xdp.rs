@@ -673,8 +673,11 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     };
     let [sport, dport] = ports;
     let vip = port_listed(&VIP_PORTS, dport);
+    // With `closed_ports = "drop"` on, the daemon sets every `VIP_PORTS` bit: packets to any
+    // port then go down the VIP path, where `closed_vip_port` refuses those to a VIP address.
+    // So this path, the not-VIP one, costs nothing more while it is off.
     if !vip && !port_listed(&REPLY_PORTS, sport) {
-        return closed_port(ip);
+        return Parse::Kernel(Pass::NotVip);
     }
     let syn = match tcp_flags {
         Some(f) if vip && !tcp_flags_possible(f) => return ip.refuse(Reason::BadFlags),
@@ -690,24 +693,8 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     }
 }
 
-/// A TCP/UDP packet to a port no service uses: refused (`closed_port`) when its destination
-/// is a VIP address with `closed_ports = "drop"`, else the kernel's. While no address asks
-/// for it (`FIREWALL_F_CLOSED_DROP` clear) this costs one array read, no hash lookup.
-#[inline(always)]
-fn closed_port(ip: &Ip) -> Parse {
-    if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {
-        return Parse::Kernel(Pass::NotVip);
-    }
-    core::hint::cold_path();
-    let key = ip.key();
-    if closed_port_drops(&key) {
-        return Parse::Refused(Reason::ClosedPort, key);
-    }
-    Parse::Kernel(Pass::NotVip)
-}
-
-/// The `VIP_ADDRS` half of [`closed_port`] (and of [`closed_vip_port`]): out of line, only asked while some address drops.
-/// Takes the key (read in line, where the verifier knows the packet's family), not the header.
+/// Whether `key`'s destination is a VIP address with `closed_ports = "drop"`: out of line,
+/// asked only while some address drops.
 #[inline(never)]
 fn closed_port_drops(key: &FlowKey) -> bool {
     let addr = VipAddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
@@ -1031,8 +1018,9 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
     Decision::new(t.flow, t.svc.id, idx, action)
 }
 
-/// A packet to a service's port but not to a service (another address or protocol): refused
-/// when its destination is a VIP address with `closed_ports = "drop"`.
+/// A packet to a listed port but not to a service (another address, port or protocol):
+/// refused when its destination is a VIP address with `closed_ports = "drop"` (then every port
+/// is listed, see `parse_l4`).
 #[inline(always)]
 fn closed_vip_port(pkt: &Packet) -> Decision {
     if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {

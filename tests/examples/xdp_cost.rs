@@ -195,8 +195,8 @@ fn conntrack_entries(calls: usize, reps: usize) -> u32 {
     u32::try_from((6 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
 }
 
-/// The fixture services and two with the firewall on, both TCP/IPv4 NAT to web1:8080 like
-/// web4: fw4 (198.18.0.40:80) with 1,000 `deny` /32s (198.18.100.0 to 198.18.103.231; no
+/// The fixture services and two with the firewall on, both TCP/IPv4 NAT like web4 (to web2
+/// on ports no other service uses): fw4 (198.18.0.40:80) with 1,000 `deny` /32s (198.18.100.0 to 198.18.103.231; no
 /// client of the run is among them, so every new flow searches the trie and is admitted), and
 /// rl4 (198.18.0.41:80) with `new_flows_per_source` high enough never to refuse.
 fn firewall_config(conntrack: u32) -> Config {
@@ -205,6 +205,9 @@ fn firewall_config(conntrack: u32) -> Config {
     let mut fw = cfg.services.iter().find(|s| s.name == "web4").expect("fixture web4").clone();
     fw.name = "fw4".into();
     fw.vip = "198.18.0.40:80".parse().unwrap();
+    // Backends of their own: a backend shared by NAT services makes every new flow write a
+    // reverse entry too (BACKEND_F_SHARED), which would add to these figures.
+    fw.backends[0].address = "198.18.1.12:8080".parse().unwrap();
     fw.deny = (0..1000u32)
         .map(|i| Cidr { addr: IpAddr::from([198, 18, 100 + (i / 250) as u8, (i % 250) as u8]), len: 32 })
         .collect();
@@ -212,6 +215,7 @@ fn firewall_config(conntrack: u32) -> Config {
     rl.name = "rl4".into();
     rl.vip = "198.18.0.41:80".parse().unwrap();
     rl.deny.clear();
+    rl.backends[0].address = "198.18.1.12:8081".parse().unwrap();
     rl.new_flows_per_source = Some(RateLimit { rate: 1_000_000_000, burst: 1_000_000 });
     cfg.services.extend([fw, rl]);
     cfg

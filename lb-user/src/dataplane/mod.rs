@@ -463,9 +463,17 @@ impl Dataplane {
     /// Makes the `VIP_PORTS` word of `port` (network order) match the services in the book.
     fn sync_vip_port(&mut self, port: u16) -> anyhow::Result<()> {
         let port = u16::from_be(port);
-        let (word, value) = port_word(self.book.services.values().map(|(k, _)| u16::from_be(k.port)), port);
+        let (word, value) = self.vip_port_word(port);
         let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
         m.set(word, value, 0).context("writing VIP_PORTS")
+    }
+
+    /// The `VIP_PORTS` word holding `port` (host order): the services' ports, or every port
+    /// while `closed_ports = "drop"` (packets to any port of a VIP address must reach the VIP
+    /// path to be refused; the not-VIP path stays free of any check while it is off).
+    fn vip_port_word(&self, port: u16) -> (u32, u64) {
+        let (word, value) = port_word(self.book.services.values().map(|(k, _)| u16::from_be(k.port)), port);
+        (word, if self.closed_drop { u64::MAX } else { value })
     }
 
     /// Writes `BACKENDS[slot]` (`Backend::default()` frees it) and what
@@ -630,9 +638,8 @@ impl Dataplane {
             n.remove(k).context("removing from NAT_SOURCES")?;
         }
         gone += stale.len();
-        let ports: Vec<u16> = live.iter().map(|k| u16::from_be(k.port)).collect();
         for w in 0..lb_common::VIP_PORT_WORDS {
-            let (word, value) = port_word(ports.iter().copied(), (w * 64) as u16);
+            let (word, value) = self.vip_port_word((w * 64) as u16);
             let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
             if m.get(&word, 0)? != value {
                 m.set(word, value, 0).context("writing VIP_PORTS")?;
@@ -668,7 +675,10 @@ impl Dataplane {
         if drop == self.closed_drop && !drop {
             return Ok(());
         }
+        // On: the address flags, the setting, then every port bit. Off: the reverse.
         if !drop {
+            self.closed_drop = false;
+            self.write_vip_ports()?;
             self.write_firewall_setting(0)?;
         }
         self.closed_drop = drop;
@@ -678,6 +688,17 @@ impl Dataplane {
         }
         if drop {
             self.write_firewall_setting(FIREWALL_F_CLOSED_DROP)?;
+            self.write_vip_ports()?;
+        }
+        Ok(())
+    }
+
+    /// Every `VIP_PORTS` word.
+    fn write_vip_ports(&mut self) -> anyhow::Result<()> {
+        for w in 0..lb_common::VIP_PORT_WORDS {
+            let (word, value) = self.vip_port_word((w * 64) as u16);
+            let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
+            m.set(word, value, 0).context("writing VIP_PORTS")?;
         }
         Ok(())
     }
