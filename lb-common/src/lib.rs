@@ -31,6 +31,8 @@ pub mod maps {
     pub const SCHED_SLOTS: &str = "SCHED_SLOTS";
     pub const RR_CURSORS: &str = "RR_CURSORS";
     pub const NEW_FLOW_WINDOW: &str = "NEW_FLOW_WINDOW";
+    pub const SOURCE_RULES: &str = "SOURCE_RULES";
+    pub const NEW_FLOW_BUCKETS: &str = "NEW_FLOW_BUCKETS";
 }
 
 /// Name of the XDP program in the object file.
@@ -80,11 +82,21 @@ pub const MAX_LC_CANDIDATES: u32 = SCHED_HALF / 2;
 /// Least conn scans every candidate up to this many; above, it compares two
 /// random ones (power of two choices).
 pub const LC_FULL_SCAN: u32 = 32;
+/// `Service::flags`: the service (or `[daemon] deny`) has source rules: a packet without a
+/// usable conntrack entry looks its source up in `SOURCE_RULES`. Without it nothing is searched.
+pub const SERVICE_F_FIREWALL: u32 = 4;
+/// `Service::flags`: the service has an `allow` list: a source no rule matches is denied.
+pub const SERVICE_F_ALLOW_LIST: u32 = 8;
+/// `Service::flags`: new flows are limited per source (`Service::flow_cost_ns`, `flow_burst`).
+pub const SERVICE_F_RATE_LIMIT: u32 = 16;
 /// `VIP_ADDRS` value: the address is a VIP (always set).
 pub const VIP_ADDR_F_KNOWN: u32 = 1;
 /// `VIP_ADDRS` value: echo requests to the address are answered (every service
 /// on the address has `answer_ping = true`).
 pub const VIP_ADDR_F_PING: u32 = 2;
+/// `VIP_ADDRS` value: TCP/UDP packets to a port of the address that no service uses are
+/// dropped (`closed_ports = "drop"`), counted as `closed_port`.
+pub const VIP_ADDR_F_CLOSED_DROP: u32 = 4;
 /// Echo replies per second each CPU sends at most (token bucket refill rate).
 pub const PING_RATE_PER_CPU: u64 = 1000;
 /// Echo replies a CPU may send back to back (token bucket depth).
@@ -146,6 +158,49 @@ pub struct NewFlowWindow {
     /// New flows this CPU asked to track in the window (tracked or not).
     pub flows: u64,
 }
+
+/// `SETTINGS[SETTING_FIREWALL]`: `FIREWALL_F_*` bits.
+pub const SETTING_FIREWALL: u32 = 4;
+/// `SETTINGS[SETTING_FIREWALL]`: `closed_ports = "drop"`: a TCP/UDP packet to a listed port
+/// (the daemon then lists every port in `VIP_PORTS`) but to no service looks its destination
+/// up in `VIP_ADDRS`. While clear, such packets pass without a lookup (as before).
+pub const FIREWALL_F_CLOSED_DROP: u32 = 1;
+
+/// Most entries of `SOURCE_RULES` (every service's `allow` and `deny` plus `[daemon] deny`).
+pub const MAX_SOURCE_RULES: u32 = 65536;
+/// Sources whose new-flow token buckets are kept (`NEW_FLOW_BUCKETS`, an LRU).
+pub const NEW_FLOW_BUCKETS_ENTRIES: u32 = 65536;
+/// `SourceRuleKey::scope` of `[daemon] deny` rules (IPv4 and IPv6): no service has these ids.
+pub const SCOPE_DAEMON_V4: u32 = 0xffff_ff04;
+pub const SCOPE_DAEMON_V6: u32 = 0xffff_ff06;
+/// `SOURCE_RULES` values.
+pub const RULE_ALLOW: u32 = 1;
+pub const RULE_DENY: u32 = 2;
+
+/// Data of the `SOURCE_RULES` LPM trie key (after its `prefix_len`): one trie for every
+/// service's rules and the daemon's, told apart by `scope` (a `Service::id`, or
+/// `SCOPE_DAEMON_V4`/`V6`), as Cilium keys its policy tries by identity then prefix.
+/// `scope` is big-endian so that it is the key's first 32 bits; a rule's `prefix_len` is
+/// 32 + its prefix length, so a lookup (with 32 + 128) never matches another scope. A
+/// service has one family (its VIP's), so its scope needs no family; the daemon's two scopes
+/// keep IPv4 and IPv6 rules apart. One trie rather than one per service: maps cannot be made
+/// per service at run time without map-in-map, and a service without rules never searches.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRuleKey {
+    /// Big-endian (`u32::to_be`) service id or daemon scope.
+    pub scope: u32,
+    /// Network order, IPv4 in the first word.
+    pub addr: [u32; 4],
+}
+
+/// Key of `NEW_FLOW_BUCKETS`: a service and a source (IPv4 /32, IPv6 /64: the rest zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceBucketKey {
+    pub service: u32,
+    pub addr: [u32; 4],
+}
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -202,6 +257,10 @@ pub struct Service {
     /// Entries in that list: the sequence's length (round robin), the candidates (least conn);
     /// 0: none takes new flows.
     pub sched_len: u32,
+    /// `SERVICE_F_RATE_LIMIT`: nanoseconds of credit a new flow costs (1e9 / rate per second).
+    pub flow_cost_ns: u32,
+    /// `SERVICE_F_RATE_LIMIT`: new flows a source may open back to back.
+    pub flow_burst: u32,
 }
 
 /// Where to send a frame without asking the FIB: egress interface and MACs.
@@ -394,6 +453,10 @@ pub struct ServiceStats {
     /// or a flow whose path moved to this lb): picked by Maglev without making an
     /// entry. `xlb_service_conntrack_misses_total{kind="non_syn"}`.
     pub non_syn: u64,
+    /// Packets refused by the service's source rules (or `[daemon] deny`'s: not counted here).
+    pub denied: u64,
+    /// New flows refused by `new_flows_per_source`.
+    pub rate_limited: u64,
 }
 
 /// Bytes of the `TRACE` ring buffer (a power of two, whole pages).
@@ -478,9 +541,16 @@ pub mod counter {
     pub const DROP_ICMP_UNKNOWN_FLOW: u32 = 9;
     /// Echo request to a VIP beyond the per-CPU rate (`PING_RATE_PER_CPU`).
     pub const DROP_PING_RATE_LIMITED: u32 = 10;
-    // 11..14: the firewall's drop reasons.
+    // Firewall.
+    /// A new flow (no usable conntrack entry) from a source `deny` (or `[daemon] deny`) names,
+    /// or that a service's `allow` list does not name.
+    pub const DROP_DENIED: u32 = 11;
+    /// A new flow beyond its source's `new_flows_per_source` rate.
+    pub const DROP_RATE_LIMITED: u32 = 12;
+    /// TCP/UDP to a port of a VIP address that no service uses, with `closed_ports = "drop"`.
+    pub const DROP_CLOSED_PORT: u32 = 13;
     /// Number of drop reasons (indices below this are drops).
-    pub const NUM_DROPS: u32 = 11;
+    pub const NUM_DROPS: u32 = 14;
 
     /// VIP packet handed to the kernel: no route or neighbour for the backend yet.
     pub const PASS_NO_ROUTE: u32 = 16;
@@ -534,6 +604,9 @@ pub mod counter {
         "icmp_fragment",
         "icmp_unknown_flow",
         "ping_rate_limited",
+        "denied",
+        "rate_limited",
+        "closed_port",
     ];
 }
 
@@ -606,12 +679,16 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for TokenBucket {}
     unsafe impl aya::Pod for NewFlowWindow {}
+    unsafe impl aya::Pod for SourceRuleKey {}
+    unsafe impl aya::Pod for SourceBucketKey {}
 }
 
 // No implicit padding anywhere: the size is the sum of the fields.
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<VipAddrKey>() == 20);
-const _: () = assert!(core::mem::size_of::<Service>() == 24);
+const _: () = assert!(core::mem::size_of::<Service>() == 32);
+const _: () = assert!(core::mem::size_of::<SourceRuleKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SourceBucketKey>() == 20);
 const _: () = assert!(core::mem::size_of::<NextHop>() == 16);
 const _: () = assert!(core::mem::size_of::<Backend>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
@@ -620,7 +697,7 @@ const _: () = assert!(core::mem::size_of::<NatSource>() == 28);
 const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
-const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
+const _: () = assert!(core::mem::size_of::<ServiceStats>() == 56);
 const _: () = assert!(core::mem::size_of::<NewFlowWindow>() == 16);
 
 #[cfg(test)]

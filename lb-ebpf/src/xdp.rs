@@ -19,7 +19,9 @@ use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_SUCCESS, BPF_F_MMAPABLE},
     helpers::generated::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_redirect},
     macros::{map, xdp},
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        lpm_trie::Key as LpmKey, Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::XdpContext,
     EbpfContext,
 };
@@ -30,6 +32,11 @@ use lb_common::{
     MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK,
     SETTING_GUARD, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+};
+use lb_common::{
+    SourceBucketKey, SourceRuleKey, TokenBucket, FIREWALL_F_CLOSED_DROP, MAX_SOURCE_RULES, NEW_FLOW_BUCKETS_ENTRIES,
+    RULE_DENY, SCOPE_DAEMON_V4, SCOPE_DAEMON_V6, SERVICE_F_ALLOW_LIST, SERVICE_F_FIREWALL, SERVICE_F_RATE_LIMIT,
+    SETTING_FIREWALL, VIP_ADDR_F_CLOSED_DROP,
 };
 use network_types::{
     eth::EthHdr,
@@ -123,6 +130,18 @@ static SCHED_SLOTS: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHED_RE
 #[map]
 static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
+/// Source rules (`allow`, `deny`, `[daemon] deny`): an LPM trie keyed by scope (service id
+/// or the daemon's) and source prefix, see `SourceRuleKey`. Looked up only for packets
+/// without a usable conntrack entry, of services with `SERVICE_F_FIREWALL`.
+#[map]
+static SOURCE_RULES: LpmTrie<SourceRuleKey, u32> = LpmTrie::with_max_entries(MAX_SOURCE_RULES, 0);
+/// New-flow token buckets per (service, source /32 or /64), of services with
+/// `SERVICE_F_RATE_LIMIT`. Shared by all CPUs (a source's flows land on every CPU): updated
+/// without atomics, so two CPUs racing on one source may each spend the same credit once.
+#[map]
+static NEW_FLOW_BUCKETS: LruHashMap<SourceBucketKey, TokenBucket> =
+    LruHashMap::with_max_entries(NEW_FLOW_BUCKETS_ENTRIES, 0);
+
 // ---------------------------------------------------------------- constants
 
 const ETH_P_IP: u16 = 0x0800;
@@ -188,6 +207,9 @@ enum Reason {
     IcmpFragment = counter::DROP_ICMP_FRAGMENT,
     IcmpUnknownFlow = counter::DROP_ICMP_UNKNOWN_FLOW,
     PingRateLimited = counter::DROP_PING_RATE_LIMITED,
+    Denied = counter::DROP_DENIED,
+    RateLimited = counter::DROP_RATE_LIMITED,
+    ClosedPort = counter::DROP_CLOSED_PORT,
 }
 
 /// Why a packet is handed to the kernel: its `COUNTERS` index.
@@ -422,7 +444,7 @@ fn process_packet(ctx: &XdpContext) -> u32 {
             Some(target) => send_to_backend(ctx, pkt, &target),
             // A VIP's port but not a service's (address, port, protocol).
             None if port_listed(&REPLY_PORTS, pkt.key.sport) => reply(ctx, pkt),
-            None => Decision::pass(Pass::NotVip),
+            None => closed_vip_port(pkt),
         },
         Parse::MaybeReply(pkt) => reply(ctx, pkt),
         // Most packets are not xlb's: recorded here, where the compiler
@@ -680,6 +702,9 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     };
     let [sport, dport] = ports;
     let vip = port_listed(&VIP_PORTS, dport);
+    // With `closed_ports = "drop"` on, the daemon sets every `VIP_PORTS` bit: packets to any
+    // port then go down the VIP path, where `closed_vip_port` refuses those to a VIP address.
+    // So this path, the not-VIP one, costs nothing more while it is off.
     if !vip && !port_listed(&REPLY_PORTS, sport) {
         return Parse::Kernel(Pass::NotVip);
     }
@@ -695,6 +720,15 @@ fn parse_l4(ctx: &XdpContext, ip: &Ip) -> Parse {
     } else {
         Parse::MaybeReply(pkt)
     }
+}
+
+/// Whether `key`'s destination is a VIP address with `closed_ports = "drop"`: out of line,
+/// asked only while some address drops.
+#[inline(never)]
+fn closed_port_drops(key: &FlowKey) -> bool {
+    let addr = VipAddrKey { addr: key.dst, family: key.family, _pad: [0; 3] };
+    // SAFETY: the value is read once.
+    matches!(unsafe { VIP_ADDRS.get(addr) }, Some(f) if *f & VIP_ADDR_F_CLOSED_DROP != 0)
 }
 
 /// Whether a TCP segment's flags (byte 13) can occur at all: some control bit
@@ -780,6 +814,15 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
         return Some(Target { svc, flow: Flow::Refused, backend: Err(Reason::BadSource) });
     }
     let tcp_non_syn = pkt.key.proto == PROTO_TCP && !pkt.syn;
+    // The firewall before the entry is retired or the guard counts the flow:
+    // a refused packet changes nothing. The rate limit counts first packets
+    // (no entry, or an expired one), whether the guard tracks them or not.
+    if svc.flags & (SERVICE_F_FIREWALL | SERVICE_F_RATE_LIMIT) != 0 {
+        let first = !tcp_non_syn && stale.is_none_or(|(_, expired)| expired);
+        if let Err(why) = admit(svc, &pkt.key, first) {
+            return Some(Target { svc, flow: Flow::Refused, backend: Err(why) });
+        }
+    }
     let (flow, track) = match stale {
         Some((st, expired)) => {
             core::hint::cold_path();
@@ -1095,6 +1138,87 @@ fn bad_source(k: &FlowKey) -> bool {
     unsafe { VIP_ADDRS.get(addr) }.is_some()
 }
 
+/// The firewall, for a packet without a usable conntrack entry (established flows never get
+/// here, so a reload that denies a source leaves its established flows alone): the source's
+/// `[daemon] deny` and the service's longest matching rule (`SOURCE_RULES`; deny wins at
+/// equal length because the loader stores one rule per prefix), then, for a flow's first
+/// packet (`new`), its source's token bucket. Out of line: services without rules never call it.
+#[inline(never)]
+fn admit(svc: &Service, k: &FlowKey, new: bool) -> Result<(), Reason> {
+    let flags = svc.flags;
+    if flags & SERVICE_F_FIREWALL != 0 {
+        let daemon = if k.family == FAMILY_V4 { SCOPE_DAEMON_V4 } else { SCOPE_DAEMON_V6 };
+        let key = LpmKey::new(32 + 128, SourceRuleKey { scope: daemon.to_be(), addr: k.src });
+        if SOURCE_RULES.get(&key).is_some() {
+            // Daemon-wide rules are all denies.
+            return Err(Reason::Denied);
+        }
+        let key = LpmKey::new(32 + 128, SourceRuleKey { scope: svc.id.to_be(), addr: k.src });
+        let denied = match SOURCE_RULES.get(&key) {
+            Some(rule) => *rule == RULE_DENY,
+            None => flags & SERVICE_F_ALLOW_LIST != 0,
+        };
+        if denied {
+            count_refusal(svc.id, Reason::Denied);
+            return Err(Reason::Denied);
+        }
+    }
+    if new && flags & SERVICE_F_RATE_LIMIT != 0 && !take_token(svc, k) {
+        count_refusal(svc.id, Reason::RateLimited);
+        return Err(Reason::RateLimited);
+    }
+    Ok(())
+}
+
+/// The service's own count of a refusal (`ServiceStats::denied`, `rate_limited`).
+#[inline(always)]
+fn count_refusal(service: u32, why: Reason) {
+    if let Some(s) = SERVICE_STATS.get_ptr_mut(service) {
+        // SAFETY: a per-CPU slot: only this CPU writes it while the program runs.
+        unsafe {
+            if why == Reason::Denied {
+                (*s).denied += 1;
+            } else {
+                (*s).rate_limited += 1;
+            }
+        }
+    }
+}
+
+/// Spends one new flow's credit from the source's bucket (IPv4 /32, IPv6 /64). Credit is kept
+/// in nanoseconds: it grows with time up to `flow_burst` flows' worth, each flow costs
+/// `flow_cost_ns` (1e9 / rate): no division or multiplication by the rate on the packet path.
+/// An unknown source starts with a full bucket.
+#[inline(always)]
+fn take_token(svc: &Service, k: &FlowKey) -> bool {
+    let cost = svc.flow_cost_ns as u64;
+    let full = cost * svc.flow_burst as u64;
+    let v6 = k.family == FAMILY_V6;
+    let key = SourceBucketKey { service: svc.id, addr: [k.src[0], if v6 { k.src[1] } else { 0 }, 0, 0] };
+    // SAFETY: a helper call without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(b) = NEW_FLOW_BUCKETS.get_ptr_mut(key) else {
+        if full < cost {
+            return false;
+        }
+        let _ = NEW_FLOW_BUCKETS.insert(key, TokenBucket { tokens: full - cost, last_ns: now }, 0);
+        return true;
+    };
+    // SAFETY: an LRU value: another CPU may write it meanwhile (see `NEW_FLOW_BUCKETS`).
+    unsafe {
+        let last = (*b).last_ns;
+        let elapsed = now.saturating_sub(last);
+        let credit = ((*b).tokens + elapsed.min(full)).min(full);
+        (*b).last_ns = now;
+        if credit < cost {
+            (*b).tokens = credit;
+            return false;
+        }
+        (*b).tokens = credit - cost;
+    }
+    true
+}
+
 /// The backend of a tracked flow and its service, while that backend is
 /// usable: up, and still the one the entry was made for (same generation).
 /// Such a backend belongs to the service of the flow's VIP: backends never
@@ -1258,7 +1382,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
             core::hint::cold_path();
             // A refused source is not the service's traffic (as for every
             // refusal); a service without a backend counts the packet.
-            let service = if why == Reason::BadSource { NOT_KNOWN } else { t.svc.id };
+            let service = if why == Reason::NoBackend { t.svc.id } else { NOT_KNOWN };
             return Decision::new(t.flow, service, NOT_KNOWN, Err(why));
         }
     };
@@ -1279,6 +1403,21 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
         nat(ctx, pkt, &to, &be.next_hop, &be.addr, &pkt.key.src, true)
     };
     Decision::new(t.flow, t.svc.id, idx, action)
+}
+
+/// A packet to a listed port but not to a service (another address, port or protocol):
+/// refused when its destination is a VIP address with `closed_ports = "drop"` (then every port
+/// is listed, see `parse_l4`).
+#[inline(always)]
+fn closed_vip_port(pkt: &Packet) -> Decision {
+    if !matches!(SETTINGS.get(SETTING_FIREWALL), Some(f) if *f & FIREWALL_F_CLOSED_DROP != 0) {
+        return Decision::pass(Pass::NotVip);
+    }
+    core::hint::cold_path();
+    if closed_port_drops(&pkt.key) {
+        return Decision::new(Flow::Refused, NOT_KNOWN, NOT_KNOWN, Err(Reason::ClosedPort));
+    }
+    Decision::pass(Pass::NotVip)
 }
 
 /// A packet that is not a service's: the reply of a tracked NAT flow goes

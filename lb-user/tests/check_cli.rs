@@ -135,6 +135,54 @@ fn valid_config_prints_the_plan() {
 }
 
 #[test]
+fn firewall_problems_are_reported_together_with_their_fields() {
+    let config = edit(
+        "vip = \"198.18.0.10:80\"",
+        "vip = \"198.18.0.10:80\"\nallow = [\"198.18.0.1/24\", \"198.18.4.0/24\"]\ndeny = [\"2001:db8::/32\", \"198.18.4.0/24\"]\nnew_flows_per_source = { rate = 0, burst = 10 }",
+    )
+    .replacen("[daemon]", "[daemon]\nclosed_ports = \"reject\"", 1);
+    assert_refused(
+        "firewall",
+        &config,
+        &[
+            ("daemon.closed_ports (line 3)", "unknown value \"reject\"; expected one of: pass, drop"),
+            (
+                "service[0] (www).allow[0] (line 9)",
+                "\"198.18.0.1/24\" has host bits set; did you mean \"198.18.0.0/24\"?",
+            ),
+            (
+                "service[0] (www).allow[1] (line 9)",
+                "198.18.4.0/24 is dead: service[0] (www).deny[1] names the same prefix",
+            ),
+            ("service[0] (www).deny[0] (line 10)", "2001:db8::/32 is IPv6 but the VIP 198.18.0.10 is IPv4"),
+            ("service[0] (www).new_flows_per_source.rate (line 11)", "0 is out of range"),
+        ],
+    );
+}
+
+#[test]
+fn firewall_config_is_shown_in_the_plan() {
+    let config = edit(
+        "vip = \"198.18.0.10:80\"",
+        "vip = \"198.18.0.10:80\"\nallow = [\"198.18.0.0/16\"]\ndeny = [\"198.18.9.0/24\"]\nnew_flows_per_source = { rate = 100, burst = 200 }",
+    )
+    .replacen("[daemon]", "[daemon]\nclosed_ports = \"drop\"\ndeny = [\"203.0.113.0/24\"]", 1);
+    let file = TempConfig::new("firewall-ok", &config);
+    let out = check(file.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "expected the firewall config to be valid; {}", describe(&out));
+    for want in [
+        "closed_ports:      drop",
+        "deny (every VIP):  203.0.113.0/24",
+        "allow: 198.18.0.0/16 (everyone else is denied)",
+        "deny: 198.18.9.0/24",
+        "new flows per source: 100/s, burst 200",
+    ] {
+        assert!(stdout.contains(want), "expected the plan to show {want:?}; {}", describe(&out));
+    }
+}
+
+#[test]
 fn base_config_is_valid() {
     let file = TempConfig::new("base", BASE);
     let out = check(file.path());

@@ -22,7 +22,7 @@ use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::ServiceStats;
 use xlb::{
     balancer::Balancer,
-    config::{BackendConfig, Role, Scheduler},
+    config::{BackendConfig, Cidr, Config, RateLimit, Role, Scheduler},
 };
 use xlb_testbed::{
     bench::{emit, method, missing, summarize, Figures, Opts},
@@ -116,9 +116,6 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
         Established { open: p.clone(), packet: p }
     };
     let (vip_rr, vip_lc) = (ip(VIP_RR), ip(VIP_LC));
-    let fresh_to = |vip: IpAddr| -> Vec<Vec<u8>> {
-        (0..new_flows).map(|i| frame(Pkt::tcp(client_of(i, false), vip, 1024 + (i & 0xff) as u16, 80))).collect()
-    };
     let fresh = |v6: bool, tcp: bool| -> Vec<Vec<u8>> {
         let (vip, dport) = match (v6, tcp) {
             (false, true) => (vip4, 80),
@@ -132,6 +129,9 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
                 frame(if tcp { Pkt::tcp(src, vip, sport, dport) } else { Pkt::udp(src, vip, sport, dport) })
             })
             .collect()
+    };
+    let fresh_to = |vip: IpAddr, dport| -> Vec<Vec<u8>> {
+        (0..new_flows).map(|i| frame(Pkt::tcp(client_of(i, false), vip, 1024 + (i & 0xff) as u16, dport))).collect()
     };
     use Traffic::*;
     let case = |name, service, traffic| Case { name, service, traffic, one_arm: false };
@@ -150,8 +150,10 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
         // The same TCP/IPv4 flows to services scheduled by round robin and least connections.
         case("xdp_ns_established_tcp_v4_rr", Some("web4rr"), tcp_flow(cl4, vip_rr)),
         case("xdp_ns_established_tcp_v4_lc", Some("web4lc"), tcp_flow(cl4, vip_lc)),
-        case("xdp_ns_new_flow_tcp_v4_rr", Some("web4rr"), NewFlows(fresh_to(vip_rr))),
-        case("xdp_ns_new_flow_tcp_v4_lc", Some("web4lc"), NewFlows(fresh_to(vip_lc))),
+        case("xdp_ns_new_flow_tcp_v4_rr", Some("web4rr"), NewFlows(fresh_to(vip_rr, 80))),
+        case("xdp_ns_new_flow_tcp_v4_lc", Some("web4lc"), NewFlows(fresh_to(vip_lc, 80))),
+        case("xdp_ns_new_flow_tcp_v4_deny_1000", Some("fw4"), NewFlows(fresh_to(ip("198.18.0.40"), 80))),
+        case("xdp_ns_new_flow_tcp_v4_rate_limited", Some("rl4"), NewFlows(fresh_to(ip("198.18.0.41"), 80))),
         case("xdp_ns_not_vip", None, NotVip(frame(Pkt::tcp(cl4, ip("198.18.0.2"), 40000, 22)))),
         case("xdp_ns_not_vip_v6", None, NotVip(frame(Pkt::tcp(cl6, ip("2001:db8::2"), 40000, 22)))),
         // One-arm: the established flow above, back out of b0 (redirect through
@@ -204,9 +206,34 @@ fn conntrack_entries(calls: usize, reps: usize) -> u32 {
     u32::try_from((6 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
 }
 
-fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) -> anyhow::Result<()> {
+/// The fixture services and two with the firewall on, both TCP/IPv4 NAT like web4 (to web2
+/// on ports no other service uses): fw4 (198.18.0.40:80) with 1,000 `deny` /32s (198.18.100.0 to 198.18.103.231; no
+/// client of the run is among them, so every new flow searches the trie and is admitted), and
+/// rl4 (198.18.0.41:80) with `new_flows_per_source` high enough never to refuse.
+fn firewall_config(conntrack: u32) -> Config {
     let mut cfg = fixture_config();
     cfg.daemon.conntrack_entries = conntrack;
+    let mut fw = cfg.services.iter().find(|s| s.name == "web4").expect("fixture web4").clone();
+    fw.name = "fw4".into();
+    fw.vip = "198.18.0.40:80".parse().unwrap();
+    // Backends of their own: a backend shared by NAT services makes every new flow write a
+    // reverse entry too (BACKEND_F_SHARED), which would add to these figures.
+    fw.backends[0].address = "198.18.1.12:8080".parse().unwrap();
+    fw.deny = (0..1000u32)
+        .map(|i| Cidr { addr: IpAddr::from([198, 18, 100 + (i / 250) as u8, (i % 250) as u8]), len: 32 })
+        .collect();
+    let mut rl = fw.clone();
+    rl.name = "rl4".into();
+    rl.vip = "198.18.0.41:80".parse().unwrap();
+    rl.deny.clear();
+    rl.backends[0].address = "198.18.1.12:8081".parse().unwrap();
+    rl.new_flows_per_source = Some(RateLimit { rate: 1_000_000_000, burst: 1_000_000 });
+    cfg.services.extend([fw, rl]);
+    cfg
+}
+
+fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) -> anyhow::Result<()> {
+    let mut cfg = firewall_config(conntrack);
     // web4 again (one more backend), scheduled by round robin and by least connections.
     let web4 = cfg.services.iter().find(|s| s.name == "web4").expect("fixture service web4").clone();
     for (name, vip, scheduler) in [("web4rr", VIP_RR, Scheduler::RoundRobin), ("web4lc", VIP_LC, Scheduler::LeastConn)]
@@ -236,6 +263,10 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
         }
         None => Balancer::load(&cfg)?,
     };
+    if !bal.dp.has_map(lb_common::maps::SOURCE_RULES) {
+        eprintln!("the XDP object has no firewall: no fw4/rl4 services (their figures are missing)");
+        cfg.services.retain(|s| s.name != "fw4" && s.name != "rl4");
+    }
     bal.apply(&cfg)?;
     // As the daemon does: the conntrack guard checks every new flow (a rate
     // never reached here, so every flow is tracked and counted as inserted).
@@ -270,7 +301,11 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             measure(bal.dp.program(), std::slice::from_ref(packet), b.c0, 10, &[XDP_REDIRECT]);
         }
     }
-    let services = ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc"];
+    let services: Vec<&str> = ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc", "fw4", "rl4"]
+        .into_iter()
+        .filter(|s| service_id(s).is_some())
+        .collect();
+    let cases: Vec<Case> = cases.into_iter().filter(|c| c.service.is_none_or(|s| services.contains(&s))).collect();
     let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
         services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()
     };

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use xlb::{
     balancer::Balancer,
     config::{
-        BackendConfig, CheckKind, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role, Scheduler,
+        BackendConfig, CheckKind, ClosedPorts, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role,
+        Scheduler,
         ServiceConfig, XdpModeConfig,
     },
 };
@@ -102,6 +103,9 @@ fn service(name: &str, vip: &str, proto: Protocol, fwd: Forwarding, backends: &[
         table_size: 251,
         preempt: true,
         answer_ping: true,
+        allow: Vec::new(),
+        deny: Vec::new(),
+        new_flows_per_source: None,
         health: HealthConfig { check: CheckKind::None, ..HealthConfig::default() },
         backends: backends.iter().map(|b| BackendConfig { address: sa(b), weight: 1, role: Role::Primary }).collect(),
     }
@@ -122,6 +126,8 @@ pub fn fixture_config() -> Config {
             pin_path: "/nonexistent".into(),
             announce: None,
             conntrack_timeouts: Default::default(),
+            deny: Vec::new(),
+            closed_ports: ClosedPorts::Pass,
         },
         services: vec![
             service("web4", "198.18.0.10:80", Tcp, Nat, &["198.18.1.11:8080"]),

@@ -22,11 +22,15 @@ use lb_common::{
     MAX_SERVICES, NO_BACKEND, SCHED_HALF, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_PING,
     SERVICE_F_ROUND_ROBIN, SETTINGS_F_NAT,
 };
+use lb_common::{
+    SourceRuleKey, RULE_ALLOW, RULE_DENY, SCOPE_DAEMON_V4, SCOPE_DAEMON_V6, SERVICE_F_ALLOW_LIST, SERVICE_F_FIREWALL,
+    SERVICE_F_RATE_LIMIT,
+};
 
 pub use self::tables::Tables;
 use crate::{
-    config::{BackendConfig, CheckKind, Config, Forwarding, HealthConfig, Scheduler, ServiceConfig},
-    dataplane::{Dataplane, Sizes},
+    config::{BackendConfig, CheckKind, Cidr, ClosedPorts, Config, Forwarding, HealthConfig, Scheduler, ServiceConfig},
+    dataplane::{Dataplane, RuleId, Sizes},
     health::{
         hysteresis::{Hysteresis, Step},
         Probe, Target,
@@ -148,6 +152,8 @@ pub struct Balancer<T = Dataplane> {
     /// The VIPs and what BIRD was told of them (`[daemon.announce]`; written
     /// by the daemon's announcer, empty without one).
     pub announcements: Vec<VipAnnouncement>,
+    /// `[daemon] deny` has IPv4 / IPv6 entries: every service of that family searches `SOURCE_RULES`.
+    daemon_deny: (bool, bool),
 }
 
 /// One VIP address and what BIRD was told about it (`daemon::announce`).
@@ -162,6 +168,50 @@ pub struct VipAnnouncement {
     pub announced: bool,
     /// The last failure to tell BIRD, if the last attempt failed.
     pub error: Option<String>,
+}
+
+/// The `SOURCE_RULES` entry of `c` in `scope`.
+fn rule_id(scope: u32, c: &Cidr) -> RuleId {
+    let (addr, ..) = map_addr(&SocketAddr::new(c.addr, 0));
+    (32 + u32::from(c.len), SourceRuleKey { scope: scope.to_be(), addr })
+}
+
+/// Every rule of `services` (by id) and `[daemon] deny`: one per prefix, deny where a
+/// prefix is in both lists (deny wins at equal length).
+pub fn source_rules<'a>(
+    services: impl Iterator<Item = (u32, &'a ServiceConfig)>,
+    daemon_deny: &[Cidr],
+) -> HashMap<RuleId, u32> {
+    let mut rules = HashMap::new();
+    for (id, s) in services {
+        for c in &s.allow {
+            rules.entry(rule_id(id, c)).or_insert(RULE_ALLOW);
+        }
+        for c in &s.deny {
+            rules.insert(rule_id(id, c), RULE_DENY);
+        }
+    }
+    for c in daemon_deny {
+        let scope = if c.addr.is_ipv4() { SCOPE_DAEMON_V4 } else { SCOPE_DAEMON_V6 };
+        rules.insert(rule_id(scope, c), RULE_DENY);
+    }
+    rules
+}
+
+/// `Service::flags`, `flow_cost_ns` and `flow_burst` of the firewall.
+fn firewall_fields(cfg: &ServiceConfig, daemon_deny: (bool, bool)) -> (u32, u32, u32) {
+    let daemon = if cfg.vip.is_ipv4() { daemon_deny.0 } else { daemon_deny.1 };
+    let mut flags = 0;
+    if daemon || !cfg.allow.is_empty() || !cfg.deny.is_empty() {
+        flags |= SERVICE_F_FIREWALL;
+    }
+    if !cfg.allow.is_empty() {
+        flags |= SERVICE_F_ALLOW_LIST;
+    }
+    match cfg.new_flows_per_source {
+        Some(r) => (flags | SERVICE_F_RATE_LIMIT, (1_000_000_000 / r.rate.max(1)).max(1), r.burst),
+        None => (flags, 0, 0),
+    }
 }
 
 /// A backend as the maps name it: (service id, address, port, family).
@@ -292,6 +342,7 @@ impl<T: Tables> Balancer<T> {
             rebuilds: 0,
             seed: None,
             announcements: Vec::new(),
+            daemon_deny: (false, false),
         }
     }
 
@@ -424,6 +475,13 @@ impl<T: Tables> Balancer<T> {
             removed_backends.extend(gone.backends);
             log::info!("service {} ({}) removed", gone.cfg.name, gone.cfg.vip);
         }
+        // Source rules are written before the service flags that make packets search them
+        // (and removed after): a service never searches a half-written list.
+        let rules = source_rules(self.services.iter().map(|s| (s.id, &s.cfg)), &cfg.daemon.deny);
+        self.dp.sync_source_rules(&rules, false)?;
+        self.daemon_deny =
+            (cfg.daemon.deny.iter().any(|c| c.addr.is_ipv4()), cfg.daemon.deny.iter().any(|c| c.addr.is_ipv6()));
+        self.dp.set_closed_drop(cfg.daemon.closed_ports == ClosedPorts::Drop)?;
         // New backends exist in BACKENDS before any table slot names them.
         for svc in &self.services {
             for be in &svc.backends {
@@ -439,6 +497,8 @@ impl<T: Tables> Balancer<T> {
         }
         let nat = self.services.iter().any(|s| s.cfg.forwarding == Forwarding::Nat);
         self.dp.set_flags(if nat { SETTINGS_F_NAT } else { 0 })?;
+        // Rules no longer wanted go once no service flag asks for them.
+        self.dp.sync_source_rules(&rules, true)?;
         self.release_seed();
         Ok(())
     }
@@ -674,6 +734,7 @@ impl<T: Tables> Balancer<T> {
             Scheduler::RoundRobin => (svc.sched_offset(svc.sched_half), svc.sched.len() as u32),
             Scheduler::LeastConn => (svc.sched_offset(svc.sched_half), svc.sched.len() as u32 / 2),
         };
+        let (firewall, flow_cost_ns, flow_burst) = firewall_fields(&svc.cfg, self.daemon_deny);
         let entry = Service {
             id: svc.id,
             ring_offset: offset,
@@ -684,9 +745,12 @@ impl<T: Tables> Balancer<T> {
                     Scheduler::Maglev => 0,
                     Scheduler::RoundRobin => SERVICE_F_ROUND_ROBIN,
                     Scheduler::LeastConn => SERVICE_F_LEAST_CONN,
-                },
+                }
+                | firewall,
             sched_offset,
             sched_len,
+            flow_cost_ns,
+            flow_burst,
         };
         // Written after its table, so a new service is published complete.
         self.dp.set_service(&svc.key, &entry)?;
@@ -738,6 +802,7 @@ mod tests {
         services: HashMap<VipKey, Service>,
         ring: HashMap<u32, u32>,
         sched: HashMap<u32, u32>,
+        rules: HashMap<RuleId, u32>,
         writes: Vec<String>,
     }
 
@@ -794,6 +859,17 @@ mod tests {
                 self.sched.insert(offset + i as u32, b);
             }
             self.writes.push(format!("sched {offset} len {}", list.len()));
+            Ok(())
+        }
+        fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()> {
+            self.rules.extend(want.iter().map(|(k, v)| (*k, *v)));
+            if prune {
+                self.rules.retain(|k, _| want.contains_key(k));
+            }
+            self.writes.push(format!("rules {} prune {prune}", self.rules.len()));
+            Ok(())
+        }
+        fn set_closed_drop(&mut self, _: bool) -> anyhow::Result<()> {
             Ok(())
         }
     }

@@ -4,7 +4,9 @@
 
 use lb_common::{Backend, Service, VipKey};
 
-use crate::dataplane::Dataplane;
+use std::collections::HashMap;
+
+use crate::dataplane::{Dataplane, RuleId};
 
 /// What the balancer writes. Each call is one step a packet may observe.
 pub trait Tables {
@@ -28,6 +30,10 @@ pub trait Tables {
     /// Writes a round_robin sequence or least_conn candidate list at `offset` in
     /// `SCHED_SLOTS` (a half no service entry names).
     fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()>;
+    /// `SOURCE_RULES`: writes what `want` adds or changes; with `prune`, removes the rest.
+    fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()>;
+    /// `[daemon] closed_ports = "drop"` on every VIP address.
+    fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()>;
 }
 
 impl Tables for Dataplane {
@@ -54,5 +60,11 @@ impl Tables for Dataplane {
     }
     fn write_sched(&mut self, offset: u32, list: &[u32]) -> anyhow::Result<()> {
         Dataplane::write_sched(self, offset, list)
+    }
+    fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()> {
+        Dataplane::sync_source_rules(self, want, prune)
+    }
+    fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()> {
+        Dataplane::set_closed_drop(self, drop)
     }
 }

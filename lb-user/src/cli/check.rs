@@ -28,6 +28,11 @@ pub fn plan(cfg: &Config, file: &str) -> String {
     let _ = writeln!(out, "  metrics:           {metrics}");
     let _ = writeln!(out, "  conntrack_entries: {}", d.conntrack_entries);
     let _ = writeln!(out, "  conntrack_guard_rate: {}", d.conntrack_guard_rate);
+    let _ = writeln!(out, "  closed_ports:      {}", d.closed_ports.as_str());
+    if !d.deny.is_empty() {
+        let list: Vec<String> = d.deny.iter().map(ToString::to_string).collect();
+        let _ = writeln!(out, "  deny (every VIP):  {}", list.join(", "));
+    }
 
     for service in &cfg.services {
         let _ = writeln!(out);
@@ -43,6 +48,16 @@ pub fn plan(cfg: &Config, file: &str) -> String {
             if service.preempt { "yes" } else { "no" },
         );
         let _ = writeln!(out, "  health: {}", health_summary(service));
+        let show = |l: &[crate::config::Cidr]| l.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        if !service.allow.is_empty() {
+            let _ = writeln!(out, "  allow: {} (everyone else is denied)", show(&service.allow));
+        }
+        if !service.deny.is_empty() {
+            let _ = writeln!(out, "  deny: {}", show(&service.deny));
+        }
+        if let Some(r) = service.new_flows_per_source {
+            let _ = writeln!(out, "  new flows per source: {}/s, burst {}", r.rate, r.burst);
+        }
         let shares = plan::slot_shares(service);
         let serving = plan::serving_when_all_up(service);
         for (i, (backend, share)) in service.backends.iter().zip(&shares).enumerate() {

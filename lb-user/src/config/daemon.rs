@@ -3,13 +3,20 @@
 use super::{
     checks,
     diag::{FieldPath, Span},
+    firewall,
     raw::{Item, RawAnnounce, RawDaemon, Spanned},
-    validate::{Reported, Validator},
-    AnnounceConfig, ConntrackTimeouts, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_ANNOUNCE_PROTOCOL,
-    DEFAULT_BIRD_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES, MAX_CONNTRACK_TIMEOUT_S,
+    validate::{Located, Reported, Validator},
+    AnnounceConfig, Cidr, ClosedPorts, ConntrackTimeouts, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET,
+    DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_BIRD_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
+    MAX_CONNTRACK_TIMEOUT_S,
 };
 
-pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
+/// `[daemon]`, and its `deny` entries with their places (for the services' dead-entry checks).
+pub fn validate(
+    v: &mut Validator<'_>,
+    path: &FieldPath,
+    raw: Option<Item<RawDaemon>>,
+) -> (DaemonConfig, Vec<Located<Cidr>>) {
     // A [daemon] of the wrong TOML type is reported once: its keys then count
     // as left out, not as missing.
     let (raw, span, reported) = match v.table(path, raw) {
@@ -100,7 +107,11 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         udp: timeout(v, &path.key("conntrack_timeout_udp"), raw.conntrack_timeout_udp, d.udp),
     };
 
-    DaemonConfig {
+    let deny = firewall::cidr_list(v, &path.key("deny"), raw.deny, None);
+    firewall::dead_daemon_entries(v, &deny);
+    let closed_ports = v.choice(&path.key("closed_ports"), raw.closed_ports, &ClosedPorts::CHOICES, ClosedPorts::Pass);
+
+    let config = DaemonConfig {
         conntrack_timeouts,
         interfaces,
         xdp_mode,
@@ -110,7 +121,10 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         conntrack_guard_rate,
         pin_path: pin_path.into(),
         announce: announce(v, &path.key("announce"), raw.announce),
-    }
+        deny: deny.iter().map(|d| d.value).collect(),
+        closed_ports,
+    };
+    (config, deny)
 }
 
 /// `[daemon.announce]`: BIRD's control socket (absolute) and the protocol

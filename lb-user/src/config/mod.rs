@@ -21,6 +21,7 @@ mod backend;
 mod checks;
 mod daemon;
 mod diag;
+mod firewall;
 mod health;
 mod raw;
 mod service;
@@ -33,7 +34,7 @@ mod testing;
 pub use checks::{read_ca_file, tls_name};
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
 };
 
@@ -94,6 +95,43 @@ pub struct DaemonConfig {
     pub conntrack_timeouts: ConntrackTimeouts,
     /// `[daemon.announce]`: the VIPs are announced through BIRD (absent: not announced).
     pub announce: Option<AnnounceConfig>,
+    /// Sources refused for every VIP (`[daemon] deny`).
+    pub deny: Vec<Cidr>,
+    /// What becomes of TCP/UDP packets to a port of a VIP address that no service uses.
+    pub closed_ports: ClosedPorts,
+}
+
+/// An address prefix of `allow` / `deny`: the address has no bits set after `len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+/// `new_flows_per_source`: a token bucket per source (IPv4 /32, IPv6 /64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// New flows per second.
+    pub rate: u32,
+    /// New flows back to back.
+    pub burst: u32,
+}
+
+/// `[daemon] closed_ports`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedPorts {
+    /// Handed to the kernel (which answers as it would without xlb): the default.
+    Pass,
+    /// Dropped and counted (`closed_port`).
+    Drop,
+}
+
+impl ClosedPorts {
+    /// Every value with its name in the configuration file.
+    pub const CHOICES: [(&'static str, Self); 2] = [("pass", Self::Pass), ("drop", Self::Drop)];
+    pub fn as_str(self) -> &'static str {
+        choice_name(&Self::CHOICES, self)
+    }
 }
 
 /// `[daemon] conntrack_timeout_*`: how long a tracked flow may stay idle in
@@ -179,6 +217,10 @@ pub struct ServiceConfig {
     /// Echo requests to the VIP are answered by xlb (rate-limited); false: left to the kernel.
     /// An address answers only while every service on it says true.
     pub answer_ping: bool,
+    /// Sources admitted (empty: everyone) and refused; longest prefix wins, deny at equal length.
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub new_flows_per_source: Option<RateLimit>,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
 }
@@ -356,8 +398,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 fn validate_config(v: &mut validate::Validator<'_>, raw: raw::RawConfig) -> Config {
     let root = diag::FieldPath::root();
     v.unknown_keys(&root, &raw.unknown, raw::RawConfig::KEYS);
-    let daemon = daemon::validate(v, &root.key("daemon"), raw.daemon);
-    let services = service::validate_all(v, &root.key("service"), raw.service);
+    let (daemon, daemon_deny) = daemon::validate(v, &root.key("daemon"), raw.daemon);
+    let services = service::validate_all(v, &root.key("service"), raw.service, &daemon_deny);
     Config { daemon, services }
 }
 

@@ -285,6 +285,8 @@ raw_table! {
         conntrack_timeout_established: String,
         conntrack_timeout_closing: String,
         conntrack_timeout_udp: String,
+        deny: Vec<Item<String>>,
+        closed_ports: String,
         announce: RawAnnounce,
     }
 }
@@ -308,8 +310,19 @@ raw_table! {
         table_size: i128,
         preempt: bool,
         answer_ping: bool,
+        allow: Vec<Item<String>>,
+        deny: Vec<Item<String>>,
+        new_flows_per_source: RawRate,
         health: RawHealth,
         backend: Vec<Item<RawBackend>>,
+    }
+}
+
+raw_table! {
+    /// `new_flows_per_source = { rate, burst }`
+    RawRate {
+        rate: i128,
+        burst: i128,
     }
 }
 

@@ -5,10 +5,10 @@ use std::{collections::HashMap, net::SocketAddr};
 use super::{
     backend, checks,
     diag::{FieldPath, Span},
-    health,
+    firewall, health,
     raw::{Item, RawService, Spanned},
     validate::{Located, Reported, Validator},
-    Forwarding, Protocol, Scheduler, ServiceConfig,
+    Cidr, Forwarding, Protocol, Scheduler, ServiceConfig,
 };
 
 /// The `[[service]]` tables: each one, then names and VIPs across them.
@@ -16,6 +16,7 @@ pub fn validate_all(
     v: &mut Validator<'_>,
     path: &FieldPath,
     raw: Option<Item<Vec<Item<RawService>>>>,
+    daemon_deny: &[Located<Cidr>],
 ) -> Vec<ServiceConfig> {
     let (items, span) = match v.tables(path, raw) {
         Ok(Some(list)) => {
@@ -53,7 +54,7 @@ pub fn validate_all(
         let name = item.get_ref().ok().and_then(|s| s.name.as_ref()?.get_ref().ok().cloned());
         let path = path.index(i, name.as_deref());
         let Some(raw) = v.table_element(&path, item) else { continue };
-        let Some(service) = validate(v, &path, raw) else { continue };
+        let Some(service) = validate(v, &path, raw, daemon_deny) else { continue };
         if let Some(name) = &service.name {
             match names.get(&name.value) {
                 Some(first) => {
@@ -107,7 +108,12 @@ struct Checked {
 }
 
 /// One service; `None` only when it has no usable VIP to build from.
-fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -> Option<Checked> {
+fn validate(
+    v: &mut Validator<'_>,
+    path: &FieldPath,
+    raw: Spanned<RawService>,
+    daemon_deny: &[Located<Cidr>],
+) -> Option<Checked> {
     let span = raw.span();
     let raw = raw.into_inner();
     v.unknown_keys(path, &raw.unknown, RawService::KEYS);
@@ -158,6 +164,14 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
         true,
         "true or false (false: echo requests to the VIP are left to the kernel, which does not answer them)",
     );
+    let vip_ip = vip.as_ref().map(|vip| vip.value.ip());
+    let allow = firewall::cidr_list(v, &path.key("allow"), raw.allow, vip_ip);
+    let deny = firewall::cidr_list(v, &path.key("deny"), raw.deny, vip_ip);
+    let family = |c: &&Located<Cidr>| vip_ip.is_none_or(|ip| ip.is_ipv4() == c.value.addr.is_ipv4());
+    let daemon_deny: Vec<Located<Cidr>> =
+        daemon_deny.iter().filter(family).map(|d| Located::new(d.value, d.path.clone(), d.span.clone())).collect();
+    firewall::dead_entries(v, &allow, &deny, &daemon_deny);
+    let new_flows_per_source = firewall::rate_limit(v, &path.key("new_flows_per_source"), raw.new_flows_per_source);
     let health = health::validate(v, &path.key("health"), raw.health);
 
     let backends_path = path.key("backend");
@@ -214,6 +228,9 @@ fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Spanned<RawService>) -
             table_size,
             preempt,
             answer_ping,
+            allow: allow.into_iter().map(|a| a.value).collect(),
+            deny: deny.into_iter().map(|d| d.value).collect(),
+            new_flows_per_source,
             health,
             backends: configs,
         },
@@ -334,7 +351,7 @@ address = "[2001:db8:1::12]:443"
             ("preempt = \"false\"", "service[0] (www).preempt", "(write it without quotes: preempt = false)"),
             ("answer_ping = \"no\"", "service[0] (www).answer_ping (line 8, column 15)", "the string \"no\" is not a boolean; expected true or false"),
             ("answer_ping = 0", "service[0] (www).answer_ping", "the integer 0 is not a boolean"),
-            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, scheduler, table_size, preempt, answer_ping, health, backend"),
+            ("port = 80", "service[0] (www).port (line 8, column 1)", "unknown key `port`; expected one of: name, vip, protocol, forwarding, scheduler, table_size, preempt, answer_ping, allow, deny, new_flows_per_source, health, backend"),
             ("vips = 1", "service[0] (www).vips (line 8, column 1)", "unknown key `vips` (did you mean `vip`?)"),
         ];
         for (line, field, message) in cases {

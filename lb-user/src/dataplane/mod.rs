@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};
 use aya::{
-    maps::{Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        lpm_trie::{Key as LpmKey, LpmTrie},
+        Array, DevMapHash, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -15,6 +18,7 @@ use lb_common::{
     counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
     SCHED_HALF, SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
 };
+use lb_common::{SourceRuleKey, FIREWALL_F_CLOSED_DROP, SETTING_FIREWALL, VIP_ADDR_F_CLOSED_DROP};
 
 use self::{
     nat_book::{port_word, NatBook},
@@ -100,7 +104,15 @@ pub struct Dataplane {
     book: NatBook,
     /// The `TRACE` ring buffer, while no `xlb trace` has it.
     trace_ring: Option<RingBuf<MapData>>,
+    /// What `SOURCE_RULES` holds; `None` until first read (a pinned map may hold a previous
+    /// daemon's rules).
+    rules: Option<std::collections::HashMap<RuleId, u32>>,
+    /// `[daemon] closed_ports = "drop"`: every `VIP_ADDRS` entry has `VIP_ADDR_F_CLOSED_DROP`.
+    closed_drop: bool,
 }
+
+/// A `SOURCE_RULES` key: its prefix length (32 + the rule's) and its data.
+pub type RuleId = (u32, SourceRuleKey);
 
 /// Loads `xlb_icmp` (ICMP for VIP flows, echo requests to VIPs) and puts it where `xlb`
 /// tail-calls it. An object without it (an older build, e.g. a benchmark's baseline) leaves
@@ -192,6 +204,8 @@ impl Dataplane {
             pins,
             book: NatBook::default(),
             trace_ring,
+            rules: None,
+            closed_drop: false,
         })
     }
 
@@ -216,6 +230,11 @@ impl Dataplane {
 
     pub fn pins_mut(&mut self) -> Option<&mut pins::PinPlan> {
         self.pins.as_mut()
+    }
+
+    /// Whether the loaded object has the map `name` (a benchmark's baseline may predate it).
+    pub fn has_map(&self, name: &str) -> bool {
+        self.ebpf.map(name).is_some()
     }
 
     pub fn program(&self) -> &Xdp {
@@ -423,7 +442,9 @@ impl Dataplane {
     fn sync_vip_addr(&mut self, key: &VipKey) -> anyhow::Result<()> {
         let same = |k: &VipKey| k.addr == key.addr && k.family == key.family;
         let ping = self.book.services.values().filter(|(k, _)| same(k)).all(|(_, f)| f & SERVICE_F_PING != 0);
-        let value = VIP_ADDR_F_KNOWN | if ping { VIP_ADDR_F_PING } else { 0 };
+        let value = VIP_ADDR_F_KNOWN
+            | if ping { VIP_ADDR_F_PING } else { 0 }
+            | if self.closed_drop { VIP_ADDR_F_CLOSED_DROP } else { 0 };
         let addr = VipAddrKey { addr: key.addr, family: key.family, _pad: [0; 3] };
         let mut a: HashMap<&mut MapData, VipAddrKey, u32> = HashMap::try_from(self.map_mut(maps::VIP_ADDRS))?;
         a.insert(addr, value, 0).context("writing VIP_ADDRS")
@@ -454,9 +475,17 @@ impl Dataplane {
     /// Makes the `VIP_PORTS` word of `port` (network order) match the services in the book.
     fn sync_vip_port(&mut self, port: u16) -> anyhow::Result<()> {
         let port = u16::from_be(port);
-        let (word, value) = port_word(self.book.services.values().map(|(k, _)| u16::from_be(k.port)), port);
+        let (word, value) = self.vip_port_word(port);
         let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
         m.set(word, value, 0).context("writing VIP_PORTS")
+    }
+
+    /// The `VIP_PORTS` word holding `port` (host order): the services' ports, or every port
+    /// while `closed_ports = "drop"` (packets to any port of a VIP address must reach the VIP
+    /// path to be refused; the not-VIP path stays free of any check while it is off).
+    fn vip_port_word(&self, port: u16) -> (u32, u64) {
+        let (word, value) = port_word(self.book.services.values().map(|(k, _)| u16::from_be(k.port)), port);
+        (word, if self.closed_drop { u64::MAX } else { value })
     }
 
     /// Writes `BACKENDS[slot]` (`Backend::default()` frees it) and what
@@ -634,9 +663,8 @@ impl Dataplane {
             n.remove(k).context("removing from NAT_SOURCES")?;
         }
         gone += stale.len();
-        let ports: Vec<u16> = live.iter().map(|k| u16::from_be(k.port)).collect();
         for w in 0..lb_common::VIP_PORT_WORDS {
-            let (word, value) = port_word(ports.iter().copied(), (w * 64) as u16);
+            let (word, value) = self.vip_port_word((w * 64) as u16);
             let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
             if m.get(&word, 0)? != value {
                 m.set(word, value, 0).context("writing VIP_PORTS")?;
@@ -664,6 +692,101 @@ impl Dataplane {
     pub fn read_ring_slot(&self, i: u32) -> anyhow::Result<u32> {
         let m: Array<&MapData, u32> = Array::try_from(self.map(maps::RING))?;
         Ok(m.get(&i, 0)?)
+    }
+
+    /// `[daemon] closed_ports`: every VIP address's `VIP_ADDR_F_CLOSED_DROP`, then the
+    /// `SETTINGS` bit that makes the program look (cleared first when turned off).
+    pub fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()> {
+        if drop == self.closed_drop && !drop {
+            return Ok(());
+        }
+        // On: the address flags, the setting, then every port bit. Off: the reverse.
+        if !drop {
+            self.closed_drop = false;
+            self.write_vip_ports()?;
+            self.write_firewall_setting(0)?;
+        }
+        self.closed_drop = drop;
+        let keys: Vec<VipKey> = self.book.services.values().map(|(k, _)| *k).collect();
+        for k in &keys {
+            self.sync_vip_addr(k)?;
+        }
+        if drop {
+            self.write_firewall_setting(FIREWALL_F_CLOSED_DROP)?;
+            self.write_vip_ports()?;
+        }
+        Ok(())
+    }
+
+    /// Every `VIP_PORTS` word.
+    fn write_vip_ports(&mut self) -> anyhow::Result<()> {
+        for w in 0..lb_common::VIP_PORT_WORDS {
+            let (word, value) = self.vip_port_word((w * 64) as u16);
+            let mut m: Array<&mut MapData, u64> = Array::try_from(self.map_mut(maps::VIP_PORTS))?;
+            m.set(word, value, 0).context("writing VIP_PORTS")?;
+        }
+        Ok(())
+    }
+
+    fn write_firewall_setting(&mut self, value: u32) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        if m.len() <= SETTING_FIREWALL {
+            // An object from before the firewall (a benchmark's baseline).
+            return Ok(());
+        }
+        m.set(SETTING_FIREWALL, value, 0).context("writing SETTINGS")
+    }
+
+    /// The source rules held now (read from the map the first time: a pinned one may hold a
+    /// previous daemon's).
+    fn rules_book(&mut self) -> anyhow::Result<&mut std::collections::HashMap<RuleId, u32>> {
+        if self.rules.is_none() {
+            let mut book = std::collections::HashMap::new();
+            if let Some(map) = self.ebpf.map(maps::SOURCE_RULES) {
+                let m: LpmTrie<&MapData, SourceRuleKey, u32> = LpmTrie::try_from(map)?;
+                for entry in m.iter() {
+                    let (k, v) = entry.context("reading SOURCE_RULES")?;
+                    book.insert((k.prefix_len(), k.data()), v);
+                }
+            }
+            self.rules = Some(book);
+        }
+        Ok(self.rules.as_mut().expect("filled above"))
+    }
+
+    /// Writes the rules of `want` that `SOURCE_RULES` lacks or holds otherwise; with
+    /// `prune`, then removes those `want` does not have.
+    pub fn sync_source_rules(
+        &mut self,
+        want: &std::collections::HashMap<RuleId, u32>,
+        prune: bool,
+    ) -> anyhow::Result<()> {
+        let book = self.rules_book()?.clone();
+        let add: Vec<(RuleId, u32)> =
+            want.iter().filter(|(k, v)| book.get(*k) != Some(*v)).map(|(k, v)| (*k, *v)).collect();
+        let gone: Vec<RuleId> =
+            if prune { book.keys().filter(|k| !want.contains_key(*k)).copied().collect() } else { Vec::new() };
+        if add.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let Some(map) = self.ebpf.map_mut(maps::SOURCE_RULES) else {
+            bail!("this XDP object has no {} map: allow, deny and [daemon] deny need a newer one", maps::SOURCE_RULES);
+        };
+        let mut m: LpmTrie<&mut MapData, SourceRuleKey, u32> = LpmTrie::try_from(map)?;
+        for ((len, data), v) in &add {
+            m.insert(&LpmKey::new(*len, *data), *v, 0).context("writing SOURCE_RULES (at most 65536 rules)")?;
+        }
+        for (len, data) in &gone {
+            m.remove(&LpmKey::new(*len, *data)).context("removing from SOURCE_RULES")?;
+        }
+        let book = self.rules.as_mut().expect("read above");
+        for (k, v) in add {
+            book.insert(k, v);
+        }
+        for k in gone {
+            book.remove(&k);
+        }
+        Ok(())
     }
 
     pub fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
@@ -753,6 +876,8 @@ impl Dataplane {
             new_flows: a.new_flows + s.new_flows,
             repicked: a.repicked + s.repicked,
             non_syn: a.non_syn + s.non_syn,
+            denied: a.denied + s.denied,
+            rate_limited: a.rate_limited + s.rate_limited,
         }))
     }
 

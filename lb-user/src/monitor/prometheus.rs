@@ -154,6 +154,20 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
     for s in &snap.services {
         e.sample("xlb_service_conntrack_misses_total", &[("service", &s.name), ("kind", "non_syn")], s.stats.non_syn);
     }
+    e.family(
+        "xlb_service_refused_total",
+        "counter",
+        "Packets without a conntrack entry refused by the service's firewall, by reason (denied: its allow/deny \
+         lists; rate_limited: new_flows_per_source). [daemon] deny counts only in xlb_dropped_packets_total.",
+    );
+    for s in &snap.services {
+        e.sample("xlb_service_refused_total", &[("service", &s.name), ("reason", "denied")], s.stats.denied);
+        e.sample(
+            "xlb_service_refused_total",
+            &[("service", &s.name), ("reason", "rate_limited")],
+            s.stats.rate_limited,
+        );
+    }
     e.family("xlb_service_on_backup", "gauge", "1 while new flows go to the backup backends, else 0.");
     for s in &snap.services {
         e.sample("xlb_service_on_backup", &[("service", &s.name)], u8::from(s.on_backup));
@@ -337,6 +351,9 @@ mod tests {
         assert_eq!(value(&text, "xlb_service_established_packets_total{service=\"www\"}"), "900");
         assert_eq!(value(&text, "xlb_service_repicked_flows_total{service=\"www\"}"), "2");
         assert_eq!(value(&text, "xlb_service_conntrack_misses_total{service=\"www\",kind=\"non_syn\"}"), "7");
+        assert_eq!(value(&text, "xlb_service_refused_total{service=\"www\",reason=\"denied\"}"), "3");
+        assert_eq!(value(&text, "xlb_service_refused_total{service=\"www\",reason=\"rate_limited\"}"), "4");
+        assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"closed_port\"}"), "130");
         // Quotes in label values are escaped.
         assert_eq!(value(&text, "xlb_service_on_backup{service=\"we\\\"b6\"}"), "1");
         assert_eq!(

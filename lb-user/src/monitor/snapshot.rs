@@ -192,7 +192,15 @@ pub(crate) mod tests {
                     forwarding: "nat",
                     scheduler: "maglev",
                     on_backup: false,
-                    stats: ServiceStats { packets: 1000, established: 900, new_flows: 100, repicked: 2, non_syn: 7 },
+                    stats: ServiceStats {
+                        packets: 1000,
+                        established: 900,
+                        new_flows: 100,
+                        repicked: 2,
+                        non_syn: 7,
+                        denied: 3,
+                        rate_limited: 4,
+                    },
                     backends: vec![
                         backend("198.18.1.11:80", Role::Primary, State::Up, (960, 96_000, 96)),
                         down,

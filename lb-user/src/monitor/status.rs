@@ -215,7 +215,9 @@ fn service_table(o: &mut String, v: &View) {
 /// - `services[]`: `name`, `vip`, `protocol`, `forwarding`, `scheduler` (`maglev`, `round_robin`,
 ///   `least_conn`), `on_backup` (new flows go to the backups),
 ///   `packets`, `new_flows`, `established`, `repicked`, `non_syn` (TCP packets of an unknown flow that are
-///   not a SYN: sent to their Maglev backend without a conntrack entry), `packets_per_second`,
+///   not a SYN: sent to their Maglev backend without a conntrack entry), `denied` (packets refused by the
+///   service's `allow`/`deny`; `[daemon] deny` counts only in `drops`), `rate_limited` (new flows refused by
+///   `new_flows_per_source`), `packets_per_second`,
 ///   `new_flows_per_second`, and
 ///   - `backends[]`: `address`, `role`, `state` (`up` | `down` | `drained`), `since` (Unix time of the
 ///     last health change), `weight`, `last_check`, `last_check_duration_ms`, `state_changes`, `packets`,
@@ -303,6 +305,8 @@ pub struct ServiceJson {
     pub established: u64,
     pub repicked: u64,
     pub non_syn: u64,
+    pub denied: u64,
+    pub rate_limited: u64,
     pub packets_per_second: Option<f64>,
     pub new_flows_per_second: Option<f64>,
     pub backends: Vec<BackendJson>,
@@ -396,6 +400,8 @@ fn service_json(v: &View, s: &ServiceSample) -> ServiceJson {
         established: s.stats.established,
         repicked: s.stats.repicked,
         non_syn: s.stats.non_syn,
+        denied: s.stats.denied,
+        rate_limited: s.stats.rate_limited,
         packets_per_second: r.map(|r| r.packets),
         new_flows_per_second: r.map(|r| r.new_flows),
         backends: s.backends.iter().map(|b| backend_json(v, s, b)).collect(),
