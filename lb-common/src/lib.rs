@@ -26,12 +26,17 @@ pub mod maps {
     pub const SETTINGS: &str = "SETTINGS";
     pub const REPLY_PORTS: &str = "REPLY_PORTS";
     pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
+    pub const ENCAP_SOURCES: &str = "ENCAP_SOURCES";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
 }
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "xlb";
 /// The ICMP program, which `xlb` tail-calls through `ICMP_PROG[0]`.
 pub const ICMP_PROGRAM_NAME: &str = "xlb_icmp";
+/// The decapsulation program `xlb decap` attaches on backends (ipip and gue).
+pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 
 /// Most services (VIP, port, protocol) one daemon serves.
 pub const MAX_SERVICES: u32 = 256;
@@ -39,6 +44,8 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Most interfaces in `HAIRPIN_PORTS` (the daemon lists only interfaces it attached to).
 pub const MAX_HAIRPIN_PORTS: u32 = 64;
+/// Most addresses one `xlb decap` decapsulates at (`DECAP_ADDRS`).
+pub const MAX_DECAP_ADDRS: u32 = 64;
 /// Default Maglev table size (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table size accepted.
@@ -57,6 +64,69 @@ pub const FAMILY_V6: u8 = 6;
 pub const SERVICE_F_DSR: u32 = 1;
 /// `Service::flags`: echo requests to the VIP are answered by xlb (`answer_ping`, the default).
 pub const SERVICE_F_PING: u32 = 2;
+/// `Service::flags`: packets go to the backend inside an outer IP header
+/// (`forwarding = "ipip"`: IPv4 in IPv4, IPv6 in IPv6).
+pub const SERVICE_F_IPIP: u32 = 128;
+/// `Service::flags`: packets go to the backend inside an outer IP and UDP header
+/// (`forwarding = "gue"`: GUE variant 1, the inner IP header right after UDP).
+pub const SERVICE_F_GUE: u32 = 256;
+/// Either encapsulation.
+pub const SERVICE_F_ENCAP: u32 = SERVICE_F_IPIP | SERVICE_F_GUE;
+/// GUE's default UDP destination port (Katran's `GUE_DPORT`, and the port
+/// routers' GUE variant 1 decapsulation matches when none is configured).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// Outer TTL / hop limit of an encapsulated packet.
+pub const ENCAP_TTL: u8 = 64;
+/// Bytes an encapsulation adds in front of the inner IP packet: the outer IP
+/// header, and for GUE the UDP header.
+pub const fn encap_overhead(family: u8, gue: bool) -> u32 {
+    (if family == FAMILY_V4 { 20 } else { 40 }) + if gue { 8 } else { 0 }
+}
+/// `ENCAP_SOURCES` index of the IPv4 and of the IPv6 outer source prefix.
+pub const ENCAP_SOURCE_V4: u32 = 0;
+pub const ENCAP_SOURCE_V6: u32 = 1;
+
+/// Value of `ENCAP_SOURCES`: the outer source of an encapsulated packet is
+/// `addr | (flow hash & host)` word by word (network order), so that one flow
+/// keeps one source and the flows of a backend spread over the prefix (the
+/// backend's receive-side hashing sees different outer headers). `addr` all
+/// zero: not configured; such packets are dropped (`encap_no_source`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapSource {
+    pub addr: [u32; 4],
+    /// The host part of the prefix (inverse netmask), network order.
+    pub host: [u32; 4],
+}
+
+/// `DECAP_ADDRS` value: the UDP port (host order) GUE packets to the address
+/// use; 0: GUE is not decapsulated at that address (ipip only).
+pub type DecapPort = u32;
+
+/// Indices of `DECAP_COUNTERS` (per CPU), the decapsulation program's counters.
+pub mod decap {
+    /// IP-in-IP (protocol 4 or 41) to a decap address, stripped and passed up.
+    pub const IPIP: u32 = 0;
+    /// GUE (UDP to the configured port) to a decap address, stripped and passed up.
+    pub const GUE: u32 = 1;
+    /// Dropped: shorter than the headers claim.
+    pub const DROP_TRUNCATED: u32 = 2;
+    /// Dropped: outer or inner header inconsistent (version, IHL, length, outer
+    /// IPv4 checksum, GUE variant 0 or inner family not what the outer says).
+    pub const DROP_BAD_HEADER: u32 = 3;
+    /// Dropped: an outer fragment (not reassembled here).
+    pub const DROP_FRAGMENT: u32 = 4;
+    pub const NUM: u32 = 8;
+    /// Name of each counter, as `xlb decap` prints it.
+    pub const NAMES: [(u32, &str); 5] = [
+        (IPIP, "ipip"),
+        (GUE, "gue"),
+        (DROP_TRUNCATED, "dropped_truncated"),
+        (DROP_BAD_HEADER, "dropped_bad_header"),
+        (DROP_FRAGMENT, "dropped_fragment"),
+    ];
+}
+
 /// `VIP_ADDRS` value: the address is a VIP (always set).
 pub const VIP_ADDR_F_KNOWN: u32 = 1;
 /// `VIP_ADDRS` value: echo requests to the address are answered (every service
@@ -99,7 +169,10 @@ pub const SETTING_TRACE: u32 = 1;
 /// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
 /// came in on goes with XDP_TX without looking in that map.
 pub const SETTING_HAIRPIN: u32 = 2;
-pub const NUM_SETTINGS: u32 = 4;
+/// `SETTINGS[SETTING_GUE_PORT]`: the UDP destination port (network order, low
+/// 16 bits) of GUE packets to backends.
+pub const SETTING_GUE_PORT: u32 = 5;
+pub const NUM_SETTINGS: u32 = 8;
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -367,6 +440,14 @@ pub mod counter {
     /// ICMP to a VIP address handed to the kernel: echo with `answer_ping = false`,
     /// an error other than frag-needed/packet-too-big about a VIP flow, other types.
     pub const PASS_ICMP: u32 = 23;
+    /// An ipip/gue packet dropped: with its outer header it would exceed the
+    /// egress interface's MTU (`xlb_encap_dropped_total{reason="too_big"}`).
+    pub const ENCAP_TOO_BIG: u32 = 28;
+    /// An ipip/gue packet dropped: no outer source prefix for its family
+    /// (`xlb_encap_dropped_total{reason="no_source"}`).
+    pub const ENCAP_NO_SOURCE: u32 = 29;
+    /// Encapsulation drops, as `reason` labels.
+    pub const ENCAP_DROPS: [(u32, &str); 2] = [(ENCAP_TOO_BIG, "too_big"), (ENCAP_NO_SOURCE, "no_source")];
 
     /// Every drop reason: its `COUNTERS` index and its `reason` label.
     pub fn drops() -> impl Iterator<Item = (u32, &'static str)> {
@@ -466,6 +547,7 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for TokenBucket {}
+    unsafe impl aya::Pod for EncapSource {}
 }
 
 // No implicit padding anywhere: the size is the sum of the fields.
@@ -481,6 +563,7 @@ const _: () = assert!(core::mem::size_of::<TraceEvent>() == 64);
 const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 40);
+const _: () = assert!(core::mem::size_of::<EncapSource>() == 32);
 
 #[cfg(test)]
 mod tests {

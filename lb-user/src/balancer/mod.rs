@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, Context as _};
 use lb_common::{
     addr_v4, addr_v6, Backend, NextHop, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SERVICE_F_PING, SETTINGS_F_NAT,
+    MAX_SERVICES, NO_BACKEND, SERVICE_F_DSR, SERVICE_F_GUE, SERVICE_F_IPIP, SERVICE_F_PING, SETTINGS_F_NAT,
 };
 
 pub use self::tables::Tables;
@@ -41,6 +41,18 @@ pub fn map_addr(a: &SocketAddr) -> ([u32; 4], u16, u8) {
         SocketAddr::V4(v4) => (addr_v4(v4.ip().octets()), v4.port().to_be(), FAMILY_V4),
         SocketAddr::V6(v6) => (addr_v6(v6.ip().octets()), v6.port().to_be(), FAMILY_V6),
     }
+}
+
+/// `Service::flags` of a service: ipip and gue also carry `SERVICE_F_DSR` (the
+/// backend answers directly: no NAT state, no reply path).
+pub fn service_flags(svc: &ServiceConfig) -> u32 {
+    let forwarding = match svc.forwarding {
+        Forwarding::Nat => 0,
+        Forwarding::Dsr => SERVICE_F_DSR,
+        Forwarding::Ipip => SERVICE_F_DSR | SERVICE_F_IPIP,
+        Forwarding::Gue => SERVICE_F_DSR | SERVICE_F_GUE,
+    };
+    forwarding | if svc.answer_ping { SERVICE_F_PING } else { 0 }
 }
 
 pub fn vip_key(svc: &ServiceConfig) -> VipKey {
@@ -300,6 +312,8 @@ impl<T: Tables> Balancer<T> {
             bail!("too many services for the tables allocated at start; restart xlb");
         }
 
+        // Outer sources and the GUE port before any service that encapsulates is published.
+        self.dp.set_encap(&cfg.daemon)?;
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::with_capacity(cfg.services.len());
         let mut removed_backends = Vec::new();
@@ -596,13 +610,8 @@ impl<T: Tables> Balancer<T> {
         }
         let first = svc.ring.is_empty();
         svc.ring = ring;
-        let entry = Service {
-            id: svc.id,
-            ring_offset: offset,
-            table_size: svc.cfg.table_size,
-            flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 }
-                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 },
-        };
+        let entry =
+            Service { id: svc.id, ring_offset: offset, table_size: svc.cfg.table_size, flags: service_flags(&svc.cfg) };
         // Written after its table, so a new service is published complete.
         self.dp.set_service(&svc.key, &entry)?;
         let serving = svc.ring.iter().any(|&b| b != NO_BACKEND);

@@ -4,7 +4,7 @@
 
 use lb_common::{Backend, Service, VipKey};
 
-use crate::dataplane::Dataplane;
+use crate::{config::DaemonConfig, dataplane::Dataplane};
 
 /// What the balancer writes. Each call is one step a packet may observe.
 pub trait Tables {
@@ -21,6 +21,10 @@ pub trait Tables {
     fn write_ring(&mut self, offset: u32, new: &[u32], old: Option<&[u32]>) -> anyhow::Result<usize>;
     /// The data path's global flags (`SETTINGS_F_NAT`).
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()>;
+    /// The outer source prefixes and the GUE port of ipip/gue services.
+    fn set_encap(&mut self, _daemon: &DaemonConfig) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 impl Tables for Dataplane {
@@ -41,5 +45,8 @@ impl Tables for Dataplane {
     }
     fn set_flags(&mut self, flags: u32) -> anyhow::Result<()> {
         Dataplane::set_flags(self, flags)
+    }
+    fn set_encap(&mut self, daemon: &DaemonConfig) -> anyhow::Result<()> {
+        Dataplane::set_encap(self, daemon.gue_port, daemon.encap_source_v4, daemon.encap_source_v6)
     }
 }

@@ -227,3 +227,31 @@ mod tests {
         refused(choice(" udp", &choices), "(did you mean \"udp\"?)");
     }
 }
+
+/// `ADDRESS/LEN` of the family (`v4`): the address with its host bits cleared
+/// is what the prefix means; host bits set are refused (a typo is likelier).
+pub fn prefix(text: &str, v4: bool) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, len) = text.split_once('/').ok_or_else(|| format!("{text:?} has no /LEN"))?;
+    let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if v4 { 32 } else { 128 };
+    if addr.is_ipv4() != v4 {
+        return Err(format!("{addr} is not an {} address", if v4 { "IPv4" } else { "IPv6" }));
+    }
+    let len: u8 = len
+        .trim()
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("{len:?} is not a prefix length 0 to {max}"))?;
+    let host_bits_set = match addr {
+        std::net::IpAddr::V4(a) => len < 32 && u32::from(a) & (u32::MAX >> len) != 0,
+        std::net::IpAddr::V6(a) => len < 128 && u128::from(a) & (u128::MAX >> len) != 0,
+    };
+    if host_bits_set {
+        return Err(format!("{text} has host bits set"));
+    }
+    if addr.is_unspecified() {
+        return Err(format!("{text} is unspecified; outer packets need a real source"));
+    }
+    Ok((addr, len))
+}

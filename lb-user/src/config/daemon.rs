@@ -5,7 +5,8 @@ use super::{
     diag::{FieldPath, Span},
     raw::{Item, RawDaemon, Spanned},
     validate::{Reported, Validator},
-    DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
+    DaemonConfig, EncapSource, ServiceConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH,
+    MAX_CONNTRACK_ENTRIES,
 };
 
 pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDaemon>>) -> DaemonConfig {
@@ -73,6 +74,16 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         _ => DEFAULT_PIN_PATH.to_owned(),
     };
 
+    let gue_port = v.int(
+        &path.key("gue_port"),
+        raw.gue_port,
+        lb_common::DEFAULT_GUE_PORT,
+        (1, u16::MAX.into()),
+        &format!("the UDP port of forwarding = \"gue\" packets, 1 to 65535 (default {})", lb_common::DEFAULT_GUE_PORT),
+    );
+    let encap_source_v4 = encap_source(v, &path.key("encap_source_v4"), raw.encap_source_v4, true);
+    let encap_source_v6 = encap_source(v, &path.key("encap_source_v6"), raw.encap_source_v6, false);
+
     DaemonConfig {
         interfaces,
         xdp_mode,
@@ -80,6 +91,61 @@ pub fn validate(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawDae
         metrics,
         conntrack_entries,
         pin_path: pin_path.into(),
+        gue_port,
+        encap_source_v4,
+        encap_source_v6,
+    }
+}
+
+/// `encap_source_v4` / `encap_source_v6`: a prefix (`ADDRESS/LEN`) of the family.
+fn encap_source(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<String>>, v4: bool) -> Option<EncapSource> {
+    let example = if v4 { "\"198.18.0.64/26\"" } else { "\"2001:db8:ff::/64\"" };
+    let family = if v4 { "IPv4" } else { "IPv6" };
+    let expected = format!(
+        "an {family} prefix the outer source addresses of ipip/gue packets come from (host bits from the flow hash), e.g. {example}"
+    );
+    let text = match v.read(path, raw, &expected) {
+        Ok(Some(text)) => text,
+        _ => return None,
+    };
+    match checks::prefix(text.get_ref(), v4) {
+        Ok((addr, prefix_len)) => Some(EncapSource { addr, prefix_len }),
+        Err(why) => {
+            v.report(path, Some(text.span()), format!("{why}; expected {expected}"));
+            None
+        }
+    }
+}
+
+/// Every family a service encapsulates (`forwarding = "ipip"` or `"gue"`) has
+/// its outer source prefix.
+pub fn encap_sources_present(
+    v: &mut Validator<'_>,
+    path: &FieldPath,
+    daemon: &DaemonConfig,
+    services: &[ServiceConfig],
+) {
+    for (key, v4, have) in [
+        ("encap_source_v4", true, daemon.encap_source_v4.is_some()),
+        ("encap_source_v6", false, daemon.encap_source_v6.is_some()),
+    ] {
+        if have {
+            continue;
+        }
+        if let Some(s) = services.iter().find(|s| s.forwarding.encapsulates() && s.vip.is_ipv4() == v4) {
+            let example = if v4 { "\"198.18.0.64/26\"" } else { "\"2001:db8:ff::/64\"" };
+            v.report(
+                &path.key(key),
+                None,
+                format!(
+                    "missing; service {} uses forwarding = \"{}\" with an {} VIP, so expected the prefix its outer \
+                     source addresses come from, e.g. {key} = {example} (a /32 or /128 for a single address)",
+                    s.name,
+                    s.forwarding.as_str(),
+                    if v4 { "IPv4" } else { "IPv6" },
+                ),
+            );
+        }
     }
 }
 

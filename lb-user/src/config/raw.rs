@@ -280,6 +280,9 @@ raw_table! {
         metrics: String,
         conntrack_entries: i128,
         pin_path: String,
+        gue_port: i128,
+        encap_source_v4: String,
+        encap_source_v6: String,
     }
 }
 

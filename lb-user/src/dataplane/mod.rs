@@ -12,17 +12,19 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
-    SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
+    counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, ENCAP_SOURCE_V4,
+    ENCAP_SOURCE_V6, NAT_SOURCE_F_SHARED, SERVICE_F_PING, SETTING_FLAGS, SETTING_GUE_PORT, SETTING_HAIRPIN,
+    SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
 };
 
 use self::{
     nat_book::{port_word, NatBook},
     ring::RingMem,
 };
-use crate::config::XdpModeConfig;
+use crate::config::{EncapSource, XdpModeConfig};
 
 pub mod conntrack_count;
+pub mod decap;
 mod nat_book;
 pub mod neigh;
 pub mod pins;
@@ -96,6 +98,22 @@ pub struct Dataplane {
     book: NatBook,
     /// The `TRACE` ring buffer, while no `xlb trace` has it.
     trace_ring: Option<RingBuf<MapData>>,
+}
+
+/// The `ENCAP_SOURCES` entry of a prefix: its address and host bits, as words in
+/// network order.
+pub fn encap_source_entry(src: EncapSource) -> lb_common::EncapSource {
+    let (addr, host) = match src.addr {
+        std::net::IpAddr::V4(a) => {
+            let host = u32::MAX.checked_shr(u32::from(src.prefix_len)).unwrap_or(0);
+            (lb_common::addr_v4(a.octets()), lb_common::addr_v4(host.to_be_bytes()))
+        }
+        std::net::IpAddr::V6(a) => {
+            let host = u128::MAX.checked_shr(u32::from(src.prefix_len)).unwrap_or(0);
+            (lb_common::addr_v6(a.octets()), lb_common::addr_v6(host.to_be_bytes()))
+        }
+    };
+    lb_common::EncapSource { addr, host }
 }
 
 /// Loads `xlb_icmp` (ICMP for VIP flows, echo requests to VIPs) and puts it where `xlb`
@@ -646,6 +664,22 @@ impl Dataplane {
         m.set(SETTING_FLAGS, flags, 0).context("writing SETTINGS")
     }
 
+    /// Writes the GUE port (`SETTINGS[SETTING_GUE_PORT]`) and the outer source
+    /// prefixes (`ENCAP_SOURCES`; `None`: all zero, such packets are dropped). An
+    /// object without `ENCAP_SOURCES` (built before ipip/gue) is left alone.
+    pub fn set_encap(&mut self, gue_port: u16, v4: Option<EncapSource>, v6: Option<EncapSource>) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        if m.len() > SETTING_GUE_PORT {
+            m.set(SETTING_GUE_PORT, u32::from(gue_port.to_be()), 0).context("writing SETTINGS")?;
+        }
+        let Some(map) = self.ebpf.map_mut(maps::ENCAP_SOURCES) else { return Ok(()) };
+        let mut m: Array<&mut MapData, lb_common::EncapSource> = Array::try_from(map)?;
+        for (i, src) in [(ENCAP_SOURCE_V4, v4), (ENCAP_SOURCE_V6, v6)] {
+            m.set(i, src.map(encap_source_entry).unwrap_or_default(), 0).context("writing ENCAP_SOURCES")?;
+        }
+        Ok(())
+    }
+
     /// Turns data-path tracing on (one decision in `rate`) or off (`0`).
     pub fn set_trace(&mut self, rate: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
@@ -752,7 +786,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
 /// conntrack maps load there too (a no-op on newer kernels).
-fn raise_memlock_limit() {
+pub(crate) fn raise_memlock_limit() {
     let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
