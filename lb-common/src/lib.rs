@@ -27,6 +27,8 @@ pub mod maps {
     pub const REPLY_PORTS: &str = "REPLY_PORTS";
     pub const HAIRPIN_PORTS: &str = "HAIRPIN_PORTS";
     pub const ENCAP_SOURCES: &str = "ENCAP_SOURCES";
+    pub const ENCAP_PROG: &str = "ENCAP_PROG";
+    pub const ENCAP_HANDOFF: &str = "ENCAP_HANDOFF";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
 }
@@ -35,6 +37,8 @@ pub mod maps {
 pub const PROGRAM_NAME: &str = "xlb";
 /// The ICMP program, which `xlb` tail-calls through `ICMP_PROG[0]`.
 pub const ICMP_PROGRAM_NAME: &str = "xlb_icmp";
+/// The encapsulation (ipip, gue), which `xlb` tail-calls through `ENCAP_PROG[0]`.
+pub const ENCAP_PROGRAM_NAME: &str = "xlb_encap";
 /// The decapsulation program `xlb decap` attaches on backends (ipip and gue).
 pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 

@@ -21,14 +21,21 @@
 //!   packet is known from its headers alone, because its own TCP/UDP checksum
 //!   makes its segment sum to the complement of its pseudo-header (Linux's
 //!   "local checksum offload" reasoning): the addresses cancel.
-//! - The next hop is the backend's as the daemon resolved it (else the FIB's,
-//!   else the kernel forwards the encapsulated packet and resolves it).
+//! - The next hop is the backend's as the daemon resolved it; until then the
+//!   kernel forwards the encapsulated packet (and resolves the neighbour).
 //! - A packet that would exceed the egress MTU with its outer headers is
 //!   dropped and counted (`ENCAP_TOO_BIG`); backends advertise a lower MSS.
 
 use core::mem::offset_of;
 
-use aya_ebpf::{helpers::generated::bpf_check_mtu, macros::map, maps::Array, programs::XdpContext, EbpfContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::bpf_check_mtu,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::XdpContext,
+    EbpfContext,
+};
 use lb_common::{
     encap_overhead, flow_hash, Backend, EncapSource, ENCAP_SOURCE_V4, ENCAP_SOURCE_V6, ENCAP_TTL, FAMILY_V4, PROTO_UDP,
     SETTING_GUE_PORT,
@@ -36,8 +43,8 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use super::{
-    copy16, fib_len, fib_next_hop, get16, next_hop, ptr_at, put16, put32, put8, send, udp_check, Action, Packet, Pass,
-    Reason, ETH_P_IP, ETH_P_IPV6, SETTINGS,
+    copy16, get16, next_hop, ptr_at, put16, put32, put8, record, send, udp_check, Action, Decision, Flow, Packet,
+    Parse, Pass, Reason, BACKENDS, ETH_P_IP, ETH_P_IPV6, SETTINGS,
 };
 use crate::csum;
 
@@ -68,9 +75,66 @@ fn be16(v: u16) -> u64 {
     v.to_be() as u64
 }
 
+/// `xlb_encap` at index 0, put there by the loader: the encapsulation runs in a
+/// program of its own (a tail call), whose stack does not add to `xlb`'s.
+#[map]
+static ENCAP_PROG: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// What `xlb` decided about the packet, for `xlb_encap` (one per CPU: a CPU
+/// runs one packet at a time, from `xlb` into the tail call).
+#[derive(Clone, Copy)]
+pub(super) struct Handoff {
+    pkt: Packet,
+    flow: Flow,
+    gue: bool,
+    service: u32,
+    backend: u32,
+}
+
+#[map]
+static ENCAP_HANDOFF: PerCpuArray<Handoff> = PerCpuArray::with_max_entries(1, 0);
+
+/// From `xlb`'s `send_to_backend`: hands the packet to `xlb_encap`. Returns
+/// only when that cannot be done (no `xlb_encap` in `ENCAP_PROG`): dropped.
+#[inline(always)]
+pub(super) fn to_backend(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: Flow,
+    service: u32,
+    backend: u32,
+    gue: bool,
+) -> Decision {
+    if let Some(h) = ENCAP_HANDOFF.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot: only this CPU uses it, from here into the tail call.
+        unsafe { *h = Handoff { pkt: *pkt, flow, gue, service, backend } };
+        // SAFETY: a tail call with this program's own context; it returns only when
+        // the slot is empty.
+        unsafe { ENCAP_PROG.tail_call(ctx, 0) };
+    }
+    core::hint::cold_path();
+    Decision::new(flow, service, backend, Err(Reason::EncapNoSource))
+}
+
+/// The encapsulation, tail-called from `xlb` for ipip and gue services: encap,
+/// send, record (counters and trace) as `xlb` would have.
+#[xdp]
+pub fn xlb_encap(ctx: XdpContext) -> u32 {
+    let Some(h) = ENCAP_HANDOFF.get(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    let h = *h;
+    let outcome = match BACKENDS.get(h.backend) {
+        Some(be) => encap(&ctx, &h.pkt, be, h.gue),
+        None => Err(Reason::NoBackend),
+    };
+    let decision = Decision::new(h.flow, h.service, h.backend, outcome);
+    record(&ctx, &Parse::Vip(h.pkt), &decision)
+}
+
 /// Encapsulates `pkt` for backend `be` and sends it on (see the module's story).
 #[inline(always)]
-pub(super) fn encap(ctx: &XdpContext, pkt: &Packet, be: &Backend, gue: bool) -> Result<Action, Reason> {
+fn encap(ctx: &XdpContext, pkt: &Packet, be: &Backend, gue: bool) -> Result<Action, Reason> {
     let v4 = pkt.key.family == FAMILY_V4;
     let Some(prefix) = ENCAP_SOURCES.get(if v4 { ENCAP_SOURCE_V4 } else { ENCAP_SOURCE_V6 }) else {
         core::hint::cold_path();
@@ -181,8 +245,8 @@ pub(super) fn encap(ctx: &XdpContext, pkt: &Packet, be: &Backend, gue: bool) -> 
                 + u16::from_ne_bytes([pkt.key.proto, pkt.ttl]) as u64
                 + (!u16::from_ne_bytes([0, pkt.key.proto])) as u64;
             let mut sum = inner_sum + 2 * be16(udp_len) + be16(PROTO_UDP as u16) + sport as u64 + gue_port as u64;
-            for i in 0..4 {
-                sum += src[i] as u64 + be.addr[i] as u64;
+            for (s, d) in src.iter().zip(be.addr.iter()) {
+                sum += *s as u64 + *d as u64;
             }
             let u = OUTER_UDP_V6;
             // SAFETY: as above.
@@ -195,22 +259,18 @@ pub(super) fn encap(ctx: &XdpContext, pkt: &Packet, be: &Backend, gue: bool) -> 
         }
     }
 
-    let hop = match next_hop(&be.next_hop) {
-        Some(hop) => *hop,
-        None => {
-            core::hint::cold_path();
-            match fib_next_hop(ctx, fib_len(family, outer_len), &be.addr, &src) {
-                Some(hop) => hop,
-                // The kernel forwards the encapsulated packet (and resolves the neighbour).
-                None => return Ok(Action::Pass(Pass::NoRoute)),
-            }
-        }
+    // Until the daemon has resolved the backend's next hop (seconds after it
+    // starts) the kernel forwards the encapsulated packet and resolves the
+    // neighbour: the FIB is not asked here, whose frame would not fit.
+    let Some(hop) = next_hop(&be.next_hop) else {
+        core::hint::cold_path();
+        return Ok(Action::Pass(Pass::NoRoute));
     };
     if inner_len + overhead > MIN_LINK_MTU && !fits_mtu(ctx, hop.ifindex) {
         core::hint::cold_path();
         return Err(Reason::EncapTooBig);
     }
-    send(ctx, &hop)
+    send(ctx, hop)
 }
 
 /// Whether the frame (as it is now) fits the MTU of `ifindex`.

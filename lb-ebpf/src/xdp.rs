@@ -427,6 +427,7 @@ fn process_packet(ctx: &XdpContext) -> u32 {
 // ---------------------------------------------------------------- parse
 
 /// What the parser learned about an IPv4/IPv6 TCP/UDP packet.
+#[derive(Clone, Copy)]
 struct Packet {
     /// Offset of the IP header.
     l3: usize,
@@ -892,7 +893,7 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
     };
     let action = if t.svc.flags & SERVICE_F_DSR != 0 {
         if t.svc.flags & SERVICE_F_ENCAP != 0 {
-            return Decision::new(t.flow, t.svc.id, idx, encap::encap(ctx, pkt, be, t.svc.flags & SERVICE_F_GUE != 0));
+            return encap::to_backend(ctx, pkt, t.flow, t.svc.id, idx, t.svc.flags & SERVICE_F_GUE != 0);
         }
         match next_hop(&be.next_hop) {
             Some(hop) => send(ctx, hop),

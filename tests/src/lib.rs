@@ -33,6 +33,7 @@
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod encap;
 pub mod fuzz;
 pub mod icmp;
 pub mod netns;

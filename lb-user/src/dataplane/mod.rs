@@ -133,6 +133,22 @@ fn load_icmp(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Loads `xlb_encap` (ipip and gue) and puts it where `xlb` tail-calls it. An
+/// object without it (built before ipip/gue) has no such services to serve.
+fn load_encap(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let Some(prog) = ebpf.program_mut(lb_common::ENCAP_PROGRAM_NAME) else {
+        log::debug!("the XDP object has no {} program: no ipip/gue", lb_common::ENCAP_PROGRAM_NAME);
+        return Ok(());
+    };
+    let prog: &mut Xdp = prog.try_into()?;
+    prog.load().context("the kernel refused the encapsulation program xlb_encap (verifier)")?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf.map_mut(maps::ENCAP_PROG).context("the XDP object has no ENCAP_PROG map")?;
+    let mut jump: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+    jump.set(0, &fd, 0).context("writing ENCAP_PROG")?;
+    Ok(())
+}
+
 impl Dataplane {
     /// Loads the embedded program (not attached yet) with maps sized by
     /// `sizes`, nothing pinned (benchmarks, tests).
@@ -182,6 +198,7 @@ impl Dataplane {
         } else {
             load_icmp(&mut ebpf)?;
         }
+        load_encap(&mut ebpf)?;
         let ring = match ebpf.map(maps::RING) {
             Some(aya::maps::Map::Array(m)) => RingMem::map(m.fd(), sizes.ring_entries.max(1) as usize)
                 .inspect_err(|e| log::warn!("{e:#}; writing Maglev tables slot by slot (slower)"))
