@@ -303,4 +303,24 @@ mod tests {
             "the string \"eth0\" is not a table; expected a [daemon] table",
         );
     }
+
+    #[test]
+    fn encapsulation_needs_a_source_prefix_of_the_family() {
+        let ipip = BASE.replacen("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:80\"\nforwarding = \"ipip\"", 1);
+        let p = problems(&ipip);
+        assert!(
+            p.len() == 1
+                && p[0].path == "daemon.encap_source_v4"
+                && p[0].message.contains("service www uses forwarding = \"ipip\""),
+            "expected one problem at daemon.encap_source_v4 naming service www, got {p:#?}"
+        );
+        let ok = ipip.replacen("[daemon]", "[daemon]\nencap_source_v4 = \"198.18.5.0/24\"", 1);
+        let cfg = parse(&ok, "t.toml").expect("an ipip service with its source prefix is valid");
+        let src = cfg.daemon.encap_source_v4.expect("the prefix is kept");
+        assert_eq!((src.to_string(), cfg.daemon.gue_port), ("198.18.5.0/24".to_string(), 6080));
+        // Only the families used need one; a wrong family is refused.
+        assert!(parse(&with("encap_source_v6 = \"2001:db8:5::/64\""), "t.toml").is_ok());
+        let p = problems(&with("encap_source_v6 = \"198.18.5.0/24\"\ngue_port = 0"));
+        assert_eq!(p.len(), 2, "expected the IPv4 prefix for v6 and gue_port 0 refused, got {p:#?}");
+    }
 }
