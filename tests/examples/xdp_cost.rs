@@ -226,7 +226,7 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             measure(bal.dp.program(), std::slice::from_ref(packet), b.c0, 10, &[XDP_REDIRECT]);
         }
     }
-    let services = ["web4", "web6", "dns4", "dns6"];
+    let services = ["web4", "web6", "dns4", "dns6", "dsr4", "ipip4", "gue4", "gue6"];
     let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
         services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()
     };
