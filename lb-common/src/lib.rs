@@ -33,12 +33,21 @@ pub mod maps {
     pub const NEW_FLOW_WINDOW: &str = "NEW_FLOW_WINDOW";
     pub const SOURCE_RULES: &str = "SOURCE_RULES";
     pub const NEW_FLOW_BUCKETS: &str = "NEW_FLOW_BUCKETS";
+    pub const ENCAP_SOURCES: &str = "ENCAP_SOURCES";
+    pub const ENCAP_PROG: &str = "ENCAP_PROG";
+    pub const ENCAP_HANDOFF: &str = "ENCAP_HANDOFF";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_COUNTERS: &str = "DECAP_COUNTERS";
 }
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "xlb";
 /// The ICMP program, which `xlb` tail-calls through `ICMP_PROG[0]`.
 pub const ICMP_PROGRAM_NAME: &str = "xlb_icmp";
+/// The encapsulation (ipip, gue), which `xlb` tail-calls through `ENCAP_PROG[0]`.
+pub const ENCAP_PROGRAM_NAME: &str = "xlb_encap";
+/// The decapsulation program `xlb decap` attaches on backends (ipip and gue).
+pub const DECAP_PROGRAM_NAME: &str = "xlb_decap";
 
 /// Most services (VIP, port, protocol) one daemon serves.
 pub const MAX_SERVICES: u32 = 256;
@@ -46,6 +55,8 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_BACKENDS: u32 = 4096;
 /// Most interfaces in `HAIRPIN_PORTS` (the daemon lists only interfaces it attached to).
 pub const MAX_HAIRPIN_PORTS: u32 = 64;
+/// Most addresses one `xlb decap` decapsulates at (`DECAP_ADDRS`).
+pub const MAX_DECAP_ADDRS: u32 = 64;
 /// Default Maglev table size (prime).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest Maglev table size accepted.
@@ -89,6 +100,69 @@ pub const SERVICE_F_FIREWALL: u32 = 4;
 pub const SERVICE_F_ALLOW_LIST: u32 = 8;
 /// `Service::flags`: new flows are limited per source (`Service::flow_cost_ns`, `flow_burst`).
 pub const SERVICE_F_RATE_LIMIT: u32 = 16;
+/// `Service::flags`: packets go to the backend inside an outer IP header
+/// (`forwarding = "ipip"`: IPv4 in IPv4, IPv6 in IPv6).
+pub const SERVICE_F_IPIP: u32 = 128;
+/// `Service::flags`: packets go to the backend inside an outer IP and UDP header
+/// (`forwarding = "gue"`: GUE variant 1, the inner IP header right after UDP).
+pub const SERVICE_F_GUE: u32 = 256;
+/// Either encapsulation.
+pub const SERVICE_F_ENCAP: u32 = SERVICE_F_IPIP | SERVICE_F_GUE;
+/// GUE's default UDP destination port (Katran's `GUE_DPORT`, and the port
+/// routers' GUE variant 1 decapsulation matches when none is configured).
+pub const DEFAULT_GUE_PORT: u16 = 6080;
+/// Outer TTL / hop limit of an encapsulated packet.
+pub const ENCAP_TTL: u8 = 64;
+/// Bytes an encapsulation adds in front of the inner IP packet: the outer IP
+/// header, and for GUE the UDP header.
+pub const fn encap_overhead(family: u8, gue: bool) -> u32 {
+    (if family == FAMILY_V4 { 20 } else { 40 }) + if gue { 8 } else { 0 }
+}
+/// `ENCAP_SOURCES` index of the IPv4 and of the IPv6 outer source prefix.
+pub const ENCAP_SOURCE_V4: u32 = 0;
+pub const ENCAP_SOURCE_V6: u32 = 1;
+
+/// Value of `ENCAP_SOURCES`: the outer source of an encapsulated packet is
+/// `addr | (flow hash & host)` word by word (network order), so that one flow
+/// keeps one source and the flows of a backend spread over the prefix (the
+/// backend's receive-side hashing sees different outer headers). `addr` all
+/// zero: not configured; such packets are dropped (`encap_no_source`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncapSource {
+    pub addr: [u32; 4],
+    /// The host part of the prefix (inverse netmask), network order.
+    pub host: [u32; 4],
+}
+
+/// `DECAP_ADDRS` value: the UDP port (host order) GUE packets to the address
+/// use; 0: GUE is not decapsulated at that address (ipip only).
+pub type DecapPort = u32;
+
+/// Indices of `DECAP_COUNTERS` (per CPU), the decapsulation program's counters.
+pub mod decap {
+    /// IP-in-IP (protocol 4 or 41) to a decap address, stripped and passed up.
+    pub const IPIP: u32 = 0;
+    /// GUE (UDP to the configured port) to a decap address, stripped and passed up.
+    pub const GUE: u32 = 1;
+    /// Dropped: shorter than the headers claim.
+    pub const DROP_TRUNCATED: u32 = 2;
+    /// Dropped: outer or inner header inconsistent (version, IHL, length, outer
+    /// IPv4 checksum, GUE variant 0 or inner family not what the outer says).
+    pub const DROP_BAD_HEADER: u32 = 3;
+    /// Dropped: an outer fragment (not reassembled here).
+    pub const DROP_FRAGMENT: u32 = 4;
+    pub const NUM: u32 = 8;
+    /// Name of each counter, as `xlb decap` prints it.
+    pub const NAMES: [(u32, &str); 5] = [
+        (IPIP, "ipip"),
+        (GUE, "gue"),
+        (DROP_TRUNCATED, "dropped_truncated"),
+        (DROP_BAD_HEADER, "dropped_bad_header"),
+        (DROP_FRAGMENT, "dropped_fragment"),
+    ];
+}
+
 /// `VIP_ADDRS` value: the address is a VIP (always set).
 pub const VIP_ADDR_F_KNOWN: u32 = 1;
 /// `VIP_ADDRS` value: echo requests to the address are answered (every service
@@ -134,16 +208,21 @@ pub const SETTING_TRACE: u32 = 1;
 /// `HAIRPIN_PORTS`. While it is 0 a packet that leaves by the interface it
 /// came in on goes with XDP_TX without looking in that map.
 pub const SETTING_HAIRPIN: u32 = 2;
+/// `SETTINGS[SETTING_GUARD]`: the conntrack guard's threshold, new flows per second per CPU
+/// (`[daemon] conntrack_guard_rate`); 0, the guard is off. Above it a CPU's new flows are
+/// forwarded by Maglev without a conntrack entry (Katran's guard against SYN floods).
+pub const SETTING_GUARD: u32 = 3;
+/// `SETTINGS[SETTING_FIREWALL]`: `FIREWALL_F_*` bits.
+pub const SETTING_FIREWALL: u32 = 4;
+/// `SETTINGS[SETTING_GUE_PORT]`: the UDP destination port (network order, low
+/// 16 bits) of GUE packets to backends.
+pub const SETTING_GUE_PORT: u32 = 5;
 /// `SETTINGS[SETTING_CT_CLOCK]`: the conntrack clock, in `ct` ticks of
 /// `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`), written by the daemon
 /// every `ct::CLOCK_PERIOD_MS`: the data path reads the time of a packet from
 /// an array (inlined) instead of calling a helper. 0 (no daemon yet): nothing expires.
 pub const SETTING_CT_CLOCK: u32 = 7;
 pub const NUM_SETTINGS: u32 = 8;
-/// `SETTINGS[SETTING_GUARD]`: the conntrack guard's threshold, new flows per second per CPU
-/// (`[daemon] conntrack_guard_rate`); 0, the guard is off. Above it a CPU's new flows are
-/// forwarded by Maglev without a conntrack entry (Katran's guard against SYN floods).
-pub const SETTING_GUARD: u32 = 3;
 /// The conntrack guard counts new flows per CPU over windows of this length.
 pub const GUARD_WINDOW_NS: u64 = 1_000_000_000;
 /// Default `conntrack_guard_rate`: Katran's `MAX_CONN_RATE`, new flows per second per CPU.
@@ -159,8 +238,6 @@ pub struct NewFlowWindow {
     pub flows: u64,
 }
 
-/// `SETTINGS[SETTING_FIREWALL]`: `FIREWALL_F_*` bits.
-pub const SETTING_FIREWALL: u32 = 4;
 /// `SETTINGS[SETTING_FIREWALL]`: `closed_ports = "drop"`: a TCP/UDP packet to a listed port
 /// (the daemon then lists every port in `VIP_PORTS`) but to no service looks its destination
 /// up in `VIP_ADDRS`. While clear, such packets pass without a lookup (as before).
@@ -201,6 +278,7 @@ pub struct SourceBucketKey {
     pub service: u32,
     pub addr: [u32; 4],
 }
+
 /// `REPLY_PORTS`: a bitmap of the 65536 ports, in 64-bit words; bit `p` is set
 /// while some NAT backend listens on port `p` (host order). A packet that is not
 /// for a VIP can only be a NAT reply if its source port is set: all others
@@ -576,6 +654,14 @@ pub mod counter {
     /// Windows (one second, one CPU) in which the guard stopped tracking new flows.
     /// `xlb_conntrack_guard_activations_total`.
     pub const GUARD_ACTIVATIONS: u32 = 25;
+    /// An ipip/gue packet dropped: with its outer header it would exceed the
+    /// egress interface's MTU (`xlb_encap_dropped_total{reason="too_big"}`).
+    pub const ENCAP_TOO_BIG: u32 = 28;
+    /// An ipip/gue packet dropped: no outer source prefix for its family
+    /// (`xlb_encap_dropped_total{reason="no_source"}`).
+    pub const ENCAP_NO_SOURCE: u32 = 29;
+    /// Encapsulation drops, as `reason` labels.
+    pub const ENCAP_DROPS: [(u32, &str); 2] = [(ENCAP_TOO_BIG, "too_big"), (ENCAP_NO_SOURCE, "no_source")];
 
     /// Every drop reason: its `COUNTERS` index and its `reason` label.
     pub fn drops() -> impl Iterator<Item = (u32, &'static str)> {
@@ -681,6 +767,7 @@ mod pod {
     unsafe impl aya::Pod for NewFlowWindow {}
     unsafe impl aya::Pod for SourceRuleKey {}
     unsafe impl aya::Pod for SourceBucketKey {}
+    unsafe impl aya::Pod for EncapSource {}
 }
 
 // No implicit padding anywhere: the size is the sum of the fields.
@@ -699,6 +786,7 @@ const _: () = assert!(core::mem::size_of::<NatReverse>() == 40);
 const _: () = assert!(core::mem::size_of::<BackendStats>() == 24);
 const _: () = assert!(core::mem::size_of::<ServiceStats>() == 56);
 const _: () = assert!(core::mem::size_of::<NewFlowWindow>() == 16);
+const _: () = assert!(core::mem::size_of::<EncapSource>() == 32);
 
 #[cfg(test)]
 mod tests {

@@ -50,3 +50,10 @@ fn fold(mut s: u64) -> u16 {
     s = (s & 0xffff) + (s >> 16);
     s as u16
 }
+
+/// The checksum over words already summed (16- and 32-bit words as they sit in
+/// memory, in one byte order): the complement of the folded sum.
+#[inline(always)]
+pub fn finish(sum: u64) -> u16 {
+    !fold(sum)
+}

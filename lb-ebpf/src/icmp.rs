@@ -35,7 +35,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, flow_hash, Backend, FlowKey, TokenBucket, VipAddrKey, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6,
-    NO_BACKEND, PING_BURST, PING_RATE_PER_CPU, PROTO_TCP, PROTO_UDP, SERVICE_F_DSR, VIP_ADDR_F_PING,
+    NO_BACKEND, PING_BURST, PING_RATE_PER_CPU, PROTO_TCP, PROTO_UDP, SERVICE_F_DSR, SERVICE_F_ENCAP, VIP_ADDR_F_PING,
 };
 use network_types::{
     eth::EthHdr,
@@ -349,7 +349,9 @@ fn error_about_flow(ctx: &XdpContext, ip: &IcmpAt, q: &mut Quoted, too_big: bool
         let vip = VipKey { addr: k.dst, port: k.dport, proto: k.proto, family: k.family };
         // SAFETY: services are replaced whole by the daemon; read once.
         if let Some(svc) = unsafe { SERVICES.get(vip) } {
-            if !too_big {
+            // ipip / gue: the backend is L3 away and would need the error
+            // encapsulated: left to the kernel (backends advertise a lower MSS).
+            if !too_big || svc.flags & SERVICE_F_ENCAP != 0 {
                 return decided(NOT_KNOWN, not_handled(ip), NOT_KNOWN);
             }
             let Some((idx, be)) = flow_backend(k, svc.ring_offset, svc.table_size) else {

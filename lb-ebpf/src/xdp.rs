@@ -30,7 +30,7 @@ use lb_common::{
     NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_NS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS,
     MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK,
+    REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK,
     SETTING_GUARD, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use lb_common::{
@@ -51,6 +51,14 @@ use crate::csum;
 /// `Parse::Icmp` arm only.
 #[path = "icmp.rs"]
 mod icmp;
+
+/// ipip and gue: a VIP packet inside an outer header, to a backend L3 away.
+#[path = "encap.rs"]
+mod encap;
+
+/// `xlb_decap`, the backends' side of ipip and gue.
+#[path = "decap.rs"]
+mod decap;
 
 // ---------------------------------------------------------------- maps
 
@@ -210,6 +218,9 @@ enum Reason {
     Denied = counter::DROP_DENIED,
     RateLimited = counter::DROP_RATE_LIMITED,
     ClosedPort = counter::DROP_CLOSED_PORT,
+    /// Counted with the encapsulation events, not a `drop_name` reason.
+    EncapTooBig = counter::ENCAP_TOO_BIG,
+    EncapNoSource = counter::ENCAP_NO_SOURCE,
 }
 
 /// Why a packet is handed to the kernel: its `COUNTERS` index.
@@ -465,6 +476,7 @@ fn process_packet(ctx: &XdpContext) -> u32 {
 // ---------------------------------------------------------------- parse
 
 /// What the parser learned about an IPv4/IPv6 TCP/UDP packet.
+#[derive(Clone, Copy)]
 struct Packet {
     /// Offset of the IP header.
     l3: usize,
@@ -1387,11 +1399,14 @@ fn send_to_backend(ctx: &XdpContext, pkt: &Packet, t: &Target) -> Decision {
         }
     };
     let action = if t.svc.flags & SERVICE_F_DSR != 0 {
+        if t.svc.flags & SERVICE_F_ENCAP != 0 {
+            return encap::to_backend(ctx, pkt, t.flow, t.svc.id, idx, t.svc.flags & SERVICE_F_GUE != 0);
+        }
         match next_hop(&be.next_hop) {
             Some(hop) => send(ctx, hop),
             None => {
                 core::hint::cold_path();
-                match fib_next_hop(ctx, pkt, &be.addr, &pkt.key.src) {
+                match fib_next_hop(ctx, fib_len(pkt.key.family, pkt.ip_len), &be.addr, &pkt.key.src) {
                     Some(hop) => send(ctx, &hop),
                     None => Ok(Action::Pass(Pass::NoRoute)),
                 }
@@ -1580,7 +1595,7 @@ fn nat(
     }
     // Not resolved yet: the kernel's FIB, else the kernel itself.
     core::hint::cold_path();
-    match fib_next_hop(ctx, pkt, dst, src) {
+    match fib_next_hop(ctx, fib_len(pkt.key.family, pkt.ip_len), dst, src) {
         Some(hop) => {
             rewrite(ctx, pkt, rw, true)?;
             send(ctx, &hop)
@@ -1695,17 +1710,25 @@ fn send(ctx: &XdpContext, hop: &NextHop) -> Result<Action, Reason> {
     Ok(Action::Send(unsafe { bpf_redirect(hop.ifindex, 0) } as u32))
 }
 
+/// `fib_next_hop`'s family and IP total length, in one argument.
+#[inline(always)]
+fn fib_len(family: u8, tot_len: u16) -> u32 {
+    (family as u32) << 16 | tot_len as u32
+}
+
 /// The kernel's answer for `dst`: egress interface and MACs, if it has them
 /// all. Out of line (a BPF-to-BPF call, with its own stack frame): it is
 /// only asked until the daemon has resolved a backend's next hop.
 #[inline(never)]
-fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, dst: &[u32; 4], src: &[u32; 4]) -> Option<NextHop> {
+fn fib_next_hop(ctx: &XdpContext, family_len: u32, dst: &[u32; 4], src: &[u32; 4]) -> Option<NextHop> {
+    // One argument for two (BPF calls take five at most, the result's pointer included).
+    let (family, tot_len) = ((family_len >> 16) as u8, family_len as u16);
     core::hint::cold_path();
     // SAFETY: bpf_fib_lookup's parameters are plain integers: all zeros is valid.
     let mut p: FibParams = unsafe { mem::zeroed() };
     p.ifindex = ctx.ingress_ifindex() as u32;
-    p.__bindgen_anon_1.tot_len = pkt.ip_len;
-    if pkt.key.family == FAMILY_V4 {
+    p.__bindgen_anon_1.tot_len = tot_len;
+    if family == FAMILY_V4 {
         p.family = AF_INET;
         p.__bindgen_anon_3.ipv4_src = src[0];
         p.__bindgen_anon_4.ipv4_dst = dst[0];

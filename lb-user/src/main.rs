@@ -116,6 +116,28 @@ enum Command {
         #[arg(default_value = "tcp")]
         protocol: String,
     },
+    /// On a backend of ipip/gue services: strip the outer headers of packets
+    /// to ADDRESS (IP in IP, and GUE to --gue-port) with an XDP program on
+    /// INTERFACE and pass the inner packets up, until SIGINT/SIGTERM; then
+    /// detach and print the counters.
+    Decap {
+        /// The interface the encapsulated packets arrive on.
+        #[arg(short, long)]
+        interface: String,
+        /// An outer destination to decapsulate at (the backend's address in
+        /// the lb's config); repeat for more.
+        #[arg(short, long = "address", value_name = "ADDRESS", required = true)]
+        addresses: Vec<std::net::IpAddr>,
+        /// GUE's UDP port, as the lb's `[daemon] gue_port`; 0: ipip only.
+        #[arg(long, default_value_t = lb_common::DEFAULT_GUE_PORT)]
+        gue_port: u16,
+        /// auto, native or generic.
+        #[arg(long, default_value = "auto", value_parser = parse_xdp_mode)]
+        xdp_mode: xlb::config::XdpModeConfig,
+        /// Load this XDP object instead of the one built into xlb.
+        #[arg(long, value_name = "FILE")]
+        object: Option<PathBuf>,
+    },
     /// Print a shell completion script, e.g. `xlb completions bash > /etc/bash_completion.d/xlb`.
     Completions {
         /// bash, zsh, fish, elvish or powershell.
@@ -160,6 +182,14 @@ fn parse_interval(s: &str) -> Result<f64, String> {
     }
 }
 
+fn parse_xdp_mode(s: &str) -> Result<xlb::config::XdpModeConfig, String> {
+    xlb::config::XdpModeConfig::CHOICES
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, m)| *m)
+        .ok_or_else(|| format!("{s:?}: expected auto, native or generic"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     xlb::logging::init();
@@ -189,6 +219,9 @@ fn main() -> ExitCode {
             daemon.socket().and_then(|p| xlb::cli::trace::follow(&p, &limits, &mut std::io::stdout().lock()))
         }
         Command::Explain { config, client, vip, protocol } => xlb::cli::explain::run(&config, &client, &vip, &protocol),
+        Command::Decap { interface, addresses, gue_port, xdp_mode, object } => {
+            xlb::cli::decap::run(&xlb::cli::decap::Options { interface, addresses, gue_port, xdp_mode, object })
+        }
         Command::Completions { shell } => xlb::cli::docs::completions(shell, Cli::command(), &mut std::io::stdout()),
         Command::Manpages { dir } => xlb::cli::docs::manpages(Cli::command(), &dir).map(|_| ()),
     };

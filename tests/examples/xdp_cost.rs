@@ -160,6 +160,11 @@ fn cases(frame: impl Fn(Pkt) -> Vec<u8>, new_flows: usize) -> Vec<Case> {
         // HAIRPIN_PORTS), and its reply from web1 back out of c0 (XDP_TX).
         one_arm("xdp_ns_established_tcp_v4_one_arm", Some("web4"), tcp_flow(cl4, vip4)),
         one_arm("xdp_ns_reply_tcp_v4_one_arm", None, Reply(frame(reply))),
+        // Forwarding modes side by side: DSR, ipip and gue (tail call to xlb_encap).
+        case("xdp_ns_established_tcp_v4_dsr", Some("dsr4"), tcp_flow(cl4, ip("198.18.0.20"))),
+        case("xdp_ns_established_tcp_v4_ipip", Some("ipip4"), tcp_flow(cl4, ip("198.18.0.40"))),
+        case("xdp_ns_established_tcp_v4_gue", Some("gue4"), tcp_flow(cl4, ip("198.18.0.41"))),
+        case("xdp_ns_established_tcp_v6_gue", Some("gue6"), tcp_flow(cl6, ip("2001:db8::41"))),
     ]
 }
 
@@ -301,7 +306,7 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             measure(bal.dp.program(), std::slice::from_ref(packet), b.c0, 10, &[XDP_REDIRECT]);
         }
     }
-    let services: Vec<&str> = ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc", "fw4", "rl4"]
+    let services: Vec<&str> = ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc", "fw4", "rl4", "dsr4", "ipip4", "gue4", "gue6"]
         .into_iter()
         .filter(|s| service_id(s).is_some())
         .collect();

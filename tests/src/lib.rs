@@ -34,6 +34,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod flood;
+pub mod encap;
 pub mod fuzz;
 pub mod ha;
 pub mod icmp;

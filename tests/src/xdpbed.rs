@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use xlb::{
     balancer::Balancer,
     config::{
-        BackendConfig, CheckKind, ClosedPorts, Config, DaemonConfig, Forwarding, HealthConfig, Protocol, Role,
-        Scheduler,
+        BackendConfig, CheckKind, ClosedPorts, Config, DaemonConfig, EncapSource, Forwarding, HealthConfig, Protocol,
+        Role, Scheduler,
         ServiceConfig, XdpModeConfig,
     },
 };
@@ -128,6 +128,9 @@ pub fn fixture_config() -> Config {
             conntrack_timeouts: Default::default(),
             deny: Vec::new(),
             closed_ports: ClosedPorts::Pass,
+            gue_port: lb_common::DEFAULT_GUE_PORT,
+            encap_source_v4: Some(EncapSource { addr: "198.18.5.0".parse().unwrap(), prefix_len: 24 }),
+            encap_source_v6: Some(EncapSource { addr: "2001:db8:5::".parse().unwrap(), prefix_len: 64 }),
         },
         services: vec![
             service("web4", "198.18.0.10:80", Tcp, Nat, &["198.18.1.11:8080"]),
@@ -137,6 +140,10 @@ pub fn fixture_config() -> Config {
             service("dsr4", "198.18.0.20:80", Tcp, Dsr, &["198.18.1.12:80"]),
             service("dsr6", "[2001:db8::20]:80", Tcp, Dsr, &["[2001:db8:1::12]:80"]),
             service("pair", "198.18.0.30:80", Tcp, Nat, &["198.18.1.11:80", "198.18.1.12:80"]),
+            service("ipip4", "198.18.0.40:80", Tcp, Ipip, &["198.18.1.11:80"]),
+            service("gue4", "198.18.0.41:80", Tcp, Gue, &["198.18.1.12:80"]),
+            service("ipip6", "[2001:db8::40]:80", Tcp, Ipip, &["[2001:db8:1::11]:80"]),
+            service("gue6", "[2001:db8::41]:80", Tcp, Gue, &["[2001:db8:1::12]:80"]),
         ],
     }
 }

@@ -522,8 +522,8 @@ fn xdp_fixtures() {
                 bal.apply(&cfg).expect("fill the maps");
                 if resolved {
                     let n = bal.refresh_next_hops().expect("resolve next hops");
-                    if n != 8 {
-                        failures.push(format!("{n} backends got a next hop, expected 8"));
+                    if n != 12 {
+                        failures.push(format!("{n} backends got a next hop, expected 12"));
                     }
                 }
                 for fx in fixtures(&b) {

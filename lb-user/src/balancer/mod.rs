@@ -19,8 +19,8 @@ use std::{
 use anyhow::{bail, Context as _};
 use lb_common::{
     addr_v4, addr_v6, Backend, NextHop, Service, VipKey, BACKEND_F_UP, FAMILY_V4, FAMILY_V6, MAX_BACKENDS,
-    MAX_SERVICES, NO_BACKEND, SCHED_HALF, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_LEAST_CONN, SERVICE_F_PING,
-    SERVICE_F_ROUND_ROBIN, SETTINGS_F_NAT,
+    MAX_SERVICES, NO_BACKEND, SCHED_HALF, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_GUE, SERVICE_F_IPIP, SERVICE_F_LEAST_CONN,
+    SERVICE_F_PING, SERVICE_F_ROUND_ROBIN, SETTINGS_F_NAT,
 };
 use lb_common::{
     SourceRuleKey, RULE_ALLOW, RULE_DENY, SCOPE_DAEMON_V4, SCOPE_DAEMON_V6, SERVICE_F_ALLOW_LIST, SERVICE_F_FIREWALL,
@@ -46,6 +46,23 @@ pub fn map_addr(a: &SocketAddr) -> ([u32; 4], u16, u8) {
         SocketAddr::V4(v4) => (addr_v4(v4.ip().octets()), v4.port().to_be(), FAMILY_V4),
         SocketAddr::V6(v6) => (addr_v6(v6.ip().octets()), v6.port().to_be(), FAMILY_V6),
     }
+}
+
+/// `Service::flags` of a service: ipip and gue also carry `SERVICE_F_DSR` (the
+/// backend answers directly: no NAT state, no reply path).
+pub fn service_flags(svc: &ServiceConfig) -> u32 {
+    let forwarding = match svc.forwarding {
+        Forwarding::Nat => 0,
+        Forwarding::Dsr => SERVICE_F_DSR,
+        Forwarding::Ipip => SERVICE_F_DSR | SERVICE_F_IPIP,
+        Forwarding::Gue => SERVICE_F_DSR | SERVICE_F_GUE,
+    };
+    let scheduler = match svc.scheduler {
+        Scheduler::Maglev => 0,
+        Scheduler::RoundRobin => SERVICE_F_ROUND_ROBIN,
+        Scheduler::LeastConn => SERVICE_F_LEAST_CONN,
+    };
+    forwarding | scheduler | if svc.answer_ping { SERVICE_F_PING } else { 0 }
 }
 
 pub fn vip_key(svc: &ServiceConfig) -> VipKey {
@@ -410,6 +427,8 @@ impl<T: Tables> Balancer<T> {
 
         self.conntrack_ticks = cfg.daemon.conntrack_timeouts.ticks();
         self.dp.set_conntrack_timeouts(self.conntrack_ticks)?;
+        // Outer sources and the GUE port before any service that encapsulates is published.
+        self.dp.set_encap(&cfg.daemon)?;
         let mut old = std::mem::take(&mut self.services);
         let mut next = Vec::with_capacity(cfg.services.len());
         let mut removed_backends = Vec::new();
@@ -739,14 +758,7 @@ impl<T: Tables> Balancer<T> {
             id: svc.id,
             ring_offset: offset,
             table_size: svc.cfg.table_size,
-            flags: if svc.cfg.forwarding == Forwarding::Dsr { SERVICE_F_DSR } else { 0 }
-                | if svc.cfg.answer_ping { SERVICE_F_PING } else { 0 }
-                | match svc.cfg.scheduler {
-                    Scheduler::Maglev => 0,
-                    Scheduler::RoundRobin => SERVICE_F_ROUND_ROBIN,
-                    Scheduler::LeastConn => SERVICE_F_LEAST_CONN,
-                }
-                | firewall,
+            flags: service_flags(&svc.cfg) | firewall,
             sched_offset,
             sched_len,
             flow_cost_ns,

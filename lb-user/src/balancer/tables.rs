@@ -6,7 +6,10 @@ use lb_common::{Backend, Service, VipKey};
 
 use std::collections::HashMap;
 
-use crate::dataplane::{Dataplane, RuleId};
+use crate::{
+    config::DaemonConfig,
+    dataplane::{Dataplane, RuleId},
+};
 
 /// What the balancer writes. Each call is one step a packet may observe.
 pub trait Tables {
@@ -34,6 +37,10 @@ pub trait Tables {
     fn sync_source_rules(&mut self, want: &HashMap<RuleId, u32>, prune: bool) -> anyhow::Result<()>;
     /// `[daemon] closed_ports = "drop"` on every VIP address.
     fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()>;
+    /// The outer source prefixes and the GUE port of ipip/gue services.
+    fn set_encap(&mut self, _daemon: &DaemonConfig) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 impl Tables for Dataplane {
@@ -66,5 +73,8 @@ impl Tables for Dataplane {
     }
     fn set_closed_drop(&mut self, drop: bool) -> anyhow::Result<()> {
         Dataplane::set_closed_drop(self, drop)
+    }
+    fn set_encap(&mut self, daemon: &DaemonConfig) -> anyhow::Result<()> {
+        Dataplane::set_encap(self, daemon.gue_port, daemon.encap_source_v4, daemon.encap_source_v6)
     }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 pub mod check;
+pub mod decap;
 pub mod docs;
 pub mod explain;
 pub mod status;

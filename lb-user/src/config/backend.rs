@@ -65,14 +65,20 @@ pub fn validate(
                     family(vip)
                 ),
             );
-        } else if forwarding == Forwarding::Dsr && address.port() != vip.port() {
+        } else if forwarding.direct_return() && address.port() != vip.port() {
+            let how = if forwarding == Forwarding::Dsr {
+                "only the MAC address is rewritten"
+            } else {
+                "the packet travels unchanged inside the outer header"
+            };
             v.report(
                 &address_path,
                 Some(text.span()),
                 format!(
-                    "port {} differs from the VIP port {}; with forwarding = \"dsr\" only the MAC address is rewritten, so expected the backend to listen on port {}",
+                    "port {} differs from the VIP port {}; with forwarding = \"{}\" {how}, so expected the backend to listen on port {}",
                     address.port(),
                     vip.port(),
+                    forwarding.as_str(),
                     vip.port()
                 ),
             );

@@ -188,6 +188,34 @@ pub fn choice<T: Copy>(text: &str, choices: &[(&'static str, T)]) -> Result<T, S
     Err(format!("unknown value \"{text}\"{hint}; expected one of: {}", names.join(", ")))
 }
 
+/// `ADDRESS/LEN` of the family (`v4`): the address with its host bits cleared
+/// is what the prefix means; host bits set are refused (a typo is likelier).
+pub fn prefix(text: &str, v4: bool) -> Result<(std::net::IpAddr, u8), String> {
+    let (addr, len) = text.split_once('/').ok_or_else(|| format!("{text:?} has no /LEN"))?;
+    let addr: std::net::IpAddr = addr.trim().parse().map_err(|_| format!("{addr:?} is not an IP address"))?;
+    let max = if v4 { 32 } else { 128 };
+    if addr.is_ipv4() != v4 {
+        return Err(format!("{addr} is not an {} address", if v4 { "IPv4" } else { "IPv6" }));
+    }
+    let len: u8 = len
+        .trim()
+        .parse()
+        .ok()
+        .filter(|l| *l <= max)
+        .ok_or_else(|| format!("{len:?} is not a prefix length 0 to {max}"))?;
+    let host_bits_set = match addr {
+        std::net::IpAddr::V4(a) => len < 32 && u32::from(a) & (u32::MAX >> len) != 0,
+        std::net::IpAddr::V6(a) => len < 128 && u128::from(a) & (u128::MAX >> len) != 0,
+    };
+    if host_bits_set {
+        return Err(format!("{text} has host bits set"));
+    }
+    if addr.is_unspecified() {
+        return Err(format!("{text} is unspecified; outer packets need a real source"));
+    }
+    Ok((addr, len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +297,22 @@ mod tests {
         refused(choice("sctp", &choices), "unknown value \"sctp\"; expected one of: tcp, udp");
         refused(choice("TCP", &choices), "unknown value \"TCP\" (did you mean \"tcp\"?); expected one of: tcp, udp");
         refused(choice(" udp", &choices), "(did you mean \"udp\"?)");
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(super::prefix("198.18.5.0/24", true), Ok(("198.18.5.0".parse().unwrap(), 24)));
+        assert_eq!(super::prefix("2001:db8:5::/64", false), Ok(("2001:db8:5::".parse().unwrap(), 64)));
+        assert_eq!(super::prefix("198.18.5.9/32", true), Ok(("198.18.5.9".parse().unwrap(), 32)));
+        for (text, v4, why) in [
+            ("198.18.5.1/24", true, "host bits set"),
+            ("198.18.5.0", true, "no /LEN"),
+            ("198.18.5.0/33", true, "not a prefix length"),
+            ("2001:db8::/64", true, "not an IPv4 address"),
+            ("0.0.0.0/0", true, "unspecified"),
+        ] {
+            let err = super::prefix(text, v4).expect_err(text);
+            assert!(err.contains(why), "{text}: error {err:?}, expected it to say {why:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use super::{
     firewall,
     raw::{Item, RawAnnounce, RawDaemon, Spanned},
     validate::{Located, Reported, Validator},
-    AnnounceConfig, Cidr, ClosedPorts, ConntrackTimeouts, DaemonConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET,
+    AnnounceConfig, Cidr, ClosedPorts, ConntrackTimeouts, DaemonConfig, EncapSource, ServiceConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET,
     DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_BIRD_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
     MAX_CONNTRACK_TIMEOUT_S,
 };
@@ -94,6 +94,16 @@ pub fn validate(
         _ => DEFAULT_PIN_PATH.to_owned(),
     };
 
+    let gue_port = v.int(
+        &path.key("gue_port"),
+        raw.gue_port,
+        lb_common::DEFAULT_GUE_PORT,
+        (1, u16::MAX.into()),
+        &format!("the UDP port of forwarding = \"gue\" packets, 1 to 65535 (default {})", lb_common::DEFAULT_GUE_PORT),
+    );
+    let encap_source_v4 = encap_source(v, &path.key("encap_source_v4"), raw.encap_source_v4, true);
+    let encap_source_v6 = encap_source(v, &path.key("encap_source_v6"), raw.encap_source_v6, false);
+
     let d = ConntrackTimeouts::default();
     let conntrack_timeouts = ConntrackTimeouts {
         syn: timeout(v, &path.key("conntrack_timeout_syn"), raw.conntrack_timeout_syn, d.syn),
@@ -121,6 +131,9 @@ pub fn validate(
         conntrack_guard_rate,
         pin_path: pin_path.into(),
         announce: announce(v, &path.key("announce"), raw.announce),
+        gue_port,
+        encap_source_v4,
+        encap_source_v6,
         deny: deny.iter().map(|d| d.value).collect(),
         closed_ports,
     };
@@ -161,6 +174,58 @@ fn announce(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<RawAnnounc
         _ => DEFAULT_ANNOUNCE_PROTOCOL.to_owned(),
     };
     Some(AnnounceConfig { socket: socket.into(), protocol })
+}
+
+/// `encap_source_v4` / `encap_source_v6`: a prefix (`ADDRESS/LEN`) of the family.
+fn encap_source(v: &mut Validator<'_>, path: &FieldPath, raw: Option<Item<String>>, v4: bool) -> Option<EncapSource> {
+    let example = if v4 { "\"198.18.0.64/26\"" } else { "\"2001:db8:ff::/64\"" };
+    let family = if v4 { "IPv4" } else { "IPv6" };
+    let expected = format!(
+        "an {family} prefix the outer source addresses of ipip/gue packets come from (host bits from the flow hash), e.g. {example}"
+    );
+    let text = match v.read(path, raw, &expected) {
+        Ok(Some(text)) => text,
+        _ => return None,
+    };
+    match checks::prefix(text.get_ref(), v4) {
+        Ok((addr, prefix_len)) => Some(EncapSource { addr, prefix_len }),
+        Err(why) => {
+            v.report(path, Some(text.span()), format!("{why}; expected {expected}"));
+            None
+        }
+    }
+}
+
+/// Every family a service encapsulates (`forwarding = "ipip"` or `"gue"`) has
+/// its outer source prefix.
+pub fn encap_sources_present(
+    v: &mut Validator<'_>,
+    path: &FieldPath,
+    daemon: &DaemonConfig,
+    services: &[ServiceConfig],
+) {
+    for (key, v4, have) in [
+        ("encap_source_v4", true, daemon.encap_source_v4.is_some()),
+        ("encap_source_v6", false, daemon.encap_source_v6.is_some()),
+    ] {
+        if have {
+            continue;
+        }
+        if let Some(s) = services.iter().find(|s| s.forwarding.encapsulates() && s.vip.is_ipv4() == v4) {
+            let example = if v4 { "\"198.18.0.64/26\"" } else { "\"2001:db8:ff::/64\"" };
+            v.report(
+                &path.key(key),
+                None,
+                format!(
+                    "missing; service {} uses forwarding = \"{}\" with an {} VIP, so expected the prefix its outer \
+                     source addresses come from, e.g. {key} = {example} (a /32 or /128 for a single address)",
+                    s.name,
+                    s.forwarding.as_str(),
+                    if v4 { "IPv4" } else { "IPv6" },
+                ),
+            );
+        }
+    }
 }
 
 /// Whether `pattern` makes a BIRD symbol for every VIP.
@@ -441,5 +506,25 @@ mod tests {
             "daemon (line 2, column 10)",
             "the string \"eth0\" is not a table; expected a [daemon] table",
         );
+    }
+
+    #[test]
+    fn encapsulation_needs_a_source_prefix_of_the_family() {
+        let ipip = BASE.replacen("vip = \"198.18.0.10:80\"", "vip = \"198.18.0.10:80\"\nforwarding = \"ipip\"", 1);
+        let p = problems(&ipip);
+        assert!(
+            p.len() == 1
+                && p[0].path == "daemon.encap_source_v4"
+                && p[0].message.contains("service www uses forwarding = \"ipip\""),
+            "expected one problem at daemon.encap_source_v4 naming service www, got {p:#?}"
+        );
+        let ok = ipip.replacen("[daemon]", "[daemon]\nencap_source_v4 = \"198.18.5.0/24\"", 1);
+        let cfg = parse(&ok, "t.toml").expect("an ipip service with its source prefix is valid");
+        let src = cfg.daemon.encap_source_v4.expect("the prefix is kept");
+        assert_eq!((src.to_string(), cfg.daemon.gue_port), ("198.18.5.0/24".to_string(), 6080));
+        // Only the families used need one; a wrong family is refused.
+        assert!(parse(&with("encap_source_v6 = \"2001:db8:5::/64\""), "t.toml").is_ok());
+        let p = problems(&with("encap_source_v6 = \"198.18.5.0/24\"\ngue_port = 0"));
+        assert_eq!(p.len(), 2, "expected the IPv4 prefix for v6 and gue_port 0 refused, got {p:#?}");
     }
 }

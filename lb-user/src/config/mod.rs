@@ -99,6 +99,11 @@ pub struct DaemonConfig {
     pub deny: Vec<Cidr>,
     /// What becomes of TCP/UDP packets to a port of a VIP address that no service uses.
     pub closed_ports: ClosedPorts,
+    /// UDP destination port of `forwarding = "gue"` packets.
+    pub gue_port: u16,
+    /// Outer source prefixes of ipip/gue packets, per family.
+    pub encap_source_v4: Option<EncapSource>,
+    pub encap_source_v6: Option<EncapSource>,
 }
 
 /// An address prefix of `allow` / `deny`: the address has no bits set after `len`.
@@ -254,13 +259,43 @@ impl Protocol {
 pub enum Forwarding {
     Nat,
     Dsr,
+    /// IP in IP (IPv4 in IPv4, IPv6 in IPv6) to a backend anywhere; it answers directly.
+    Ipip,
+    /// GUE (variant 1: IP in UDP) to a backend anywhere; it answers directly.
+    Gue,
 }
 
 impl Forwarding {
     /// Every value with its name in the configuration file.
-    pub const CHOICES: [(&'static str, Self); 2] = [("nat", Self::Nat), ("dsr", Self::Dsr)];
+    pub const CHOICES: [(&'static str, Self); 4] =
+        [("nat", Self::Nat), ("dsr", Self::Dsr), ("ipip", Self::Ipip), ("gue", Self::Gue)];
     pub fn as_str(self) -> &'static str {
         choice_name(&Self::CHOICES, self)
+    }
+
+    /// The packet goes to the backend inside an outer header (ipip, gue).
+    pub fn encapsulates(self) -> bool {
+        matches!(self, Self::Ipip | Self::Gue)
+    }
+
+    /// The backend answers the client directly, holding the VIP (dsr, ipip, gue):
+    /// the packet keeps the VIP as its destination and its port.
+    pub fn direct_return(self) -> bool {
+        self != Self::Nat
+    }
+}
+
+/// `[daemon] encap_source_v4` / `encap_source_v6`: the prefix outer sources of
+/// ipip/gue packets are taken from (its host bits from the flow hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncapSource {
+    pub addr: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for EncapSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
     }
 }
 
@@ -400,6 +435,7 @@ fn validate_config(v: &mut validate::Validator<'_>, raw: raw::RawConfig) -> Conf
     v.unknown_keys(&root, &raw.unknown, raw::RawConfig::KEYS);
     let (daemon, daemon_deny) = daemon::validate(v, &root.key("daemon"), raw.daemon);
     let services = service::validate_all(v, &root.key("service"), raw.service, &daemon_deny);
+    daemon::encap_sources_present(v, &root.key("daemon"), &daemon, &services);
     Config { daemon, services }
 }
 

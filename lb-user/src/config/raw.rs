@@ -287,6 +287,9 @@ raw_table! {
         conntrack_timeout_udp: String,
         deny: Vec<Item<String>>,
         closed_ports: String,
+        gue_port: i128,
+        encap_source_v4: String,
+        encap_source_v6: String,
         announce: RawAnnounce,
     }
 }

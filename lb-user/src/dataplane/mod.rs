@@ -15,8 +15,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, NAT_SOURCE_F_SHARED,
-    SCHED_HALF, SERVICE_F_PING, SETTING_FLAGS, SETTING_HAIRPIN, SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
+    counter, maps, Backend, BackendStats, NatSource, Service, ServiceStats, VipAddrKey, VipKey, ENCAP_SOURCE_V4,
+    ENCAP_SOURCE_V6, NAT_SOURCE_F_SHARED, SCHED_HALF, SERVICE_F_PING, SETTING_FLAGS, SETTING_GUE_PORT, SETTING_HAIRPIN,
+    SETTING_TRACE, VIP_ADDR_F_KNOWN, VIP_ADDR_F_PING,
 };
 use lb_common::{SourceRuleKey, FIREWALL_F_CLOSED_DROP, SETTING_FIREWALL, VIP_ADDR_F_CLOSED_DROP};
 
@@ -24,10 +25,11 @@ use self::{
     nat_book::{port_word, NatBook},
     ring::RingMem,
 };
-use crate::config::XdpModeConfig;
+use crate::config::{EncapSource, XdpModeConfig};
 
 pub mod conns;
 pub mod conntrack_count;
+pub mod decap;
 mod nat_book;
 pub mod neigh;
 pub mod pins;
@@ -114,6 +116,22 @@ pub struct Dataplane {
 /// A `SOURCE_RULES` key: its prefix length (32 + the rule's) and its data.
 pub type RuleId = (u32, SourceRuleKey);
 
+/// The `ENCAP_SOURCES` entry of a prefix: its address and host bits, as words in
+/// network order.
+pub fn encap_source_entry(src: EncapSource) -> lb_common::EncapSource {
+    let (addr, host) = match src.addr {
+        std::net::IpAddr::V4(a) => {
+            let host = u32::MAX.checked_shr(u32::from(src.prefix_len)).unwrap_or(0);
+            (lb_common::addr_v4(a.octets()), lb_common::addr_v4(host.to_be_bytes()))
+        }
+        std::net::IpAddr::V6(a) => {
+            let host = u128::MAX.checked_shr(u32::from(src.prefix_len)).unwrap_or(0);
+            (lb_common::addr_v6(a.octets()), lb_common::addr_v6(host.to_be_bytes()))
+        }
+    };
+    lb_common::EncapSource { addr, host }
+}
+
 /// Loads `xlb_icmp` (ICMP for VIP flows, echo requests to VIPs) and puts it where `xlb`
 /// tail-calls it. An object without it (an older build, e.g. a benchmark's baseline) leaves
 /// ICMP to the kernel, as it did.
@@ -128,6 +146,22 @@ fn load_icmp(ebpf: &mut Ebpf) -> anyhow::Result<()> {
     let map = ebpf.map_mut(maps::ICMP_PROG).context("the XDP object has no ICMP_PROG map")?;
     let mut jump: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
     jump.set(0, &fd, 0).context("writing ICMP_PROG")?;
+    Ok(())
+}
+
+/// Loads `xlb_encap` (ipip and gue) and puts it where `xlb` tail-calls it. An
+/// object without it (built before ipip/gue) has no such services to serve.
+fn load_encap(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let Some(prog) = ebpf.program_mut(lb_common::ENCAP_PROGRAM_NAME) else {
+        log::debug!("the XDP object has no {} program: no ipip/gue", lb_common::ENCAP_PROGRAM_NAME);
+        return Ok(());
+    };
+    let prog: &mut Xdp = prog.try_into()?;
+    prog.load().context("the kernel refused the encapsulation program xlb_encap (verifier)")?;
+    let fd = prog.fd()?.try_clone()?;
+    let map = ebpf.map_mut(maps::ENCAP_PROG).context("the XDP object has no ENCAP_PROG map")?;
+    let mut jump: ProgramArray<&mut MapData> = ProgramArray::try_from(map)?;
+    jump.set(0, &fd, 0).context("writing ENCAP_PROG")?;
     Ok(())
 }
 
@@ -180,6 +214,7 @@ impl Dataplane {
         } else {
             load_icmp(&mut ebpf)?;
         }
+        load_encap(&mut ebpf)?;
         let ring = match ebpf.map(maps::RING) {
             Some(aya::maps::Map::Array(m)) => RingMem::map(m.fd(), sizes.ring_entries.max(1) as usize)
                 .inspect_err(|e| log::warn!("{e:#}; writing Maglev tables slot by slot (slower)"))
@@ -816,6 +851,22 @@ impl Dataplane {
         Ok(m.get(&0, 0)?.iter().any(|w| w.flows > rate && now.saturating_sub(w.start_ns) < recent))
     }
 
+    /// Writes the GUE port (`SETTINGS[SETTING_GUE_PORT]`) and the outer source
+    /// prefixes (`ENCAP_SOURCES`; `None`: all zero, such packets are dropped). An
+    /// object without `ENCAP_SOURCES` (built before ipip/gue) is left alone.
+    pub fn set_encap(&mut self, gue_port: u16, v4: Option<EncapSource>, v6: Option<EncapSource>) -> anyhow::Result<()> {
+        let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
+        if m.len() > SETTING_GUE_PORT {
+            m.set(SETTING_GUE_PORT, u32::from(gue_port.to_be()), 0).context("writing SETTINGS")?;
+        }
+        let Some(map) = self.ebpf.map_mut(maps::ENCAP_SOURCES) else { return Ok(()) };
+        let mut m: Array<&mut MapData, lb_common::EncapSource> = Array::try_from(map)?;
+        for (i, src) in [(ENCAP_SOURCE_V4, v4), (ENCAP_SOURCE_V6, v6)] {
+            m.set(i, src.map(encap_source_entry).unwrap_or_default(), 0).context("writing ENCAP_SOURCES")?;
+        }
+        Ok(())
+    }
+
     /// Turns data-path tracing on (one decision in `rate`) or off (`0`).
     pub fn set_trace(&mut self, rate: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
@@ -971,7 +1022,7 @@ fn monotonic_ns() -> u64 {
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
 /// conntrack maps load there too (a no-op on newer kernels).
-fn raise_memlock_limit() {
+pub(crate) fn raise_memlock_limit() {
     let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
     // SAFETY: plain syscall with a valid pointer.
     let ret = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };

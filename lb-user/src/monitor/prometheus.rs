@@ -201,6 +201,15 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
     for (i, event) in counter::ICMP_EVENTS {
         e.sample("xlb_icmp_packets_total", &[("event", event)], snap.counter(i));
     }
+    e.family(
+        "xlb_encap_dropped_packets_total",
+        "counter",
+        "ipip/gue packets dropped: too_big (beyond the egress MTU with the outer header), \
+         no_source (no encap_source for the family).",
+    );
+    for (i, reason) in counter::ENCAP_DROPS {
+        e.sample("xlb_encap_dropped_packets_total", &[("reason", reason)], snap.counter(i));
+    }
 
     e.family(
         "xlb_conntrack_guard_active",
