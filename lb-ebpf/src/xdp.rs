@@ -30,8 +30,9 @@ use lb_common::{
     NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
     DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_NS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS,
     MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK,
-    SETTING_GUARD, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN,
+    SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD, SETTING_GUARD_SEEN, SETTING_HAIRPIN, SETTING_TRACE,
+    TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use lb_common::{
     SourceBucketKey, SourceRuleKey, TokenBucket, FIREWALL_F_CLOSED_DROP, MAX_SOURCE_RULES, NEW_FLOW_BUCKETS_ENTRIES,
@@ -1119,6 +1120,11 @@ fn guard_admits() -> bool {
             if let Some(c) = COUNTERS.get_ptr_mut(counter::GUARD_ACTIVATIONS) {
                 *c += 1;
             }
+            // From now on (for an established timeout) some flows have no entry:
+            // their NAT replies are recognised by their Maglev pick.
+            if let Some(t) = SETTINGS.get_ptr_mut(SETTING_GUARD_SEEN) {
+                *t = now_ticks().max(1);
+            }
         }
     }
     false
@@ -1530,7 +1536,7 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, hop, src.backend))
 }
 
-/// The reply of a NAT flow without a conntrack entry, while the guard is on:
+/// The reply of a NAT flow without a conntrack entry, after the guard stopped tracking:
 /// the flows it did not track have none, and their replies must still go
 /// back from the VIP. Such a reply is translated when Maglev sends its flow
 /// (`flow`, client -> VIP) to the backend it comes from, as it did the flow's
@@ -1539,7 +1545,19 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
 /// (near the verifier's 512 bytes with `bad_source`'s) must not grow.
 #[inline(never)]
 fn untracked_reply(flow: &FlowKey, src: &NatSource) -> bool {
-    if !matches!(SETTINGS.get(SETTING_GUARD), Some(r) if *r != 0) {
+    // Only while flows the guard did not track may still be open: a reply
+    // without an entry is otherwise a backend's own traffic (routed through
+    // xlb to a client that reached the backend's address), left untouched.
+    let seen = match SETTINGS.get(SETTING_GUARD_SEEN) {
+        Some(t) if *t != 0 => *t,
+        _ => return false,
+    };
+    let established = match CONNTRACK_TIMEOUTS.get(ct::EST) {
+        Some(t) => *t,
+        None => 0,
+    };
+    let now = now_ticks();
+    if established != 0 && now != 0 && now.wrapping_sub(seen) > established {
         return false;
     }
     maglev_backend(flow, src.backend).is_some()

@@ -306,10 +306,11 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             measure(bal.dp.program(), std::slice::from_ref(packet), b.c0, 10, &[XDP_REDIRECT]);
         }
     }
-    let services: Vec<&str> = ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc", "fw4", "rl4", "dsr4", "ipip4", "gue4", "gue6"]
-        .into_iter()
-        .filter(|s| service_id(s).is_some())
-        .collect();
+    let services: Vec<&str> =
+        ["web4", "web6", "dns4", "dns6", "web4rr", "web4lc", "fw4", "rl4", "dsr4", "ipip4", "gue4", "gue6"]
+            .into_iter()
+            .filter(|s| service_id(s).is_some())
+            .collect();
     let cases: Vec<Case> = cases.into_iter().filter(|c| c.service.is_none_or(|s| services.contains(&s))).collect();
     let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
         services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()

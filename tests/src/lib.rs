@@ -33,8 +33,8 @@
 pub mod bench;
 pub mod client;
 pub mod config;
-pub mod flood;
 pub mod encap;
+pub mod flood;
 pub mod fuzz;
 pub mod ha;
 pub mod icmp;

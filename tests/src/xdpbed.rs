@@ -11,8 +11,7 @@ use xlb::{
     balancer::Balancer,
     config::{
         BackendConfig, CheckKind, ClosedPorts, Config, DaemonConfig, EncapSource, Forwarding, HealthConfig, Protocol,
-        Role, Scheduler,
-        ServiceConfig, XdpModeConfig,
+        Role, Scheduler, ServiceConfig, XdpModeConfig,
     },
 };
 

@@ -6,9 +6,9 @@ use super::{
     firewall,
     raw::{Item, RawAnnounce, RawDaemon, Spanned},
     validate::{Located, Reported, Validator},
-    AnnounceConfig, Cidr, ClosedPorts, ConntrackTimeouts, DaemonConfig, EncapSource, ServiceConfig, XdpModeConfig, DEFAULT_ADMIN_SOCKET,
-    DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_BIRD_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH, MAX_CONNTRACK_ENTRIES,
-    MAX_CONNTRACK_TIMEOUT_S,
+    AnnounceConfig, Cidr, ClosedPorts, ConntrackTimeouts, DaemonConfig, EncapSource, ServiceConfig, XdpModeConfig,
+    DEFAULT_ADMIN_SOCKET, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_BIRD_SOCKET, DEFAULT_METRICS, DEFAULT_PIN_PATH,
+    MAX_CONNTRACK_ENTRIES, MAX_CONNTRACK_TIMEOUT_S,
 };
 
 /// `[daemon]`, and its `deny` entries with their places (for the services' dead-entry checks).
@@ -454,7 +454,7 @@ mod tests {
         assert_one(
             &with("mode = \"x\""),
             "daemon.mode (line 3, column 1)",
-            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, conntrack_guard_rate, pin_path, conntrack_timeout_syn, conntrack_timeout_established, conntrack_timeout_closing, conntrack_timeout_udp, announce",
+            "unknown key `mode`; expected one of: interfaces, xdp_mode, admin_socket, metrics, conntrack_entries, conntrack_guard_rate, pin_path, conntrack_timeout_syn, conntrack_timeout_established, conntrack_timeout_closing, conntrack_timeout_udp, deny, closed_ports, gue_port, encap_source_v4, encap_source_v6, announce",
         );
         assert_one(
             &with("interface = [\"eth2\"]"),

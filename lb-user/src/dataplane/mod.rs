@@ -833,7 +833,12 @@ impl Dataplane {
     /// CPU above which new flows are forwarded without a conntrack entry; 0: off.
     pub fn set_guard_rate(&mut self, rate: u32) -> anyhow::Result<()> {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
-        m.set(lb_common::SETTING_GUARD, rate, 0).context("writing SETTINGS")
+        m.set(lb_common::SETTING_GUARD, rate, 0).context("writing SETTINGS")?;
+        if rate == 0 {
+            // Off: a NAT reply without an entry is again the kernel's.
+            m.set(lb_common::SETTING_GUARD_SEEN, 0, 0).context("writing SETTINGS")?;
+        }
+        Ok(())
     }
 
     /// Whether some CPU's conntrack guard refused to track a new flow in a window that began
