@@ -227,8 +227,9 @@ pub const SETTING_GUARD_SEEN: u32 = 6;
 /// an array (inlined) instead of calling a helper. 0 (no daemon yet): nothing expires.
 pub const SETTING_CT_CLOCK: u32 = 7;
 pub const NUM_SETTINGS: u32 = 8;
-/// The conntrack guard counts new flows per CPU over windows of this length.
-pub const GUARD_WINDOW_NS: u64 = 1_000_000_000;
+/// The conntrack guard counts new flows per CPU over windows of this length:
+/// one second, in conntrack clock ticks (`ct::TICK_SHIFT`).
+pub const GUARD_WINDOW_TICKS: u32 = ct::ticks_of_ms(1000);
 /// Default `conntrack_guard_rate`: Katran's `MAX_CONN_RATE`, new flows per second per CPU.
 pub const DEFAULT_GUARD_RATE: u32 = 125_000;
 
@@ -236,8 +237,9 @@ pub const DEFAULT_GUARD_RATE: u32 = 125_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NewFlowWindow {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the window began.
-    pub start_ns: u64,
+    /// The conntrack clock (CLOCK_MONOTONIC >> `ct::TICK_SHIFT`) when the window began.
+    pub start_tick: u32,
+    pub _pad: u32,
     /// New flows this CPU asked to track in the window (tracked or not).
     pub flows: u64,
 }
@@ -659,10 +661,10 @@ pub mod counter {
     /// `xlb_conntrack_guard_activations_total`.
     pub const GUARD_ACTIVATIONS: u32 = 25;
     /// An ipip/gue packet dropped: with its outer header it would exceed the
-    /// egress interface's MTU (`xlb_encap_dropped_total{reason="too_big"}`).
+    /// egress interface's MTU (`xlb_encap_dropped_packets_total{reason="too_big"}`).
     pub const ENCAP_TOO_BIG: u32 = 28;
     /// An ipip/gue packet dropped: no outer source prefix for its family
-    /// (`xlb_encap_dropped_total{reason="no_source"}`).
+    /// (`xlb_encap_dropped_packets_total{reason="no_source"}`).
     pub const ENCAP_NO_SOURCE: u32 = 29;
     /// Encapsulation drops, as `reason` labels.
     pub const ENCAP_DROPS: [(u32, &str); 2] = [(ENCAP_TOO_BIG, "too_big"), (ENCAP_NO_SOURCE, "no_source")];

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use lb_common::{
     counter, ct, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
     NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_NS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS,
+    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_TICKS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS,
     MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
     REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN,
     SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD, SETTING_GUARD_SEEN, SETTING_HAIRPIN, SETTING_TRACE,
@@ -1103,12 +1103,17 @@ fn guard_admits() -> bool {
         core::hint::cold_path();
         return true;
     };
-    // SAFETY: a helper call without arguments; `w` is this CPU's slot, which
-    // only this CPU writes while the program runs.
+    // The conntrack clock (an array read) rather than a helper call; without a
+    // daemon to advance it (0), the kernel's clock in the same ticks.
+    let now = match now_ticks() {
+        // SAFETY: a helper call without arguments.
+        0 => (unsafe { bpf_ktime_get_ns() } >> ct::TICK_SHIFT) as u32,
+        t => t,
+    };
+    // SAFETY: `w` is this CPU's slot, which only this CPU writes while the program runs.
     unsafe {
-        let now = bpf_ktime_get_ns();
-        if now.wrapping_sub((*w).start_ns) >= GUARD_WINDOW_NS {
-            (*w).start_ns = now;
+        if now.wrapping_sub((*w).start_tick) >= GUARD_WINDOW_TICKS {
+            (*w).start_tick = now;
             (*w).flows = 0;
         }
         (*w).flows += 1;

@@ -78,12 +78,58 @@ impl Ctx {
             cfg.services.len(),
             cfg.backend_count()
         );
-        // The conntrack timeouts apply at once (`Balancer::apply`); the rest at the next restart.
-        let daemon = config::DaemonConfig { conntrack_timeouts: self.daemon.conntrack_timeouts, ..cfg.daemon.clone() };
-        if self.daemon != daemon {
-            msg += "; [daemon] settings changed: they apply at the next restart";
+        // Timeouts, deny, closed_ports, gue_port and encap sources apply at once
+        // (`Balancer::apply`); the rest at the next restart: say which.
+        let restart = restart_keys(&self.daemon, &cfg.daemon);
+        if !restart.is_empty() {
+            msg += &format!("; [daemon] {} changed: applied at the next restart", restart.join(", "));
         }
         log::info!("{msg}");
         Ok(msg + "\n")
+    }
+}
+
+/// The `[daemon]` keys that differ between `running` and `new` and that only a
+/// restart applies (the others are applied by a reload).
+fn restart_keys(running: &config::DaemonConfig, new: &config::DaemonConfig) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut differs = |key, changed: bool| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    differs("interfaces", running.interfaces != new.interfaces);
+    differs("xdp_mode", running.xdp_mode != new.xdp_mode);
+    differs("admin_socket", running.admin_socket != new.admin_socket);
+    differs("metrics", running.metrics != new.metrics);
+    differs("conntrack_entries", running.conntrack_entries != new.conntrack_entries);
+    differs("conntrack_guard_rate", running.conntrack_guard_rate != new.conntrack_guard_rate);
+    differs("pin_path", running.pin_path != new.pin_path);
+    differs("announce", running.announce != new.announce);
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon(extra: &str) -> config::DaemonConfig {
+        let text = format!(
+            "[daemon]\ninterfaces = [\"eth0\"]\n{extra}\n[[service]]\nvip = \"198.18.0.10:80\"\n\
+             [[service.backend]]\naddress = \"198.18.1.11:80\"\n"
+        );
+        config::parse(&text, "t.toml").expect("valid").daemon
+    }
+
+    #[test]
+    fn a_reload_names_only_the_daemon_keys_that_wait_for_a_restart() {
+        let running = daemon("");
+        assert!(
+            restart_keys(&running, &daemon("deny = [\"198.18.9.0/24\"]\nconntrack_timeout_syn = \"5s\"")).is_empty()
+        );
+        assert_eq!(
+            restart_keys(&running, &daemon("metrics = \"127.0.0.1:9999\"\nclosed_ports = \"drop\"")),
+            ["metrics"]
+        );
     }
 }

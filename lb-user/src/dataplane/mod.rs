@@ -851,9 +851,9 @@ impl Dataplane {
         }
         let m: PerCpuArray<&MapData, lb_common::NewFlowWindow> =
             PerCpuArray::try_from(self.map(maps::NEW_FLOW_WINDOW))?;
-        let now = monotonic_ns();
-        let recent = 2 * lb_common::GUARD_WINDOW_NS;
-        Ok(m.get(&0, 0)?.iter().any(|w| w.flows > rate && now.saturating_sub(w.start_ns) < recent))
+        let now = sweep::now_ticks();
+        let recent = 2 * lb_common::GUARD_WINDOW_TICKS;
+        Ok(m.get(&0, 0)?.iter().any(|w| w.flows > rate && now.wrapping_sub(w.start_tick) < recent))
     }
 
     /// Writes the GUE port (`SETTINGS[SETTING_GUE_PORT]`) and the outer source
@@ -1015,14 +1015,6 @@ pub struct Adopted {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the struct we own; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large
