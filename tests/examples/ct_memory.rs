@@ -1,0 +1,37 @@
+//! Memory of the conntrack table per million flows: loads the program with
+//! `conntrack_entries` = 2^20 and prints what the kernel charges for each
+//! hash map (`memlock` in `/proc/self/fdinfo`). A measurement, not a test.
+//! `cargo run --release -p xlb-testbed --example ct_memory` as root.
+
+use xlb::balancer::Balancer;
+use xlb_testbed::{is_root, xdpbed::fixture_config};
+
+fn main() -> anyhow::Result<()> {
+    if !is_root() {
+        anyhow::bail!("run as root (BPF maps)");
+    }
+    let mut cfg = fixture_config();
+    cfg.daemon.conntrack_entries = 1 << 20;
+    let _bal = Balancer::load(&cfg)?;
+    for entry in std::fs::read_dir("/proc/self/fdinfo")? {
+        let text = std::fs::read_to_string(entry?.path()).unwrap_or_default();
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned())).unwrap_or_default()
+        };
+        // Hash maps of 2^20 entries: the conntrack table (LRU hash, type 9)
+        // and the NAT reverse table.
+        if field("max_entries:") == (1u32 << 20).to_string() {
+            let memlock: u64 = field("memlock:").parse().unwrap_or(0);
+            println!(
+                "map type {:>2}, key {:>2} B, value {:>2} B, {} entries: {:.1} MiB, {:.0} B per entry",
+                field("map_type:"),
+                field("key_size:"),
+                field("value_size:"),
+                field("max_entries:"),
+                memlock as f64 / (1u64 << 20) as f64,
+                memlock as f64 / f64::from(1u32 << 20),
+            );
+        }
+    }
+    Ok(())
+}
