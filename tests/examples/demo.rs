@@ -41,10 +41,23 @@ extern "C" fn on_sigint(_: libc::c_int) {
 
 const REQUESTS: usize = 200;
 
-/// `replica_role`: "primary" (active-active) or "backup" (active-passive);
-/// `ca`: the CA the HTTPS checks trust.
-fn config(replica_role: &str, ca: &Path) -> String {
+/// How www (the IPv4 HTTP service) is set up at a step of the demo.
+#[derive(Clone, Copy)]
+struct Www<'a> {
+    /// "primary" (active-active) or "backup" (active-passive).
+    replica_role: &'a str,
+    /// "maglev", "round_robin" or "least_conn".
+    scheduler: &'a str,
+    /// Sources refused (a TOML array's inside).
+    deny: &'a str,
+}
+
+const ACTIVE_ACTIVE: Www = Www { replica_role: "primary", scheduler: "maglev", deny: "" };
+
+/// The demo's configuration; `ca`: the CA the HTTPS checks trust.
+fn config(www: Www, ca: &Path) -> String {
     let ca = ca.display();
+    let Www { replica_role, scheduler, deny } = www;
     format!(
         r#"# www.foobar.com: one VIP in front of a primary and a replica web server.
 [daemon]
@@ -56,6 +69,8 @@ metrics = ""
 name = "www"
 vip = "{VIP_V4}:80"
 forwarding = "nat"
+scheduler = "{scheduler}"     # maglev (consistent hashing), round_robin or least_conn
+deny = [{deny}]               # sources refused in the data path
 
 [service.health]
 check = "http"                # GET /health every 200 ms; 2 failures: down, 2 successes: up
@@ -161,6 +176,17 @@ fn until_answered_by(topo: &Topology, d: &Daemon, url: &str, backend: &str, t0: 
     Ok(t)
 }
 
+/// Writes the daemon's configuration file and reloads it; prints xlb's answer.
+fn reload(d: &Daemon, text: String) -> Result<()> {
+    d.write_config(&text)?;
+    let out = d.ctl(&["reload"])?;
+    if !out.status.success() {
+        bail!("xlb reload failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    print!("   {}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
 fn check_interrupt() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
@@ -198,7 +224,7 @@ fn main() -> Result<()> {
     check_interrupt()?;
 
     println!("== starting xlb in the lb namespace");
-    let d = Daemon::start(topo.lb_ns(), &config("primary", &ca.cert()), &["eth0", "eth1"])?;
+    let d = Daemon::start(topo.lb_ns(), &config(ACTIVE_ACTIVE, &ca.cert()), &["eth0", "eth1"])?;
     for l in d.log_text().lines().filter(|l| l.contains("attached") || l.contains("service")) {
         println!("   {}", l.split_once("] ").map(|(_, r)| r).unwrap_or(l));
     }
@@ -227,14 +253,30 @@ fn main() -> Result<()> {
     println!("   the certificate was verified by curl against the pinned CA: xlb only forwarded the packets");
 
     check_interrupt()?;
-    println!("== active-passive: web2 becomes the backup (xlb reload)");
-    d.write_config(&config("backup", &ca.cert()))?;
-    let out = d.ctl(&["reload"])?;
-    if !out.status.success() {
-        bail!("xlb reload failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    print!("   {}", String::from_utf8_lossy(&out.stdout));
     let url = http_url(VIP_V4.into(), 80, "/");
+    println!("== the algorithm: round robin instead of Maglev on www (xlb reload)");
+    reload(&d, config(Www { scheduler: "round_robin", ..ACTIVE_ACTIVE }, &ca.cert()))?;
+    print_spread(&spread(&topo, &url, 20)?, 20);
+    println!("   each CPU takes the backends in turn; Maglev instead lets several xlb instances agree");
+
+    check_interrupt()?;
+    println!("== the firewall: the client's address denied on www (xlb reload)");
+    reload(&d, config(Www { deny: "\"198.18.0.0/24\"", ..ACTIVE_ACTIVE }, &ca.cert()))?;
+    match topo.client().curl(&url) {
+        Ok(body) => bail!("a denied client was answered by {}", body.trim()),
+        Err(_) => println!("   curl {url}: no answer (its SYNs are dropped in XDP)"),
+    }
+    let status = d.status_json();
+    println!(
+        "   xlb status: www refused {} packets as denied",
+        status["services"][0]["denied"].as_u64().unwrap_or_default()
+    );
+    reload(&d, config(ACTIVE_ACTIVE, &ca.cert()))?;
+    println!("   deny list emptied: {}", topo.client().curl(&url)?.trim());
+
+    check_interrupt()?;
+    println!("== active-passive: web2 becomes the backup (xlb reload)");
+    reload(&d, config(Www { replica_role: "backup", ..ACTIVE_ACTIVE }, &ca.cert()))?;
     print_spread(&spread(&topo, &url, 20)?, 20);
 
     println!("== web1 dies (nginx stopped); new connections every 20 ms");
