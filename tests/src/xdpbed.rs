@@ -72,11 +72,15 @@ pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
 }
 
 pub fn run(bal: &Balancer, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
+    run_program(bal.dp.program(), input, ifindex)
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `input` arriving on `ifindex`: its
+/// return value and the frame it leaves.
+pub fn run_program(prog: &aya::programs::Xdp, input: &[u8], ifindex: u32) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; input.len() + 256];
     let ctx = xdp_md(input.len(), ifindex);
-    let r = bal
-        .dp
-        .program()
+    let r = prog
         .test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut out),

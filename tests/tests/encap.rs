@@ -7,13 +7,12 @@
 
 use std::net::IpAddr;
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{addr_v4, addr_v6, counter, decap, flow_hash, FlowKey, FAMILY_V4, FAMILY_V6, PROTO_TCP};
 use xlb::{balancer::Balancer, dataplane::decap::Decap};
 use xlb_testbed::{
     encap::{decode, encapsulate, inner_packet, Outer},
     packet::{checksum, Pkt},
-    xdpbed::{bed, fixture_config as config, run, xdp_md, Bed, CLIENT_MAC, WEB1_MAC, WEB2_MAC},
+    xdpbed::{bed, fixture_config as config, run, run_program, Bed, CLIENT_MAC, WEB1_MAC, WEB2_MAC},
 };
 
 const XDP_DROP: u32 = 1;
@@ -216,19 +215,7 @@ fn encap_respects_the_egress_mtu() {
 }
 
 fn run_decap(d: &Decap, input: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; input.len() + 256];
-    let ctx = xdp_md(input.len(), 1);
-    let r = d
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN");
-    out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
+    run_program(d.program(), input, 1)
 }
 
 /// {description, input, action, output (`None`: unchanged), counter that rises by one}.
