@@ -5,52 +5,26 @@
 //! syscall's read-modify-write could).
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
+    os::fd::AsFd,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use anyhow::bail;
+use super::mmap::ArrayMapping;
 
 /// A shared mapping of the u64 counts of an mmapable BPF array.
 pub struct ConnsMem {
-    ptr: NonNull<AtomicU64>,
-    entries: usize,
-    len: usize,
+    mem: ArrayMapping,
 }
-
-// Plain shared memory owned by this value; every access is atomic.
-unsafe impl Send for ConnsMem {}
-unsafe impl Sync for ConnsMem {}
 
 impl ConnsMem {
     /// Maps the `entries` u64 values of the array behind `fd`.
     pub fn map(fd: impl AsFd, entries: usize) -> anyhow::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries * 8).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks
-        // that the map is mmapable and at least `len` bytes long.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap of the BACKEND_CONNS map: {}", std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<AtomicU64>()).expect("mmap returned a non-null address");
-        Ok(Self { ptr, entries, len })
+        Ok(Self { mem: ArrayMapping::map(fd, entries, "BACKEND_CONNS")? })
     }
 
     fn slot(&self, i: u32) -> Option<&AtomicU64> {
-        // SAFETY: in bounds of the mapping, 8-aligned (page-aligned base, 8-byte values).
-        ((i as usize) < self.entries).then(|| unsafe { &*self.ptr.as_ptr().add(i as usize) })
+        // SAFETY: an element of the live mapping, 8-aligned, holding a u64.
+        self.mem.elem(i as usize).map(|p| unsafe { p.cast::<AtomicU64>().as_ref() })
     }
 
     /// The count of slot `i`. Read as signed: a count corrected by the daemon
@@ -77,12 +51,5 @@ impl ConnsMem {
         if let Some(s) = self.slot(i) {
             s.store(v, Ordering::Relaxed);
         }
-    }
-}
-
-impl Drop for ConnsMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use anyhow::Context as _;
 use aya::{
     maps::{HashMap, MapData, PerCpuArray},
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, Xdp},
     Ebpf, EbpfLoader,
 };
 use lb_common::{decap, maps, DecapPort, VipAddrKey, FAMILY_V4, FAMILY_V6};
@@ -70,25 +70,13 @@ impl Decap {
     /// Attaches to `iface` (auto: native, else generic); the mode used.
     pub fn attach(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
         let prog: &mut Xdp = self.ebpf.program_mut(lb_common::DECAP_PROGRAM_NAME).expect("loaded").try_into()?;
-        let tries: &[(XdpMode, &'static str)] = match mode {
-            XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
-            XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
-            XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-        };
-        let mut last = None;
-        for &(m, name) in tries {
-            match prog.attach(iface, m) {
-                Ok(link) => {
-                    self.link = Some(link);
-                    return Ok(name);
-                }
-                Err(e) => last = Some((name, e)),
-            }
-        }
-        let (name, e) = last.expect("at least one mode tried");
-        Err(anyhow::Error::new(e)).context(format!(
-            "attaching xlb_decap to {iface} in {name} mode failed; does the interface exist, and is another XDP program attached to it?"
-        ))
+        let (link, name) = super::attach_in_mode(prog, iface, mode).map_err(|(name, e)| {
+            anyhow::Error::new(e).context(format!(
+                "attaching xlb_decap to {iface} in {name} mode failed; does the interface exist, and is another XDP program attached to it?"
+            ))
+        })?;
+        self.link = Some(link);
+        Ok(name)
     }
 
     /// Detaches (also done when dropped).

@@ -30,6 +30,7 @@ use crate::config::{EncapSource, XdpModeConfig};
 pub mod conns;
 pub mod conntrack_count;
 pub mod decap;
+mod mmap;
 mod nat_book;
 pub mod neigh;
 pub mod pins;
@@ -307,28 +308,16 @@ impl Dataplane {
     /// Not pinned: an aya link that lives as long as the process.
     fn attach_new(&mut self, iface: &str, mode: XdpModeConfig) -> anyhow::Result<&'static str> {
         let prog: &mut Xdp = self.ebpf.program_mut(lb_common::PROGRAM_NAME).expect("loaded").try_into()?;
-        let tries: &[(XdpMode, &'static str)] = match mode {
-            XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
-            XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
-            XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-        };
-        let mut last = None;
-        for &(m, name) in tries {
-            match prog.attach(iface, m) {
-                Ok(link) => {
-                    self.links.push((iface.to_string(), Link::Aya(link)));
-                    self.attached.insert(iface.to_string(), name);
-                    return Ok(name);
-                }
-                Err(e) => last = Some((name, e)),
-            }
-        }
-        let (name, e) = last.expect("at least one mode tried");
-        let hint = match mode {
-            XdpModeConfig::Native => "; the driver may lack native XDP: try xdp_mode = \"generic\"",
-            _ => "; does the interface exist in this network namespace?",
-        };
-        Err(anyhow::Error::new(e)).context(format!("attaching XDP to {iface} in {name} mode failed{hint}"))
+        let (link, name) = attach_in_mode(prog, iface, mode).map_err(|(name, e)| {
+            let hint = match mode {
+                XdpModeConfig::Native => "; the driver may lack native XDP: try xdp_mode = \"generic\"",
+                _ => "; does the interface exist in this network namespace?",
+            };
+            anyhow::Error::new(e).context(format!("attaching XDP to {iface} in {name} mode failed{hint}"))
+        })?;
+        self.links.push((iface.to_string(), Link::Aya(link)));
+        self.attached.insert(iface.to_string(), name);
+        Ok(name)
     }
 
     /// Lists `iface` in `HAIRPIN_PORTS`: packets that leave by it after
@@ -1015,6 +1004,29 @@ pub struct Adopted {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Attaches `prog` to `iface` in the modes `mode` allows (`auto`: native,
+/// then generic): the link and the mode's name, or the last mode tried and
+/// why it failed.
+pub(crate) fn attach_in_mode(
+    prog: &mut Xdp,
+    iface: &str,
+    mode: XdpModeConfig,
+) -> Result<(XdpLinkId, &'static str), (&'static str, aya::programs::ProgramError)> {
+    let tries: &[(XdpMode, &'static str)] = match mode {
+        XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
+        XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
+        XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
+    };
+    let mut last = None;
+    for &(m, name) in tries {
+        match prog.attach(iface, m) {
+            Ok(link) => return Ok((link, name)),
+            Err(e) => last = Some((name, e)),
+        }
+    }
+    Err(last.expect("at least one mode tried"))
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raise it so large

@@ -6,62 +6,31 @@
 //! old or the new backend of a slot, both in the configured set.
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
-    ptr::NonNull,
+    os::fd::AsFd,
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use anyhow::bail;
-
-/// The kernel lays array elements out 8 bytes apart (value size rounded up
-/// to 8), so a u32 slot `i` lives at byte `8 * i`.
-const ELEM: usize = 8;
+use super::mmap::ArrayMapping;
 
 /// A writable mapping of `entries` u32 values of an mmapable BPF array.
 pub struct RingMem {
-    ptr: NonNull<AtomicU32>,
-    entries: usize,
-    len: usize,
+    mem: ArrayMapping,
 }
-
-// The mapping is plain shared memory, owned by this value; access goes
-// through atomics.
-unsafe impl Send for RingMem {}
-unsafe impl Sync for RingMem {}
 
 impl RingMem {
     /// Maps `entries` slots of the array behind `fd`.
     pub fn map(fd: impl AsFd, entries: usize) -> anyhow::Result<Self> {
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries * ELEM).div_ceil(page) * page;
-        // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks
-        // that the map is mmapable and at least `len` bytes long.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap of the RING map: {}", std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<AtomicU32>()).expect("mmap returned a non-null address");
-        Ok(Self { ptr, entries, len })
+        Ok(Self { mem: ArrayMapping::map(fd, entries, "RING")? })
     }
 
     pub fn entries(&self) -> usize {
-        self.entries
+        self.mem.entries()
     }
 
     fn slot(&self, i: usize) -> &AtomicU32 {
-        assert!(i < self.entries, "RING slot {i} out of {}", self.entries);
-        // SAFETY: in bounds of the mapping, 4-byte aligned (page-aligned base).
-        unsafe { &*self.ptr.as_ptr().add(i * ELEM / 4) }
+        let Some(p) = self.mem.elem(i) else { panic!("RING slot {i} out of {}", self.mem.entries()) };
+        // SAFETY: an element of the live mapping, 8-aligned, holding a u32.
+        unsafe { p.cast::<AtomicU32>().as_ref() }
     }
 
     pub fn get(&self, i: usize) -> u32 {
@@ -70,13 +39,6 @@ impl RingMem {
 
     pub fn set(&self, i: usize, v: u32) {
         self.slot(i).store(v, Ordering::Relaxed);
-    }
-}
-
-impl Drop for RingMem {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
