@@ -414,6 +414,44 @@ pub struct FlowState {
     pub _pad: u32,
 }
 
+/// One slot of `CONNTRACK`: the conntrack table is an array (mmapable, so
+/// the daemon sweeps it in place) of `CT_WAYS`-slot buckets, not a kernel
+/// hash map: a kernel hash insert cost about 300 ns on the benchmark machine
+/// (its locks and free lists), a slot write about 20.
+///
+/// A slot is empty while its key's `family` is 0. A writer first claims the
+/// slot by swapping its `state` for `ct::BUSY` (an atomic compare-exchange);
+/// packets treat a busy slot as no entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtSlot {
+    pub key: FlowKey,
+    pub state: FlowState,
+}
+
+/// Slots per `CONNTRACK` bucket: a flow's entry is in one of the 4 slots of
+/// the bucket its hash picks; a new flow in a full bucket replaces the entry
+/// least worth keeping ([`ct::victim_rank`]).
+pub const CT_WAYS: u32 = 4;
+
+/// `CONNTRACK`'s slots for a configured `conntrack_entries`: a power of two,
+/// at least one bucket.
+pub const fn ct_slots(entries: u32) -> u32 {
+    let n = if entries < CT_WAYS { CT_WAYS } else { entries };
+    match n.checked_next_power_of_two() {
+        Some(p) => p,
+        None => 1 << 31,
+    }
+}
+
+/// The first slot of `k`'s bucket in a table of `slots` slots (a power of two).
+#[inline(always)]
+pub const fn ct_bucket(k: &FlowKey, slots: u32) -> u32 {
+    // Another hash than the Maglev pick's: the bucket must not follow the backend.
+    // (Maglev takes the hash modulo a prime: rotated, the low bits differ.)
+    flow_hash(k).rotate_left(16) & (slots - 1) & !(CT_WAYS - 1)
+}
+
 /// Connection tracking: `FlowState::state` bits, timeouts and time.
 pub mod ct {
     /// TCP: a packet with ACK (and no SYN) came from the client after its SYN.
@@ -433,6 +471,27 @@ pub mod ct {
     pub const REPLACED: u64 = 32;
     /// Bits after which the flow is closing (its timeout is `CLOSING`).
     pub const ENDING: u64 = FIN_CLIENT | FIN_BACKEND | RST | CLOSED;
+    /// The slot is being written (a new entry, or the daemon removing an
+    /// expired one): not an entry to follow. Its writer swapped the previous
+    /// state out for it, so a packet that closes the previous flow late (it
+    /// found the slot just before) sees it and lowers no count.
+    pub const BUSY: u64 = 1 << 63;
+
+    /// How much a full bucket's slot is worth replacing (higher: sooner):
+    /// an empty slot, then a closed or replaced entry, then a TCP entry that
+    /// never saw the client's ACK (a SYN flood's), then the longest idle; a
+    /// busy slot never (0). Without branches: the XDP program runs it on every
+    /// slot of a bucket, and each branch multiplies the verifier's paths.
+    #[inline(always)]
+    pub const fn victim_rank(family: u8, proto: u8, state: u64, seen: u32, now: u32) -> u64 {
+        let busy = state >> 63;
+        let empty = (family as u64).wrapping_sub(1) >> 63;
+        let closed = (state & (CLOSED | REPLACED)).wrapping_neg() >> 63;
+        let tcp = ((proto ^ super::PROTO_TCP) as u64).wrapping_sub(1) >> 63;
+        let syn_only = tcp & ((state & ESTABLISHED) ^ ESTABLISHED);
+        let idle = now.wrapping_sub(seen) as u64 + 1;
+        ((idle + (syn_only << 33)) | (closed << 62) | (empty << 63)) & busy.wrapping_sub(1)
+    }
 
     /// `CONNTRACK_TIMEOUTS` indices: the idle timeout (in ticks) of each state.
     pub const SYN: u32 = 0;
@@ -764,6 +823,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for CtSlot {}
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for NatSource {}
     unsafe impl aya::Pod for TraceEvent {}

@@ -44,8 +44,8 @@ use network_types::{
 
 use super::{
     copy16, get16, get8, nat_reply, next_hop, port_listed, ptr_at, put16, put32, put8, send, tracked_backend,
-    udp_check, Action, Decision, Flow, NextHop, Pass, Reason, BACKENDS, CONNTRACK, L4_DPORT, L4_SPORT, NOT_KNOWN, RING,
-    SERVICES, VIP_ADDRS, VIP_PORTS,
+    udp_check, Action, Decision, Flow, NextHop, Pass, Reason, BACKENDS, L4_DPORT, L4_SPORT, NOT_KNOWN, RING, SERVICES,
+    VIP_ADDRS, VIP_PORTS,
 };
 use crate::csum;
 
@@ -463,9 +463,9 @@ fn quoted(ctx: &XdpContext, ip: &IcmpAt, q: &mut Quoted) -> Result<bool, Reason>
 /// Maglev pick, which is not tracked (an error does not open a flow).
 #[inline(always)]
 fn flow_backend(k: &FlowKey, ring_offset: u32, table_size: u32) -> Option<(u32, &'static Backend)> {
-    // SAFETY: read once, as in `classify`.
-    if let Some(st) = unsafe { CONNTRACK.get(k) } {
-        if let Some((idx, be, _)) = tracked_backend(st) {
+    if let Some(st) = super::ct_lookup(k) {
+        // SAFETY: a live map value, read once, as in `classify`.
+        if let Some((idx, be, _)) = tracked_backend(unsafe { &*st }) {
             return Some((idx, be));
         }
     }

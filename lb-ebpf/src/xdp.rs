@@ -11,7 +11,7 @@
 //!    one place that writes them.
 
 use core::{
-    intrinsics::{atomic_or, atomic_xadd, atomic_xsub, AtomicOrdering},
+    intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg, atomic_xsub, AtomicOrdering},
     mem::{self, offset_of},
 };
 
@@ -26,13 +26,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    counter, ct, flow_hash, reply_port_bit, trace, Backend, BackendStats, FlowKey, FlowState, NatReverse, NatSource,
-    NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP,
-    DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_TICKS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS,
-    MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP,
-    REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN,
-    SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD, SETTING_GUARD_SEEN, SETTING_HAIRPIN, SETTING_TRACE,
-    TRACE_RING_BYTES, VIP_PORT_WORDS,
+    counter, ct, ct_bucket, ct_slots, flow_hash, reply_port_bit, trace, Backend, BackendStats, CtSlot, FlowKey,
+    FlowState, NatReverse, NatSource, NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey,
+    BACKEND_F_SHARED, BACKEND_F_UP, CT_WAYS, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_TICKS,
+    LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS,
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP,
+    SERVICE_F_GUE, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD, SETTING_GUARD_SEEN,
+    SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use lb_common::{
     SourceBucketKey, SourceRuleKey, TokenBucket, FIREWALL_F_CLOSED_DROP, MAX_SOURCE_RULES, NEW_FLOW_BUCKETS_ENTRIES,
@@ -80,10 +80,30 @@ static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 /// Mmapable: the daemon writes tables through shared memory.
 #[map]
 static RING: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-/// client -> VIP flows and their backend. Shared by all CPUs: the reply of a
-/// NAT flow may arrive on another CPU than the packet that made the entry.
+/// client -> VIP flows and their backend, in buckets of `CT_WAYS` slots
+/// ([`ct_lookup`], [`ct_insert`]); sized by the loader (`CT_SLOTS`). Shared
+/// by all CPUs: the reply of a NAT flow may arrive on another CPU than the
+/// packet that made the entry. Mmapable: the daemon sweeps it in place.
 #[map]
-static CONNTRACK: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+static CONNTRACK: Array<CtBucket> =
+    Array::with_max_entries(ct_slots(DEFAULT_CONNTRACK_ENTRIES) / CT_WAYS, BPF_F_MMAPABLE);
+/// A `CONNTRACK` element: one bucket, read with one lookup.
+type CtBucket = [CtSlot; CT_WAYS as usize];
+/// `CONNTRACK`'s slot count, a power of two, set by the loader (read-only
+/// data: the verifier knows its value).
+#[no_mangle]
+static CT_SLOTS: u32 = ct_slots(DEFAULT_CONNTRACK_ENTRIES);
+/// `CT_WAYS`, read from read-only data: a bound LLVM cannot see, so that it
+/// keeps the slot loops as loops (unrolled, their live values outgrow the
+/// registers and the stack), and the verifier can (a frozen map's value).
+#[no_mangle]
+static CT_WAYS_RO: u32 = CT_WAYS;
+
+#[inline(always)]
+fn ct_ways() -> u32 {
+    // SAFETY: a plain read of read-only data.
+    unsafe { (&raw const CT_WAYS_RO).read_volatile() }
+}
 /// backend -> client flows of NAT services whose backend is shared with
 /// another NAT service (`BACKEND_F_SHARED`): what to restore as the source.
 #[map]
@@ -808,7 +828,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Option<Target> {
     // A TCP SYN opens a connection: it is picked without looking (as in
     // Katran), which saves a lookup that would miss; its insert finds an
     // entry of the same 5-tuple if there is one ([`track`]).
-    let found = if pkt.syn { None } else { CONNTRACK.get_ptr_mut(pkt.key) };
+    let found = if pkt.syn { None } else { ct_lookup(&pkt.key) };
     let mut stale = None;
     if let Some(st) = found {
         match usable(st, pkt.key.proto, now) {
@@ -895,18 +915,25 @@ fn tracked_pick(
     let nat = svc.flags & SERVICE_F_DSR == 0;
     let reply_hop = if nat { reply_hop(ctx) } else { NextHop::default() };
     let state = FlowState { backend: idx, generation: be.generation, reply_hop, state: 0, seen: now, _pad: 0 };
-    let flags = if track == Track::Replace { BPF_ANY } else { BPF_NOEXIST };
-    // A full LRU evicts (silently: the daemon corrects the count); an insert
-    // fails otherwise only under memory pressure, or when the entry exists.
-    match CONNTRACK.insert(pkt.key, state, flags) {
+    // A full bucket gives up its least valuable entry ([`ct_insert`]); the
+    // insert fails when the entry exists, or (rarely) when another CPU is
+    // writing the slot: the flow is then forwarded without an entry.
+    match ct_insert(&pkt.key, &state, track == Track::Replace) {
         Ok(()) => conn_opened(idx),
-        Err(_) if track == Track::Insert => {
+        Err(Some(st)) => {
             core::hint::cold_path();
-            if let Some((i, b, s)) = existing_entry(&pkt.key, &state) {
-                return Target { svc: s, flow: Flow::Established, backend: Ok((i, b)) };
+            match existing_entry(st, &pkt.key, &state) {
+                Ok((i, b, s)) => return Target { svc: s, flow: Flow::Established, backend: Ok((i, b)) },
+                // This packet retired it: its entry replaces it.
+                Err(true) => {
+                    if ct_insert(&pkt.key, &state, true).is_ok() {
+                        conn_opened(idx);
+                    }
+                }
+                Err(false) => {}
             }
         }
-        Err(_) => core::hint::cold_path(),
+        Err(None) => core::hint::cold_path(),
     }
     if nat && be.flags & BACKEND_F_SHARED != 0 {
         insert_reverse(pkt, be, idx, reply_hop);
@@ -917,27 +944,208 @@ fn tracked_pick(
 /// A first packet (SYN, datagram) whose insert found an entry of its 5-tuple:
 /// the entry's backend while it is usable and open (a retransmitted SYN,
 /// another CPU's first packet of the flow); else (a reused 5-tuple, an entry
-/// not to follow) the entry is replaced by `state` by the packet that
-/// retires it, and `None`. Out of line (a BPF-to-BPF call): rare, and its
-/// locals stay off the packet path's stack.
+/// not to follow) `Err(true)` for the packet that retires it, which then
+/// replaces it (`Err(false)` for the others). Out of line (a BPF-to-BPF
+/// call): rare, and its locals stay off the packet path's stack.
 #[inline(never)]
-fn existing_entry(key: &FlowKey, state: &FlowState) -> Option<(u32, &'static Backend, &'static Service)> {
-    let st = CONNTRACK.get_ptr_mut(key)?;
+fn existing_entry(
+    st: *mut FlowState,
+    key: &FlowKey,
+    state: &FlowState,
+) -> Result<(u32, &'static Backend, &'static Service), bool> {
     // SAFETY: a live map value; `state` only through atomics.
     let open = unsafe { state_bits(st) } & (ct::ENDING | ct::REPLACED) == 0;
     match usable(st, key.proto, state.seen) {
-        Ok(found) if open => Some(found),
-        _ => {
-            if retire(st) && CONNTRACK.insert(key, state, BPF_ANY).is_ok() {
-                conn_opened(state.backend);
-            }
-            None
-        }
+        Ok(found) if open => Ok(found),
+        _ => Err(retire(st)),
     }
 }
 
-const BPF_ANY: u64 = 0;
-const BPF_NOEXIST: u64 = 1;
+// ---------------------------------------------------------------- conntrack table
+
+/// A flow key as five u64 words, for [`same_key`].
+type Key64 = [u64; 5];
+
+/// `k` as [`Key64`]: read once per search, held in registers.
+#[inline(always)]
+fn key64(k: &FlowKey) -> Key64 {
+    let p = (k as *const FlowKey).cast::<u32>();
+    // SAFETY: a whole FlowKey: ten 4-aligned u32 words, paired as a u64 is
+    // laid out (little-endian).
+    let w = |i: usize| unsafe { p.add(2 * i).read() as u64 | (p.add(2 * i + 1).read() as u64) << 32 };
+    [w(0), w(1), w(2), w(3), w(4)]
+}
+
+/// Whether the key of a `CONNTRACK` slot is `k`: the five words compared
+/// without a branch each (branches multiply the verifier's paths).
+#[inline(always)]
+fn same_key(slot: *const FlowKey, k: &Key64) -> bool {
+    // A slot's key starts it, and slots are 8-aligned (`CtSlot` holds u64s).
+    let a = slot.cast::<u64>();
+    let mut diff = 0u64;
+    let mut i = 0;
+    while i < 5 {
+        // SAFETY: a whole FlowKey of a live slot.
+        diff |= unsafe { a.add(i).read() } ^ k[i];
+        i += 1;
+    }
+    diff == 0
+}
+
+/// The first slot of `k`'s bucket, and the bucket.
+#[inline(always)]
+fn ct_base(k: &FlowKey) -> Option<(u32, *mut CtSlot)> {
+    // SAFETY: a plain read of read-only data.
+    let base = ct_bucket(k, unsafe { (&raw const CT_SLOTS).read_volatile() });
+    CONNTRACK.get_ptr_mut(base / CT_WAYS).map(|b| (base, b.cast::<CtSlot>()))
+}
+
+/// The state of slot `i` (a slot number, as `xlb_ct_find` answers).
+#[inline(always)]
+fn ct_state(i: u32) -> Option<*mut FlowState> {
+    let b = CONNTRACK.get_ptr_mut(i / CT_WAYS)?;
+    // Read after the null check (a volatile load is not hoisted above it):
+    // else LLVM adds the slot's offset to a pointer the verifier still
+    // holds possibly null.
+    let way = i % CT_WAYS;
+    // SAFETY: a local; then slot `way` of a live bucket.
+    unsafe {
+        let way = (&raw const way).read_volatile() & (CT_WAYS - 1);
+        Some(&raw mut (*b.cast::<CtSlot>().add(way as usize)).state)
+    }
+}
+
+/// `xlb_ct_find`'s and `xlb_ct_insert`'s answer: no entry, or a writer holds the slot.
+const CT_NONE: u32 = u32::MAX;
+/// `xlb_ct_insert`'s answer: written.
+const CT_WRITTEN: u32 = u32::MAX - 1;
+
+/// The conntrack entry of flow `k`: the state of the slot of its bucket that
+/// holds its key, unless a writer holds that slot.
+#[inline(always)]
+fn ct_lookup(k: &FlowKey) -> Option<*mut FlowState> {
+    match xlb_ct_find(k) {
+        CT_NONE => None,
+        i => ct_state(i),
+    }
+}
+
+/// The slot of `k`'s entry, or `CT_NONE`. A global function: the verifier
+/// checks it once, not once per path that reaches it (the program is near
+/// its limit of a million instructions checked).
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xlb_ct_find(k: *const FlowKey) -> u32 {
+    // SAFETY: the caller's key, or null (a global function's pointer may be null to the verifier).
+    let Some(k) = (unsafe { k.as_ref() }) else { return CT_NONE };
+    let Some((base, bucket)) = ct_base(k) else { return CT_NONE };
+    let k64 = key64(k);
+    let mut i = 0;
+    let ways = ct_ways();
+    while i < ways && i < CT_WAYS {
+        // SAFETY: a slot of a live bucket.
+        let s = unsafe { bucket.add(i as usize) };
+        // SAFETY: as above.
+        if same_key(unsafe { &raw const (*s).key }, &k64) {
+            // SAFETY: as above.
+            return if unsafe { state_bits(&raw mut (*s).state) } & ct::BUSY == 0 { base + i } else { CT_NONE };
+        }
+        i += 1;
+    }
+    CT_NONE
+}
+
+/// Writes the entry of flow `k` into its bucket: into the slot holding `k`
+/// when `replace` (a retired entry), else into the slot least worth keeping
+/// ([`ct::victim_rank`]). `Err(Some(state))`: `k` has an entry and `replace`
+/// is false; `Err(None)`: another writer holds the slot.
+///
+/// The slot is claimed by swapping its state for `ct::BUSY` (compare-exchange)
+/// and published by swapping `state.state` in last. An evicted entry that
+/// still counted on its backend is uncounted here, by the claim that took it
+/// (exactly once: a late packet of that flow finds `BUSY` in `close`).
+#[inline(always)]
+fn ct_insert(k: &FlowKey, state: &FlowState, replace: bool) -> Result<(), Option<*mut FlowState>> {
+    match xlb_ct_insert(k, state, replace as u32) {
+        CT_WRITTEN => Ok(()),
+        CT_NONE => Err(None),
+        i => Err(ct_state(i)),
+    }
+}
+
+/// [`ct_insert`]'s work: `CT_WRITTEN`, `CT_NONE` (a writer holds the slot),
+/// or the slot of `k`'s entry (it exists and `replace` is 0). A global
+/// function, as [`xlb_ct_find`].
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, replace: u32) -> u32 {
+    // SAFETY: the caller's key and state, or null (see `xlb_ct_find`).
+    let (Some(k), Some(state)) = (unsafe { k.as_ref() }, unsafe { state.as_ref() }) else { return CT_NONE };
+    let Some((base, bucket)) = ct_base(k) else { return CT_NONE };
+    let k64 = key64(k);
+    // The victim as an index, not a pointer: fewer states for the verifier.
+    let (mut victim, mut best) = (u32::MAX, 0u64);
+    let mut i = 0;
+    let ways = ct_ways();
+    while i < ways && i < CT_WAYS {
+        // SAFETY: a slot of a live bucket.
+        let s = unsafe { bucket.add(i as usize) };
+        // SAFETY: a live array element; its state word read atomically, the
+        // rest plain words a writer may be changing (a rank is a guess).
+        let (st, bits) = unsafe { (&raw mut (*s).state, state_bits(&raw mut (*s).state)) };
+        // SAFETY: as above.
+        if same_key(unsafe { &raw const (*s).key }, &k64) {
+            if replace == 0 && bits & ct::BUSY == 0 {
+                return base + i;
+            }
+            victim = i;
+            break;
+        }
+        // SAFETY: as above.
+        let rank = unsafe { ct::victim_rank((*s).key.family, (*s).key.proto, bits, (*st).seen, state.seen) };
+        if rank > best {
+            (victim, best) = (i, rank);
+        }
+        i += 1;
+    }
+    if victim >= CT_WAYS {
+        return CT_NONE;
+    }
+    // SAFETY: a slot of a live bucket.
+    let s = unsafe { bucket.add(victim as usize) };
+    // SAFETY: a live array element; `state` only through atomics while claimed.
+    unsafe {
+        let word = &raw mut (*s).state.state;
+        let old = word.read_volatile();
+        if old & ct::BUSY != 0
+            || !atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::Relaxed }>(word, old, ct::BUSY).1
+        {
+            return CT_NONE;
+        }
+        if (*s).key.family != 0 && old & ct::CLOSED == 0 {
+            // An evicted flow that still counted.
+            let (slot, generation) = ((*s).state.backend, (*s).state.generation);
+            if matches!(BACKENDS.get(slot), Some(be) if be.generation == generation) {
+                conn_closed(slot);
+            }
+        }
+        // Field by field: no copy of the whole slot on the (small) stack.
+        let (dst, src) = ((&raw mut (*s).key).cast::<u32>(), (k as *const FlowKey).cast::<u32>());
+        let mut w = 0;
+        while w < mem::size_of::<FlowKey>() / 4 {
+            dst.add(w).write_volatile(src.add(w).read());
+            w += 1;
+        }
+        let d = &raw mut (*s).state;
+        (*d).backend = state.backend;
+        (*d).generation = state.generation;
+        (*d).reply_hop = state.reply_hop;
+        (*d).seen = state.seen;
+        (*d)._pad = 0;
+        atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(word, state.state);
+    }
+    CT_WRITTEN
+}
 
 /// The conntrack clock (`SETTINGS[SETTING_CT_CLOCK]`, ticks of `CLOCK_MONOTONIC`
 /// written by the daemon): an inlined array read, where `bpf_ktime_get_ns`
@@ -976,6 +1184,11 @@ fn mark(st: *mut FlowState, bits: u64) -> u64 {
 #[inline(always)]
 fn close(st: *mut FlowState, extra: u64) -> u64 {
     let old = mark(st, ct::CLOSED | extra);
+    if old & ct::BUSY != 0 {
+        // The slot was taken for another flow after this packet found it:
+        // whoever took it uncounted this flow.
+        return old | ct::CLOSED | ct::REPLACED;
+    }
     if old & ct::CLOSED != 0 {
         return old;
     }
@@ -1502,7 +1715,7 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
         family: k.family,
         _pad: [0; 2],
     };
-    let found = CONNTRACK.get_ptr_mut(flow);
+    let found = ct_lookup(&flow);
     if let Some(rev) = rev_hit {
         core::hint::cold_path();
         if let Some(st) = found {

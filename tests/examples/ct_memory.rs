@@ -1,6 +1,6 @@
 //! Memory of the conntrack table per million flows: loads the program with
 //! `conntrack_entries` = 2^20 and prints what the kernel charges for each
-//! hash map (`memlock` in `/proc/self/fdinfo`). A measurement, not a test.
+//! map sized by it (`memlock` in `/proc/self/fdinfo`). A measurement, not a test.
 //! `cargo run --release -p xlb-testbed --example ct_memory` as root.
 
 use xlb::balancer::Balancer;
@@ -18,16 +18,17 @@ fn main() -> anyhow::Result<()> {
         let field = |name: &str| {
             text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned())).unwrap_or_default()
         };
-        // Hash maps of 2^20 entries: the conntrack table (LRU hash, type 9)
-        // and the NAT reverse table.
-        if field("max_entries:") == (1u32 << 20).to_string() {
+        // The maps sized for 2^20 flows: the conntrack table (an array of
+        // 2^18 buckets of 4 slots, type 2) and the NAT reverse table (LRU hash, type 9).
+        let entries = field("max_entries:");
+        if entries == (1u32 << 20).to_string() || entries == (1u32 << 18).to_string() {
             let memlock: u64 = field("memlock:").parse().unwrap_or(0);
             println!(
-                "map type {:>2}, key {:>2} B, value {:>2} B, {} entries: {:.1} MiB, {:.0} B per entry",
+                "map type {:>2}, key {:>2} B, value {:>3} B, {:>7} entries: {:.1} MiB, {:.0} B per tracked flow",
                 field("map_type:"),
                 field("key_size:"),
                 field("value_size:"),
-                field("max_entries:"),
+                entries,
                 memlock as f64 / (1u64 << 20) as f64,
                 memlock as f64 / f64::from(1u32 << 20),
             );

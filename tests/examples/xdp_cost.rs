@@ -211,6 +211,10 @@ fn main() -> anyhow::Result<()> {
 /// full: the new-flow cost grows with the table's fill, so runs with fewer
 /// figures (older objects) are compared at the same fill.
 fn conntrack_entries(calls: usize, reps: usize) -> u32 {
+    // `XLB_COST_CONNTRACK=N`: another table size (a smaller one evicts).
+    if let Some(n) = std::env::var("XLB_COST_CONNTRACK").ok().and_then(|v| v.parse().ok()) {
+        return n;
+    }
     u32::try_from((16 * calls * reps + 1024).next_power_of_two()).expect("conntrack size fits u32")
 }
 
@@ -314,7 +318,14 @@ fn run(b: &xlb_testbed::xdpbed::Bed, calls: usize, reps: usize, conntrack: u32) 
             .into_iter()
             .filter(|s| service_id(s).is_some())
             .collect();
-    let cases: Vec<Case> = cases.into_iter().filter(|c| c.service.is_none_or(|s| services.contains(&s))).collect();
+    // `XLB_COST_ONLY=name,name`: only these figures (for a profile of one path).
+    let only: Option<Vec<String>> =
+        std::env::var("XLB_COST_ONLY").ok().map(|v| v.split(',').map(str::to_owned).collect());
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .filter(|c| c.service.is_none_or(|s| services.contains(&s)))
+        .filter(|c| only.as_ref().is_none_or(|o| o.iter().any(|n| n == c.name)))
+        .collect();
     let stats = |bal: &Balancer| -> anyhow::Result<Vec<ServiceStats>> {
         services.iter().map(|s| bal.dp.service_stats(service_id(s).expect("fixture service"))).collect()
     };

@@ -968,10 +968,10 @@ fn sweeper_expires_entries_and_corrects_counts() {
             if (total(&bal), entries) != (30, 40) {
                 problems.push(format!("before: {} active, {entries} entries; expected 30, 40", total(&bal)));
             }
-            let (fd, _) = bal.dp.conntrack_fd().unwrap();
+            let (table, _) = bal.dp.conntrack_table().unwrap();
             let conns = bal.dp.conns().expect("BACKEND_CONNS mapped");
             // Long timeouts (ticks): nothing expires; an evicted-like drift of +3 on web2 is corrected.
-            let mut sw = Sweeper::new(fd, conns.clone(), [1 << 30; 4]);
+            let mut sw = Sweeper::new(table, conns.clone(), [1 << 30; 4]);
             let web2 = bal.services.iter().find(|s| s.cfg.name == "pair").unwrap().backends[1].slot;
             conns.add(web2, 3);
             let slots = bal.backend_slots();
@@ -990,8 +990,8 @@ fn sweeper_expires_entries_and_corrects_counts() {
                 ));
             }
             // Tiny timeouts: every entry expires; the 30 open ones lower the counts.
-            let (fd, _) = bal.dp.conntrack_fd().unwrap();
-            let mut sw = Sweeper::new(fd, conns, [1; 4]);
+            let (table, _) = bal.dp.conntrack_table().unwrap();
+            let mut sw = Sweeper::new(table, conns, [1; 4]);
             std::thread::sleep(std::time::Duration::from_millis(10));
             sw.pass(&slots, 1 << 20).unwrap();
             let left = bal.dp.conntrack_len().unwrap();

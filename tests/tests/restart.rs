@@ -234,12 +234,13 @@ fn changed_conntrack_entries_recreates_the_maps_and_keeps_the_flow() {
     std::thread::sleep(Duration::from_millis(500));
     let log = d.log_text();
     // Both maps sized by conntrack_entries are recreated, named, with the reason.
-    for map in ["CONNTRACK", "REVERSE_NAT"] {
-        let line = format!("map {map}: the pinned map does not match this program (max_entries 4096 -> 8192)");
+    // CONNTRACK's entries are buckets of 4 slots.
+    for (map, from, to) in [("CONNTRACK", 1024, 2048), ("REVERSE_NAT", 4096, 8192)] {
+        let line = format!("map {map}: the pinned map does not match this program (max_entries {from} -> {to})");
         assert!(log.contains(&line), "no line {line:?} in the log:\n{log}");
     }
-    // The conntrack entries are copied, the kept-alive flow's among them.
-    let copied = "map CONNTRACK: pinned map does not match this program (max_entries 4096 -> 8192): recreated, ";
+    // The conntrack entries are copied (rehashed into the larger table), the kept-alive flow's among them.
+    let copied = "map CONNTRACK: pinned map does not match this program (max_entries 1024 -> 2048): recreated, ";
     let at = log.find(copied).unwrap_or_else(|| panic!("no line {copied:?} in the log:\n{log}"));
     let rest = &log[at + copied.len()..];
     let n: u64 = rest.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap_or(0);

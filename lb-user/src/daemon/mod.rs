@@ -129,16 +129,16 @@ async fn serve(path: &Path, cfg: config::Config, opts: &RunOptions, started: Sta
             s.backends.len()
         );
     }
-    let conntrack = match bal.dp.conntrack_fd() {
+    let conntrack = match bal.dp.conntrack_table() {
         Ok(c) => Some(c),
         Err(e) => {
             log::warn!("conntrack entries will not be counted: {e:#}");
             None
         }
     };
-    let sweeper = match (bal.dp.conntrack_fd(), bal.dp.conns()) {
-        (Ok((fd, _)), Some(conns)) => {
-            Some(crate::dataplane::sweep::Sweeper::new(fd, conns, cfg.daemon.conntrack_timeouts.ticks()))
+    let sweeper = match (bal.dp.conntrack_table(), bal.dp.conns()) {
+        (Ok((table, _)), Some(conns)) => {
+            Some(crate::dataplane::sweep::Sweeper::new(table, conns, cfg.daemon.conntrack_timeouts.ticks()))
         }
         (Err(e), _) => {
             log::warn!("conntrack entries will not be expired by the daemon: {e:#}");

@@ -1,7 +1,7 @@
 //! A shared, writable memory mapping of an mmapable BPF array
-//! (`BPF_F_MMAPABLE`), as `RING` and `BACKEND_CONNS` are: the kernel lays
-//! the array's elements out 8 bytes apart (the value size rounded up to 8),
-//! so element `i` starts at byte `8 * i`, 8-aligned.
+//! (`BPF_F_MMAPABLE`), as `RING`, `BACKEND_CONNS` and `CONNTRACK` are: the
+//! kernel lays the array's elements out one value size (rounded up to 8)
+//! apart, so element `i` starts at byte `size * i`, 8-aligned.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -10,13 +10,15 @@ use std::{
 
 use anyhow::bail;
 
-/// Bytes from one array element to the next.
+/// Bytes from one element to the next of an array of values of at most 8 bytes.
 const ELEM: usize = 8;
 
 /// The first `entries` elements of an array map, mapped into this process.
 pub struct ArrayMapping {
     base: NonNull<u8>,
     entries: usize,
+    /// Bytes from one element to the next.
+    elem: usize,
     len: usize,
 }
 
@@ -27,9 +29,16 @@ unsafe impl Sync for ArrayMapping {}
 impl ArrayMapping {
     /// Maps `entries` elements of the array behind `fd` (`name` for errors).
     pub fn map(fd: impl AsFd, entries: usize, name: &str) -> anyhow::Result<Self> {
+        Self::map_values(fd, entries, ELEM, name)
+    }
+
+    /// Maps `entries` elements of `value_size` bytes (rounded up to 8) of the
+    /// array behind `fd`.
+    pub fn map_values(fd: impl AsFd, entries: usize, value_size: usize, name: &str) -> anyhow::Result<Self> {
+        let elem = value_size.next_multiple_of(8);
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
-        let len = (entries * ELEM).div_ceil(page) * page;
+        let len = (entries * elem).div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of a BPF map fd; the kernel checks
         // that the map is mmapable and at least `len` bytes long.
         let p = unsafe {
@@ -46,7 +55,7 @@ impl ArrayMapping {
             bail!("mmap of the {name} map: {}", std::io::Error::last_os_error());
         }
         let base = NonNull::new(p.cast::<u8>()).expect("mmap returned a non-null address");
-        Ok(Self { base, entries, len })
+        Ok(Self { base, entries, elem, len })
     }
 
     pub fn entries(&self) -> usize {
@@ -57,7 +66,7 @@ impl ArrayMapping {
     /// `None` past the mapped elements.
     pub fn elem(&self, i: usize) -> Option<NonNull<u8>> {
         // SAFETY: in bounds of the mapping.
-        (i < self.entries).then(|| unsafe { self.base.add(i * ELEM) })
+        (i < self.entries).then(|| unsafe { self.base.add(i * self.elem) })
     }
 }
 

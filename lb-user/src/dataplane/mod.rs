@@ -29,6 +29,7 @@ use crate::config::{EncapSource, XdpModeConfig};
 
 pub mod conns;
 pub mod conntrack_count;
+pub mod ct_table;
 pub mod decap;
 mod mmap;
 mod nat_book;
@@ -95,6 +96,9 @@ pub struct Dataplane {
     ring: Option<RingMem>,
     /// `BACKEND_CONNS` mapped into memory; `None` for an object without it (an older build).
     conns: Option<std::sync::Arc<conns::ConnsMem>>,
+    /// `CONNTRACK` mapped into memory; `None` for an object whose table is a
+    /// hash map (built before the table was an array).
+    ct: Option<std::sync::Arc<ct_table::CtTable>>,
     ebpf: Ebpf,
     /// Interface -> the mode it was attached in.
     attached: BTreeMap<String, &'static str>,
@@ -176,7 +180,7 @@ impl Dataplane {
     /// The `max_entries` that `sizes` sets, by map name.
     pub fn size_overrides(sizes: Sizes) -> [(&'static str, u32); 3] {
         [
-            (maps::CONNTRACK, sizes.conntrack_entries),
+            (maps::CONNTRACK, lb_common::ct_slots(sizes.conntrack_entries) / lb_common::CT_WAYS),
             (maps::REVERSE_NAT, sizes.conntrack_entries),
             (maps::RING, sizes.ring_entries.max(1)),
         ]
@@ -194,6 +198,9 @@ impl Dataplane {
         for (name, n) in Self::size_overrides(sizes) {
             loader.map_max_entries(name, n);
         }
+        // The program's copy of CONNTRACK's size (read-only data).
+        let ct_slots = lb_common::ct_slots(sizes.conntrack_entries);
+        loader.override_global("CT_SLOTS", &ct_slots, false);
         let pin_paths: Vec<(&str, std::path::PathBuf)> =
             pins.iter().flat_map(|p| p.maps.iter().map(|m| (m.name.as_str(), m.load_path(&p.dir)))).collect();
         for (name, path) in &pin_paths {
@@ -229,11 +236,18 @@ impl Dataplane {
                 .map(std::sync::Arc::new),
             _ => None,
         };
+        let ct = match ebpf.map(maps::CONNTRACK) {
+            Some(aya::maps::Map::Array(m)) => Some(std::sync::Arc::new(
+                ct_table::CtTable::map(m.fd(), ct_slots as usize).context("mapping the conntrack table")?,
+            )),
+            _ => None,
+        };
         let trace_ring = ebpf.take_map(maps::TRACE).context("the XDP object has no TRACE map")?;
         let trace_ring = Some(RingBuf::try_from(trace_ring)?);
         Ok(Self {
             ring,
             conns,
+            ct,
             ebpf,
             attached: BTreeMap::new(),
             links: Vec::new(),
@@ -926,28 +940,22 @@ impl Dataplane {
         }))
     }
 
-    /// Entries in the conntrack map (walks the map: for status, not hot paths).
+    /// The conntrack table, mapped (an error for an object whose table is a hash map).
+    pub fn conntrack(&self) -> anyhow::Result<&ct_table::CtTable> {
+        self.ct.as_deref().context("the XDP object's CONNTRACK is not an mmapable array (an older build)")
+    }
+
+    /// Entries in the conntrack table (reads every slot: for status, not hot paths).
     pub fn conntrack_len(&self) -> anyhow::Result<usize> {
-        let m: HashMap<&MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(self.map(maps::CONNTRACK))?;
-        Ok(m.keys().filter(|k| k.is_ok()).count())
+        Ok(self.conntrack()?.len() as usize)
     }
 
     /// Removes every conntrack entry; returns how many there were. For tests
     /// and the differential fuzzer, which start from a known table.
     pub fn clear_conntrack(&mut self) -> anyhow::Result<usize> {
-        let mut m: HashMap<&mut MapData, lb_common::FlowKey, lb_common::FlowState> =
-            HashMap::try_from(self.map_mut(maps::CONNTRACK))?;
-        let keys: Vec<lb_common::FlowKey> = m.keys().collect::<Result<_, _>>()?;
-        for k in &keys {
-            m.remove(k)?;
-        }
-        Ok(keys.len())
+        Ok(self.conntrack()?.clear())
     }
 
-    /// A duplicate of the conntrack map's descriptor and the map's capacity,
-    /// so its entries can be counted without holding the balancer (see
-    /// `conntrack_count`).
     /// `BACKEND_CONNS`, shared with the sweeper; `None` for an object without it.
     pub fn conns(&self) -> Option<std::sync::Arc<conns::ConnsMem>> {
         self.conns.clone()
@@ -984,13 +992,13 @@ impl Dataplane {
         m.fd().as_fd().try_clone_to_owned().context("duplicating the SETTINGS map descriptor")
     }
 
-    pub fn conntrack_fd(&self) -> anyhow::Result<(std::os::fd::OwnedFd, u32)> {
-        use std::os::fd::AsFd as _;
-        let aya::maps::Map::LruHashMap(m) = self.map(maps::CONNTRACK) else {
-            bail!("{} is not an LRU hash map", maps::CONNTRACK);
-        };
-        let fd = m.fd().as_fd().try_clone_to_owned().context("duplicating the conntrack map descriptor")?;
-        Ok((fd, m.info()?.max_entries()))
+    /// The conntrack table and its slot count, shared, so that its entries
+    /// can be counted and swept without holding the balancer (see
+    /// `conntrack_count`, `sweep`).
+    pub fn conntrack_table(&self) -> anyhow::Result<(std::sync::Arc<ct_table::CtTable>, u32)> {
+        let t = self.ct.clone().context("the XDP object's CONNTRACK is not an mmapable array (an older build)")?;
+        let slots = t.slots() as u32;
+        Ok((t, slots))
     }
 }
 

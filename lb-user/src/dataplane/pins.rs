@@ -309,6 +309,41 @@ pub fn prepare(dir: &Path, who: &Identity, object: &[u8], sizes: &[(&str, u32)])
     Ok(PinPlan { dir: dir.to_path_buf(), state, previous, maps, links, who: who.clone() })
 }
 
+/// Whether a pinned conntrack table `old` can be copied into `new`: both
+/// mmapable arrays of buckets of `CtSlot`s (another size rehashes every entry).
+fn ct_copyable(old: &MapDef, new: &MapDef) -> bool {
+    let table = |d: &MapDef| {
+        d.map_type == sys::BPF_MAP_TYPE_ARRAY
+            && d.value_size as usize == std::mem::size_of::<lb_common::CtSlot>() * lb_common::CT_WAYS as usize
+            && d.flags & sys::BPF_F_MMAPABLE != 0
+            && d.max_entries.is_power_of_two()
+    };
+    table(old) && table(new)
+}
+
+/// Copies the entries of conntrack table `old` (`old_buckets` buckets) into `new`
+/// (each into its bucket there); `overwrite`: over an entry of the same flow.
+/// Returns the entries seen and written.
+fn copy_ct(
+    old: std::os::fd::BorrowedFd<'_>,
+    old_buckets: u32,
+    new: std::os::fd::BorrowedFd<'_>,
+    new_buckets: u32,
+    overwrite: bool,
+) -> anyhow::Result<(u64, u64)> {
+    use super::ct_table::CtTable;
+    let slots = |buckets: u32| buckets as usize * lb_common::CT_WAYS as usize;
+    let (from, to) = (CtTable::map(old, slots(old_buckets))?, CtTable::map(new, slots(new_buckets))?);
+    let (mut seen, mut written) = (0, 0);
+    for i in 0..from.slots() {
+        if let Some(e) = from.get(i) {
+            seen += 1;
+            written += u64::from(to.insert(&e.key, &e.state, overwrite));
+        }
+    }
+    Ok((seen, written))
+}
+
 impl PinPlan {
     /// Copies the entries of each replaced hash map from the old map into
     /// the new one (`fd_of` opens the new one). `again`: a second pass after
@@ -318,7 +353,8 @@ impl PinPlan {
         for m in &self.maps {
             let Fate::Replaced { why, old, old_def } = &m.fate else { continue };
             let new_path = m.load_path(&self.dir);
-            if !old_def.copyable_into(&m.want) {
+            let ct = m.name == lb_common::maps::CONNTRACK && ct_copyable(old_def, &m.want);
+            if !ct && !old_def.copyable_into(&m.want) {
                 if !again {
                     log::warn!(
                         "map {}: pinned map does not match this program ({why}) and its entries cannot be \
@@ -330,8 +366,12 @@ impl PinPlan {
             }
             let new = sys::obj_get(&new_path).with_context(|| format!("opening {}", new_path.display()))?;
             let flags = if again { sys::BPF_NOEXIST } else { sys::BPF_ANY };
-            let (seen, written) = sys::copy_entries(old.as_fd(), new.as_fd(), old_def, flags)
-                .with_context(|| format!("copying the entries of map {}", m.name))?;
+            let (seen, written) = if ct {
+                copy_ct(old.as_fd(), old_def.max_entries, new.as_fd(), m.want.max_entries, !again)
+            } else {
+                sys::copy_entries(old.as_fd(), new.as_fd(), old_def, flags).map_err(Into::into)
+            }
+            .with_context(|| format!("copying the entries of map {}", m.name))?;
             if again {
                 log::info!("map {}: {written} more entries copied after the switch", m.name);
             } else {

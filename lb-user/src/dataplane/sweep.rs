@@ -1,19 +1,20 @@
 //! The conntrack sweeper: expires idle entries off the packet path and keeps
 //! `BACKEND_CONNS` honest.
 //!
-//! Each pass reads a bounded number of `CONNTRACK` entries (batched lookups,
-//! resuming where the last pass stopped) and:
-//! - deletes an entry idle longer than its state's timeout; if it still
+//! Each pass reads a bounded number of `CONNTRACK` slots (in place: the
+//! table is mapped, see `ct_table`), resuming where the last pass stopped, and:
+//! - removes an entry idle longer than its state's timeout; if it still
 //!   counted (no `ct::CLOSED`: no packet closed or retired it), its backend's
-//!   count falls by one (an atomic add on the mapped array). The entry is read
-//!   again just before the delete and left alone if it changed (a packet
-//!   refreshed or replaced it meanwhile);
+//!   count falls by one (an atomic add on the mapped array). The removal
+//!   claims the slot with a compare-exchange of its state and checks the
+//!   entry again: it is left alone if a packet refreshed, closed or replaced
+//!   it meanwhile;
 //! - counts the entries that are live (not closed, not expired, made for the
 //!   backend now in their slot) per slot.
 //!
-//! At the end of a cycle over the whole map the live counts are compared with
-//! `BACKEND_CONNS` (reconciliation): an LRU eviction removes an entry without
-//! telling anyone, so the count of its backend stays one too high. The
+//! At the end of a cycle over the whole table the live counts are compared with
+//! `BACKEND_CONNS` (reconciliation): a count can drift when a late packet of
+//! a flow whose slot was just taken for another flow writes that slot. The
 //! comparison races the data path (a flow may open or close while the cycle
 //! walks the map), so a slot is corrected only when (1) its count did not
 //! move between the cycle's start and end, and (2) the same difference was
@@ -21,23 +22,11 @@
 //! closing an expired entry in the microseconds between the re-read and the
 //! delete) leave a drift of one that the next quiet cycles correct.
 
-use std::{
-    collections::HashMap,
-    io,
-    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
-    sync::Arc,
-};
+use std::{collections::HashMap, io, sync::Arc};
 
-use lb_common::{ct, FlowKey, FlowState};
+use lb_common::{ct, CtSlot, FlowState};
 
-use super::{
-    conns::ConnsMem,
-    conntrack_count::{batch, BatchAttr, BPF_MAP_LOOKUP_BATCH},
-    sys,
-};
-
-/// Entries read per batched lookup.
-const BATCH: u32 = 4096;
+use super::{conns::ConnsMem, ct_table::CtTable};
 
 /// What the sweeper does with one entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,11 +89,11 @@ struct Cycle {
 }
 
 pub struct Sweeper {
-    fd: OwnedFd,
+    table: Arc<CtTable>,
     conns: Arc<ConnsMem>,
     timeouts: [u32; 4],
-    /// The batch cursor (a bucket index) to resume from; `None`: a new cycle.
-    cursor: Option<u32>,
+    /// The slot to resume from; `None`: a new cycle.
+    cursor: Option<usize>,
     cycle: Cycle,
     /// Differences (count - live) seen at the end of the last cycle.
     suspects: HashMap<u32, i64>,
@@ -112,9 +101,9 @@ pub struct Sweeper {
 }
 
 impl Sweeper {
-    pub fn new(fd: OwnedFd, conns: Arc<ConnsMem>, timeouts: [u32; 4]) -> Self {
+    pub fn new(table: Arc<CtTable>, conns: Arc<ConnsMem>, timeouts: [u32; 4]) -> Self {
         Self {
-            fd,
+            table,
             conns,
             timeouts,
             cursor: None,
@@ -136,63 +125,31 @@ impl Sweeper {
         if self.cursor.is_none() {
             self.cycle = Cycle { live: HashMap::new(), start: slots.keys().map(|&s| (s, self.conns.raw(s))).collect() };
         }
-        let mut keys = vec![FlowKey::default(); BATCH as usize];
-        let mut values = vec![FlowState::default(); BATCH as usize];
         let now = now_ticks();
-        let mut seen = 0usize;
-        let mut done = false;
-        while seen < budget {
-            let cursor_in = self.cursor.unwrap_or(0);
-            let mut cursor_out = 0u32;
-            let mut attr = BatchAttr {
-                in_batch: if self.cursor.is_some() { &cursor_in as *const u32 as u64 } else { 0 },
-                out_batch: &mut cursor_out as *mut u32 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: BATCH,
-                map_fd: self.fd.as_raw_fd() as u32,
-                ..Default::default()
-            };
-            // SAFETY: `attr` points at BATCH keys and values of the map's types and at two u32 cursors.
-            let result = unsafe { batch(BPF_MAP_LOOKUP_BATCH, &mut attr) };
-            let n = attr.count as usize;
-            for i in 0..n {
-                self.sweep_one(&keys[i], &values[i], now, slots)?;
-            }
-            seen += n;
-            match result {
-                Ok(()) => self.cursor = Some(cursor_out),
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                    done = true;
-                    break;
-                }
-                Err(e) => {
-                    self.cursor = None;
-                    return Err(e);
-                }
+        let start = self.cursor.unwrap_or(0);
+        let end = start.saturating_add(budget.max(1)).min(self.table.slots());
+        for i in start..end {
+            if let Some(e) = self.table.get(i) {
+                self.sweep_one(i, &e, now, slots);
             }
         }
+        let done = end >= self.table.slots();
+        self.cursor = (!done).then_some(end);
         if done {
-            self.cursor = None;
             self.reconcile(slots);
             self.stats.cycles += 1;
         }
         Ok(done)
     }
 
-    fn sweep_one(&mut self, key: &FlowKey, st: &FlowState, now: u32, slots: &HashMap<u32, u32>) -> io::Result<()> {
-        match verdict(key.proto, st, now, &self.timeouts, slots.get(&st.backend).copied()) {
+    fn sweep_one(&mut self, i: usize, e: &CtSlot, now: u32, slots: &HashMap<u32, u32>) {
+        let st = &e.state;
+        match verdict(e.key.proto, st, now, &self.timeouts, slots.get(&st.backend).copied()) {
             Verdict::Live => *self.cycle.live.entry(st.backend).or_default() += 1,
             Verdict::Idle => {}
             Verdict::Expired { counted } => {
-                // Read again: a packet may have refreshed, closed or replaced it since the batch.
-                let mut again = FlowState::default();
-                // SAFETY (both casts): plain-old-data map types, no padding.
-                let kb = unsafe { bytes(key) };
-                if !sys::lookup(self.fd.as_fd(), kb, unsafe { bytes_mut(&mut again) })? || again != *st {
-                    return Ok(());
-                }
-                if sys::delete(self.fd.as_fd(), kb)? {
+                // Only if no packet refreshed, closed or replaced it since it was read.
+                if self.table.remove_if(i, e) {
                     self.stats.expired += 1;
                     if counted {
                         self.conns.add(st.backend, -1);
@@ -201,7 +158,6 @@ impl Sweeper {
                 }
             }
         }
-        Ok(())
     }
 
     fn reconcile(&mut self, slots: &HashMap<u32, u32>) {
@@ -224,20 +180,6 @@ impl Sweeper {
         }
         self.suspects = suspects;
     }
-}
-
-/// # Safety
-/// `T` is plain old data without padding.
-unsafe fn bytes<T>(v: &T) -> &[u8] {
-    // SAFETY: see above.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast(), std::mem::size_of::<T>()) }
-}
-
-/// # Safety
-/// As [`bytes`], and every byte pattern is a valid `T`.
-unsafe fn bytes_mut<T>(v: &mut T) -> &mut [u8] {
-    // SAFETY: see above.
-    unsafe { std::slice::from_raw_parts_mut((v as *mut T).cast(), std::mem::size_of::<T>()) }
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
 pub const BPF_MAP_TYPE_ARRAY: u32 = 2;
 pub const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub const BPF_ANY: u64 = 0;
 pub const BPF_NOEXIST: u64 = 1;
 

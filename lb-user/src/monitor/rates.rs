@@ -9,7 +9,6 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    os::fd::OwnedFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -21,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::snapshot::Snapshot;
 use crate::{
     balancer::Balancer,
-    dataplane::conntrack_count::{self, ConntrackCount},
+    dataplane::{
+        conntrack_count::{self, ConntrackCount},
+        ct_table::CtTable,
+    },
 };
 
 /// How often the sampler takes a snapshot.
@@ -29,9 +31,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two counts of the conntrack map.
 pub const COUNT_CONNTRACK_EVERY: Duration = Duration::from_secs(2);
 /// The time between two counts is also at least this many times what the
-/// last count took, so counting costs at most 1/20 of a core: a full
-/// 1M-entry map takes about 0.45 s to count (see examples/conntrack_count.rs),
-/// so it is counted about every 9 s; 100k entries, every 2 s.
+/// last count took, so counting costs at most 1/20 of a core (a count reads
+/// every slot of the mapped table; see examples/conntrack_count.rs).
 pub const COUNT_CONNTRACK_SPACING: u32 = 20;
 
 /// Per-second rates of one backend.
@@ -135,12 +136,11 @@ impl History {
 /// and [`COUNT_CONNTRACK_SPACING`] allow, until `cancel` is cancelled.
 pub async fn sample(
     bal: Arc<Mutex<Balancer>>,
-    conntrack: Option<(OwnedFd, u32)>,
+    conntrack: Option<(Arc<CtTable>, u32)>,
     history: Arc<Mutex<History>>,
     cancel: CancellationToken,
 ) {
     let history = || history.lock().unwrap_or_else(|e| e.into_inner());
-    let conntrack = conntrack.map(|(fd, limit)| (Arc::new(fd), limit));
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut warned = false;
@@ -156,12 +156,12 @@ pub async fn sample(
             Ok(s) => history().push(s),
             Err(e) => log::warn!("sampling counters: {e:#}"),
         }
-        let Some((fd, limit)) = &conntrack else { continue };
+        let Some((table, limit)) = &conntrack else { continue };
         if std::time::Instant::now() >= next_count {
-            let (fd, limit) = (fd.clone(), *limit);
+            let (table, limit) = (table.clone(), *limit);
             let counted = tokio::select! {
                 _ = cancel.cancelled() => return,
-                c = tokio::task::spawn_blocking(move || conntrack_count::count(&fd, limit)) => c,
+                c = tokio::task::spawn_blocking(move || conntrack_count::count(&table, limit)) => c,
             };
             match counted {
                 Ok(Ok(c)) => {
