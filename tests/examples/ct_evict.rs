@@ -1,4 +1,4 @@
-//! At what insert rate an LRU conntrack table of N entries starts evicting
+//! At what insert rate a conntrack table of N entries starts evicting
 //! live flows (issue 12's figure for the README). A measurement, not a test.
 //!
 //! Method: BPF_PROG_TEST_RUN on one CPU, the fixture services, a table of

@@ -472,7 +472,7 @@ interfaces = ["eth0"]              # where XDP attaches; client side first
 xdp_mode = "auto"                  # auto | native | generic
 admin_socket = "/run/xlb/xlb.sock" # root-only (0600)
 metrics = "127.0.0.1:9477"         # Prometheus text endpoint; "" turns it off
-conntrack_entries = 1048576        # flows tracked (LRU capacity)
+conntrack_entries = 1048576        # conntrack table slots (buckets of 4; a full bucket evicts)
 
 [[service]]
 name = "www"

@@ -241,7 +241,7 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         e.family(
             "xlb_conntrack_entries_limit",
             "gauge",
-            "Capacity of the conntrack table (LRU: the oldest flows are evicted beyond it).",
+            "Capacity of the conntrack table (slots; a new flow in a full bucket evicts its least valuable entry).",
         )
         .sample("xlb_conntrack_entries_limit", &[], ct.limit);
     }
