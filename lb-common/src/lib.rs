@@ -429,6 +429,17 @@ pub struct CtSlot {
     pub state: FlowState,
 }
 
+/// A `CONNTRACK` element: the tags of its slots' flows (`ct_tag_of` their
+/// `flow_hash`; 0: the slot is empty), then the slots. A lookup reads the
+/// line of tags, and a slot only when its tag matches; an insert into a
+/// bucket with an empty slot reads no slot at all.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtBucket {
+    pub tags: [u32; CT_WAYS as usize],
+    pub slots: [CtSlot; CT_WAYS as usize],
+}
+
 /// Slots per `CONNTRACK` bucket: a flow's entry is in one of the 4 slots of
 /// the bucket its hash picks; a new flow in a full bucket replaces the entry
 /// least worth keeping ([`ct::victim_rank`]).
@@ -447,9 +458,21 @@ pub const fn ct_slots(entries: u32) -> u32 {
 /// The first slot of `k`'s bucket in a table of `slots` slots (a power of two).
 #[inline(always)]
 pub const fn ct_bucket(k: &FlowKey, slots: u32) -> u32 {
+    ct_bucket_of(flow_hash(k), slots)
+}
+
+/// [`ct_bucket`] of a flow whose `flow_hash` is `h`.
+#[inline(always)]
+pub const fn ct_bucket_of(h: u32, slots: u32) -> u32 {
     // Another hash than the Maglev pick's: the bucket must not follow the backend.
     // (Maglev takes the hash modulo a prime: rotated, the low bits differ.)
-    flow_hash(k).rotate_left(16) & (slots - 1) & !(CT_WAYS - 1)
+    h.rotate_left(16) & (slots - 1) & !(CT_WAYS - 1)
+}
+
+/// The tag of a flow whose `flow_hash` is `h` in `CT_TAGS` (never 0: 0 is an empty slot).
+#[inline(always)]
+pub const fn ct_tag_of(h: u32) -> u32 {
+    h | 1
 }
 
 /// Connection tracking: `FlowState::state` bits, timeouts and time.
@@ -824,6 +847,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for CtSlot {}
+    unsafe impl aya::Pod for CtBucket {}
     unsafe impl aya::Pod for NatReverse {}
     unsafe impl aya::Pod for NatSource {}
     unsafe impl aya::Pod for TraceEvent {}

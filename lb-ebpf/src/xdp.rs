@@ -26,13 +26,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use lb_common::{
-    counter, ct, ct_bucket, ct_slots, flow_hash, reply_port_bit, trace, Backend, BackendStats, CtSlot, FlowKey,
-    FlowState, NatReverse, NatSource, NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent, VipAddrKey, VipKey,
-    BACKEND_F_SHARED, BACKEND_F_UP, CT_WAYS, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6, GUARD_WINDOW_TICKS,
-    LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND, NUM_SETTINGS,
-    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR, SERVICE_F_ENCAP,
-    SERVICE_F_GUE, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD, SETTING_GUARD_SEEN,
-    SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    counter, ct, ct_bucket_of, ct_slots, ct_tag_of, flow_hash, reply_port_bit, trace, Backend, BackendStats, CtBucket,
+    CtSlot, FlowKey, FlowState, NatReverse, NatSource, NewFlowWindow, NextHop, Service, ServiceStats, TraceEvent,
+    VipAddrKey, VipKey, BACKEND_F_SHARED, BACKEND_F_UP, CT_WAYS, DEFAULT_CONNTRACK_ENTRIES, FAMILY_V4, FAMILY_V6,
+    GUARD_WINDOW_TICKS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND,
+    NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR,
+    SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD,
+    SETTING_GUARD_SEEN, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use lb_common::{
     SourceBucketKey, SourceRuleKey, TokenBucket, FIREWALL_F_CLOSED_DROP, MAX_SOURCE_RULES, NEW_FLOW_BUCKETS_ENTRIES,
@@ -87,8 +87,6 @@ static RING: Array<u32> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static CONNTRACK: Array<CtBucket> =
     Array::with_max_entries(ct_slots(DEFAULT_CONNTRACK_ENTRIES) / CT_WAYS, BPF_F_MMAPABLE);
-/// A `CONNTRACK` element: one bucket, read with one lookup.
-type CtBucket = [CtSlot; CT_WAYS as usize];
 /// `CONNTRACK`'s slot count, a power of two, set by the loader (read-only
 /// data: the verifier knows its value).
 #[no_mangle]
@@ -992,12 +990,16 @@ fn same_key(slot: *const FlowKey, k: &Key64) -> bool {
     diff == 0
 }
 
-/// The first slot of `k`'s bucket, and the bucket.
+/// The first slot of `k`'s bucket, the bucket's slots and tags, and `k`'s tag.
 #[inline(always)]
-fn ct_base(k: &FlowKey) -> Option<(u32, *mut CtSlot)> {
+fn ct_base(k: &FlowKey) -> Option<(u32, *mut CtSlot, *mut u32, u32)> {
+    let h = flow_hash(k);
     // SAFETY: a plain read of read-only data.
-    let base = ct_bucket(k, unsafe { (&raw const CT_SLOTS).read_volatile() });
-    CONNTRACK.get_ptr_mut(base / CT_WAYS).map(|b| (base, b.cast::<CtSlot>()))
+    let base = ct_bucket_of(h, unsafe { (&raw const CT_SLOTS).read_volatile() });
+    let b = CONNTRACK.get_ptr_mut(base / CT_WAYS)?;
+    // SAFETY: the fields of a live bucket.
+    let (slots, tags) = unsafe { ((&raw mut (*b).slots).cast::<CtSlot>(), (&raw mut (*b).tags).cast::<u32>()) };
+    Some((base, slots, tags, ct_tag_of(h)))
 }
 
 /// The state of slot `i` (a slot number, as `xlb_ct_find` answers).
@@ -1011,7 +1013,7 @@ fn ct_state(i: u32) -> Option<*mut FlowState> {
     // SAFETY: a local; then slot `way` of a live bucket.
     unsafe {
         let way = (&raw const way).read_volatile() & (CT_WAYS - 1);
-        Some(&raw mut (*b.cast::<CtSlot>().add(way as usize)).state)
+        Some(&raw mut (*(&raw mut (*b).slots).cast::<CtSlot>().add(way as usize)).state)
     }
 }
 
@@ -1038,15 +1040,15 @@ fn ct_lookup(k: &FlowKey) -> Option<*mut FlowState> {
 pub extern "C" fn xlb_ct_find(k: *const FlowKey) -> u32 {
     // SAFETY: the caller's key, or null (a global function's pointer may be null to the verifier).
     let Some(k) = (unsafe { k.as_ref() }) else { return CT_NONE };
-    let Some((base, bucket)) = ct_base(k) else { return CT_NONE };
+    let Some((base, bucket, tags, tag)) = ct_base(k) else { return CT_NONE };
     let k64 = key64(k);
     let mut i = 0;
     let ways = ct_ways();
     while i < ways && i < CT_WAYS {
-        // SAFETY: a slot of a live bucket.
+        // SAFETY: a slot of a live bucket, and its tag.
         let s = unsafe { bucket.add(i as usize) };
         // SAFETY: as above.
-        if same_key(unsafe { &raw const (*s).key }, &k64) {
+        if unsafe { tags.add(i as usize).read_volatile() } == tag && same_key(unsafe { &raw const (*s).key }, &k64) {
             // SAFETY: as above.
             return if unsafe { state_bits(&raw mut (*s).state) } & ct::BUSY == 0 { base + i } else { CT_NONE };
         }
@@ -1081,20 +1083,30 @@ fn ct_insert(k: &FlowKey, state: &FlowState, replace: bool) -> Result<(), Option
 pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, replace: u32) -> u32 {
     // SAFETY: the caller's key and state, or null (see `xlb_ct_find`).
     let (Some(k), Some(state)) = (unsafe { k.as_ref() }, unsafe { state.as_ref() }) else { return CT_NONE };
-    let Some((base, bucket)) = ct_base(k) else { return CT_NONE };
+    let Some((base, bucket, tags, tag)) = ct_base(k) else { return CT_NONE };
     let k64 = key64(k);
     // The victim as an index, not a pointer: fewer states for the verifier.
     let (mut victim, mut best) = (u32::MAX, 0u64);
     let mut i = 0;
     let ways = ct_ways();
     while i < ways && i < CT_WAYS {
+        // SAFETY: the tag of a slot of a live bucket.
+        let t = unsafe { tags.add(i as usize).read_volatile() };
+        if t == 0 {
+            // An empty slot (its tag is cleared last): the victim, no need to read the others.
+            if best != u64::MAX {
+                (victim, best) = (i, u64::MAX);
+            }
+            i += 1;
+            continue;
+        }
         // SAFETY: a slot of a live bucket.
         let s = unsafe { bucket.add(i as usize) };
         // SAFETY: a live array element; its state word read atomically, the
         // rest plain words a writer may be changing (a rank is a guess).
         let (st, bits) = unsafe { (&raw mut (*s).state, state_bits(&raw mut (*s).state)) };
         // SAFETY: as above.
-        if same_key(unsafe { &raw const (*s).key }, &k64) {
+        if t == tag && same_key(unsafe { &raw const (*s).key }, &k64) {
             if replace == 0 && bits & ct::BUSY == 0 {
                 return base + i;
             }
@@ -1102,7 +1114,11 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
             break;
         }
         // SAFETY: as above.
-        let rank = unsafe { ct::victim_rank((*s).key.family, (*s).key.proto, bits, (*st).seen, state.seen) };
+        let rank = if best == u64::MAX {
+            0
+        } else {
+            unsafe { ct::victim_rank((*s).key.family, (*s).key.proto, bits, (*st).seen, state.seen) }
+        };
         if rank > best {
             (victim, best) = (i, rank);
         }
@@ -1143,6 +1159,7 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
         (*d).seen = state.seen;
         (*d)._pad = 0;
         atomic_xchg::<u64, { AtomicOrdering::SeqCst }>(word, state.state);
+        tags.add(victim as usize).write_volatile(tag);
     }
     CT_WRITTEN
 }

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         // The maps sized for 2^20 flows: the conntrack table (an array of
         // 2^18 buckets of 4 slots, type 2) and the NAT reverse table (LRU hash, type 9).
         let entries = field("max_entries:");
-        let table = field("map_type:") == "2" && field("value_size:") == "320" && entries == (1u32 << 18).to_string();
+        let table = field("map_type:") == "2" && field("value_size:") == "336" && entries == (1u32 << 18).to_string();
         let reverse = field("map_type:") == "9" && entries == (1u32 << 20).to_string();
         if table || reverse {
             let memlock: u64 = field("memlock:").parse().unwrap_or(0);

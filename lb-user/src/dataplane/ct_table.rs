@@ -1,18 +1,19 @@
 //! `CONNTRACK`, the conntrack table, mapped into the daemon.
 //!
-//! The table is an mmapable array of buckets of `CT_WAYS` [`CtSlot`]s
-//! (see `lb_common::CtSlot`): the XDP program finds a flow in the bucket
-//! its hash picks and makes entries there; the daemon reads the slots in
-//! place (counting, sweeping) and removes or copies entries with the same
+//! The table is an mmapable array of buckets ([`CtBucket`]: the tags of its
+//! `CT_WAYS` slots, then the [`CtSlot`]s): the XDP program finds a flow in the
+//! bucket its hash picks and makes entries there; the daemon reads the slots
+//! in place (counting, sweeping) and removes or copies entries with the same
 //! protocol as the program: a writer claims a slot by swapping its state word
-//! for `ct::BUSY` (compare-exchange), writes it, and publishes the final state.
+//! for `ct::BUSY` (compare-exchange), writes it, publishes the final state,
+//! then sets the slot's tag (a remover clears it last).
 
 use std::{
     os::fd::AsFd,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use lb_common::{ct, ct_bucket, CtSlot, FlowKey, FlowState, CT_WAYS};
+use lb_common::{ct, ct_bucket, ct_tag_of, flow_hash, CtBucket, CtSlot, FlowKey, FlowState, CT_WAYS};
 
 use super::mmap::ArrayMapping;
 
@@ -22,22 +23,36 @@ pub struct CtTable {
 }
 
 impl CtTable {
-    /// Maps the `slots` slots of the `CONNTRACK` array behind `fd` (its
-    /// buckets laid end to end: slot `i` is `i * size_of::<CtSlot>()` in).
+    /// Maps the `slots` slots (`slots / CT_WAYS` buckets) of the `CONNTRACK`
+    /// array behind `fd`.
     pub fn map(fd: impl AsFd, slots: usize) -> anyhow::Result<Self> {
         anyhow::ensure!(
             slots.is_power_of_two() && slots >= CT_WAYS as usize,
             "CONNTRACK has {slots} slots: not a power of two of at least {CT_WAYS}"
         );
-        Ok(Self { mem: ArrayMapping::map_values(fd, slots, std::mem::size_of::<CtSlot>(), "CONNTRACK")? })
+        let buckets = slots / CT_WAYS as usize;
+        Ok(Self { mem: ArrayMapping::map_values(fd, buckets, std::mem::size_of::<CtBucket>(), "CONNTRACK")? })
     }
 
     pub fn slots(&self) -> usize {
-        self.mem.entries()
+        self.mem.entries() * CT_WAYS as usize
+    }
+
+    fn bucket(&self, i: usize) -> Option<*mut CtBucket> {
+        self.mem.elem(i / CT_WAYS as usize).map(|p| p.cast::<CtBucket>().as_ptr())
     }
 
     fn slot(&self, i: usize) -> Option<*mut CtSlot> {
-        self.mem.elem(i).map(|p| p.cast::<CtSlot>().as_ptr())
+        // SAFETY: a slot of a live bucket.
+        self.bucket(i).map(|b| unsafe { (&raw mut (*b).slots).cast::<CtSlot>().add(i % CT_WAYS as usize) })
+    }
+
+    /// Sets slot `i`'s tag (0: empty).
+    fn set_tag(&self, i: usize, tag: u32) {
+        if let Some(b) = self.bucket(i) {
+            // SAFETY: a u32 of a live bucket; the program reads it as a plain word.
+            unsafe { (&raw mut (*b).tags).cast::<u32>().add(i % CT_WAYS as usize).write_volatile(tag) };
+        }
     }
 
     /// Slot `i`'s state word, shared with the program's atomics.
@@ -96,6 +111,7 @@ impl CtTable {
         if let Some(w) = self.word(i) {
             w.store(state.state, Ordering::SeqCst);
         }
+        self.set_tag(i, entry.map_or(0, |(k, _)| ct_tag_of(flow_hash(k))));
     }
 
     /// Removes slot `i`'s entry if it is still `expect` (no packet changed
@@ -164,7 +180,7 @@ mod tests {
     /// A table in this process's memory, not a map (`ArrayMapping` of an
     /// anonymous shared mapping of a memfd).
     fn table(slots: usize) -> CtTable {
-        let fd = memfd(slots * std::mem::size_of::<CtSlot>());
+        let fd = memfd(slots / CT_WAYS as usize * std::mem::size_of::<CtBucket>());
         CtTable::map(fd, slots).unwrap()
     }
 

@@ -314,7 +314,7 @@ pub fn prepare(dir: &Path, who: &Identity, object: &[u8], sizes: &[(&str, u32)])
 fn ct_copyable(old: &MapDef, new: &MapDef) -> bool {
     let table = |d: &MapDef| {
         d.map_type == sys::BPF_MAP_TYPE_ARRAY
-            && d.value_size as usize == std::mem::size_of::<lb_common::CtSlot>() * lb_common::CT_WAYS as usize
+            && d.value_size as usize == std::mem::size_of::<lb_common::CtBucket>()
             && d.flags & sys::BPF_F_MMAPABLE != 0
             && d.max_entries.is_power_of_two()
     };
