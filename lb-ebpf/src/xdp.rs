@@ -1093,10 +1093,15 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
         // SAFETY: the tag of a slot of a live bucket.
         let t = unsafe { tags.add(i as usize).read_volatile() };
         if t == 0 {
-            // An empty slot (its tag is cleared last): the victim, no need to read the others.
+            // An empty slot (its tag is cleared last): the victim. The others
+            // are read only if their tag may be `k`'s.
             if best != u64::MAX {
                 (victim, best) = (i, u64::MAX);
             }
+            i += 1;
+            continue;
+        }
+        if t != tag && best == u64::MAX {
             i += 1;
             continue;
         }
@@ -1113,14 +1118,12 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
             victim = i;
             break;
         }
-        // SAFETY: as above.
-        let rank = if best == u64::MAX {
-            0
-        } else {
-            unsafe { ct::victim_rank((*s).key.family, (*s).key.proto, bits, (*st).seen, state.seen) }
-        };
-        if rank > best {
-            (victim, best) = (i, rank);
+        if best != u64::MAX {
+            // SAFETY: as above.
+            let rank = unsafe { ct::victim_rank((*s).key.family, (*s).key.proto, bits, (*st).seen, state.seen) };
+            if rank > best {
+                (victim, best) = (i, rank);
+            }
         }
         i += 1;
     }

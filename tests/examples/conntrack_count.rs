@@ -49,7 +49,7 @@ fn main() {
         let took = median(
             (0..5)
                 .map(|_| {
-                    let c = conntrack_count::count(&table, limit).unwrap();
+                    let c = conntrack_count::count(&table, limit);
                     counted = c.entries;
                     c.took
                 })

@@ -419,13 +419,8 @@ impl Dataplane {
         }
         let ifindex = sys::ifindex(iface)
             .with_context(|| format!("attaching XDP to {iface}: no such interface in this network namespace"))?;
-        let tries: &[(u32, &'static str)] = match mode {
-            XdpModeConfig::Native => &[(sys::XDP_FLAGS_DRV_MODE, "native")],
-            XdpModeConfig::Generic => &[(sys::XDP_FLAGS_SKB_MODE, "generic")],
-            XdpModeConfig::Auto => &[(sys::XDP_FLAGS_DRV_MODE, "native"), (sys::XDP_FLAGS_SKB_MODE, "generic")],
-        };
         let mut last = None;
-        for &(flags, name) in tries {
+        for (flags, name) in modes_to_try(mode, sys::XDP_FLAGS_DRV_MODE, sys::XDP_FLAGS_SKB_MODE) {
             match sys::xdp_link_create(prog.as_fd(), ifindex, flags) {
                 Ok(link) => {
                     let path = pins::link_pin(&plan.dir, iface);
@@ -1014,6 +1009,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The attach modes `mode` allows, in the order to try them (`auto`: native,
+/// then generic), each as `native` or `generic` says it (aya's mode or the
+/// raw link flags) and by name.
+fn modes_to_try<T: Copy>(mode: XdpModeConfig, native: T, generic: T) -> impl Iterator<Item = (T, &'static str)> {
+    let (n, g) = ((native, "native"), (generic, "generic"));
+    let order = match mode {
+        XdpModeConfig::Native => [Some(n), None],
+        XdpModeConfig::Generic => [Some(g), None],
+        XdpModeConfig::Auto => [Some(n), Some(g)],
+    };
+    order.into_iter().flatten()
+}
+
 /// Attaches `prog` to `iface` in the modes `mode` allows (`auto`: native,
 /// then generic): the link and the mode's name, or the last mode tried and
 /// why it failed.
@@ -1022,13 +1030,8 @@ pub(crate) fn attach_in_mode(
     iface: &str,
     mode: XdpModeConfig,
 ) -> Result<(XdpLinkId, &'static str), (&'static str, aya::programs::ProgramError)> {
-    let tries: &[(XdpMode, &'static str)] = match mode {
-        XdpModeConfig::Native => &[(XdpMode::Driver, "native")],
-        XdpModeConfig::Generic => &[(XdpMode::Skb, "generic")],
-        XdpModeConfig::Auto => &[(XdpMode::Driver, "native"), (XdpMode::Skb, "generic")],
-    };
     let mut last = None;
-    for &(m, name) in tries {
+    for (m, name) in modes_to_try(mode, XdpMode::Driver, XdpMode::Skb) {
         match prog.attach(iface, m) {
             Ok(link) => return Ok((link, name)),
             Err(e) => last = Some((name, e)),

@@ -143,7 +143,6 @@ pub async fn sample(
     let history = || history.lock().unwrap_or_else(|e| e.into_inner());
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut warned = false;
     let mut next_count = std::time::Instant::now();
     loop {
         tokio::select! {
@@ -163,16 +162,9 @@ pub async fn sample(
                 _ = cancel.cancelled() => return,
                 c = tokio::task::spawn_blocking(move || conntrack_count::count(&table, limit)) => c,
             };
-            match counted {
-                Ok(Ok(c)) => {
-                    next_count = c.at + COUNT_CONNTRACK_EVERY.max(c.took * COUNT_CONNTRACK_SPACING);
-                    history().conntrack = Some(c);
-                }
-                Ok(Err(e)) if !warned => {
-                    log::warn!("counting conntrack entries failed (not retried in the log): {e}");
-                    warned = true;
-                }
-                _ => {}
+            if let Ok(c) = counted {
+                next_count = c.at + COUNT_CONNTRACK_EVERY.max(c.took * COUNT_CONNTRACK_SPACING);
+                history().conntrack = Some(c);
             }
         }
     }
