@@ -94,6 +94,22 @@ impl<'a> Client<'a> {
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// One GET of `url` on a new connection, capped at `cap`: the time curl
+    /// took from its start to the end of the answer (its `time_total`, which
+    /// leaves out the process's own start), or what went wrong (curl's exit
+    /// code and message, its time).
+    pub fn timed_answer(&self, url: &str, cap: Duration) -> Result<Duration, String> {
+        let max = format!("{}", cap.as_secs_f64());
+        let argv = ["curl", "-sS", "-f", "-o", "/dev/null", "-w", "%{time_total}", "--max-time", &max, url];
+        let out = self.ns.exec_timeout(&argv, cap + Duration::from_secs(2)).map_err(|e| format!("{e:#}"))?;
+        let total = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>().unwrap_or(f64::NAN);
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            return Err(format!("{} after {total:.3} s: {}", out.status, why.trim()));
+        }
+        Duration::try_from_secs_f64(total).map_err(|e| format!("curl's time_total {total}: {e}"))
+    }
+
     /// A new connection to `url` every `step` until one is answered with
     /// `body` (compared without surrounding whitespace): the time from `since`
     /// to that answer, or `None` after `limit` or once `each` (which sees

@@ -150,6 +150,16 @@ fn guard_stops_tracking_above_its_rate_and_maglev_carries_the_rest() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// How long a new connection opened during the flood may take: long enough
+/// for TCP to retransmit a SYN or SYN-ACK once (after its initial 1 s
+/// timeout). A 100,000-per-second flood over veths on a 2-CPU machine
+/// overflows a kernel queue now and then (a veth's ring or the backlog,
+/// before xlb sees the frame or after it sent it); TCP recovers such a loss
+/// and the test asks that the connection did.
+const NEW_CONNECTION_CAP: Duration = Duration::from_millis(2500);
+/// An answer this slow had a retransmission on its way.
+const RETRANSMITTED: Duration = Duration::from_millis(900);
+
 /// What one flood run saw.
 #[derive(Debug)]
 struct FloodOutcome {
@@ -161,9 +171,13 @@ struct FloodOutcome {
     /// Kept-alive connections left idle during the flood, and those that failed a request after it.
     idle: usize,
     idle_failures: usize,
-    /// New connections opened during the flood, and those answered.
+    /// New connections opened during the flood, those answered (within
+    /// [`NEW_CONNECTION_CAP`]), those of them answered only after a
+    /// retransmission (a second or more), and what the others saw.
     new_tried: usize,
     new_ok: usize,
+    new_retried: usize,
+    new_failures: Vec<String>,
     untracked: u64,
     activations: u64,
     status_text: String,
@@ -229,7 +243,7 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
         seed: 0x9e37_79b9_7f4a_7c15 ^ u64::from(guard_rate),
     };
     let done = AtomicBool::new(false);
-    let (mut kept_requests, mut kept_failures, mut new_tried, mut new_ok) = (0, 0, 0, 0);
+    let (mut kept_requests, mut kept_failures, mut new_answers) = (0, 0, vec![]);
     let result = std::thread::scope(|s| {
         let flooder = s.spawn(|| {
             let r = flood.run(topo.client_ns());
@@ -237,13 +251,12 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
             r
         });
         let opener = s.spawn(|| {
-            let (mut tried, mut ok) = (0, 0);
+            let mut answers = vec![];
             // At least 50 new connections, and more while the flood lasts (at most 200).
-            while tried < 200 && (tried < 50 || !done.load(Ordering::SeqCst)) {
-                tried += 1;
-                ok += usize::from(client.answer(&url).is_some());
+            while answers.len() < 200 && (answers.len() < 50 || !done.load(Ordering::SeqCst)) {
+                answers.push(client.timed_answer(&url, NEW_CONNECTION_CAP));
             }
-            (tried, ok)
+            answers
         });
         // The kept-alive connections: a request each, round after round, while the flood lasts.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -261,7 +274,7 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        (new_tried, new_ok) = opener.join().expect("opener thread");
+        new_answers = opener.join().expect("opener thread");
         flooder.join().expect("flood thread")
     });
     let sent = result.unwrap_or_else(|e| panic!("flood: {e:#}"));
@@ -282,8 +295,10 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
         kept_failures,
         idle: idle.len(),
         idle_failures,
-        new_tried,
-        new_ok,
+        new_tried: new_answers.len(),
+        new_ok: new_answers.iter().filter(|a| a.is_ok()).count(),
+        new_retried: new_answers.iter().filter(|a| a.as_ref().is_ok_and(|t| *t >= RETRANSMITTED)).count(),
+        new_failures: new_answers.into_iter().filter_map(Result::err).collect(),
         untracked: status["conntrack_guard"]["flows_untracked"].as_u64().unwrap_or(0),
         activations: status["conntrack_guard"]["activations"].as_u64().unwrap_or(0),
         status_text: d.status(),
@@ -296,8 +311,9 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
 
 /// Issue 12: a random-source SYN flood at the VIP with the guard on (500 new
 /// flows per second per CPU, a 4096-entry table): the 10 kept-alive
-/// connections never fail, nor do the 5 left idle through the flood, at least 99 % of new connections are answered,
-/// and the guard's counters show it stopped tracking the flood.
+/// connections never fail, nor do the 5 left idle through the flood, at least
+/// 99 % of new connections are answered (within [`NEW_CONNECTION_CAP`]), and
+/// the guard's counters show it stopped tracking the flood.
 #[test]
 #[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn syn_flood_with_the_guard_spares_established_and_new_connections() {
@@ -306,7 +322,14 @@ fn syn_flood_with_the_guard_spares_established_and_new_connections() {
     assert_eq!(o.kept_failures, 0, "kept-alive requests failed under the flood: {o:#?}");
     assert_eq!(o.idle_failures, 0, "connections idle through the flood failed after it: {o:#?}");
     assert!(o.kept_requests >= 20, "too few kept-alive requests to tell: {o:#?}");
-    assert!(o.new_ok * 100 >= o.new_tried * 99, "new connections answered {} of {}: {o:#?}", o.new_ok, o.new_tried);
+    assert!(
+        o.new_ok * 100 >= o.new_tried * 99,
+        "new connections answered {} of {} ({} after a retransmission); the others: {:?}\n{o:#?}",
+        o.new_ok,
+        o.new_tried,
+        o.new_retried,
+        o.new_failures
+    );
     assert!(o.untracked >= o.sent / 2, "flows untracked {} of {} SYNs sent: {o:#?}", o.untracked, o.sent);
     assert!(o.activations >= 1, "no guard activation counted: {o:#?}");
     assert!(o.status_text.contains("conntrack guard: "), "xlb status shows no guard line:\n{}", o.status_text);
@@ -323,7 +346,7 @@ fn syn_flood_without_the_guard_tracks_every_flow() {
     assert_eq!((o.untracked, o.activations), (0, 0), "guard off, yet flows untracked: {o:#?}");
     eprintln!(
         "guard off: kept-alive {} of {} requests failed, idle connections {} of {} failed after the flood, new \
-         connections {} of {} answered",
-        o.kept_failures, o.kept_requests, o.idle_failures, o.idle, o.new_ok, o.new_tried
+         connections {} of {} answered ({} after a retransmission; the others: {:?})",
+        o.kept_failures, o.kept_requests, o.idle_failures, o.idle, o.new_ok, o.new_tried, o.new_retried, o.new_failures
     );
 }
