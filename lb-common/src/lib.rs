@@ -217,10 +217,12 @@ pub const SETTING_FIREWALL: u32 = 4;
 /// `SETTINGS[SETTING_GUE_PORT]`: the UDP destination port (network order, low
 /// 16 bits) of GUE packets to backends.
 pub const SETTING_GUE_PORT: u32 = 5;
-/// `SETTINGS[SETTING_GUARD_SEEN]`: the conntrack clock when the guard last stopped
-/// tracking new flows (0: never). For an established timeout after it, a NAT reply
-/// without an entry is translated when Maglev sends its flow to the replying backend.
-pub const SETTING_GUARD_SEEN: u32 = 6;
+/// `SETTINGS[SETTING_UNTRACKED_SEEN]`: the conntrack clock when a flow last went
+/// on without an entry (0: never): the guard stopped tracking new flows, or a
+/// full bucket evicted an open flow's entry. For an established timeout after
+/// it, a NAT reply without an entry is translated when Maglev sends its flow
+/// to the replying backend (a flow without an entry is Maglev's).
+pub const SETTING_UNTRACKED_SEEN: u32 = 6;
 /// `SETTINGS[SETTING_CT_CLOCK]`: the conntrack clock, in `ct` ticks of
 /// `CLOCK_MONOTONIC` (the clock of `bpf_ktime_get_ns`), written by the daemon
 /// every `ct::CLOCK_PERIOD_MS`: the data path reads the time of a packet from

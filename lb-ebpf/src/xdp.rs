@@ -32,7 +32,7 @@ use lb_common::{
     GUARD_WINDOW_TICKS, LC_FULL_SCAN, MAX_BACKENDS, MAX_HAIRPIN_PORTS, MAX_SERVICES, NAT_SOURCE_F_SHARED, NO_BACKEND,
     NUM_SETTINGS, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, REPLY_PORT_WORDS, SCHED_REGION, SERVICE_F_DSR,
     SERVICE_F_ENCAP, SERVICE_F_GUE, SERVICE_F_LEAST_CONN, SERVICE_F_ROUND_ROBIN, SETTING_CT_CLOCK, SETTING_GUARD,
-    SETTING_GUARD_SEEN, SETTING_HAIRPIN, SETTING_TRACE, TRACE_RING_BYTES, VIP_PORT_WORDS,
+    SETTING_HAIRPIN, SETTING_TRACE, SETTING_UNTRACKED_SEEN, TRACE_RING_BYTES, VIP_PORT_WORDS,
 };
 use lb_common::{
     SourceBucketKey, SourceRuleKey, TokenBucket, FIREWALL_F_CLOSED_DROP, MAX_SOURCE_RULES, NEW_FLOW_BUCKETS_ENTRIES,
@@ -1147,6 +1147,13 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
             if matches!(BACKENDS.get(slot), Some(be) if be.generation == generation) {
                 conn_closed(slot);
             }
+            // A flow still open (a SYN flood's eviction can take a handshake
+            // in progress) goes on without an entry, as Maglev's: its NAT
+            // replies must still be translated.
+            let t = timeout((*s).key.proto, old);
+            if old & ct::REPLACED == 0 && (t == 0 || !ct::expired(state.seen, (*s).state.seen, t)) {
+                untracked_from(state.seen);
+            }
         }
         // Field by field: no copy of the whole slot on the (small) stack.
         let (dst, src) = ((&raw mut (*s).key).cast::<u32>(), (k as *const FlowKey).cast::<u32>());
@@ -1358,14 +1365,20 @@ fn guard_admits() -> bool {
             if let Some(c) = COUNTERS.get_ptr_mut(counter::GUARD_ACTIVATIONS) {
                 *c += 1;
             }
-            // From now on (for an established timeout) some flows have no entry:
-            // their NAT replies are recognised by their Maglev pick.
-            if let Some(t) = SETTINGS.get_ptr_mut(SETTING_GUARD_SEEN) {
-                *t = now_ticks().max(1);
-            }
+            untracked_from(now_ticks());
         }
     }
     false
+}
+
+/// From `now` on (for an established timeout) some open flows have no entry:
+/// their NAT replies are recognised by their Maglev pick ([`untracked_reply`]).
+#[inline(always)]
+fn untracked_from(now: u32) {
+    if let Some(t) = SETTINGS.get_ptr_mut(SETTING_UNTRACKED_SEEN) {
+        // SAFETY: an aligned u32 store into a live array element.
+        unsafe { *t = now.max(1) };
+    }
 }
 
 /// Whether a new flow's source is one no client can have: unspecified,
@@ -1774,19 +1787,19 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
     Some((src.vip, src.vip_port, hop, src.backend))
 }
 
-/// The reply of a NAT flow without a conntrack entry, after the guard stopped tracking:
-/// the flows it did not track have none, and their replies must still go
-/// back from the VIP. Such a reply is translated when Maglev sends its flow
+/// The reply of a NAT flow without a conntrack entry, after the guard stopped
+/// tracking or a full bucket evicted an open flow's entry: those flows have
+/// none, and their replies must still go back from the VIP. Such a reply is translated when Maglev sends its flow
 /// (`flow`, client -> VIP) to the backend it comes from, as it did the flow's
 /// packets; its next hop is the FIB's. Out of line, and answering only yes or
 /// no: only replies without an entry come here, and the packet path's stack
 /// (near the verifier's 512 bytes with `bad_source`'s) must not grow.
 #[inline(never)]
 fn untracked_reply(flow: &FlowKey, src: &NatSource) -> bool {
-    // Only while flows the guard did not track may still be open: a reply
+    // Only while flows without an entry may still be open: a reply
     // without an entry is otherwise a backend's own traffic (routed through
     // xlb to a client that reached the backend's address), left untouched.
-    let seen = match SETTINGS.get(SETTING_GUARD_SEEN) {
+    let seen = match SETTINGS.get(SETTING_UNTRACKED_SEEN) {
         Some(t) if *t != 0 => *t,
         _ => return false,
     };

@@ -833,8 +833,9 @@ impl Dataplane {
         let mut m: Array<&mut MapData, u32> = Array::try_from(self.map_mut(maps::SETTINGS))?;
         m.set(lb_common::SETTING_GUARD, rate, 0).context("writing SETTINGS")?;
         if rate == 0 {
-            // Off: a NAT reply without an entry is again the kernel's.
-            m.set(lb_common::SETTING_GUARD_SEEN, 0, 0).context("writing SETTINGS")?;
+            // Off: a NAT reply without an entry is again the kernel's (until
+            // a full bucket evicts an open flow's entry).
+            m.set(lb_common::SETTING_UNTRACKED_SEEN, 0, 0).context("writing SETTINGS")?;
         }
         Ok(())
     }
