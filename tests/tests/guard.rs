@@ -393,15 +393,11 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
     outcome
 }
 
-/// Issue 12: a random-source SYN flood at the VIP with the guard on (500 new
-/// flows per second per CPU, a 4096-entry table): the 10 kept-alive
-/// connections never fail, nor do the 5 left idle through the flood, at least
-/// 99 % of new connections are answered (within [`NEW_CONNECTION_CAP`]), and
-/// the guard's counters show it stopped tracking the flood.
-#[test]
-#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
-fn syn_flood_with_the_guard_spares_established_and_new_connections() {
-    let o = flood_run(500);
+/// The flood was sent (50,000 SYNs at least), and the connections came
+/// through it: no kept-alive request failed (of 20 at least), no idle
+/// connection failed after it, and 99 % of new connections were answered.
+#[track_caller]
+fn assert_connections_survived(o: &FloodOutcome) {
     assert!(o.sent >= 50_000, "the flood sent only {} SYNs in {:.1} s", o.sent, o.flood_secs);
     assert_eq!(o.kept_failures, 0, "kept-alive requests failed under the flood: {o:#?}");
     assert_eq!(o.idle_failures, 0, "connections idle through the flood failed after it: {o:#?}");
@@ -414,6 +410,18 @@ fn syn_flood_with_the_guard_spares_established_and_new_connections() {
         o.new_retried,
         o.new_failures
     );
+}
+
+/// Issue 12: a random-source SYN flood at the VIP with the guard on (500 new
+/// flows per second per CPU, a 4096-entry table): the 10 kept-alive
+/// connections never fail, nor do the 5 left idle through the flood, at least
+/// 99 % of new connections are answered (within [`NEW_CONNECTION_CAP`]), and
+/// the guard's counters show it stopped tracking the flood.
+#[test]
+#[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
+fn syn_flood_with_the_guard_spares_established_and_new_connections() {
+    let o = flood_run(500);
+    assert_connections_survived(&o);
     assert!(o.untracked >= o.sent / 2, "flows untracked {} of {} SYNs sent: {o:#?}", o.untracked, o.sent);
     assert!(o.activations >= 1, "no guard activation counted: {o:#?}");
     assert!(o.status_text.contains("conntrack guard: "), "xlb status shows no guard line:\n{}", o.status_text);
@@ -428,18 +436,8 @@ fn syn_flood_with_the_guard_spares_established_and_new_connections() {
 #[ignore = "needs root (network namespaces, XDP): cargo xtask test runs it"]
 fn syn_flood_without_the_guard_tracks_every_flow() {
     let o = flood_run(0);
-    assert!(o.sent >= 50_000, "the flood sent only {} SYNs in {:.1} s", o.sent, o.flood_secs);
     assert_eq!((o.untracked, o.activations), (0, 0), "guard off, yet flows untracked: {o:#?}");
-    assert_eq!(o.kept_failures, 0, "kept-alive requests failed under the flood: {o:#?}");
-    assert_eq!(o.idle_failures, 0, "connections idle through the flood failed after it: {o:#?}");
-    assert!(
-        o.new_ok * 100 >= o.new_tried * 99,
-        "new connections answered {} of {} ({} after a retransmission); the others: {:?}\n{o:#?}",
-        o.new_ok,
-        o.new_tried,
-        o.new_retried,
-        o.new_failures
-    );
+    assert_connections_survived(&o);
     eprintln!(
         "guard off: kept-alive {} of {} requests failed, idle connections {} of {} failed after the flood, new \
          connections {} of {} answered ({} after a retransmission; the others: {:?})",
