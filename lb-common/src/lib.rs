@@ -744,6 +744,10 @@ pub mod counter {
     /// Windows (one second, one CPU) in which the guard stopped tracking new flows.
     /// `xlb_conntrack_guard_activations_total`.
     pub const GUARD_ACTIVATIONS: u32 = 25;
+    /// Open flows whose conntrack entry a new flow took (their bucket was
+    /// full, and theirs was the entry least worth keeping): they go on
+    /// without an entry, as Maglev's. `xlb_conntrack_evictions_total`.
+    pub const CT_EVICTED: u32 = 26;
     /// An ipip/gue packet dropped: with its outer header it would exceed the
     /// egress interface's MTU (`xlb_encap_dropped_packets_total{reason="too_big"}`).
     pub const ENCAP_TOO_BIG: u32 = 28;

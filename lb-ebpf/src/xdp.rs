@@ -1153,6 +1153,9 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
             let t = timeout((*s).key.proto, old);
             if old & ct::REPLACED == 0 && (t == 0 || !ct::expired(state.seen, (*s).state.seen, t)) {
                 untracked_from(state.seen);
+                if let Some(c) = COUNTERS.get_ptr_mut(counter::CT_EVICTED) {
+                    *c += 1;
+                }
             }
         }
         // Field by field: no copy of the whole slot on the (small) stack.

@@ -165,7 +165,7 @@ const RETRANSMITTED: Duration = Duration::from_millis(900);
 /// its next packets go to its Maglev backend, and its backend's NAT replies
 /// must still go back from the VIP. A table of one bucket (4 slots), NAT
 /// service `pair`: before any eviction a reply without an entry is the
-/// kernel's; after the 5th SYN evicted the 1st flow's entry, that flow's reply
+/// kernel's; the 5th SYN evicts the 1st flow's entry (counted), then that flow's reply
 /// from its Maglev backend is translated, a reply from the other backend is
 /// not, and the flow's ACK goes to the same backend without a new entry.
 #[test]
@@ -196,6 +196,9 @@ fn an_evicted_open_flow_is_carried_by_maglev_and_its_nat_replies_translated() {
             let first = 45000u16;
             // No eviction yet: a reply without an entry is the kernel's.
             let (action, _) = reply(pick(first), first);
+            if bal.dp.counters().unwrap()[counter::CT_EVICTED as usize] != 0 {
+                problems.push("evictions counted before the bucket was full".to_string());
+            }
             if action != XDP_PASS {
                 problems.push(format!("reply without an entry before any eviction: {action}, expected XDP_PASS"));
             }
@@ -207,6 +210,10 @@ fn an_evicted_open_flow_is_carried_by_maglev_and_its_nat_replies_translated() {
                     problems
                         .push(format!("SYN from port {port}: {action} {got:?}, expected redirect to {}", pick(port)));
                 }
+            }
+            let evictions = bal.dp.counters().unwrap()[counter::CT_EVICTED as usize];
+            if evictions != 1 {
+                problems.push(format!("evictions counted {evictions}, expected 1 (the 5th SYN's)"));
             }
             let (table, _) = bal.dp.conntrack_table().unwrap();
             let tracked: Vec<u16> =
@@ -264,6 +271,8 @@ struct FloodOutcome {
     new_failures: Vec<String>,
     untracked: u64,
     activations: u64,
+    /// Open flows whose entry a new flow took (`conntrack_evictions`).
+    evictions: u64,
     status_text: String,
 }
 
@@ -385,6 +394,7 @@ fn flood_run(guard_rate: u32) -> FloodOutcome {
         new_failures: new_answers.into_iter().filter_map(Result::err).collect(),
         untracked: status["conntrack_guard"]["flows_untracked"].as_u64().unwrap_or(0),
         activations: status["conntrack_guard"]["activations"].as_u64().unwrap_or(0),
+        evictions: status["conntrack_evictions"].as_u64().unwrap_or(0),
         status_text: d.status(),
     };
     eprintln!("guard rate {guard_rate}: {outcome:?}");
@@ -437,10 +447,20 @@ fn syn_flood_with_the_guard_spares_established_and_new_connections() {
 fn syn_flood_without_the_guard_tracks_every_flow() {
     let o = flood_run(0);
     assert_eq!((o.untracked, o.activations), (0, 0), "guard off, yet flows untracked: {o:#?}");
+    // 4096 slots and a flood of 50,000 SYNs or more: the flood's entries evict one another.
+    assert!(o.evictions >= o.sent / 2, "open flows evicted {} of {} SYNs sent: {o:#?}", o.evictions, o.sent);
     assert_connections_survived(&o);
     eprintln!(
         "guard off: kept-alive {} of {} requests failed, idle connections {} of {} failed after the flood, new \
-         connections {} of {} answered ({} after a retransmission; the others: {:?})",
-        o.kept_failures, o.kept_requests, o.idle_failures, o.idle, o.new_ok, o.new_tried, o.new_retried, o.new_failures
+         connections {} of {} answered ({} after a retransmission; the others: {:?}), open flows evicted {}",
+        o.kept_failures,
+        o.kept_requests,
+        o.idle_failures,
+        o.idle,
+        o.new_ok,
+        o.new_tried,
+        o.new_retried,
+        o.new_failures,
+        o.evictions
     );
 }

@@ -230,6 +230,13 @@ pub fn prometheus(snap: &Snapshot, conntrack: Option<&ConntrackCount>) -> String
         "One-second windows in which a CPU's conntrack guard stopped tracking new flows.",
     )
     .sample("xlb_conntrack_guard_activations_total", &[], snap.counter(counter::GUARD_ACTIVATIONS));
+    e.family(
+        "xlb_conntrack_evictions_total",
+        "counter",
+        "Open flows whose conntrack entry a new flow took (their bucket was full): they go on to their Maglev \
+         backend without an entry. Growing: the table is too small for the flows (or a SYN flood; see the guard).",
+    )
+    .sample("xlb_conntrack_evictions_total", &[], snap.counter(counter::CT_EVICTED));
 
     if let Some(ct) = conntrack {
         e.family(
@@ -378,6 +385,7 @@ mod tests {
         assert_eq!(value(&text, "xlb_conntrack_guard_active"), "1");
         assert_eq!(value(&text, "xlb_flows_untracked_total"), "240");
         assert_eq!(value(&text, "xlb_conntrack_guard_activations_total"), "250");
+        assert_eq!(value(&text, "xlb_conntrack_evictions_total"), "260");
         // The snapshot holds 10 * index in each counter: icmp_unknown_flow is drop 9.
         assert_eq!(value(&text, "xlb_dropped_packets_total{reason=\"icmp_unknown_flow\"}"), "90");
         assert_eq!(value(&text, "xlb_icmp_packets_total{event=\"to_client\"}"), "210");

@@ -55,7 +55,7 @@ pub fn text(v: &View) -> String {
     let attached: Vec<String> = v.snap.attached.iter().map(|(i, m)| format!("{i} ({m})")).collect();
     let _ = writeln!(o, "attached: {}", attached.join(", "));
     let _ = match v.conntrack {
-        Some(c) => writeln!(
+        Some(c) => write!(
             o,
             "conntrack entries: {} of {} ({:.1}% used, counted {}s ago)",
             c.entries,
@@ -63,8 +63,9 @@ pub fn text(v: &View) -> String {
             percent(c.entries, c.limit),
             v.snap.at.saturating_duration_since(c.at).as_secs()
         ),
-        None => writeln!(o, "conntrack entries: not counted yet"),
+        None => write!(o, "conntrack entries: not counted yet"),
     };
+    let _ = writeln!(o, ", open flows evicted {}", v.snap.counter(counter::CT_EVICTED));
     let _ = match v.rates {
         Some(r) => writeln!(o, "rates: per second, over the last {:.1} s", r.window.as_secs_f64()),
         None => writeln!(o, "rates: not sampled yet (-)"),
@@ -203,6 +204,7 @@ fn service_table(o: &mut String, v: &View) {
 /// - `rate_window_seconds`: the window rates are measured over (`null` until two samples exist).
 /// - `xdp[]`: `interface`, `mode` (`native` | `generic`): where the program is attached.
 /// - `conntrack`: `entries`, `limit`, `used_percent`, `age_seconds` (since it was counted); `null` before the first count.
+/// - `conntrack_evictions`: open flows whose conntrack entry a new flow took (a full bucket), since start.
 /// - `table_rebuilds`, `table_slots_written`: Maglev table rebuilds that changed a slot, and slots written, since start.
 /// - `drops[]`: `reason`, `total`, `per_second`: packets to a VIP dropped, by reason.
 /// - `kernel_passed[]`: `reason` (`no_route`, `ttl_expired`, `not_vip`, `icmp`), `total`: packets handed to the kernel.
@@ -231,6 +233,7 @@ pub struct StatusJson {
     pub rate_window_seconds: Option<f64>,
     pub xdp: Vec<XdpJson>,
     pub conntrack: Option<ConntrackJson>,
+    pub conntrack_evictions: u64,
     pub table_rebuilds: u64,
     pub table_slots_written: u64,
     pub drops: Vec<DropJson>,
@@ -352,6 +355,7 @@ pub fn json(v: &View) -> StatusJson {
             used_percent: percent(c.entries, c.limit),
             age_seconds: v.snap.at.saturating_duration_since(c.at).as_secs_f64(),
         }),
+        conntrack_evictions: v.snap.counter(counter::CT_EVICTED),
         table_rebuilds: v.snap.rebuilds,
         table_slots_written: v.snap.slots_written,
         drops: counter::drops()
@@ -457,7 +461,7 @@ mod tests {
         let down = row("198.18.1.12:80");
         assert!(down.contains(" down ") && down.contains("status 503"), "{down}");
         assert!(row("198.18.1.13:80").contains(" backup   drained "), "{t}");
-        assert!(t.contains("conntrack entries: not counted yet"), "{t}");
+        assert!(t.contains("conntrack entries: not counted yet, open flows evicted 260\n"), "{t}");
         assert!(t.contains("  fragment ") && t.contains("no_backend"), "{t}");
         assert!(t.contains("vip 198.18.0.10 (BIRD protocol xlb_198_18_0_10): announced\n"), "{t}");
         assert!(
@@ -492,6 +496,7 @@ mod tests {
         assert_eq!(j["drops"][4]["reason"], "no_backend");
         assert_eq!(j["drops"][4]["total"], 40);
         assert_eq!(j["conntrack"]["entries"], 50);
+        assert_eq!(j["conntrack_evictions"], 260);
         assert_eq!(j["conntrack_guard"]["active"], true);
         assert_eq!(j["conntrack_guard"]["flows_untracked"], 240);
         assert_eq!(j["conntrack_guard"]["activations"], 250);
