@@ -1792,9 +1792,10 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
 
 /// The reply of a NAT flow without a conntrack entry, after the guard stopped
 /// tracking or a full bucket evicted an open flow's entry: those flows have
-/// none, and their replies must still go back from the VIP. Such a reply is translated when Maglev sends its flow
-/// (`flow`, client -> VIP) to the backend it comes from, as it did the flow's
-/// packets; its next hop is the FIB's. Out of line, and answering only yes or
+/// none, and their replies must still go back from the VIP. Such a reply is
+/// translated when Maglev sends its flow (`flow`, client -> VIP) to the
+/// backend it comes from, as it did the flow's packets; its next hop is the
+/// FIB's. Out of line, and answering only yes or
 /// no: only replies without an entry come here, and the packet path's stack
 /// (near the verifier's 512 bytes with `bad_source`'s) must not grow.
 #[inline(never)]
