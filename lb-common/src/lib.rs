@@ -560,10 +560,11 @@ pub mod ct {
         }
     }
 
-    /// Whether an entry last seen at `seen` is expired at `now` (ticks) under `timeout`.
+    /// Whether an entry last seen at `seen` is expired at `now` (ticks) under
+    /// `timeout` (0: none, it never expires).
     #[inline(always)]
     pub const fn expired(now: u32, seen: u32, timeout: u32) -> bool {
-        now.wrapping_sub(seen) > timeout
+        timeout != 0 && now.wrapping_sub(seen) > timeout
     }
 }
 

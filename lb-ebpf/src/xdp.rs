@@ -1151,7 +1151,7 @@ pub extern "C" fn xlb_ct_insert(k: *const FlowKey, state: *const FlowState, repl
             // in progress) goes on without an entry, as Maglev's: its NAT
             // replies must still be translated.
             let t = timeout((*s).key.proto, old);
-            if old & ct::REPLACED == 0 && (t == 0 || !ct::expired(state.seen, (*s).state.seen, t)) {
+            if old & ct::REPLACED == 0 && !ct::expired(state.seen, (*s).state.seen, t) {
                 untracked_from(state.seen);
                 if let Some(c) = COUNTERS.get_ptr_mut(counter::CT_EVICTED) {
                     *c += 1;
@@ -1277,8 +1277,7 @@ fn usable(st: *mut FlowState, proto: u8, now: u32) -> Result<(u32, &'static Back
     // word any packet of the flow may refresh (a torn read is impossible
     // for an aligned u32).
     let (bits, seen) = unsafe { (state_bits(st), (*st).seen) };
-    let t = timeout(proto, bits);
-    if t != 0 && ct::expired(now, seen, t) {
+    if ct::expired(now, seen, timeout(proto, bits)) {
         core::hint::cold_path();
         return Err(true);
     }
@@ -1776,7 +1775,7 @@ fn nat_reply(k: &FlowKey, flags: u8) -> Option<([u32; 4], u16, NextHop, u32)> {
     }
     let now = now_ticks();
     let t = timeout(k.proto, bits);
-    if t != 0 && ct::expired(now, seen, t) {
+    if ct::expired(now, seen, t) {
         core::hint::cold_path();
         return None;
     }
@@ -1812,7 +1811,7 @@ fn untracked_reply(flow: &FlowKey, src: &NatSource) -> bool {
         None => 0,
     };
     let now = now_ticks();
-    if established != 0 && now != 0 && now.wrapping_sub(seen) > established {
+    if now != 0 && ct::expired(now, seen, established) {
         return false;
     }
     maglev_backend(flow, src.backend).is_some()

@@ -47,7 +47,7 @@ pub fn verdict(proto: u8, st: &FlowState, now: u32, t: &[u32; 4], generation: Op
     let current = generation == Some(st.generation);
     let counted = current && st.state & ct::CLOSED == 0;
     let timeout = t[ct::timeout_index(proto, st.state) as usize];
-    if timeout != 0 && ct::expired(now, st.seen, timeout) {
+    if ct::expired(now, st.seen, timeout) {
         return Verdict::Expired { counted };
     }
     if counted {
